@@ -1,0 +1,227 @@
+//! Sequential, verifying scans over a segment file: used by recovery, index rebuilds,
+//! `spool log verify` and `spool log dump`. Reads in large chunks into one reused buffer.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Corruption, LogError, Result};
+use crate::frame::{FRAME_HEADER_LEN, FRAME_MAGIC, FrameHeader};
+
+const CHUNK: usize = 4 * 1024 * 1024;
+
+/// One verified frame met by a scan.
+#[derive(Debug)]
+pub struct ScannedFrame<'a> {
+    pub position: u64,
+    pub header: FrameHeader,
+    pub payload: &'a [u8],
+}
+
+/// What the scan expects next: continuity across frames is checked, not only CRCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    pub next_index: u64,
+    pub next_offset: i64,
+    pub last_term: u64,
+}
+
+impl Expect {
+    fn check(&self, header: &FrameHeader) -> Result<(), Corruption> {
+        if header.index != self.next_index {
+            return Err(Corruption::IndexGap {
+                expected: self.next_index,
+                found: header.index,
+            });
+        }
+        if header.base_offset != self.next_offset {
+            return Err(Corruption::OffsetGap {
+                expected: self.next_offset,
+                found: header.base_offset,
+            });
+        }
+        if header.term < self.last_term {
+            return Err(Corruption::TermRegression {
+                previous: self.last_term,
+                found: header.term,
+            });
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, header: &FrameHeader) {
+        self.next_index = header.index + 1;
+        self.next_offset = header.next_offset();
+        self.last_term = header.term;
+    }
+}
+
+/// Where and why a scan stopped before the end of the range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanStop {
+    pub position: u64,
+    pub kind: Corruption,
+}
+
+/// The result of a scan: the end of the last valid frame, what was expected after it, and
+/// the damage that stopped the scan, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    pub valid_end: u64,
+    pub expect: Expect,
+    pub stop: Option<ScanStop>,
+}
+
+/// Scans frames in `[from, to)` of `file`, verifying each and its continuity with
+/// `expect`, and hands each to `visit`. Stops at the first damaged or out-of-sequence
+/// frame. Only I/O errors are returned as `Err`.
+pub fn scan_frames(
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+    mut expect: Expect,
+    mut visit: impl FnMut(&ScannedFrame<'_>),
+) -> Result<ScanOutcome> {
+    let mut buf = vec![0u8; CHUNK.min((to.saturating_sub(from)) as usize).max(FRAME_HEADER_LEN)];
+    let mut buf_pos = from; // file position of buf[0]
+    let mut filled = 0usize;
+    let mut pos = from;
+    let stop = |position, kind| Some(ScanStop { position, kind });
+    let outcome_stop = loop {
+        if pos == to {
+            break None;
+        }
+        let remaining_in_file = to - pos;
+        if remaining_in_file < FRAME_HEADER_LEN as u64 {
+            break stop(
+                pos,
+                Corruption::Truncated {
+                    missing: FRAME_HEADER_LEN as u64 - remaining_in_file,
+                },
+            );
+        }
+        let mut at = (pos - buf_pos) as usize;
+        if at + FRAME_HEADER_LEN > filled {
+            refill(file, path, &mut buf, &mut buf_pos, &mut filled, pos, to, FRAME_HEADER_LEN)?;
+            at = 0;
+        }
+        let mut header_bytes = [0u8; FRAME_HEADER_LEN];
+        header_bytes.copy_from_slice(&buf[at..at + FRAME_HEADER_LEN]);
+        let (header, stored_crc) = match FrameHeader::decode(&header_bytes) {
+            Ok(decoded) => decoded,
+            Err(kind) => break stop(pos, kind),
+        };
+        let frame_len = header.frame_len();
+        if frame_len > to - pos {
+            break stop(
+                pos,
+                Corruption::Truncated {
+                    missing: frame_len - (to - pos),
+                },
+            );
+        }
+        if at + frame_len as usize > filled {
+            refill(file, path, &mut buf, &mut buf_pos, &mut filled, pos, to, frame_len as usize)?;
+            at = 0;
+        }
+        let payload = &buf[at + FRAME_HEADER_LEN..at + frame_len as usize];
+        if let Err(kind) = header
+            .verify(&header_bytes, stored_crc, payload)
+            .and_then(|()| expect.check(&header))
+        {
+            break stop(pos, kind);
+        }
+        visit(&ScannedFrame {
+            position: pos,
+            header,
+            payload,
+        });
+        expect.advance(&header);
+        pos += frame_len;
+    };
+    Ok(ScanOutcome {
+        valid_end: pos,
+        expect,
+        stop: outcome_stop,
+    })
+}
+
+/// Makes `buf` hold at least `need` bytes starting at file position `pos`.
+#[allow(clippy::too_many_arguments)]
+fn refill(
+    file: &File,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    buf_pos: &mut u64,
+    filled: &mut usize,
+    pos: u64,
+    to: u64,
+    need: usize,
+) -> Result<()> {
+    if buf.len() < need {
+        buf.resize(need.max(CHUNK), 0);
+    }
+    let want = (buf.len() as u64).min(to - pos) as usize;
+    read_exact_at(file, path, &mut buf[..want], pos)?;
+    *buf_pos = pos;
+    *filled = want;
+    Ok(())
+}
+
+/// `pread` until `buf` is full; a file shorter than expected is an I/O error.
+pub(crate) fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], pos: u64) -> Result<()> {
+    file.read_exact_at(buf, pos)
+        .map_err(LogError::io("read", path))
+}
+
+/// Whether any valid frame with an index above `after_index` starts after `from` in the
+/// file: used to tell a flipped bit (valid frames follow) from a torn tail (nothing does).
+pub fn valid_frame_after(
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+    after_index: u64,
+) -> Result<Option<u64>> {
+    let mut window = vec![0u8; CHUNK];
+    let mut start = from + 1;
+    while start + FRAME_HEADER_LEN as u64 <= to {
+        let len = (window.len() as u64).min(to - start) as usize;
+        read_exact_at(file, path, &mut window[..len], start)?;
+        for at in memfind(&window[..len], &FRAME_MAGIC) {
+            let position = start + at as u64;
+            if frame_is_valid_at(file, path, position, to, after_index)? {
+                return Ok(Some(position));
+            }
+        }
+        // Overlap by the magic's length so a magic split across windows is still found.
+        start += (len - (FRAME_MAGIC.len() - 1)).max(1) as u64;
+    }
+    Ok(None)
+}
+
+fn frame_is_valid_at(file: &File, path: &Path, pos: u64, to: u64, after_index: u64) -> Result<bool> {
+    if to - pos < FRAME_HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    let mut header_bytes = [0u8; FRAME_HEADER_LEN];
+    read_exact_at(file, path, &mut header_bytes, pos)?;
+    let Ok((header, crc)) = FrameHeader::decode(&header_bytes) else {
+        return Ok(false);
+    };
+    if header.index <= after_index || header.frame_len() > to - pos {
+        return Ok(false);
+    }
+    let mut payload = vec![0u8; header.payload_len as usize];
+    read_exact_at(file, path, &mut payload, pos + FRAME_HEADER_LEN as u64)?;
+    Ok(header.verify(&header_bytes, crc, &payload).is_ok())
+}
+
+fn memfind<'a>(haystack: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(move |(_, w)| *w == needle)
+        .map(|(i, _)| i)
+}

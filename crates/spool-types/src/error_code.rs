@@ -1,0 +1,87 @@
+use std::fmt;
+
+/// The error codes Spool reports to clients. Numbers are stable: they travel on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(i32)]
+pub enum ErrorCode {
+    Unknown = 0,
+    NotLeader = 1,
+    UnknownTopicOrPartition = 2,
+    OffsetOutOfRange = 3,
+    RecordTooLarge = 4,
+    CorruptBatch = 5,
+    InvalidTopic = 6,
+    TopicAlreadyExists = 7,
+    InvalidRequest = 8,
+    StorageError = 9,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::Unknown,
+        ErrorCode::NotLeader,
+        ErrorCode::UnknownTopicOrPartition,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::RecordTooLarge,
+        ErrorCode::CorruptBatch,
+        ErrorCode::InvalidTopic,
+        ErrorCode::TopicAlreadyExists,
+        ErrorCode::InvalidRequest,
+        ErrorCode::StorageError,
+    ];
+
+    /// The wire number of this code.
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// The code with wire number `n`, or `Unknown` for numbers this version does not know.
+    pub fn from_i32(n: i32) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|code| code.as_i32() == n)
+            .unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// Whether a client may retry the same request (after refreshing metadata).
+    pub fn is_retriable(self) -> bool {
+        matches!(self, ErrorCode::NotLeader | ErrorCode::StorageError)
+    }
+
+    /// The code's name as the protocol documents it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::UnknownTopicOrPartition => "UNKNOWN_TOPIC_OR_PARTITION",
+            ErrorCode::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            ErrorCode::RecordTooLarge => "RECORD_TOO_LARGE",
+            ErrorCode::CorruptBatch => "CORRUPT_BATCH",
+            ErrorCode::InvalidTopic => "INVALID_TOPIC",
+            ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::StorageError => "STORAGE_ERROR",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_numbers_round_trip_and_unknown_numbers_map_to_unknown() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_i32(code.as_i32()), code);
+        }
+        assert_eq!(ErrorCode::from_i32(9999), ErrorCode::Unknown);
+        assert_eq!(ErrorCode::NotLeader.to_string(), "NOT_LEADER");
+    }
+}
