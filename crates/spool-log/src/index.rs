@@ -107,6 +107,10 @@ impl SparseIndex {
         n.checked_sub(1).map(|i| u64::from(self.entries[i].position))
     }
 
+    pub(crate) fn entries(&self) -> &[IndexEntry] {
+        &self.entries
+    }
+
     /// Position of the last entry.
     pub fn last_position(&self) -> Option<u64> {
         self.entries.last().map(|e| u64::from(e.position))

@@ -350,3 +350,6 @@ fn read_i64(b: &[u8], at: usize) -> i64 {
     raw.copy_from_slice(&b[at..at + 8]);
     i64::from_be_bytes(raw)
 }
+
+#[cfg(test)]
+mod tests;
