@@ -54,6 +54,8 @@ pub enum IndexFileStatus {
     Missing,
     /// Present but inconsistent (reported as a problem; rebuilt on open).
     Invalid,
+    /// Not checked, because the segment itself is damaged.
+    Unchecked,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,9 +196,14 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport> {
         summary.next_index = outcome.expect.next_index;
         summary.next_offset = outcome.expect.next_offset;
         if let Some(stop) = &outcome.stop {
+            // Past damage neither the index nor the next segment's start can be judged.
             report
                 .problems
                 .push(problem(Some(stop.position), stop.kind.clone()));
+            summary.index_file = IndexFileStatus::Unchecked;
+            report.segments.push(summary);
+            expect = None;
+            continue;
         }
         if let Some(((index_path, _), decoded)) = index.as_ref().zip(decoded) {
             let index_problem = match decoded {

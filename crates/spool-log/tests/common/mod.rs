@@ -94,3 +94,38 @@ pub fn records_of(batches: &[Bytes]) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
     }
     out
 }
+
+/// Copies every file of `from` into a fresh temporary directory.
+pub fn copy_dir(from: &std::path::Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.path().join(entry.file_name())).expect("copy");
+    }
+    to
+}
+
+/// The newest segment file in `dir`.
+pub fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a segment")
+}
+
+/// Flips one bit of the file at `position`.
+pub fn flip_bit(path: &std::path::Path, position: u64, bit: u8) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).expect("read");
+    byte[0] ^= 1 << bit;
+    file.write_all_at(&byte, position).expect("write");
+}
