@@ -86,7 +86,11 @@ fn verify(dir: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 writeln!(out, "PROBLEM: {problem}")?;
             }
             if report.is_clean() {
-                writeln!(out, "ok: {} segments, {frames} frames, {bytes} bytes checked", report.segments.len())?;
+                writeln!(
+                    out,
+                    "ok: {} segments, {frames} frames, {bytes} bytes checked",
+                    report.segments.len()
+                )?;
             } else {
                 writeln!(out, "FAILED: {} problem(s) found", report.problems.len())?;
             }
@@ -161,11 +165,20 @@ fn dump(path: &Path, records: bool, values: bool, output: Output) -> anyhow::Res
         }
         if let Some(stop) = outcome.stop {
             damaged = true;
-            eprintln!("{} at byte {}: {}", segment.display(), stop.position, stop.kind);
+            eprintln!(
+                "{} at byte {}: {}",
+                segment.display(),
+                stop.position,
+                stop.kind
+            );
         }
     }
     out.flush()?;
-    Ok(if damaged { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if damaged {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_frame(
@@ -225,7 +238,11 @@ fn print_frame(
         return Ok(());
     };
     let Ok(iter) = b.records() else {
-        return writeln!(out, "|   records are {}-compressed", codec_name(b.compression()));
+        return writeln!(
+            out,
+            "|   records are {}-compressed",
+            codec_name(b.compression())
+        );
     };
     for record in iter {
         let Ok(r) = record else {
@@ -270,6 +287,8 @@ fn codec_name(codec: Option<Compression>) -> &'static str {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -60,10 +60,22 @@ pub enum LogError {
     NonContiguousIndex { expected: u64, found: u64 },
     #[error("an entry of term {found} was appended after one of term {last}")]
     TermRegression { last: u64, found: u64 },
-    #[error("offset {requested} is outside the log, which holds offsets {start} to {end} (exclusive)")]
-    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
-    #[error("Raft index {requested} is outside the log, which holds indexes {first} to {next} (exclusive)")]
-    IndexOutOfRange { requested: u64, first: u64, next: u64 },
+    #[error(
+        "offset {requested} is outside the log, which holds offsets {start} to {end} (exclusive)"
+    )]
+    OffsetOutOfRange {
+        requested: i64,
+        start: i64,
+        end: i64,
+    },
+    #[error(
+        "Raft index {requested} is outside the log, which holds indexes {first} to {next} (exclusive)"
+    )]
+    IndexOutOfRange {
+        requested: u64,
+        first: u64,
+        next: u64,
+    },
     #[error("a payload of {len} bytes exceeds the largest frame payload of {max} bytes")]
     PayloadTooLarge { len: usize, max: u32 },
     #[error("invalid log configuration: {reason}")]

@@ -116,9 +116,8 @@ impl FrameHeader {
         if bytes[4] != FRAME_FORMAT_V1 {
             return Err(Corruption::UnsupportedFrameVersion { found: bytes[4] });
         }
-        let kind = FrameKind::from_byte(bytes[5]).ok_or(Corruption::UnknownFrameKind {
-            found: bytes[5],
-        })?;
+        let kind = FrameKind::from_byte(bytes[5])
+            .ok_or(Corruption::UnknownFrameKind { found: bytes[5] })?;
         let header = FrameHeader {
             kind,
             term: le_u64(bytes, 8),

@@ -82,29 +82,42 @@ impl SparseIndex {
             position: position as u32,
             max_ts_before,
         };
-        debug_assert!(self.entries.last().is_none_or(|last| last.position < entry.position));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|last| last.position < entry.position)
+        );
         self.entries.push(entry);
     }
 
     /// The file position to scan from to find the frame with Raft index `index`.
     pub fn position_for_index(&self, index: u64) -> Option<u64> {
         let rel = index.checked_sub(self.base_index)?;
-        let n = self.entries.partition_point(|e| u64::from(e.rel_index) <= rel);
-        n.checked_sub(1).map(|i| u64::from(self.entries[i].position))
+        let n = self
+            .entries
+            .partition_point(|e| u64::from(e.rel_index) <= rel);
+        n.checked_sub(1)
+            .map(|i| u64::from(self.entries[i].position))
     }
 
     /// The file position to scan from to find the batch holding Kafka offset `offset`.
     pub fn position_for_offset(&self, offset: i64) -> Option<u64> {
         let rel = offset.checked_sub(self.base_offset)?;
-        let n = self.entries.partition_point(|e| i64::from(e.rel_offset) <= rel);
-        n.checked_sub(1).map(|i| u64::from(self.entries[i].position))
+        let n = self
+            .entries
+            .partition_point(|e| i64::from(e.rel_offset) <= rel);
+        n.checked_sub(1)
+            .map(|i| u64::from(self.entries[i].position))
     }
 
     /// The file position to scan from to find the first batch with a timestamp of at
     /// least `timestamp`: every batch before it is older.
     pub fn position_for_timestamp(&self, timestamp: i64) -> Option<u64> {
-        let n = self.entries.partition_point(|e| e.max_ts_before < timestamp);
-        n.checked_sub(1).map(|i| u64::from(self.entries[i].position))
+        let n = self
+            .entries
+            .partition_point(|e| e.max_ts_before < timestamp);
+        n.checked_sub(1)
+            .map(|i| u64::from(self.entries[i].position))
     }
 
     pub(crate) fn entries(&self) -> &[IndexEntry] {
@@ -266,7 +279,10 @@ mod tests {
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(SparseIndex::decode(&damaged, 100, 1000).is_err(), "bit {bit}");
+            assert!(
+                SparseIndex::decode(&damaged, 100, 1000).is_err(),
+                "bit {bit}"
+            );
         }
     }
 

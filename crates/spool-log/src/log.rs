@@ -265,7 +265,8 @@ impl Log {
             let frame_len = FRAME_HEADER_LEN as u64 + u64::from(payload_len);
             let holds_data = next.next_offset > self.active.header.base_offset;
             let full = self.write_pos + group_bytes + frame_len > self.config.segment_bytes;
-            let old = now - self.active.header.created_ms >= self.config.segment_age.as_millis() as i64;
+            let old =
+                now - self.active.header.created_ms >= self.config.segment_age.as_millis() as i64;
             if holds_data && (full || old) {
                 self.write_group(&group[..count])?;
                 (count, group_bytes) = (0, 0);
@@ -363,11 +364,11 @@ impl Log {
 
     /// Cuts a partly written group off the file; if even that fails, stop taking writes.
     fn undo_partial_write(&mut self) {
-        let undone = self
-            .active
-            .file
-            .set_len(self.write_pos)
-            .and_then(|()| (&self.active.file).seek(SeekFrom::Start(self.write_pos)).map(drop));
+        let undone = self.active.file.set_len(self.write_pos).and_then(|()| {
+            (&self.active.file)
+                .seek(SeekFrom::Start(self.write_pos))
+                .map(drop)
+        });
         if undone.is_err() {
             self.failed = true;
         }
@@ -380,10 +381,15 @@ impl Log {
         let mut pos = self.write_pos;
         for pending in group {
             let header = &pending.header;
-            let last_indexed = state.index.last_position().unwrap_or(SEGMENT_HEADER_LEN as u64);
+            let last_indexed = state
+                .index
+                .last_position()
+                .unwrap_or(SEGMENT_HEADER_LEN as u64);
             if pos - last_indexed >= interval {
                 let max_before = state.max_timestamp;
-                state.index.push(header.index, header.base_offset, pos, max_before);
+                state
+                    .index
+                    .push(header.index, header.base_offset, pos, max_before);
             }
             pos += header.frame_len();
             state.max_timestamp = state.max_timestamp.max(pending.max_timestamp);
@@ -519,7 +525,11 @@ impl Log {
             let state = segment.state.read();
             let start = state.index.position_for_index(first_removed);
             let max_before = state.index.max_ts_before_position(start);
-            (start.unwrap_or(SEGMENT_HEADER_LEN as u64), state.end, max_before)
+            (
+                start.unwrap_or(SEGMENT_HEADER_LEN as u64),
+                state.end,
+                max_before,
+            )
         };
         let mut cursor = FrameCursor::new(segment, start, seg_end, 1024 * 1024);
         let mut last_term = segment.header.prev_term;

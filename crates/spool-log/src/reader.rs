@@ -252,8 +252,8 @@ impl LogReader {
                     .records()
                     .map_err(|e| segment.corrupt(frame.position, Corruption::Batch(e)))?;
                 for record in records {
-                    let record =
-                        record.map_err(|e| segment.corrupt(frame.position, Corruption::Batch(e)))?;
+                    let record = record
+                        .map_err(|e| segment.corrupt(frame.position, Corruption::Batch(e)))?;
                     if record.timestamp() >= timestamp {
                         return Ok(Some(record.offset()));
                     }

@@ -139,7 +139,13 @@ pub(crate) fn recover(
             next_offset: state.next_offset,
             last_term: state.last_term,
         });
-        segments.push(Arc::new(Segment::from_parts(dir, path.clone(), file, header, state)));
+        segments.push(Arc::new(Segment::from_parts(
+            dir,
+            path.clone(),
+            file,
+            header,
+            state,
+        )));
     }
     report.segments = segments.len();
     Ok((segments, report))
@@ -186,8 +192,9 @@ impl OpenedSegment<'_> {
     }
 
     fn index_path(&self) -> PathBuf {
-        self.dir
-            .join(crate::segment_header::index_file_name(self.header.base_offset))
+        self.dir.join(crate::segment_header::index_file_name(
+            self.header.base_offset,
+        ))
     }
 
     /// The index file's contents and checkpoint, if it exists and checks out.
@@ -243,7 +250,9 @@ impl OpenedSegment<'_> {
         let torn = matches!(stop.kind, Corruption::Truncated { .. });
         if !torn {
             let last_good = outcome.expect.next_index.saturating_sub(1);
-            if let Some(valid) = valid_frame_after(self.file, self.path, stop.position, self.len, last_good)? {
+            if let Some(valid) =
+                valid_frame_after(self.file, self.path, stop.position, self.len, last_good)?
+            {
                 tracing::error!(segment = %self.path.display(), position = stop.position, valid_frame_at = valid, "damaged frame followed by valid frames");
                 return Err(self.corrupt(stop.position, stop.kind));
             }
@@ -254,7 +263,9 @@ impl OpenedSegment<'_> {
         self.file
             .set_len(outcome.valid_end)
             .map_err(LogError::io("truncate", self.path))?;
-        self.file.sync_all().map_err(LogError::io("sync", self.path))?;
+        self.file
+            .sync_all()
+            .map_err(LogError::io("sync", self.path))?;
         sync_dir(self.dir)?;
         tracing::warn!(segment = %self.path.display(), position = stop.position, reason = %stop.kind, "cut a torn tail off the log");
         report.truncated_tail = Some(TailTruncation {
@@ -290,9 +301,12 @@ pub(crate) fn extend_state(state: &mut SegmentState, frame: &ScannedFrame<'_>, i
         .last_position()
         .unwrap_or(SEGMENT_HEADER_LEN as u64);
     if frame.position - last_indexed >= interval {
-        state
-            .index
-            .push(header.index, header.base_offset, frame.position, state.max_timestamp);
+        state.index.push(
+            header.index,
+            header.base_offset,
+            frame.position,
+            state.max_timestamp,
+        );
     }
     if header.kind == FrameKind::Data {
         state.max_timestamp = state

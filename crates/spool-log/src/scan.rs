@@ -83,7 +83,12 @@ pub fn scan_frames(
     mut expect: Expect,
     mut visit: impl FnMut(&ScannedFrame<'_>),
 ) -> Result<ScanOutcome> {
-    let mut buf = vec![0u8; CHUNK.min((to.saturating_sub(from)) as usize).max(FRAME_HEADER_LEN)];
+    let mut buf = vec![
+        0u8;
+        CHUNK
+            .min((to.saturating_sub(from)) as usize)
+            .max(FRAME_HEADER_LEN)
+    ];
     let mut buf_pos = from; // file position of buf[0]
     let mut filled = 0usize;
     let mut pos = from;
@@ -103,7 +108,16 @@ pub fn scan_frames(
         }
         let mut at = (pos - buf_pos) as usize;
         if at + FRAME_HEADER_LEN > filled {
-            refill(file, path, &mut buf, &mut buf_pos, &mut filled, pos, to, FRAME_HEADER_LEN)?;
+            refill(
+                file,
+                path,
+                &mut buf,
+                &mut buf_pos,
+                &mut filled,
+                pos,
+                to,
+                FRAME_HEADER_LEN,
+            )?;
             at = 0;
         }
         let mut header_bytes = [0u8; FRAME_HEADER_LEN];
@@ -122,7 +136,16 @@ pub fn scan_frames(
             );
         }
         if at + frame_len as usize > filled {
-            refill(file, path, &mut buf, &mut buf_pos, &mut filled, pos, to, frame_len as usize)?;
+            refill(
+                file,
+                path,
+                &mut buf,
+                &mut buf_pos,
+                &mut filled,
+                pos,
+                to,
+                frame_len as usize,
+            )?;
             at = 0;
         }
         let payload = &buf[at + FRAME_HEADER_LEN..at + frame_len as usize];
@@ -201,7 +224,13 @@ pub fn valid_frame_after(
     Ok(None)
 }
 
-fn frame_is_valid_at(file: &File, path: &Path, pos: u64, to: u64, after_index: u64) -> Result<bool> {
+fn frame_is_valid_at(
+    file: &File,
+    path: &Path,
+    pos: u64,
+    to: u64,
+    after_index: u64,
+) -> Result<bool> {
     if to - pos < FRAME_HEADER_LEN as u64 {
         return Ok(false);
     }

@@ -80,12 +80,20 @@ impl Segment {
         file.sync_all().map_err(LogError::io("sync", &tmp))?;
         fs::rename(&tmp, &path).map_err(LogError::io("rename", &tmp))?;
         sync_dir(dir)?;
-        Ok(Self::from_parts(dir, path, file, header, SegmentState::empty(&header)))
+        Ok(Self::from_parts(
+            dir,
+            path,
+            file,
+            header,
+            SegmentState::empty(&header),
+        ))
     }
 
     /// Opens an existing segment file and reads its header; the state is filled by
     /// recovery.
-    pub fn open_file(path: &Path) -> Result<(File, u64, std::result::Result<SegmentHeader, Corruption>)> {
+    pub fn open_file(
+        path: &Path,
+    ) -> Result<(File, u64, std::result::Result<SegmentHeader, Corruption>)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -203,7 +211,9 @@ impl<'s> FrameCursor<'s> {
         }
         if self.end - self.pos < FRAME_HEADER_LEN as u64 {
             let missing = FRAME_HEADER_LEN as u64 - (self.end - self.pos);
-            return Err(self.segment.corrupt(self.pos, Corruption::Truncated { missing }));
+            return Err(self
+                .segment
+                .corrupt(self.pos, Corruption::Truncated { missing }));
         }
         self.ensure(FRAME_HEADER_LEN)?;
         let at = (self.pos - self.chunk_pos) as usize;
@@ -214,7 +224,9 @@ impl<'s> FrameCursor<'s> {
         let frame_len = header.frame_len();
         if frame_len > self.end - self.pos {
             let missing = frame_len - (self.end - self.pos);
-            return Err(self.segment.corrupt(self.pos, Corruption::Truncated { missing }));
+            return Err(self
+                .segment
+                .corrupt(self.pos, Corruption::Truncated { missing }));
         }
         self.ensure(frame_len as usize)?;
         let at = (self.pos - self.chunk_pos) as usize;
@@ -251,7 +263,8 @@ pub(crate) fn write_index_file(path: &Path, state: &SegmentState) -> Result<()> 
     let bytes = state.index.encode(&state.checkpoint());
     let tmp = path.with_extension("index.tmp");
     let mut file = File::create(&tmp).map_err(LogError::io("create", &tmp))?;
-    file.write_all(&bytes).map_err(LogError::io("write", &tmp))?;
+    file.write_all(&bytes)
+        .map_err(LogError::io("write", &tmp))?;
     file.sync_all().map_err(LogError::io("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(LogError::io("rename", &tmp))
 }

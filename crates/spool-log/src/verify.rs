@@ -76,9 +76,14 @@ pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Opens a segment file read-only-in-effect and decodes its header.
-pub fn open_segment(path: &Path) -> Result<(File, u64, std::result::Result<SegmentHeader, Corruption>)> {
+pub fn open_segment(
+    path: &Path,
+) -> Result<(File, u64, std::result::Result<SegmentHeader, Corruption>)> {
     let file = File::open(path).map_err(crate::LogError::io("open", path))?;
-    let len = file.metadata().map_err(crate::LogError::io("stat", path))?.len();
+    let len = file
+        .metadata()
+        .map_err(crate::LogError::io("stat", path))?
+        .len();
     let mut raw = [0u8; SEGMENT_HEADER_LEN];
     let header = if len < SEGMENT_HEADER_LEN as u64 {
         Err(Corruption::BadSegmentHeader {
@@ -176,23 +181,30 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport> {
             .map(|(_, c)| c.covered_len);
         let mut max_ts = -1i64;
         let mut matched = 0usize;
-        let outcome = scan_frames(&file, path, SEGMENT_HEADER_LEN as u64, len, start, |frame| {
-            if let Some(&(index, offset, max_before)) = wanted.get(&frame.position)
-                && index == frame.header.index
-                && offset == frame.header.base_offset
-                && max_before == max_ts
-            {
-                matched += 1;
-            }
-            if checkpoint_at == Some(frame.position) {
-                checkpoint_seen = Some((frame.header.index, frame.header.base_offset));
-            }
-            summary.frames += 1;
-            if frame.header.kind == FrameKind::Data {
-                summary.data_frames += 1;
-                max_ts = max_ts.max(crate::batch::max_timestamp_unchecked(frame.payload));
-            }
-        })?;
+        let outcome = scan_frames(
+            &file,
+            path,
+            SEGMENT_HEADER_LEN as u64,
+            len,
+            start,
+            |frame| {
+                if let Some(&(index, offset, max_before)) = wanted.get(&frame.position)
+                    && index == frame.header.index
+                    && offset == frame.header.base_offset
+                    && max_before == max_ts
+                {
+                    matched += 1;
+                }
+                if checkpoint_at == Some(frame.position) {
+                    checkpoint_seen = Some((frame.header.index, frame.header.base_offset));
+                }
+                summary.frames += 1;
+                if frame.header.kind == FrameKind::Data {
+                    summary.data_frames += 1;
+                    max_ts = max_ts.max(crate::batch::max_timestamp_unchecked(frame.payload));
+                }
+            },
+        )?;
         summary.next_index = outcome.expect.next_index;
         summary.next_offset = outcome.expect.next_offset;
         if let Some(stop) = &outcome.stop {

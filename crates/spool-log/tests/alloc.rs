@@ -1,5 +1,6 @@
 //! Hot paths allocate at most once per batch and never per record: counted with a global
 //! allocator that tallies allocations per thread.
+#![allow(clippy::unwrap_used)]
 #![allow(unsafe_code)]
 
 mod common;
@@ -77,6 +78,11 @@ fn append_and_read_allocate_at_most_once_per_batch_and_never_per_record() {
     }
     let read_allocs = allocations() - before;
     assert_eq!(read, BATCHES);
-    assert!(read_allocs <= BATCHES, "{read_allocs} allocations to read {BATCHES} batches");
-    eprintln!("append: {append_allocs} allocations, read: {read_allocs} allocations for {BATCHES} batches of {RECORDS} records");
+    assert!(
+        read_allocs <= BATCHES,
+        "{read_allocs} allocations to read {BATCHES} batches"
+    );
+    eprintln!(
+        "append: {append_allocs} allocations, read: {read_allocs} allocations for {BATCHES} batches of {RECORDS} records"
+    );
 }

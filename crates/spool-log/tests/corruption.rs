@@ -1,5 +1,6 @@
 //! Damage in the middle of a log is found by CRC and reported with the segment and byte
 //! position: never skipped, never served.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -90,7 +91,10 @@ fn a_sealed_segment_that_must_be_rescanned_refuses_to_open_when_damaged() {
             ..small_config()
         };
         let err = Log::open(dir.path(), config).unwrap_err();
-        assert!(matches!(&err, LogError::Corrupt { segment, .. } if *segment == first), "{err}");
+        assert!(
+            matches!(&err, LogError::Corrupt { segment, .. } if *segment == first),
+            "{err}"
+        );
     }
 }
 
@@ -159,7 +163,14 @@ fn a_stale_index_file_is_detected_and_rebuilt() {
     assert_eq!(report.problems[0].file, index);
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.recovery_report().rebuilt_indexes, vec![first]);
-    assert_eq!(log.reader().read(0, i64::MAX, usize::MAX).unwrap().batches.len(), 120);
+    assert_eq!(
+        log.reader()
+            .read(0, i64::MAX, usize::MAX)
+            .unwrap()
+            .batches
+            .len(),
+        120
+    );
     drop(log);
     assert!(verify_dir(dir.path()).unwrap().is_clean());
     let _ = OpenOptions::new();

@@ -1,5 +1,6 @@
 //! A crash can stop a write at any byte. Whatever byte it stops at, opening keeps every
 //! complete frame, drops the torn one, and the log works on as before.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -28,7 +29,8 @@ fn log_with_tail(dir: &Path, close_before_tail: bool) -> (Vec<u64>, u64) {
     let next = log.next_index();
     log.append([blank(2, next)]).unwrap();
     ends.push(len(&segment));
-    log.append([membership(2, next + 1, b"voters=1,2,3;learners=4")]).unwrap();
+    log.append([membership(2, next + 1, b"voters=1,2,3;learners=4")])
+        .unwrap();
     ends.push(len(&segment));
     for i in 0..2u64 {
         let b = batch(100 + i, 4, 120, 2_000);
@@ -57,12 +59,17 @@ fn cut_at_every_byte(close_before_tail: bool, fill_zeros: bool) {
         drop(file);
         // A frame survives if its bytes survive: cut off, or zeroed where they were zero.
         let intact = |end: u64| {
-            end <= cut || (fill_zeros && original[cut as usize..end as usize].iter().all(|&b| b == 0))
+            end <= cut
+                || (fill_zeros && original[cut as usize..end as usize].iter().all(|&b| b == 0))
         };
         let complete = ends.iter().filter(|&&end| intact(end)).count() as u64 - 1;
         let log = Log::open(dir.path(), small_config())
             .unwrap_or_else(|e| panic!("open after a cut at byte {cut}: {e}"));
-        assert_eq!(log.next_index(), first_tail_index + complete, "cut at {cut}");
+        assert_eq!(
+            log.next_index(),
+            first_tail_index + complete,
+            "cut at {cut}"
+        );
         let kept_end = ends[complete as usize];
         let torn = kept_end != if fill_zeros { full_len } else { cut };
         assert_eq!(
@@ -111,7 +118,12 @@ fn strict_mode_still_drops_a_frame_cut_short_by_a_crash() {
     let dir = copy_dir(source.path());
     let segment = last_segment(dir.path());
     let cut = ends[3] + 30;
-    OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
     let strict = LogConfig {
         recovery: RecoveryMode::Strict,
         ..small_config()

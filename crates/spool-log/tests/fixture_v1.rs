@@ -3,6 +3,7 @@
 //! same records. Regenerate only for a deliberate format change, and then as a new
 //! fixture beside this one: `SPOOL_REGENERATE_FIXTURES=1 cargo test -p spool-log --test
 //! fixture_v1`.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -33,7 +34,8 @@ fn config() -> LogConfig {
 fn write_recipe(dir: &Path) {
     let clock = ManualClock::at(START_MS);
     let mut log = Log::open_with_clock(dir, config(), clock).unwrap();
-    log.append([membership(1, 0, b"voters=1"), blank(1, 1)]).unwrap();
+    log.append([membership(1, 0, b"voters=1"), blank(1, 1)])
+        .unwrap();
     for i in 0..40u64 {
         if i == 30 {
             log.append([blank(2, log.next_index())]).unwrap();
@@ -62,10 +64,17 @@ fn regenerate_if_asked() {
 #[test]
 fn the_v1_fixture_opens_and_reads_back_every_record() {
     regenerate_if_asked();
-    assert!(spool_log::verify::verify_dir(&fixture_dir()).unwrap().is_clean());
+    assert!(
+        spool_log::verify::verify_dir(&fixture_dir())
+            .unwrap()
+            .is_clean()
+    );
     let copy = copy_dir(&fixture_dir());
     let log = Log::open(copy.path(), config()).unwrap();
-    assert!(log.reader().segment_count() >= 3, "the fixture spans several segments");
+    assert!(
+        log.reader().segment_count() >= 3,
+        "the fixture spans several segments"
+    );
     assert_eq!(log.next_index(), 43);
     assert_eq!(log.next_offset(), 120);
     assert_eq!(log.end().last_term, 2);
@@ -81,7 +90,12 @@ fn the_v1_fixture_opens_and_reads_back_every_record() {
         assert_eq!(*offset, n as i64);
         assert_eq!(key, format!("key-{}-{}", n / 3, n % 3).as_bytes());
     }
-    assert_eq!(log.reader().offset_for_timestamp(START_MS + 35, i64::MAX).unwrap(), Some(105));
+    assert_eq!(
+        log.reader()
+            .offset_for_timestamp(START_MS + 35, i64::MAX)
+            .unwrap(),
+        Some(105)
+    );
 }
 
 #[test]

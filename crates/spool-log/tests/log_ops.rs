@@ -1,5 +1,6 @@
 //! The log API end to end: append, read by offset and by Raft index, timestamps, rolls,
 //! truncation, purge, retention, reset and reopen.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -37,7 +38,9 @@ fn appended_batches_read_back_across_segments() {
     let expected = records_of(&written);
     let got = records_of(&all.batches);
     assert_eq!(got.len(), 1000);
-    for (i, ((offset, key, value), (_, want_key, want_value))) in got.iter().zip(&expected).enumerate() {
+    for (i, ((offset, key, value), (_, want_key, want_value))) in
+        got.iter().zip(&expected).enumerate()
+    {
         assert_eq!(*offset, i as i64);
         assert_eq!((key, value), (want_key, want_value));
     }
@@ -130,7 +133,11 @@ fn raft_entries_of_every_kind_read_back_and_only_data_takes_offsets() {
     assert_eq!(sub[0].header.index, 3);
 
     let fetched = log.reader().read(0, i64::MAX, usize::MAX).unwrap();
-    assert_eq!(fetched.batches.len(), 2, "fetch skips blank and membership frames");
+    assert_eq!(
+        fetched.batches.len(),
+        2,
+        "fetch skips blank and membership frames"
+    );
 }
 
 #[test]
@@ -148,14 +155,25 @@ fn bad_appends_are_refused_whole() {
             found: 4
         })
     ));
-    assert_eq!(log.end(), before, "the valid first entry was rolled back too");
+    assert_eq!(
+        log.end(),
+        before,
+        "the valid first entry was rolled back too"
+    );
     let regression = log.append([data(2, 2, &b)]);
     assert!(matches!(
         regression,
         Err(LogError::TermRegression { last: 3, found: 2 })
     ));
     assert_eq!(log.end(), before);
-    assert_eq!(log.reader().read(0, i64::MAX, usize::MAX).unwrap().batches.len(), 2);
+    assert_eq!(
+        log.reader()
+            .read(0, i64::MAX, usize::MAX)
+            .unwrap()
+            .batches
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -165,9 +183,18 @@ fn timestamps_find_the_first_record_at_or_after() {
     fill(&mut log, 100, 1); // batch i has timestamp 1000 + i, records 5i..5i+4
     let reader = log.reader();
     assert_eq!(reader.offset_for_timestamp(0, i64::MAX).unwrap(), Some(0));
-    assert_eq!(reader.offset_for_timestamp(1_000, i64::MAX).unwrap(), Some(0));
-    assert_eq!(reader.offset_for_timestamp(1_042, i64::MAX).unwrap(), Some(210));
-    assert_eq!(reader.offset_for_timestamp(1_099, i64::MAX).unwrap(), Some(495));
+    assert_eq!(
+        reader.offset_for_timestamp(1_000, i64::MAX).unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        reader.offset_for_timestamp(1_042, i64::MAX).unwrap(),
+        Some(210)
+    );
+    assert_eq!(
+        reader.offset_for_timestamp(1_099, i64::MAX).unwrap(),
+        Some(495)
+    );
     assert_eq!(reader.offset_for_timestamp(1_100, i64::MAX).unwrap(), None);
     assert_eq!(reader.offset_for_timestamp(1_042, 200).unwrap(), None);
 }
@@ -199,9 +226,15 @@ fn truncation_removes_the_tail_and_gives_its_offsets_out_again() {
     let tail = log.reader().read(299, i64::MAX, usize::MAX).unwrap();
     let records = records_of(&tail.batches);
     assert_eq!(records.last().map(|r| r.0), Some(301));
-    assert_eq!(records.last().map(|r| r.1.clone()), Some(b"key-1000-1".to_vec()));
+    assert_eq!(
+        records.last().map(|r| r.1.clone()),
+        Some(b"key-1000-1".to_vec())
+    );
     // Timestamps of the truncated data are forgotten with it.
-    assert_eq!(log.reader().offset_for_timestamp(1_070, i64::MAX).unwrap(), Some(300));
+    assert_eq!(
+        log.reader().offset_for_timestamp(1_070, i64::MAX).unwrap(),
+        Some(300)
+    );
 }
 
 #[test]
@@ -252,7 +285,11 @@ fn purge_and_retention_delete_whole_sealed_segments_only() {
         max_bytes: None,
     };
     log.apply_retention(&by_age).unwrap();
-    assert_eq!(log.reader().segment_count(), 1, "the active segment always stays");
+    assert_eq!(
+        log.reader().segment_count(),
+        1,
+        "the active segment always stays"
+    );
     let end = log.next_offset();
     drop(log);
     let log = Log::open(dir.path(), small_config()).unwrap();
@@ -288,7 +325,10 @@ fn reset_starts_afresh_at_the_given_position() {
     assert_eq!(log.first_index(), 1_000);
     assert_eq!(log.start_offset(), 50_000);
     let b = batch(1, 2, 10, 1);
-    assert_eq!(log.append([data(7, 1_000, &b)]).unwrap().first_offset, 50_000);
+    assert_eq!(
+        log.append([data(7, 1_000, &b)]).unwrap().first_offset,
+        50_000
+    );
     log.flush().unwrap();
     drop(log);
     let log = Log::open(dir.path(), small_config()).unwrap();
@@ -320,7 +360,11 @@ fn flush_policies_report_what_is_durable() {
     let mut log = Log::open(dir.path(), small_config()).unwrap();
     let b = batch(1, 1, 10, 1);
     log.append([data(1, 0, &b)]).unwrap();
-    assert_eq!(log.durable().next_index, 0, "nothing is durable before a flush");
+    assert_eq!(
+        log.durable().next_index,
+        0,
+        "nothing is durable before a flush"
+    );
     assert_eq!(log.flush().unwrap().next_index, 1);
 
     let dir = tempfile::tempdir().unwrap();
@@ -330,7 +374,11 @@ fn flush_policies_report_what_is_durable() {
     };
     let mut log = Log::open(dir.path(), config).unwrap();
     log.append([data(1, 0, &b)]).unwrap();
-    assert_eq!(log.flush().unwrap().next_index, 1, "durable under the policy");
+    assert_eq!(
+        log.flush().unwrap().next_index,
+        1,
+        "durable under the policy"
+    );
     assert_eq!(log.sync().unwrap().next_index, 1);
 }
 
@@ -347,7 +395,10 @@ fn readers_on_other_threads_see_appends_as_they_land() {
                 let mut next = 0i64;
                 let mut seen = 0usize;
                 while next < total {
-                    assert!(std::time::Instant::now() < deadline, "reader stalled at {next}");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "reader stalled at {next}"
+                    );
                     let fetched = reader.read(next, i64::MAX, 64 * 1024).unwrap();
                     for (offset, _, _) in records_of(&fetched.batches) {
                         if offset >= next {

@@ -1,5 +1,6 @@
 //! Random sequences of append, truncate, purge, close and reopen, checked after every step
 //! against a plain in-memory model of the log.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -94,15 +95,24 @@ fn check(log: &Log, model: &Model, start_offset: i64) -> Result<(), TestCaseErro
         }
     }
     // Every offset in the log is found by a fetch, in the batch that holds it.
-    let data: Vec<&ModelEntry> = model.entries.iter().filter(|e| e.kind == FrameKind::Data).collect();
+    let data: Vec<&ModelEntry> = model
+        .entries
+        .iter()
+        .filter(|e| e.kind == FrameKind::Data)
+        .collect();
     for entry in &data {
-        for offset in [entry.base_offset, entry.base_offset + i64::from(entry.offset_count) - 1] {
+        for offset in [
+            entry.base_offset,
+            entry.base_offset + i64::from(entry.offset_count) - 1,
+        ] {
             let fetched = reader.read(offset, i64::MAX, 1).unwrap();
             prop_assert_eq!(fetched.batches.len(), 1);
             prop_assert_eq!(&fetched.batches[0][21..], &entry.payload[21..]);
         }
     }
-    let all = reader.read(reader.start_offset(), i64::MAX, usize::MAX).unwrap();
+    let all = reader
+        .read(reader.start_offset(), i64::MAX, usize::MAX)
+        .unwrap();
     prop_assert_eq!(all.batches.len(), data.len());
     Ok(())
 }

@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::varint::{varint_len, varlong_len, write_varint, write_varlong};
 use super::{
-    ATTRIBUTES, BATCH_HEADER_LEN, BATCH_LENGTH, Compression, CRC, Header, LOG_OVERHEAD, MAGIC_V2,
+    ATTRIBUTES, BATCH_HEADER_LEN, BATCH_LENGTH, CRC, Compression, Header, LOG_OVERHEAD, MAGIC_V2,
     TimestampType,
 };
 

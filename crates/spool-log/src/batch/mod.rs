@@ -185,9 +185,10 @@ impl<'a> RecordBatch<'a> {
     /// offset deltas 0, 1, 2, ...
     pub fn validate_records(&self) -> Result<(), BatchError> {
         let attributes = self.attributes();
-        let codec = Compression::from_attributes(attributes).ok_or(BatchError::UnknownCompression {
-            id: attributes & COMPRESSION_MASK,
-        })?;
+        let codec =
+            Compression::from_attributes(attributes).ok_or(BatchError::UnknownCompression {
+                id: attributes & COMPRESSION_MASK,
+            })?;
         let record_count = self.record_count();
         if record_count <= 0 {
             return Err(BatchError::Empty);

@@ -184,7 +184,9 @@ impl<'a> Iterator for RecordIter<'a> {
             .log_append_time
             .unwrap_or(self.base_timestamp.wrapping_add(record.timestamp_delta));
         Some(Ok(Record {
-            offset: self.base_offset.wrapping_add(i64::from(record.offset_delta)),
+            offset: self
+                .base_offset
+                .wrapping_add(i64::from(record.offset_delta)),
             offset_delta: record.offset_delta,
             timestamp,
             key: record.key,

@@ -93,7 +93,11 @@ fn setters_change_only_fields_outside_the_crc() {
     assert_eq!(batch.base_offset(), 4242);
     assert_eq!(batch.last_offset(), 4244);
     assert_eq!(batch.partition_leader_epoch(), 7);
-    let offsets: Vec<i64> = batch.records().unwrap().map(|r| r.unwrap().offset()).collect();
+    let offsets: Vec<i64> = batch
+        .records()
+        .unwrap()
+        .map(|r| r.unwrap().offset())
+        .collect();
     assert_eq!(offsets, vec![4242, 4243, 4244]);
 }
 
@@ -138,7 +142,10 @@ fn a_record_count_that_disagrees_with_the_records_is_refused() {
     let more = with_field(&good, RECORD_COUNT, &4i32.to_be_bytes());
     let more = with_field(&more, LAST_OFFSET_DELTA, &3i32.to_be_bytes());
     assert_eq!(
-        RecordBatch::new(&more).unwrap().validate_records().unwrap_err(),
+        RecordBatch::new(&more)
+            .unwrap()
+            .validate_records()
+            .unwrap_err(),
         BatchError::RecordCountMismatch {
             declared: 4,
             found: 3
@@ -147,17 +154,26 @@ fn a_record_count_that_disagrees_with_the_records_is_refused() {
     let fewer = with_field(&good, RECORD_COUNT, &2i32.to_be_bytes());
     let fewer = with_field(&fewer, LAST_OFFSET_DELTA, &1i32.to_be_bytes());
     assert!(matches!(
-        RecordBatch::new(&fewer).unwrap().validate_records().unwrap_err(),
+        RecordBatch::new(&fewer)
+            .unwrap()
+            .validate_records()
+            .unwrap_err(),
         BatchError::RecordCountMismatch { declared: 2, .. }
     ));
     let delta = with_field(&good, LAST_OFFSET_DELTA, &5i32.to_be_bytes());
     assert!(matches!(
-        RecordBatch::new(&delta).unwrap().validate_records().unwrap_err(),
+        RecordBatch::new(&delta)
+            .unwrap()
+            .validate_records()
+            .unwrap_err(),
         BatchError::OffsetDeltaMismatch { .. }
     ));
     let empty = with_field(&good, RECORD_COUNT, &0i32.to_be_bytes());
     assert_eq!(
-        RecordBatch::new(&empty).unwrap().validate_records().unwrap_err(),
+        RecordBatch::new(&empty)
+            .unwrap()
+            .validate_records()
+            .unwrap_err(),
         BatchError::Empty
     );
 }
@@ -177,7 +193,10 @@ fn compressed_batches_are_stored_as_they_are() {
     );
     let unknown = with_field(&good, ATTRIBUTES, &7i16.to_be_bytes());
     assert_eq!(
-        RecordBatch::new(&unknown).unwrap().validate_records().unwrap_err(),
+        RecordBatch::new(&unknown)
+            .unwrap()
+            .validate_records()
+            .unwrap_err(),
         BatchError::UnknownCompression { id: 7 }
     );
 }

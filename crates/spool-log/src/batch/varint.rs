@@ -114,7 +114,10 @@ mod tests {
             read_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
             Err(VarintError::Overlong)
         );
-        assert_eq!(read_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]), Err(VarintError::Overlong));
+        assert_eq!(
+            read_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err(VarintError::Overlong)
+        );
     }
 
     proptest! {
