@@ -32,7 +32,7 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    pub(crate) fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut out = [0u8; SEGMENT_HEADER_LEN];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
         out[8..10].copy_from_slice(&SEGMENT_FORMAT_V1.to_le_bytes());
@@ -46,7 +46,7 @@ impl SegmentHeader {
         out
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Corruption> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, Corruption> {
         let bad = |reason| Corruption::BadSegmentHeader { reason };
         if bytes.len() < SEGMENT_HEADER_LEN {
             return Err(bad("the file is shorter than a segment header"));
