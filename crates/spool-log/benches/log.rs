@@ -79,7 +79,8 @@ fn append(c: &mut Criterion) {
                         busy += start.elapsed();
                         if log.reader().size_bytes() > RESET_AT {
                             let end = log.end();
-                            log.reset(end.next_index, end.next_offset, end.last_term).unwrap();
+                            log.reset(end.next_index, end.next_offset, end.last_term)
+                                .unwrap();
                         }
                     }
                     busy
@@ -185,7 +186,8 @@ fn recovery(c: &mut Criterion) {
     let total: u64 = 1024 * 1024 * 1024;
     while log.reader().size_bytes() < total {
         let first = log.next_index();
-        log.append((0..64).map(|i| entry(first + i, batch))).unwrap();
+        log.append((0..64).map(|i| entry(first + i, batch)))
+            .unwrap();
     }
     log.flush().unwrap();
     let size = log.reader().size_bytes();
@@ -204,7 +206,10 @@ fn recovery(c: &mut Criterion) {
                 let start = Instant::now();
                 let log = Log::open(dir.path(), config(FlushPolicy::Os)).unwrap();
                 busy += start.elapsed();
-                assert_eq!(log.recovery_report().scanned_bytes + 64 * log.reader().segment_count() as u64, size);
+                assert_eq!(
+                    log.recovery_report().scanned_bytes + 64 * log.reader().segment_count() as u64,
+                    size
+                );
             }
             busy
         });

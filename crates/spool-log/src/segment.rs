@@ -89,27 +89,15 @@ impl Segment {
         ))
     }
 
-    /// Opens an existing segment file and reads its header; the state is filled by
-    /// recovery.
-    pub fn open_file(
-        path: &Path,
-    ) -> Result<(File, u64, std::result::Result<SegmentHeader, Corruption>)> {
+    /// Opens an existing segment file for reading and writing and reads its header; the
+    /// state is filled by recovery.
+    pub fn open_file(path: &Path) -> Result<(File, u64, HeaderRead)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(LogError::io("open", path))?;
-        let len = file.metadata().map_err(LogError::io("stat", path))?.len();
-        let mut raw = [0u8; SEGMENT_HEADER_LEN];
-        let header = if len < SEGMENT_HEADER_LEN as u64 {
-            Err(Corruption::BadSegmentHeader {
-                reason: "the file is shorter than a segment header",
-            })
-        } else {
-            file.read_exact_at(&mut raw, 0)
-                .map_err(LogError::io("read", path))?;
-            SegmentHeader::decode(&raw)
-        };
+        let (len, header) = read_header(&file, path)?;
         Ok((file, len, header))
     }
 
@@ -267,6 +255,24 @@ pub(crate) fn write_index_file(path: &Path, state: &SegmentState) -> Result<()> 
         .map_err(LogError::io("write", &tmp))?;
     file.sync_all().map_err(LogError::io("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(LogError::io("rename", &tmp))
+}
+
+/// A segment header as found: decoded, or what is wrong with it.
+pub type HeaderRead = std::result::Result<SegmentHeader, Corruption>;
+
+/// The file's length and its decoded header.
+pub(crate) fn read_header(file: &File, path: &Path) -> Result<(u64, HeaderRead)> {
+    let len = file.metadata().map_err(LogError::io("stat", path))?.len();
+    if len < SEGMENT_HEADER_LEN as u64 {
+        let short = Corruption::BadSegmentHeader {
+            reason: "the file is shorter than a segment header",
+        };
+        return Ok((len, Err(short)));
+    }
+    let mut raw = [0u8; SEGMENT_HEADER_LEN];
+    file.read_exact_at(&mut raw, 0)
+        .map_err(LogError::io("read", path))?;
+    Ok((len, SegmentHeader::decode(&raw)))
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {

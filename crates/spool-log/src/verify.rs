@@ -12,6 +12,7 @@ use crate::frame::FrameKind;
 use crate::index::SparseIndex;
 use crate::recovery::list_dir;
 use crate::scan::{Expect, scan_frames};
+use crate::segment::{HeaderRead, read_header};
 use crate::segment_header::{SEGMENT_HEADER_LEN, SegmentHeader};
 
 /// One thing wrong in a log directory.
@@ -75,24 +76,10 @@ pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(list_dir(dir)?.segments.into_values().collect())
 }
 
-/// Opens a segment file read-only-in-effect and decodes its header.
-pub fn open_segment(
-    path: &Path,
-) -> Result<(File, u64, std::result::Result<SegmentHeader, Corruption>)> {
+/// Opens a segment file read-only and decodes its header.
+pub fn open_segment(path: &Path) -> Result<(File, u64, HeaderRead)> {
     let file = File::open(path).map_err(crate::LogError::io("open", path))?;
-    let len = file
-        .metadata()
-        .map_err(crate::LogError::io("stat", path))?
-        .len();
-    let mut raw = [0u8; SEGMENT_HEADER_LEN];
-    let header = if len < SEGMENT_HEADER_LEN as u64 {
-        Err(Corruption::BadSegmentHeader {
-            reason: "the file is shorter than a segment header",
-        })
-    } else {
-        crate::scan::read_exact_at(&file, path, &mut raw, 0)?;
-        SegmentHeader::decode(&raw)
-    };
+    let (len, header) = read_header(&file, path)?;
     Ok((file, len, header))
 }
 
