@@ -2,7 +2,8 @@
 //! and always), read from the page cache, and recovery scans.
 //!
 //! `cargo bench -p spool-log --bench log`; set SPOOL_BENCH_DIR to put the logs on another
-//! disk than the temporary directory's.
+//! disk than the temporary directory's, and SPOOL_BENCH_COLD=1 (as root) to drop the page
+//! cache before every recovery, so it reads from the disk.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -203,6 +204,9 @@ fn recovery(c: &mut Criterion) {
                         std::fs::remove_file(path).unwrap();
                     }
                 }
+                if std::env::var_os("SPOOL_BENCH_COLD").is_some() {
+                    drop_page_cache();
+                }
                 let start = Instant::now();
                 let log = Log::open(dir.path(), config(FlushPolicy::Os)).unwrap();
                 busy += start.elapsed();
@@ -215,6 +219,13 @@ fn recovery(c: &mut Criterion) {
         });
     });
     group.finish();
+}
+
+/// Writes dirty pages back and empties the page cache (needs root).
+fn drop_page_cache() {
+    let synced = std::process::Command::new("sync").status().unwrap();
+    assert!(synced.success());
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("SPOOL_BENCH_COLD needs root");
 }
 
 criterion_group!(benches, baseline, append, validate, read, recovery);
