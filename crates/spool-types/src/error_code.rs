@@ -15,10 +15,14 @@ pub enum ErrorCode {
     TopicAlreadyExists = 7,
     InvalidRequest = 8,
     StorageError = 9,
+    InvalidConfig = 10,
+    InvalidPartitions = 11,
+    InvalidReplicationFactor = 12,
+    RequestTimedOut = 13,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -29,6 +33,10 @@ impl ErrorCode {
         ErrorCode::TopicAlreadyExists,
         ErrorCode::InvalidRequest,
         ErrorCode::StorageError,
+        ErrorCode::InvalidConfig,
+        ErrorCode::InvalidPartitions,
+        ErrorCode::InvalidReplicationFactor,
+        ErrorCode::RequestTimedOut,
     ];
 
     /// The wire number of this code.
@@ -46,7 +54,10 @@ impl ErrorCode {
 
     /// Whether a client may retry the same request (after refreshing metadata).
     pub fn is_retriable(self) -> bool {
-        matches!(self, ErrorCode::NotLeader | ErrorCode::StorageError)
+        matches!(
+            self,
+            ErrorCode::NotLeader | ErrorCode::StorageError | ErrorCode::RequestTimedOut
+        )
     }
 
     /// The code's name as the protocol documents it.
@@ -62,6 +73,10 @@ impl ErrorCode {
             ErrorCode::TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::StorageError => "STORAGE_ERROR",
+            ErrorCode::InvalidConfig => "INVALID_CONFIG",
+            ErrorCode::InvalidPartitions => "INVALID_PARTITIONS",
+            ErrorCode::InvalidReplicationFactor => "INVALID_REPLICATION_FACTOR",
+            ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
         }
     }
 }

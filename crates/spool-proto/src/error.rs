@@ -1,0 +1,112 @@
+//! Error codes on the wire: the `ErrorCode` enum, the `Error` message, and gRPC statuses
+//! that carry an encoded `Error` in their details.
+
+use prost::Message;
+use spool_types::ErrorCode;
+use tonic::{Code, Status};
+
+use crate::v1;
+
+impl From<ErrorCode> for v1::ErrorCode {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::NotLeader => v1::ErrorCode::NotLeader,
+            ErrorCode::UnknownTopicOrPartition => v1::ErrorCode::UnknownTopicOrPartition,
+            ErrorCode::OffsetOutOfRange => v1::ErrorCode::OffsetOutOfRange,
+            ErrorCode::RecordTooLarge => v1::ErrorCode::RecordTooLarge,
+            ErrorCode::CorruptBatch => v1::ErrorCode::CorruptBatch,
+            ErrorCode::InvalidTopic => v1::ErrorCode::InvalidTopic,
+            ErrorCode::TopicAlreadyExists => v1::ErrorCode::TopicAlreadyExists,
+            ErrorCode::InvalidRequest => v1::ErrorCode::InvalidRequest,
+            ErrorCode::StorageError => v1::ErrorCode::StorageError,
+            ErrorCode::InvalidConfig => v1::ErrorCode::InvalidConfig,
+            ErrorCode::InvalidPartitions => v1::ErrorCode::InvalidPartitions,
+            ErrorCode::InvalidReplicationFactor => v1::ErrorCode::InvalidReplicationFactor,
+            ErrorCode::RequestTimedOut => v1::ErrorCode::RequestTimedOut,
+            _ => v1::ErrorCode::Unknown,
+        }
+    }
+}
+
+impl From<v1::ErrorCode> for ErrorCode {
+    fn from(code: v1::ErrorCode) -> Self {
+        ErrorCode::from_i32(code as i32)
+    }
+}
+
+impl v1::Error {
+    /// A wire error with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: v1::ErrorCode::from(code) as i32,
+            message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// The domain code (unknown numbers map to `Unknown`).
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::from_i32(self.code)
+    }
+}
+
+/// The gRPC status code that fits an error code.
+fn grpc_code(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::NotLeader | ErrorCode::StorageError => Code::Unavailable,
+        ErrorCode::UnknownTopicOrPartition => Code::NotFound,
+        ErrorCode::OffsetOutOfRange => Code::OutOfRange,
+        ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
+        ErrorCode::RequestTimedOut => Code::DeadlineExceeded,
+        ErrorCode::RecordTooLarge
+        | ErrorCode::CorruptBatch
+        | ErrorCode::InvalidTopic
+        | ErrorCode::InvalidRequest
+        | ErrorCode::InvalidConfig
+        | ErrorCode::InvalidPartitions
+        | ErrorCode::InvalidReplicationFactor => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
+/// A status for a failed call, with the typed error encoded in its details.
+pub fn error_to_status(error: v1::Error) -> Status {
+    let code = grpc_code(error.error_code());
+    let message = error.message.clone();
+    Status::with_details(code, message, error.encode_to_vec().into())
+}
+
+/// The typed error a status carries, if any; otherwise one derived from its gRPC code.
+pub fn status_error(status: &Status) -> v1::Error {
+    if let Ok(error) = v1::Error::decode(status.details()) {
+        if error.code != 0 || !error.message.is_empty() {
+            return error;
+        }
+    }
+    let code = match status.code() {
+        Code::NotFound => ErrorCode::UnknownTopicOrPartition,
+        Code::OutOfRange => ErrorCode::OffsetOutOfRange,
+        Code::AlreadyExists => ErrorCode::TopicAlreadyExists,
+        Code::DeadlineExceeded => ErrorCode::RequestTimedOut,
+        Code::InvalidArgument => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Unknown,
+    };
+    v1::Error::new(code, status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_survives_the_wire_and_a_status() {
+        for code in ErrorCode::ALL {
+            let wire = v1::ErrorCode::from(code);
+            assert_eq!(ErrorCode::from(wire), code);
+            let status = error_to_status(v1::Error::new(code, "it went wrong"));
+            let back = status_error(&status);
+            assert_eq!(back.error_code(), code);
+            assert_eq!(back.message, "it went wrong");
+        }
+    }
+}
