@@ -21,7 +21,7 @@ mod segment;
 mod segment_header;
 pub mod verify;
 
-pub use batch::RecordBatch;
+pub use batch::{RecordBatch, ValidBatch};
 pub use config::{
     Clock, FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, RecoveryMode, RetentionPolicy, SystemClock,
 };

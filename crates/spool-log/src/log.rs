@@ -444,6 +444,26 @@ impl Log {
         }
     }
 
+    /// Under `Interval`, fsyncs if data is waiting and the interval has passed: a timer
+    /// calls this so that idle logs are synced too. Does nothing under other policies.
+    pub fn sync_if_due(&mut self) -> Result<()> {
+        if let FlushPolicy::Interval(every) = self.config.flush
+            && !self.unsynced.is_empty()
+            && self.last_sync.elapsed() >= every
+        {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Changes the settings that apply to future appends (rolling, flushing). The index
+    /// interval of existing segments is unaffected.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// fsyncs every segment with unsynced data, whatever the policy.
     pub fn sync(&mut self) -> Result<LogEnd> {
         if self.failed {
@@ -523,7 +543,10 @@ impl Log {
     fn cut_segment_at(&mut self, segment: &Segment, first_removed: u64) -> Result<()> {
         let (start, seg_end, max_before) = {
             let state = segment.state.read();
-            let start = state.index.position_for_index(first_removed);
+            // Start at or before the frame ahead of the cut: its term becomes the last term.
+            let start = state
+                .index
+                .position_for_index(first_removed.saturating_sub(1));
             let max_before = state.index.max_ts_before_position(start);
             (
                 start.unwrap_or(SEGMENT_HEADER_LEN as u64),

@@ -151,7 +151,7 @@ pub(crate) fn recover(
     Ok((segments, report))
 }
 
-fn check_continuity(header: &SegmentHeader, expect: &Expect) -> Result<(), Corruption> {
+pub(crate) fn check_continuity(header: &SegmentHeader, expect: &Expect) -> Result<(), Corruption> {
     if header.base_index != expect.next_index {
         return Err(Corruption::IndexGap {
             expected: expect.next_index,

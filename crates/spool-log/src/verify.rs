@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Corruption, Result};
 use crate::frame::FrameKind;
 use crate::index::SparseIndex;
-use crate::recovery::list_dir;
+use crate::recovery::{check_continuity, list_dir};
 use crate::scan::{Expect, scan_frames};
 use crate::segment::{HeaderRead, read_header};
 use crate::segment_header::{SEGMENT_HEADER_LEN, SegmentHeader};
@@ -131,15 +131,9 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport> {
             last_term: header.prev_term,
         };
         if let Some(previous) = expect
-            && previous != start
+            && let Err(kind) = check_continuity(&header, &previous)
         {
-            report.problems.push(problem(
-                Some(0),
-                Corruption::IndexGap {
-                    expected: previous.next_index,
-                    found: header.base_index,
-                },
-            ));
+            report.problems.push(problem(Some(0), kind));
         }
         let index = listing.indexes.get(&base).map(|p| (p, fs::read(p)));
         let decoded = index.as_ref().map(|(_, bytes)| match bytes {

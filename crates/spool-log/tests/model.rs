@@ -118,7 +118,10 @@ fn check(log: &Log, model: &Model, start_offset: i64) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // SPOOL_MODEL_CASES raises the count for a longer hunt.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("SPOOL_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
 
     #[test]
     fn the_log_behaves_like_its_model(ops in proptest::collection::vec(op(), 1..60)) {
@@ -190,6 +193,7 @@ proptest! {
             check(l, &model, l.start_offset())?;
         }
         drop(log);
-        prop_assert!(spool_log::verify::verify_dir(dir.path()).unwrap().is_clean());
+        let report = spool_log::verify::verify_dir(dir.path()).unwrap();
+        prop_assert!(report.is_clean(), "{:?}", report.problems);
     }
 }

@@ -319,6 +319,40 @@ impl<'a> RecordBatch<'a> {
     }
 }
 
+/// An owned batch whose framing and CRC have been checked: it can cross threads and be
+/// appended later without checking it again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ValidBatch {
+    bytes: bytes::Bytes,
+}
+
+impl fmt::Debug for ValidBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.view().fmt(f)
+    }
+}
+
+impl ValidBatch {
+    /// Checks framing and CRC, as [`RecordBatch::new`] does.
+    pub fn new(bytes: bytes::Bytes) -> Result<Self, BatchError> {
+        RecordBatch::new(&bytes)?;
+        Ok(Self { bytes })
+    }
+
+    /// A borrowed view, without checking again.
+    pub fn view(&self) -> RecordBatch<'_> {
+        RecordBatch { bytes: &self.bytes }
+    }
+
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.bytes
+    }
+}
+
 /// Sets the base offset of the batch at the start of `batch` (outside the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());

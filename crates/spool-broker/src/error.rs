@@ -1,0 +1,80 @@
+use spool_log::LogError;
+use spool_log::batch::BatchError;
+use spool_types::{ErrorCode, InvalidTopicName};
+
+/// Why a broker operation failed. Each maps to one wire [`ErrorCode`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("topic {topic:?} does not exist")]
+    UnknownTopic { topic: String },
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("invalid topic name: {0}")]
+    InvalidTopic(#[from] InvalidTopicName),
+    #[error("topic {topic:?} already exists")]
+    TopicExists { topic: String },
+    #[error("invalid value for config {name}: {reason}")]
+    InvalidConfig { name: String, reason: String },
+    #[error("a topic needs between 1 and {max} partitions, not {requested}")]
+    InvalidPartitions { requested: u32, max: u32 },
+    #[error("replication factor {requested} is not possible with {brokers} broker(s)")]
+    InvalidReplicationFactor { requested: u32, brokers: u32 },
+    #[error("a batch of {size} bytes exceeds max.message.bytes ({max})")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("corrupt batch: {0}")]
+    CorruptBatch(#[from] BatchError),
+    #[error("offset {requested} is out of range: the partition holds offsets {start} to {end}")]
+    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
+    #[error("storage error: {0}")]
+    Storage(#[source] LogError),
+    #[error("the request timed out after {ms} ms")]
+    TimedOut { ms: u64 },
+    #[error("invalid request: {reason}")]
+    InvalidRequest { reason: String },
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    #[error("data directory {dir} belongs to node {found}, not node {expected}")]
+    WrongNode { dir: String, found: u64, expected: u64 },
+}
+
+impl BrokerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::UnknownTopic { .. } | BrokerError::UnknownPartition { .. } => {
+                ErrorCode::UnknownTopicOrPartition
+            }
+            BrokerError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+            BrokerError::TopicExists { .. } => ErrorCode::TopicAlreadyExists,
+            BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+            BrokerError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            BrokerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            BrokerError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+            BrokerError::CorruptBatch(_) => ErrorCode::CorruptBatch,
+            BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            BrokerError::Storage(_) | BrokerError::ShuttingDown | BrokerError::WrongNode { .. } => {
+                ErrorCode::StorageError
+            }
+            BrokerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
+            BrokerError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+impl From<LogError> for BrokerError {
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::OffsetOutOfRange {
+                requested,
+                start,
+                end,
+            } => BrokerError::OffsetOutOfRange {
+                requested,
+                start,
+                end,
+            },
+            LogError::InvalidBatch(batch) => BrokerError::CorruptBatch(batch),
+            other => BrokerError::Storage(other),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! This node's record of its topics, kept in `spool.json` in the data directory and
+//! replaced atomically (write, fsync, rename, fsync directory) on every change. The
+//! metadata controller takes this role in a cluster.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicMeta {
+    pub name: String,
+    /// Distinguishes this topic from an earlier one with the same name.
+    pub id: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreFile {
+    pub format: u32,
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub topics: BTreeMap<String, TopicMeta>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    path: PathBuf,
+    pub file: StoreFile,
+}
+
+const FILE_NAME: &str = "spool.json";
+
+impl Store {
+    /// Loads the store, or starts one for a new data directory.
+    pub fn open(data_dir: &Path, node_id: u64) -> Result<Self, BrokerError> {
+        let path = data_dir.join(FILE_NAME);
+        let storage = |e: std::io::Error, op: &'static str| {
+            BrokerError::Storage(spool_log::LogError::Io {
+                op,
+                path: path.clone(),
+                source: e,
+            })
+        };
+        fs::create_dir_all(data_dir).map_err(|e| storage(e, "create directory"))?;
+        let file = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<StoreFile>(&bytes).map_err(|e| {
+                BrokerError::InvalidRequest {
+                    reason: format!("{} is not a valid topic store: {e}", path.display()),
+                }
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreFile {
+                format: 1,
+                cluster_id: random_id(),
+                node_id,
+                topics: BTreeMap::new(),
+            },
+            Err(e) => return Err(storage(e, "read")),
+        };
+        if file.node_id != node_id {
+            return Err(BrokerError::WrongNode {
+                dir: data_dir.display().to_string(),
+                found: file.node_id,
+                expected: node_id,
+            });
+        }
+        let store = Self { path, file };
+        store.save()?;
+        Ok(store)
+    }
+
+    pub fn save(&self) -> Result<(), BrokerError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let io = |op, source| {
+            BrokerError::Storage(spool_log::LogError::Io {
+                op,
+                path: tmp.clone(),
+                source,
+            })
+        };
+        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| BrokerError::InvalidRequest {
+            reason: format!("could not encode the topic store: {e}"),
+        })?;
+        let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
+        file.write_all(&bytes).map_err(|e| io("write", e))?;
+        file.sync_all().map_err(|e| io("sync", e))?;
+        fs::rename(&tmp, &self.path).map_err(|e| io("rename", e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// 128 random bits as hex, from the standard library's OS-seeded hasher keys.
+pub(crate) fn random_id() -> String {
+    let state = std::collections::hash_map::RandomState::new();
+    let mut a = state.build_hasher();
+    a.write_u64(1);
+    let mut b = state.build_hasher();
+    b.write_u64(2);
+    format!("{:016x}{:016x}", a.finish(), b.finish())
+}
