@@ -78,10 +78,10 @@ pub fn error_to_status(error: v1::Error) -> Status {
 
 /// The typed error a status carries, if any; otherwise one derived from its gRPC code.
 pub fn status_error(status: &Status) -> v1::Error {
-    if let Ok(error) = v1::Error::decode(status.details()) {
-        if error.code != 0 || !error.message.is_empty() {
-            return error;
-        }
+    if let Ok(error) = v1::Error::decode(status.details())
+        && (error.code != 0 || !error.message.is_empty())
+    {
+        return error;
     }
     let code = match status.code() {
         Code::NotFound => ErrorCode::UnknownTopicOrPartition,
