@@ -25,7 +25,11 @@ pub enum BrokerError {
     #[error("corrupt batch: {0}")]
     CorruptBatch(#[from] BatchError),
     #[error("offset {requested} is out of range: the partition holds offsets {start} to {end}")]
-    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
+    OffsetOutOfRange {
+        requested: i64,
+        start: i64,
+        end: i64,
+    },
     #[error("storage error: {0}")]
     Storage(#[source] LogError),
     #[error("the request timed out after {ms} ms")]
@@ -34,8 +38,14 @@ pub enum BrokerError {
     InvalidRequest { reason: String },
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("data directory {dir} is in use by another Spool process")]
+    DirectoryInUse { dir: String },
     #[error("data directory {dir} belongs to node {found}, not node {expected}")]
-    WrongNode { dir: String, found: u64, expected: u64 },
+    WrongNode {
+        dir: String,
+        found: u64,
+        expected: u64,
+    },
 }
 
 impl BrokerError {
@@ -52,9 +62,10 @@ impl BrokerError {
             BrokerError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
             BrokerError::CorruptBatch(_) => ErrorCode::CorruptBatch,
             BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            BrokerError::Storage(_) | BrokerError::ShuttingDown | BrokerError::WrongNode { .. } => {
-                ErrorCode::StorageError
-            }
+            BrokerError::Storage(_)
+            | BrokerError::ShuttingDown
+            | BrokerError::WrongNode { .. }
+            | BrokerError::DirectoryInUse { .. } => ErrorCode::StorageError,
             BrokerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
             BrokerError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
         }

@@ -36,6 +36,8 @@ pub(crate) struct StoreFile {
 pub(crate) struct Store {
     path: PathBuf,
     pub file: StoreFile,
+    /// Held open with an exclusive lock while this node owns the data directory.
+    lock: Option<File>,
 }
 
 const FILE_NAME: &str = "spool.json";
@@ -52,6 +54,13 @@ impl Store {
             })
         };
         fs::create_dir_all(data_dir).map_err(|e| storage(e, "create directory"))?;
+        let lock_path = data_dir.join(".lock");
+        let lock = File::create(&lock_path).map_err(|e| storage(e, "create lock file"))?;
+        if lock.try_lock().is_err() {
+            return Err(BrokerError::DirectoryInUse {
+                dir: data_dir.display().to_string(),
+            });
+        }
         let file = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<StoreFile>(&bytes).map_err(|e| {
                 BrokerError::InvalidRequest {
@@ -73,9 +82,18 @@ impl Store {
                 expected: node_id,
             });
         }
-        let store = Self { path, file };
+        let store = Self {
+            path,
+            file,
+            lock: Some(lock),
+        };
         store.save()?;
         Ok(store)
+    }
+
+    /// Lets another process open the data directory (after a clean shutdown).
+    pub fn release(&mut self) {
+        self.lock = None;
     }
 
     pub fn save(&self) -> Result<(), BrokerError> {
@@ -87,9 +105,10 @@ impl Store {
                 source,
             })
         };
-        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| BrokerError::InvalidRequest {
-            reason: format!("could not encode the topic store: {e}"),
-        })?;
+        let bytes =
+            serde_json::to_vec_pretty(&self.file).map_err(|e| BrokerError::InvalidRequest {
+                reason: format!("could not encode the topic store: {e}"),
+            })?;
         let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
         file.write_all(&bytes).map_err(|e| io("write", e))?;
         file.sync_all().map_err(|e| io("sync", e))?;

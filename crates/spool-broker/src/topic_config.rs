@@ -136,7 +136,8 @@ impl TopicConfig {
 
     pub fn retention(&self) -> RetentionPolicy {
         RetentionPolicy {
-            max_age: (self.retention_ms >= 0).then(|| Duration::from_millis(self.retention_ms as u64)),
+            max_age: (self.retention_ms >= 0)
+                .then(|| Duration::from_millis(self.retention_ms as u64)),
             max_bytes: (self.retention_bytes >= 0).then_some(self.retention_bytes as u64),
         }
     }
@@ -147,7 +148,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl Writer {
             if let Err(error) = slot.log.sync_if_due() {
                 tracing::error!(key, %error, "interval flush failed");
             }
-            if self.ticks % RETENTION_EVERY_TICKS == 0 {
+            if self.ticks.is_multiple_of(RETENTION_EVERY_TICKS) {
                 match slot.log.apply_retention(&slot.retention) {
                     Ok(purged) if purged.segments > 0 => {
                         tracing::info!(dir = %slot.log.dir().display(), segments = purged.segments, bytes = purged.bytes, "retention deleted segments");

@@ -1,0 +1,218 @@
+//! A fetch session: streams committed batches of several partitions to one consumer.
+//!
+//! It reads whatever lies below each partition's high watermark, answers once `min_bytes`
+//! are gathered or `max_wait` has passed, and otherwise sleeps on the partitions' high
+//! watermark watches: an append wakes it, nothing polls. Responses go through a bounded
+//! channel, so a consumer that reads slowly holds the session back instead of making the
+//! broker buffer: at most `capacity` responses of at most `max_bytes` each are queued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::select_all;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::partition::Partition;
+
+/// Where to read one partition from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPosition {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    /// Most bytes of this partition per response; `None` for no limit of its own.
+    pub max_bytes: Option<usize>,
+}
+
+/// What a consumer asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSpec {
+    pub positions: Vec<FetchPosition>,
+    /// Most bytes of batches per response (the first batch is sent regardless).
+    pub max_bytes: usize,
+    /// Respond once this many bytes are ready...
+    pub min_bytes: usize,
+    /// ...or this long after the first byte was ready.
+    pub max_wait: Duration,
+    /// Keep streaming new batches; otherwise end once every partition is caught up.
+    pub follow: bool,
+}
+
+/// One response: data or an error for some partitions.
+#[derive(Debug, Default)]
+pub struct FetchChunk {
+    pub partitions: Vec<FetchPartitionData>,
+}
+
+#[derive(Debug)]
+pub struct FetchPartitionData {
+    pub topic: String,
+    pub partition: u32,
+    /// Set when the partition cannot be read on; the stream carries no more of it.
+    pub error: Option<BrokerError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub batches: Vec<Bytes>,
+    pub next_offset: i64,
+}
+
+struct Cursor {
+    partition: Arc<Partition>,
+    next: i64,
+    max_bytes: Option<usize>,
+    high_watermark: watch::Receiver<i64>,
+    done: bool,
+}
+
+impl Broker {
+    /// Starts a fetch session; its responses arrive on the returned channel, which holds
+    /// at most `capacity` of them. Dropping the receiver ends the session.
+    pub fn fetch(self: &Arc<Self>, spec: FetchSpec, capacity: usize) -> mpsc::Receiver<FetchChunk> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let broker = Arc::clone(self);
+        tokio::spawn(async move { broker.run_fetch(spec, tx).await });
+        rx
+    }
+
+    async fn run_fetch(self: Arc<Self>, spec: FetchSpec, tx: mpsc::Sender<FetchChunk>) {
+        let min_bytes = spec.min_bytes.clamp(1, spec.max_bytes.max(1));
+        let mut pending = FetchChunk::default();
+        let mut cursors = Vec::with_capacity(spec.positions.len());
+        for position in &spec.positions {
+            match self.partition(&position.topic, position.partition) {
+                Ok(partition) => cursors.push(Cursor {
+                    high_watermark: partition.high_watermark.clone(),
+                    partition,
+                    next: position.offset,
+                    max_bytes: position.max_bytes,
+                    done: false,
+                }),
+                Err(error) => pending.partitions.push(failed(
+                    &position.topic,
+                    position.partition,
+                    error,
+                    position.offset,
+                )),
+            }
+        }
+        let mut pending_bytes = 0usize;
+        let mut deadline: Option<Instant> = None;
+        let mut rotate = 0usize;
+        loop {
+            let mut failed_now = false;
+            let count = cursors.len();
+            for k in 0..count {
+                let cursor = &mut cursors[(rotate + k) % count];
+                if cursor.done {
+                    continue;
+                }
+                let high_watermark = *cursor.high_watermark.borrow_and_update();
+                if cursor.next == high_watermark {
+                    continue;
+                }
+                let budget = spec.max_bytes.saturating_sub(pending_bytes);
+                if budget == 0 && pending_bytes > 0 {
+                    break;
+                }
+                let limit = cursor.max_bytes.map_or(budget, |m| m.min(budget)).max(1);
+                let partition = &cursor.partition;
+                match partition.read(cursor.next, limit).await {
+                    Ok(fetched) => {
+                        if fetched.batches.is_empty() {
+                            continue;
+                        }
+                        pending_bytes += fetched.total_bytes();
+                        cursor.next = fetched.next_offset;
+                        deadline.get_or_insert_with(|| Instant::now() + spec.max_wait);
+                        pending.partitions.push(FetchPartitionData {
+                            topic: partition.topic.clone(),
+                            partition: partition.index,
+                            error: None,
+                            high_watermark,
+                            log_start_offset: partition.reader.start_offset(),
+                            batches: fetched.batches,
+                            next_offset: fetched.next_offset,
+                        });
+                    }
+                    Err(error) => {
+                        cursor.done = true;
+                        failed_now = true;
+                        pending.partitions.push(failed(
+                            &partition.topic,
+                            partition.index,
+                            error,
+                            cursor.next,
+                        ));
+                    }
+                }
+            }
+            rotate = rotate.wrapping_add(1);
+            let caught_up = cursors
+                .iter()
+                .all(|c| c.done || c.next >= *c.high_watermark.borrow());
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            let has_errors = failed_now || pending.partitions.iter().any(|p| p.error.is_some());
+            if !pending.partitions.is_empty()
+                && (pending_bytes >= min_bytes || due || has_errors || (!spec.follow && caught_up))
+            {
+                if tx.send(std::mem::take(&mut pending)).await.is_err() {
+                    return;
+                }
+                pending_bytes = 0;
+                deadline = None;
+                continue;
+            }
+            if (!spec.follow && caught_up) || cursors.iter().all(|c| c.done) {
+                return;
+            }
+            let active: Vec<usize> = (0..cursors.len()).filter(|&i| !cursors[i].done).collect();
+            let woken = {
+                let changes = cursors
+                    .iter_mut()
+                    .filter(|c| !c.done)
+                    .map(|c| Box::pin(c.high_watermark.changed()));
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    (changed, i, _) = select_all(changes) => changed.err().map(|_| active[i]),
+                    () = sleep => None,
+                    () = tx.closed() => return,
+                }
+            };
+            if let Some(gone) = woken {
+                // The partition's writer went away: the topic was deleted.
+                let cursor = &mut cursors[gone];
+                cursor.done = true;
+                let error = BrokerError::UnknownTopic {
+                    topic: cursor.partition.topic.clone(),
+                };
+                pending.partitions.push(failed(
+                    &cursor.partition.topic,
+                    cursor.partition.index,
+                    error,
+                    cursor.next,
+                ));
+            }
+        }
+    }
+}
+
+fn failed(topic: &str, partition: u32, error: BrokerError, offset: i64) -> FetchPartitionData {
+    FetchPartitionData {
+        topic: topic.to_string(),
+        partition,
+        error: Some(error),
+        high_watermark: -1,
+        log_start_offset: -1,
+        batches: Vec::new(),
+        next_offset: offset,
+    }
+}

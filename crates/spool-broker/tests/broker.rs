@@ -1,0 +1,425 @@
+//! The broker end to end, in process: topics, produce, fetch, offsets and restarts.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_broker::{
+    Acks, Broker, BrokerError, BrokerOptions, FetchPosition, FetchSpec, OffsetQuery,
+    ProducePartition, TopicConfig,
+};
+use spool_log::FlushPolicy;
+use spool_log::RecordBatch;
+use spool_log::batch::{BatchBuilder, BatchOptions};
+use spool_types::ErrorCode;
+
+fn options(dir: &std::path::Path) -> BrokerOptions {
+    BrokerOptions {
+        node_id: 1,
+        advertised_address: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        flush: FlushPolicy::Always,
+        topic_defaults: TopicConfig::default(),
+        default_partitions: 1,
+        max_partitions: 1000,
+    }
+}
+
+fn batch(values: &[&str]) -> Bytes {
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    for v in values {
+        builder.append(1_700_000_000_000, None, Some(v.as_bytes()), &[]);
+    }
+    builder.finish()
+}
+
+fn produce(topic: &str, partition: u32, batches: Vec<Bytes>) -> ProducePartition {
+    ProducePartition {
+        topic: topic.into(),
+        partition,
+        batches,
+    }
+}
+
+fn values(batches: &[Bytes]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let batch = RecordBatch::new(b).unwrap();
+            batch
+                .records()
+                .unwrap()
+                .map(|r| String::from_utf8(r.unwrap().value().unwrap().to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn read_all(broker: &Arc<Broker>, topic: &str, partitions: u32) -> Vec<Vec<String>> {
+    let spec = FetchSpec {
+        positions: (0..partitions)
+            .map(|p| FetchPosition {
+                topic: topic.into(),
+                partition: p,
+                offset: 0,
+                max_bytes: None,
+            })
+            .collect(),
+        max_bytes: 1024 * 1024,
+        min_bytes: 1,
+        max_wait: Duration::from_millis(100),
+        follow: false,
+    };
+    let mut rx = broker.fetch(spec, 2);
+    let mut out = vec![Vec::new(); partitions as usize];
+    while let Some(chunk) = rx.recv().await {
+        for p in chunk.partitions {
+            assert!(p.error.is_none(), "{:?}", p.error);
+            out[p.partition as usize].extend(values(&p.batches));
+        }
+    }
+    out
+}
+
+/// Opens the broker once the dropped one's writer thread has let go of the directory.
+async fn reopen(dir: &std::path::Path) -> Arc<Broker> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Broker::open(options(dir)).await {
+            Ok(broker) => return broker,
+            Err(BrokerError::DirectoryInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::task::yield_now().await;
+            }
+            Err(error) => panic!("reopen failed: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn produced_batches_are_fetched_back_per_partition_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    broker
+        .create_topic("orders", 3, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    for round in 0..10 {
+        let requests = (0..3)
+            .map(|p| {
+                produce(
+                    "orders",
+                    p,
+                    vec![batch(&[
+                        &format!("p{p}-r{round}-a"),
+                        &format!("p{p}-r{round}-b"),
+                    ])],
+                )
+            })
+            .collect();
+        for result in broker
+            .produce(requests, Acks::All, Duration::from_secs(5))
+            .await
+        {
+            assert_eq!(result.unwrap().base_offset, round * 2);
+        }
+    }
+    let read = read_all(&broker, "orders", 3).await;
+    for (p, values) in read.iter().enumerate() {
+        let expected: Vec<String> = (0..10)
+            .flat_map(|r| [format!("p{p}-r{r}-a"), format!("p{p}-r{r}-b")])
+            .collect();
+        assert_eq!(values, &expected);
+    }
+    assert_eq!(
+        broker
+            .list_offset("orders", 1, OffsetQuery::Latest)
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        broker
+            .list_offset("orders", 1, OffsetQuery::Earliest)
+            .await
+            .unwrap(),
+        0
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn acknowledged_records_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    broker
+        .create_topic("events", 2, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    for acks in [Acks::All, Acks::Leader] {
+        let results = broker
+            .produce(
+                vec![produce("events", 1, vec![batch(&["x", "y"])])],
+                acks,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(results[0].is_ok());
+    }
+    // A second process cannot open the same data directory.
+    let second = Broker::open(options(dir.path())).await.unwrap_err();
+    assert_eq!(second.code(), ErrorCode::StorageError);
+    assert!(second.to_string().contains("in use"), "{second}");
+    // No clean shutdown: what a crash leaves behind. The lock goes with the process.
+    drop(broker);
+    let broker = reopen(dir.path()).await;
+    assert_eq!(
+        read_all(&broker, "events", 2).await[1],
+        vec!["x", "y", "x", "y"]
+    );
+    let info = broker.describe_topic("events").unwrap();
+    assert_eq!(info.partitions.len(), 2);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_batches_are_refused_whole_and_good_partitions_still_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    let small = BTreeMap::from([("max.message.bytes".to_string(), "2048".to_string())]);
+    broker.create_topic("t", 2, 1, small, false).await.unwrap();
+    let good = batch(&["ok"]);
+    let mut corrupt = good.to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let mut magic = good.to_vec();
+    magic[16] = 1;
+    let big = batch(&[&"x".repeat(4000)]);
+    let cases: Vec<(ProducePartition, ErrorCode)> = vec![
+        (
+            produce("t", 0, vec![Bytes::from(corrupt)]),
+            ErrorCode::CorruptBatch,
+        ),
+        (
+            produce("t", 0, vec![Bytes::from(magic)]),
+            ErrorCode::CorruptBatch,
+        ),
+        (
+            produce("t", 0, vec![good.slice(..good.len() - 3)]),
+            ErrorCode::CorruptBatch,
+        ),
+        (produce("t", 0, vec![big]), ErrorCode::RecordTooLarge),
+        (
+            produce("t", 7, vec![good.clone()]),
+            ErrorCode::UnknownTopicOrPartition,
+        ),
+        (
+            produce("nope", 0, vec![good.clone()]),
+            ErrorCode::UnknownTopicOrPartition,
+        ),
+        (produce("t", 0, vec![]), ErrorCode::InvalidRequest),
+        // A good batch and a bad one: neither is appended.
+        (
+            produce("t", 0, vec![good.clone(), Bytes::from_static(b"junk")]),
+            ErrorCode::CorruptBatch,
+        ),
+    ];
+    let (requests, expected): (Vec<_>, Vec<_>) = cases.into_iter().unzip();
+    let mut requests = requests;
+    requests.push(produce("t", 1, vec![good.clone()]));
+    let results = broker
+        .produce(requests, Acks::All, Duration::from_secs(5))
+        .await;
+    for (result, code) in results.iter().zip(&expected) {
+        assert_eq!(result.as_ref().unwrap_err().code(), *code, "{result:?}");
+    }
+    assert_eq!(results.last().unwrap().as_ref().unwrap().base_offset, 0);
+    assert_eq!(
+        broker
+            .list_offset("t", 0, OffsetQuery::Latest)
+            .await
+            .unwrap(),
+        0,
+        "nothing appended"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_waiting_fetch_wakes_when_a_batch_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    broker
+        .create_topic("wake", 1, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let spec = FetchSpec {
+        positions: vec![FetchPosition {
+            topic: "wake".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: None,
+        }],
+        max_bytes: 1024 * 1024,
+        min_bytes: 1,
+        max_wait: Duration::from_secs(60),
+        follow: true,
+    };
+    let mut rx = broker.fetch(spec, 1);
+    broker
+        .produce(
+            vec![produce("wake", 0, vec![batch(&["hello"])])],
+            Acks::Leader,
+            Duration::from_secs(5),
+        )
+        .await;
+    // max_wait is a minute: only a wake-up on append can deliver within the deadline.
+    let chunk = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(values(&chunk.partitions[0].batches), vec!["hello"]);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn fetching_outside_the_log_reports_offset_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    broker
+        .create_topic("r", 1, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    for offset in [-1, 5] {
+        let spec = FetchSpec {
+            positions: vec![FetchPosition {
+                topic: "r".into(),
+                partition: 0,
+                offset,
+                max_bytes: None,
+            }],
+            max_bytes: 1024,
+            min_bytes: 1,
+            max_wait: Duration::from_millis(10),
+            follow: true,
+        };
+        let mut rx = broker.fetch(spec, 1);
+        let chunk = rx.recv().await.unwrap();
+        let error = chunk.partitions[0].error.as_ref().unwrap();
+        assert_eq!(error.code(), ErrorCode::OffsetOutOfRange);
+        assert!(
+            rx.recv().await.is_none(),
+            "the session ends with its only partition"
+        );
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn topics_are_created_described_altered_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    let err = |e: BrokerError| e.code();
+    assert_eq!(
+        err(broker
+            .create_topic("bad/name", 1, 1, BTreeMap::new(), false)
+            .await
+            .unwrap_err()),
+        ErrorCode::InvalidTopic
+    );
+    assert_eq!(
+        err(broker
+            .create_topic(&"x".repeat(250), 1, 1, BTreeMap::new(), false)
+            .await
+            .unwrap_err()),
+        ErrorCode::InvalidTopic
+    );
+    assert_eq!(
+        err(broker
+            .create_topic("t", 1, 3, BTreeMap::new(), false)
+            .await
+            .unwrap_err()),
+        ErrorCode::InvalidReplicationFactor
+    );
+    assert_eq!(
+        err(broker
+            .create_topic("t", 5000, 1, BTreeMap::new(), false)
+            .await
+            .unwrap_err()),
+        ErrorCode::InvalidPartitions
+    );
+    let bad_config = BTreeMap::from([("retention.ms".to_string(), "never".to_string())]);
+    assert_eq!(
+        err(broker
+            .create_topic("t", 1, 1, bad_config, false)
+            .await
+            .unwrap_err()),
+        ErrorCode::InvalidConfig
+    );
+    broker
+        .create_topic("t", 2, 1, BTreeMap::new(), true)
+        .await
+        .unwrap();
+    assert!(
+        broker.list_topics(false).is_empty(),
+        "validate_only creates nothing"
+    );
+
+    broker
+        .create_topic("t", 2, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        err(broker
+            .create_topic("t", 2, 1, BTreeMap::new(), false)
+            .await
+            .unwrap_err()),
+        ErrorCode::TopicAlreadyExists
+    );
+    let set = BTreeMap::from([("retention.ms".to_string(), "60000".to_string())]);
+    broker.alter_configs("t", set, vec![], false).await.unwrap();
+    let info = broker.describe_topic("t").unwrap();
+    assert!(
+        info.configs
+            .contains(&("retention.ms".into(), "60000".into(), false))
+    );
+    let first_id = info.id.clone();
+    broker
+        .produce(
+            vec![produce("t", 0, vec![batch(&["old"])])],
+            Acks::All,
+            Duration::from_secs(5),
+        )
+        .await;
+
+    broker.delete_topic("t").await.unwrap();
+    assert_eq!(
+        err(broker.describe_topic("t").unwrap_err()),
+        ErrorCode::UnknownTopicOrPartition
+    );
+    broker
+        .create_topic("t", 1, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let info = broker.describe_topic("t").unwrap();
+    assert_ne!(info.id, first_id);
+    assert_eq!(
+        info.partitions[0].high_watermark, 0,
+        "a recreated topic starts empty"
+    );
+    broker.shutdown().await;
+
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    assert_eq!(broker.list_topics(false).len(), 1);
+    assert!(
+        broker
+            .describe_topic("t")
+            .unwrap()
+            .configs
+            .iter()
+            .all(|c| c.2),
+        "defaults after recreate"
+    );
+    broker.shutdown().await;
+}
