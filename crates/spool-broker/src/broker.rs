@@ -82,6 +82,16 @@ pub struct PartitionInfo {
     pub size_bytes: u64,
 }
 
+/// A partition's offsets and size at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub topic: String,
+    pub partition: u32,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub size_bytes: u64,
+}
+
 #[derive(Debug)]
 struct TopicState {
     meta: TopicMeta,
@@ -101,6 +111,8 @@ pub struct Broker {
     next_key: AtomicU64,
     epoch: AtomicU64,
     ticker: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Set when shutdown begins; fetch sessions end on it.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Broker {
@@ -124,6 +136,7 @@ impl Broker {
             next_key: AtomicU64::new(1),
             epoch: AtomicU64::new(1),
             ticker: parking_lot::Mutex::new(None),
+            closing: tokio::sync::watch::Sender::new(false),
             options,
         });
         let metas: Vec<TopicMeta> = broker
@@ -156,8 +169,14 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Ends every fetch session, so that servers can drain; writes still work.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// Finishes in-flight writes, flushes and closes every log.
     pub async fn shutdown(&self) {
+        self.begin_shutdown();
         if let Some(ticker) = self.ticker.lock().take() {
             ticker.abort();
         }
@@ -433,20 +452,18 @@ impl Broker {
             })
     }
 
-    /// The high watermark, log start and size of a partition, for metrics.
-    pub fn partition_stats(&self) -> Vec<(String, u32, i64, i64, u64)> {
+    /// Offsets and size of every partition, for metrics.
+    pub fn partition_stats(&self) -> Vec<PartitionStats> {
         let topics = self.topics.read();
         topics
             .values()
             .flat_map(|t| t.partitions.iter())
-            .map(|p| {
-                (
-                    p.topic.clone(),
-                    p.index,
-                    p.reader.start_offset(),
-                    p.high_watermark(),
-                    p.reader.size_bytes(),
-                )
+            .map(|p| PartitionStats {
+                topic: p.topic.clone(),
+                partition: p.index,
+                log_start_offset: p.reader.start_offset(),
+                high_watermark: p.high_watermark(),
+                size_bytes: p.reader.size_bytes(),
             })
             .collect()
     }

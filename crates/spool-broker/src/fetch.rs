@@ -99,10 +99,14 @@ impl Broker {
                 )),
             }
         }
+        let mut closing = self.closing.subscribe();
         let mut pending_bytes = 0usize;
         let mut deadline: Option<Instant> = None;
         let mut rotate = 0usize;
         loop {
+            if *closing.borrow_and_update() {
+                return;
+            }
             let mut failed_now = false;
             let count = cursors.len();
             for k in 0..count {
@@ -185,6 +189,7 @@ impl Broker {
                     (changed, i, _) = select_all(changes) => changed.err().map(|_| active[i]),
                     () = sleep => None,
                     () = tx.closed() => return,
+                    _ = closing.changed() => return,
                 }
             };
             if let Some(gone) = woken {

@@ -14,7 +14,8 @@ mod topic_config;
 mod writer;
 
 pub use broker::{
-    AppendOutcome, Broker, BrokerOptions, NodeInfo, PartitionInfo, ProducePartition, TopicInfo,
+    AppendOutcome, Broker, BrokerOptions, NodeInfo, PartitionInfo, PartitionStats,
+    ProducePartition, TopicInfo,
 };
 pub use error::BrokerError;
 pub use fetch::{FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};

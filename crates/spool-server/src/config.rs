@@ -1,0 +1,164 @@
+//! Node configuration: defaults, overridden by a TOML file, overridden by `SPOOL_*`
+//! environment variables and flags (the CLI applies those two). Unknown keys are an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spool_broker::TopicConfig;
+use spool_log::FlushPolicy;
+
+use crate::error::ServerError;
+
+/// When partition logs fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushSetting {
+    /// fsync before acknowledging acks=all; concurrent produces share one fsync.
+    #[default]
+    Always,
+    /// fsync every `flush_interval_ms`.
+    Interval,
+    /// leave write-back to the operating system.
+    Os,
+}
+
+/// Everything a node needs to run. Every field has a default; a TOML file may set any.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// This node's id (default 1). Never reuse an id for a node whose data was wiped.
+    pub node_id: u64,
+    /// Where partitions and metadata live (default `./spool-data`).
+    pub data_dir: PathBuf,
+    /// gRPC listener for clients (default `127.0.0.1:7070`; port 0 picks a free one).
+    pub listen: String,
+    /// HTTP listener for /metrics, /health and /ready (default `127.0.0.1:7071`).
+    pub http_listen: String,
+    /// host:port clients should use to reach this node (default: the bound gRPC address).
+    pub advertised_address: Option<String>,
+    /// `always` (default), `interval` or `os`.
+    pub flush: FlushSetting,
+    /// With `flush = "interval"`: ms between fsyncs (default 1000).
+    pub flush_interval_ms: u64,
+    /// Partitions of a topic created without a count (default 1).
+    pub default_partitions: u32,
+    /// Most partitions per topic (default 10000).
+    pub max_partitions_per_topic: u32,
+    /// Default retention.ms of topics (default 7 days; -1 keeps data forever).
+    pub retention_ms: i64,
+    /// Default retention.bytes of topics (default -1: no limit).
+    pub retention_bytes: i64,
+    /// Default segment.bytes of topics (default 1 GiB).
+    pub segment_bytes: u64,
+    /// Default segment.ms of topics (default 7 days).
+    pub segment_ms: i64,
+    /// Default max.message.bytes of topics (default 1048588).
+    pub max_message_bytes: u32,
+    /// Seconds in-flight requests get to finish on shutdown (default 10).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let topic = TopicConfig::default();
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("spool-data"),
+            listen: "127.0.0.1:7070".into(),
+            http_listen: "127.0.0.1:7071".into(),
+            advertised_address: None,
+            flush: FlushSetting::Always,
+            flush_interval_ms: 1000,
+            default_partitions: 1,
+            max_partitions_per_topic: 10_000,
+            retention_ms: topic.retention_ms,
+            retention_bytes: topic.retention_bytes,
+            segment_bytes: topic.segment_bytes,
+            segment_ms: topic.segment_ms,
+            max_message_bytes: topic.max_message_bytes,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ServerError::ParseConfig {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn flush_policy(&self) -> FlushPolicy {
+        match self.flush {
+            FlushSetting::Always => FlushPolicy::Always,
+            FlushSetting::Interval => {
+                FlushPolicy::Interval(Duration::from_millis(self.flush_interval_ms))
+            }
+            FlushSetting::Os => FlushPolicy::Os,
+        }
+    }
+
+    /// Topic defaults, checked as a topic's own configs would be.
+    pub(crate) fn topic_defaults(&self) -> Result<TopicConfig, ServerError> {
+        let settings = [
+            ("retention.ms", self.retention_ms.to_string()),
+            ("retention.bytes", self.retention_bytes.to_string()),
+            ("segment.bytes", self.segment_bytes.to_string()),
+            ("segment.ms", self.segment_ms.to_string()),
+            ("max.message.bytes", self.max_message_bytes.to_string()),
+        ];
+        let overrides = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        TopicConfig::resolve(&TopicConfig::default(), &overrides).map_err(|e| {
+            ServerError::InvalidSetting {
+                name: "topic defaults",
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
+        let config =
+            ServerConfig::from_toml("node_id = 3\nflush = \"interval\"\nflush_interval_ms = 50\n")
+                .unwrap();
+        assert_eq!(config.node_id, 3);
+        assert_eq!(
+            config.flush_policy(),
+            FlushPolicy::Interval(Duration::from_millis(50))
+        );
+        assert_eq!(config.listen, "127.0.0.1:7070");
+        let err = ServerConfig::from_toml("nodeid = 3\n").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = ServerConfig::from_toml("flush = \"sometimes\"\n").unwrap_err();
+        assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn bad_topic_defaults_are_named() {
+        let config = ServerConfig {
+            segment_bytes: 10,
+            ..ServerConfig::default()
+        };
+        let err = config.topic_defaults().unwrap_err();
+        assert!(err.to_string().contains("segment.bytes"), "{err}");
+    }
+}

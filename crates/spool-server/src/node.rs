@@ -1,0 +1,179 @@
+//! Starting and stopping a node.
+//!
+//! Start: bind both listeners first (so a port in use fails fast), open the broker (which
+//! recovers every partition), then serve. Stop: mark not ready, end fetch streams, stop
+//! accepting, give in-flight requests the grace period, then flush and close every log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use spool_broker::{Broker, BrokerOptions};
+use spool_proto::v1::admin_server::AdminServer;
+use spool_proto::v1::broker_server::BrokerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::http::{HttpState, router};
+use crate::metrics::Metrics;
+use crate::services::{AdminService, BrokerService, MAX_MESSAGE_BYTES};
+
+/// Starts nodes.
+#[derive(Debug)]
+pub struct Node;
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    broker: Arc<Broker>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+async fn bind(address: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind {
+            address: address.to_string(),
+            source,
+        })
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl Node {
+    /// Starts a node and returns once it serves.
+    pub async fn start(config: ServerConfig) -> Result<NodeHandle, ServerError> {
+        let grpc = bind(&config.listen).await?;
+        let http = bind(&config.http_listen).await?;
+        let local = |listener: &TcpListener, address: &str| {
+            listener.local_addr().map_err(|source| ServerError::Bind {
+                address: address.to_string(),
+                source,
+            })
+        };
+        let grpc_addr = local(&grpc, &config.listen)?;
+        let http_addr = local(&http, &config.http_listen)?;
+        let options = BrokerOptions {
+            node_id: config.node_id,
+            advertised_address: config
+                .advertised_address
+                .clone()
+                .unwrap_or_else(|| grpc_addr.to_string()),
+            data_dir: config.data_dir.clone(),
+            flush: config.flush_policy(),
+            topic_defaults: config.topic_defaults()?,
+            default_partitions: config.default_partitions.max(1),
+            max_partitions: config.max_partitions_per_topic.max(1),
+        };
+        let broker = Broker::open(options).await?;
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = watch::channel(false);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<BrokerServer<BrokerService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let broker_service = BrokerService {
+            broker: Arc::clone(&broker),
+            metrics: Arc::clone(&metrics),
+        };
+        let admin_service = AdminService {
+            broker: Arc::clone(&broker),
+            metrics: Arc::clone(&metrics),
+        };
+        let incoming = TcpListenerStream::new(grpc).map(|stream| {
+            stream.inspect(|s| {
+                // Small responses should not wait for Nagle's algorithm.
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(
+                BrokerServer::new(broker_service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(AdminServer::new(admin_service))
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        let grpc_task = tokio::spawn(grpc_server);
+
+        let app = router(HttpState {
+            broker: Arc::clone(&broker),
+            metrics,
+            ready: Arc::clone(&ready),
+        });
+        let http_task = tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(stopped(stop_rx))
+                .await
+        });
+        ready.store(true, Ordering::Release);
+        tracing::info!(%grpc_addr, %http_addr, node_id = config.node_id, "node serving");
+        Ok(NodeHandle {
+            grpc_addr,
+            http_addr,
+            broker,
+            ready,
+            stop,
+            grpc_task,
+            http_task,
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+        })
+    }
+}
+
+impl NodeHandle {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops gracefully; every acknowledged write is flushed before this returns.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.ready.store(false, Ordering::Release);
+        self.broker.begin_shutdown();
+        self.stop.send_replace(true);
+        let served = match tokio::time::timeout(self.grace, &mut self.grpc_task).await {
+            Ok(joined) => joined.unwrap_or(Ok(())),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period");
+                self.grpc_task.abort();
+                Ok(())
+            }
+        };
+        self.broker.shutdown().await;
+        if tokio::time::timeout(self.grace, &mut self.http_task)
+            .await
+            .is_err()
+        {
+            self.http_task.abort();
+        }
+        tracing::info!("node stopped");
+        served.map_err(ServerError::from)
+    }
+}

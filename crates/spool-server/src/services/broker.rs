@@ -1,0 +1,291 @@
+//! The `spool.v1.Broker` service: metadata, produce, fetch, list offsets.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spool_broker::{
+    Acks, Broker, FetchChunk, FetchPosition, FetchSpec, OffsetQuery, ProducePartition,
+};
+use spool_proto::v1;
+use spool_types::ErrorCode;
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::wire_error;
+use crate::metrics::Metrics;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_FETCH_MAX_BYTES: usize = 1024 * 1024;
+const DEFAULT_FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
+/// Responses a fetch session may queue ahead of a slow consumer.
+const FETCH_QUEUE: usize = 2;
+
+#[derive(Debug, Clone)]
+pub(crate) struct BrokerService {
+    pub broker: Arc<Broker>,
+    pub metrics: Arc<Metrics>,
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::broker_server::Broker for BrokerService {
+    async fn metadata(
+        &self,
+        request: Request<v1::MetadataRequest>,
+    ) -> Result<Response<v1::MetadataResponse>, Status> {
+        let start = Instant::now();
+        let request = request.into_inner();
+        let node = self.broker.node();
+        let described = if request.topics.is_empty() {
+            self.broker
+                .list_topics(true)
+                .into_iter()
+                .map(Ok)
+                .collect::<Vec<_>>()
+        } else {
+            request
+                .topics
+                .iter()
+                .map(|name| {
+                    self.broker
+                        .describe_topic(name)
+                        .map_err(|e| (name.clone(), e))
+                })
+                .collect()
+        };
+        let topics = described
+            .into_iter()
+            .map(|topic| match topic {
+                Ok(info) => v1::TopicMetadata {
+                    name: info.name,
+                    error: None,
+                    internal: info.internal,
+                    partitions: info
+                        .partitions
+                        .into_iter()
+                        .map(|p| v1::PartitionMetadata {
+                            partition: p.partition,
+                            leader: p.leader,
+                            replicas: p.replicas,
+                            in_sync_replicas: p.in_sync_replicas,
+                            leader_epoch: 1,
+                        })
+                        .collect(),
+                },
+                Err((name, error)) => v1::TopicMetadata {
+                    name,
+                    error: Some(wire_error(&error)),
+                    internal: false,
+                    partitions: Vec::new(),
+                },
+            })
+            .collect();
+        let response = v1::MetadataResponse {
+            cluster_id: self.broker.cluster_id().to_string(),
+            brokers: vec![v1::BrokerInfo {
+                node_id: node.node_id,
+                address: node.address,
+                rack: String::new(),
+            }],
+            topics,
+            epoch: self.broker.metadata_epoch(),
+        };
+        self.metrics.metadata.record(start, false);
+        Ok(Response::new(response))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<v1::ProduceRequest>,
+    ) -> Result<Response<v1::ProduceResponse>, Status> {
+        let start = Instant::now();
+        let request = request.into_inner();
+        let acks = match v1::Acks::try_from(request.acks) {
+            Ok(v1::Acks::All) => Acks::All,
+            Ok(v1::Acks::Leader) => Acks::Leader,
+            Ok(v1::Acks::None) => Acks::None,
+            Err(_) => {
+                self.metrics.produce.record(start, true);
+                return Err(spool_proto::error_to_status(v1::Error::new(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown acks value {}", request.acks),
+                )));
+            }
+        };
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let mut partitions = Vec::new();
+        let mut shape = Vec::with_capacity(request.topics.len());
+        for topic in request.topics {
+            let mut indexes = Vec::with_capacity(topic.partitions.len());
+            for partition in topic.partitions {
+                let bytes: u64 = partition.batches.iter().map(|b| b.len() as u64).sum();
+                self.metrics.bytes_in.inc_by(bytes);
+                indexes.push(partition.partition);
+                partitions.push(ProducePartition {
+                    topic: topic.topic.clone(),
+                    partition: partition.partition,
+                    batches: partition.batches,
+                });
+            }
+            shape.push((topic.topic, indexes));
+        }
+        let mut results = self
+            .broker
+            .produce(partitions, acks, timeout)
+            .await
+            .into_iter();
+        let mut failed = false;
+        let topics = shape
+            .into_iter()
+            .map(|(topic, indexes)| v1::TopicProduceResult {
+                topic,
+                partitions: indexes
+                    .into_iter()
+                    .map(|partition| match results.next() {
+                        Some(Ok(outcome)) => v1::PartitionProduceResult {
+                            partition,
+                            error: None,
+                            base_offset: outcome.base_offset,
+                            log_append_time_ms: outcome.log_append_time_ms,
+                            log_start_offset: outcome.log_start_offset,
+                        },
+                        Some(Err(error)) => {
+                            failed = true;
+                            v1::PartitionProduceResult {
+                                partition,
+                                error: Some(wire_error(&error)),
+                                base_offset: -1,
+                                log_append_time_ms: -1,
+                                log_start_offset: -1,
+                            }
+                        }
+                        None => v1::PartitionProduceResult {
+                            partition,
+                            error: Some(v1::Error::new(ErrorCode::Unknown, "no result")),
+                            base_offset: -1,
+                            log_append_time_ms: -1,
+                            log_start_offset: -1,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.metrics.produce.record(start, failed);
+        Ok(Response::new(v1::ProduceResponse { topics }))
+    }
+
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<FetchStream>, Status> {
+        let start = Instant::now();
+        let request = request.into_inner();
+        if request.partitions.is_empty() {
+            self.metrics.fetch.record(start, true);
+            return Err(spool_proto::error_to_status(v1::Error::new(
+                ErrorCode::InvalidRequest,
+                "a fetch names no partition",
+            )));
+        }
+        let spec = FetchSpec {
+            positions: request
+                .partitions
+                .into_iter()
+                .map(|p| FetchPosition {
+                    topic: p.topic,
+                    partition: p.partition,
+                    offset: p.offset,
+                    max_bytes: (p.max_bytes > 0).then_some(p.max_bytes as usize),
+                })
+                .collect(),
+            max_bytes: match request.max_bytes {
+                0 => DEFAULT_FETCH_MAX_BYTES,
+                n => n as usize,
+            },
+            min_bytes: request.min_bytes as usize,
+            max_wait: match request.max_wait_ms {
+                0 => DEFAULT_FETCH_MAX_WAIT,
+                ms => Duration::from_millis(u64::from(ms)),
+            },
+            follow: request.follow,
+        };
+        let chunks = self.broker.fetch(spec, FETCH_QUEUE);
+        let metrics = Arc::clone(&self.metrics);
+        let stream = ReceiverStream::new(chunks).map(move |chunk| Ok(to_wire(chunk, &metrics)));
+        self.metrics.fetch.record(start, false);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let start = Instant::now();
+        let mut results = Vec::new();
+        let mut failed = false;
+        for p in request.into_inner().partitions {
+            let query = match v1::OffsetSpec::try_from(p.spec) {
+                Ok(v1::OffsetSpec::Latest) => Some(OffsetQuery::Latest),
+                Ok(v1::OffsetSpec::Earliest) => Some(OffsetQuery::Earliest),
+                Ok(v1::OffsetSpec::Timestamp) => Some(OffsetQuery::Timestamp(p.timestamp_ms)),
+                Err(_) => None,
+            };
+            let outcome = match query {
+                Some(query) => self
+                    .broker
+                    .list_offset(&p.topic, p.partition, query)
+                    .await
+                    .map_err(|e| wire_error(&e)),
+                None => Err(v1::Error::new(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown offset spec {}", p.spec),
+                )),
+            };
+            failed |= outcome.is_err();
+            let (offset, error) = match outcome {
+                Ok(offset) => (offset, None),
+                Err(error) => (-1, Some(error)),
+            };
+            results.push(v1::ListOffsetsResult {
+                topic: p.topic,
+                partition: p.partition,
+                error,
+                offset,
+            });
+        }
+        self.metrics.list_offsets.record(start, failed);
+        Ok(Response::new(v1::ListOffsetsResponse {
+            partitions: results,
+        }))
+    }
+}
+
+fn to_wire(chunk: FetchChunk, metrics: &Metrics) -> v1::FetchResponse {
+    let partitions = chunk
+        .partitions
+        .into_iter()
+        .map(|p| {
+            let bytes: u64 = p.batches.iter().map(|b| b.len() as u64).sum();
+            metrics.bytes_out.inc_by(bytes);
+            v1::FetchPartitionData {
+                topic: p.topic,
+                partition: p.partition,
+                error: p.error.as_ref().map(wire_error),
+                high_watermark: p.high_watermark,
+                log_start_offset: p.log_start_offset,
+                batches: p.batches,
+                next_offset: p.next_offset,
+            }
+        })
+        .collect();
+    v1::FetchResponse { partitions }
+}

@@ -1,0 +1,19 @@
+//! The gRPC services: wire types in, domain calls, wire types out. Prost types go no
+//! further than these files.
+
+mod admin;
+mod broker;
+
+pub(crate) use admin::AdminService;
+pub(crate) use broker::BrokerService;
+
+use spool_broker::BrokerError;
+use spool_proto::v1;
+
+/// The wire form of a broker error.
+pub(crate) fn wire_error(error: &BrokerError) -> v1::Error {
+    v1::Error::new(error.code(), error.to_string())
+}
+
+/// Largest gRPC message accepted or sent: a produce request may carry many batches.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
