@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use serde_json::json;
 use spool_log::batch::Compression;
 use spool_log::scan::{Expect, ScannedFrame, scan_frames};
 use spool_log::verify::{IndexFileStatus, open_segment, segment_files, verify_dir};
 use spool_log::{FrameKind, RecordBatch};
+
+use crate::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
@@ -24,36 +26,23 @@ pub enum LogCommand {
         /// With --records, also print keys, values and headers.
         #[arg(long)]
         values: bool,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
     },
     /// Check every CRC, every index entry and the continuity of a partition directory.
     /// Exits 0 only if everything checks out, 1 if anything does not.
     Verify {
         /// The partition directory.
         dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// For people.
-    Text,
-    /// One JSON object per line, for scripts.
-    Json,
-}
-
-pub fn run(command: LogCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: LogCommand, output: Output) -> anyhow::Result<ExitCode> {
     match command {
         LogCommand::Dump {
             path,
             records,
             values,
-            output,
         } => dump(&path, records, values, output),
-        LogCommand::Verify { dir, output } => verify(&dir, output),
+        LogCommand::Verify { dir } => verify(&dir, output),
     }
 }
 

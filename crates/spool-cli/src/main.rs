@@ -1,14 +1,34 @@
 //! `spool`: one binary for running and operating Spool.
 
+mod consume;
 mod log_tools;
+mod node;
+mod offsets;
+mod output;
+mod produce;
+mod topic;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "spool", version, about = "Spool: a distributed commit log", long_about = None)]
 struct Cli {
+    /// Brokers to contact first, as host:port[,host:port...].
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_BOOTSTRAP",
+        default_value = "127.0.0.1:7070"
+    )]
+    bootstrap: String,
+
+    /// `text` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+
     /// Log filter for diagnostics on stderr (for example `info` or `spool_log=debug`).
     #[arg(long, global = true, env = "SPOOL_LOG", default_value = "warn")]
     log_level: String,
@@ -17,8 +37,29 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local node with a data directory and show how to use it.
+    Dev(node::DevArgs),
+    /// Run a node.
+    Serve(node::ServeArgs),
+    /// Create, list, describe, alter and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: topic::TopicCommand,
+    },
+    /// Produce lines from stdin as records.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(consume::ConsumeArgs),
+    /// Show the earliest and latest offsets of a topic's partitions.
+    Offsets(offsets::OffsetsArgs),
     /// Inspect and check partition log directories offline (the node need not run).
     Log {
         #[command(subcommand)]
@@ -26,20 +67,79 @@ enum Command {
     },
 }
 
+/// What client commands share.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub bootstrap: Vec<String>,
+    pub output: Output,
+}
+
+impl Context {
+    pub async fn connect(&self) -> anyhow::Result<spool_client::Client> {
+        Ok(spool_client::Client::connect(&self.bootstrap, Duration::from_secs(5)).await?)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Dev(_) | Command::Serve(_) => "info",
+        _ => cli.log_level.as_str(),
+    };
+    let filter = if std::env::var_os("SPOOL_LOG").is_some() {
+        cli.log_level.as_str()
+    } else {
+        default_filter
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Log { command } => log_tools::run(command),
+    let context = Context {
+        bootstrap: cli
+            .bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        output: cli.output,
+    };
+    // `spool log verify` exits 1 for a damaged log, so failing to run at all is 2 there.
+    let (result, failure) = match cli.command {
+        Command::Log { command } => (log_tools::run(command, cli.output), ExitCode::from(2)),
+        command => (run_async(command, context), ExitCode::FAILURE),
     };
     match result {
         Ok(code) => code,
+        // A reader that went away (`| head`) is not an error.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            failure
         }
     }
+}
+
+fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Dev(args) => node::dev(args).await,
+            Command::Serve(args) => node::serve(args).await,
+            Command::Topic { command } => topic::run(command, &context).await,
+            Command::Produce(args) => produce::run(args, &context).await,
+            Command::Consume(args) => consume::run(args, &context).await,
+            Command::Offsets(args) => offsets::run(args, &context).await,
+            Command::Log { .. } => Ok(ExitCode::SUCCESS),
+        }
+    })
 }

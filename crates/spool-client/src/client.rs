@@ -1,0 +1,374 @@
+//! The connection to a cluster and its calls.
+
+use std::time::Duration;
+
+use spool_proto::v1;
+use spool_proto::v1::admin_client::AdminClient;
+use spool_proto::v1::broker_client::BrokerClient;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ApiError, ClientError};
+use crate::types::*;
+
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A connection to a Spool cluster. Cheap to clone; clones share one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    broker: BrokerClient<Channel>,
+    admin: AdminClient<Channel>,
+    address: String,
+}
+
+fn api(error: Option<v1::Error>) -> Result<(), ApiError> {
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+impl Client {
+    /// Connects to the first reachable address of `bootstrap` (host:port each).
+    pub async fn connect(bootstrap: &[String], timeout: Duration) -> Result<Self, ClientError> {
+        if bootstrap.is_empty() {
+            return Err(ClientError::NoBootstrap);
+        }
+        let mut last = String::new();
+        for address in bootstrap {
+            let uri = if address.contains("://") {
+                address.clone()
+            } else {
+                format!("http://{address}")
+            };
+            let endpoint = Endpoint::from_shared(uri).map_err(|e| ClientError::InvalidAddress {
+                address: address.clone(),
+                reason: e.to_string(),
+            })?;
+            let endpoint = endpoint
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .http2_adaptive_window(true);
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    return Ok(Self {
+                        broker: BrokerClient::new(channel.clone())
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                        admin: AdminClient::new(channel),
+                        address: address.clone(),
+                    });
+                }
+                Err(e) => last = format!("{e}: {}", source_chain(&e)),
+            }
+        }
+        Err(ClientError::Unreachable {
+            addresses: bootstrap.join(","),
+            reason: last,
+        })
+    }
+
+    /// The address this client connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub async fn metadata(&self, topics: &[String]) -> Result<ClusterMetadata, ClientError> {
+        let response = self
+            .broker
+            .clone()
+            .metadata(v1::MetadataRequest {
+                topics: topics.to_vec(),
+            })
+            .await?
+            .into_inner();
+        Ok(ClusterMetadata {
+            cluster_id: response.cluster_id,
+            epoch: response.epoch,
+            brokers: response
+                .brokers
+                .into_iter()
+                .map(|b| (b.node_id, b.address))
+                .collect(),
+            topics: response
+                .topics
+                .into_iter()
+                .map(|t| TopicMetadata {
+                    name: t.name,
+                    error: t.error.map(ApiError::from),
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .map(|p| (p.partition, p.leader))
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<(), ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .create_topics(v1::CreateTopicsRequest {
+                topics: vec![v1::NewTopic {
+                    name: topic.name,
+                    partitions: topic.partitions,
+                    replication_factor: topic.replication_factor,
+                    configs: topic.configs.into_iter().collect(),
+                }],
+                validate_only: false,
+            })
+            .await?
+            .into_inner();
+        first_result(response.results)
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .delete_topics(v1::DeleteTopicsRequest {
+                names: vec![name.to_string()],
+            })
+            .await?
+            .into_inner();
+        first_result(response.results)
+    }
+
+    pub async fn list_topics(
+        &self,
+        include_internal: bool,
+    ) -> Result<Vec<TopicSummary>, ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .list_topics(v1::ListTopicsRequest { include_internal })
+            .await?
+            .into_inner();
+        Ok(response
+            .topics
+            .into_iter()
+            .map(|t| TopicSummary {
+                name: t.name,
+                partitions: t.partitions,
+                replication_factor: t.replication_factor,
+                internal: t.internal,
+            })
+            .collect())
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .describe_topics(v1::DescribeTopicsRequest {
+                names: vec![name.to_string()],
+            })
+            .await?
+            .into_inner();
+        let topic = response
+            .topics
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Transport("the broker described no topic".into()))?;
+        api(topic.error)?;
+        Ok(TopicDescription {
+            name: topic.name,
+            topic_id: topic.topic_id,
+            replication_factor: topic.replication_factor,
+            partitions: topic
+                .partitions
+                .into_iter()
+                .map(|p| PartitionDescription {
+                    partition: p.partition,
+                    leader: p.leader,
+                    replicas: p.replicas,
+                    in_sync_replicas: p.in_sync_replicas,
+                    log_start_offset: p.log_start_offset,
+                    high_watermark: p.high_watermark,
+                    size_bytes: p.size_bytes,
+                })
+                .collect(),
+            configs: topic
+                .configs
+                .into_iter()
+                .map(|c| ConfigEntry {
+                    name: c.name,
+                    value: c.value,
+                    is_default: c.is_default,
+                })
+                .collect(),
+        })
+    }
+
+    /// Sets some configs of a topic and returns others to their defaults.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        set: Vec<(String, String)>,
+        reset: Vec<String>,
+    ) -> Result<(), ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .alter_configs(v1::AlterConfigsRequest {
+                topics: vec![v1::TopicConfigChange {
+                    topic: name.to_string(),
+                    set: set.into_iter().collect(),
+                    reset,
+                }],
+                validate_only: false,
+            })
+            .await?
+            .into_inner();
+        first_result(response.results)
+    }
+
+    /// Produces batches to several partitions in one call; each partition's outcome is
+    /// reported on its own, in the order given.
+    pub async fn produce(
+        &self,
+        acks: Acks,
+        timeout: Duration,
+        partitions: Vec<PartitionBatches>,
+    ) -> Result<Vec<Result<Produced, ApiError>>, ClientError> {
+        let mut topics: Vec<v1::TopicProduceData> = Vec::new();
+        for p in partitions {
+            let data = v1::PartitionProduceData {
+                partition: p.partition,
+                batches: p.batches,
+            };
+            match topics.last_mut() {
+                Some(last) if last.topic == p.topic => last.partitions.push(data),
+                _ => topics.push(v1::TopicProduceData {
+                    topic: p.topic,
+                    partitions: vec![data],
+                }),
+            }
+        }
+        let request = v1::ProduceRequest {
+            acks: match acks {
+                Acks::All => v1::Acks::All,
+                Acks::Leader => v1::Acks::Leader,
+                Acks::None => v1::Acks::None,
+            } as i32,
+            timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            topics,
+        };
+        let response = self.broker.clone().produce(request).await?.into_inner();
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .map(|p| match p.error {
+                Some(e) => Err(ApiError::from(e)),
+                None => Ok(Produced {
+                    base_offset: p.base_offset,
+                    log_append_time_ms: p.log_append_time_ms,
+                }),
+            })
+            .collect())
+    }
+
+    /// Opens a fetch stream. Each item is one response of the broker.
+    pub async fn fetch(
+        &self,
+        options: FetchOptions,
+    ) -> Result<
+        impl Stream<Item = Result<Vec<FetchedPartition>, ClientError>> + Send + Unpin + 'static,
+        ClientError,
+    > {
+        let request = v1::FetchRequest {
+            partitions: options
+                .positions
+                .into_iter()
+                .map(|p| v1::FetchPartition {
+                    topic: p.topic,
+                    partition: p.partition,
+                    offset: p.offset,
+                    max_bytes: 0,
+                })
+                .collect(),
+            max_bytes: options.max_bytes,
+            min_bytes: options.min_bytes,
+            max_wait_ms: options.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+            follow: options.follow,
+        };
+        let stream = self.broker.clone().fetch(request).await?.into_inner();
+        Ok(stream.map(|item| {
+            item.map_err(ClientError::from).map(|response| {
+                response
+                    .partitions
+                    .into_iter()
+                    .map(|p| FetchedPartition {
+                        topic: p.topic,
+                        partition: p.partition,
+                        error: p.error.map(ApiError::from),
+                        high_watermark: p.high_watermark,
+                        batches: p.batches,
+                        next_offset: p.next_offset,
+                    })
+                    .collect()
+            })
+        }))
+    }
+
+    /// Offsets of partitions, each answered on its own.
+    pub async fn list_offsets(
+        &self,
+        queries: Vec<(String, u32, OffsetSpec)>,
+    ) -> Result<Vec<Result<i64, ApiError>>, ClientError> {
+        let request = v1::ListOffsetsRequest {
+            partitions: queries
+                .into_iter()
+                .map(|(topic, partition, spec)| {
+                    let (spec, timestamp_ms) = match spec {
+                        OffsetSpec::Earliest => (v1::OffsetSpec::Earliest, 0),
+                        OffsetSpec::Latest => (v1::OffsetSpec::Latest, 0),
+                        OffsetSpec::Timestamp(ts) => (v1::OffsetSpec::Timestamp, ts),
+                    };
+                    v1::ListOffsetsPartition {
+                        topic,
+                        partition,
+                        spec: spec as i32,
+                        timestamp_ms,
+                    }
+                })
+                .collect(),
+        };
+        let response = self
+            .broker
+            .clone()
+            .list_offsets(request)
+            .await?
+            .into_inner();
+        Ok(response
+            .partitions
+            .into_iter()
+            .map(|p| match p.error {
+                Some(e) => Err(ApiError::from(e)),
+                None => Ok(p.offset),
+            })
+            .collect())
+    }
+}
+
+fn first_result(results: Vec<v1::TopicResult>) -> Result<(), ClientError> {
+    match results.into_iter().next() {
+        Some(result) => Ok(api(result.error)?),
+        None => Err(ClientError::Transport(
+            "the broker returned no result".into(),
+        )),
+    }
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = error.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}

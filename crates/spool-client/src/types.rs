@@ -1,0 +1,142 @@
+//! What the client's calls take and return.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::ApiError;
+
+/// When a produce call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Once committed and durable (Kafka acks=all).
+    #[default]
+    All,
+    /// Once the leader has appended (acks=1).
+    Leader,
+    /// Without waiting (acks=0).
+    None,
+}
+
+/// A topic to create.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewTopic {
+    pub name: String,
+    /// 0 for the broker's default.
+    pub partitions: u32,
+    /// 0 for the broker's default.
+    pub replication_factor: u32,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub topic_id: String,
+    pub replication_factor: u32,
+    pub partitions: Vec<PartitionDescription>,
+    pub configs: Vec<ConfigEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    pub leader: u64,
+    pub replicas: Vec<u64>,
+    pub in_sync_replicas: Vec<u64>,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: String,
+    pub value: String,
+    pub is_default: bool,
+}
+
+/// The cluster as a metadata call describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    pub cluster_id: String,
+    pub epoch: u64,
+    /// (node id, address)
+    pub brokers: Vec<(u64, String)>,
+    pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub error: Option<ApiError>,
+    /// (partition, leader node id)
+    pub partitions: Vec<(u32, u64)>,
+}
+
+/// Batches for one partition of a produce call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionBatches {
+    pub topic: String,
+    pub partition: u32,
+    /// Kafka RecordBatch v2, as `spool_log::batch::BatchBuilder` builds them.
+    pub batches: Vec<Bytes>,
+}
+
+/// Where a partition's produced batches landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Offset of the first record; -1 with acks=none.
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+}
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPosition {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// A fetch stream's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOptions {
+    pub positions: Vec<FetchPosition>,
+    /// Most bytes per response (0: the broker's default of 1 MiB).
+    pub max_bytes: u32,
+    pub min_bytes: u32,
+    pub max_wait: Duration,
+    /// Keep streaming; otherwise the stream ends when every partition is caught up.
+    pub follow: bool,
+}
+
+/// One partition's part of a fetch response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// Set when the partition cannot be read on; the stream carries no more of it.
+    pub error: Option<ApiError>,
+    pub high_watermark: i64,
+    /// Stored Kafka RecordBatch v2; the first may start before the requested offset.
+    pub batches: Vec<Bytes>,
+    pub next_offset: i64,
+}
+
+/// Which offset a list-offsets call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
