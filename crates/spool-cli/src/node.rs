@@ -87,6 +87,12 @@ impl ServeArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let node = Node::start(config).await?;
+    // One line scripts can read to learn the ports (useful with port 0).
+    crate::say!(
+        "spool serving grpc={} http={}",
+        node.grpc_addr(),
+        node.http_addr()
+    );
     wait_for_signal().await?;
     tracing::info!("shutting down");
     node.shutdown().await?;
