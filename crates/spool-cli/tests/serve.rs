@@ -1,0 +1,252 @@
+//! `spool serve` as a real process, driven by the `spool` client commands as a user or a
+//! script would: topics, produce from stdin, consume as JSON, kill -9, restart.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+
+/// A `spool serve` child and the address it reported.
+struct Server {
+    child: Child,
+    grpc: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(SPOOL)
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .env("SPOOL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // The first line names the ports; the node serves once it is printed.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Self { child, grpc }
+    }
+
+    fn spool(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(SPOOL)
+            .args(args)
+            .args(["--bootstrap", &self.grpc])
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            let input = input.to_vec();
+            std::thread::spawn(move || pipe.write_all(&input).unwrap());
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = self.spool(args, stdin);
+        assert!(
+            out.status.success(),
+            "spool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Values read back, per partition in offset order, from `consume --format json`.
+fn consume_all(
+    server: &Server,
+    topic: &str,
+    expected: usize,
+) -> HashMap<u64, Vec<(i64, String, String)>> {
+    let max = expected.to_string();
+    let out = server.ok(
+        &[
+            "consume",
+            topic,
+            "--from-beginning",
+            "--max-messages",
+            &max,
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let mut by_partition: HashMap<u64, Vec<(i64, String, String)>> = HashMap::new();
+    for line in out.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        for field in [
+            "topic",
+            "partition",
+            "offset",
+            "timestamp",
+            "key",
+            "value",
+            "headers",
+        ] {
+            assert!(record.get(field).is_some(), "{field} missing from {line}");
+        }
+        by_partition
+            .entry(record["partition"].as_u64().unwrap())
+            .or_default()
+            .push((
+                record["offset"].as_i64().unwrap(),
+                record["key"].as_str().unwrap().to_string(),
+                record["value"].as_str().unwrap().to_string(),
+            ));
+    }
+    by_partition
+}
+
+fn check(read: &HashMap<u64, Vec<(i64, String, String)>>, lines: &[(String, String)]) {
+    let total: usize = read.values().map(Vec::len).sum();
+    assert_eq!(total, lines.len(), "every record read back once");
+    for records in read.values() {
+        for (i, (offset, _, _)) in records.iter().enumerate() {
+            assert_eq!(*offset, i as i64, "offsets are dense from 0");
+        }
+        // Within a partition, records keep the order they were produced in.
+        let positions: Vec<usize> = records
+            .iter()
+            .map(|(_, key, value)| {
+                lines
+                    .iter()
+                    .position(|(k, v)| k == key && v == value)
+                    .unwrap()
+            })
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    }
+}
+
+#[test]
+fn records_piped_through_produce_come_back_from_consume_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    assert!(
+        server
+            .ok(&["topic", "create", "lines", "--partitions", "3"], None)
+            .contains("3 partition")
+    );
+    let lines: Vec<(String, String)> = (0..20_000)
+        .map(|i| (format!("key-{}", i % 97), format!("line {i}")))
+        .collect();
+    let input: String = lines.iter().map(|(k, v)| format!("{k}|{v}\n")).collect();
+    server.ok(
+        &[
+            "produce",
+            "lines",
+            "--key-separator",
+            "|",
+            "--header",
+            "source=test",
+        ],
+        Some(input.as_bytes()),
+    );
+    let read = consume_all(&server, "lines", lines.len());
+    check(&read, &lines);
+    let offsets: serde_json::Value =
+        serde_json::from_str(&server.ok(&["offsets", "lines", "--output", "json"], None)).unwrap();
+    let latest: i64 = offsets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["latest"].as_i64().unwrap())
+        .sum();
+    assert_eq!(latest, 20_000);
+
+    server.kill_9();
+    let server = Server::start(dir.path());
+    check(&consume_all(&server, "lines", lines.len()), &lines);
+    let describe: serde_json::Value =
+        serde_json::from_str(&server.ok(&["topic", "describe", "lines", "--output", "json"], None))
+            .unwrap();
+    assert_eq!(describe["partitions"].as_array().unwrap().len(), 3);
+    server.kill_9();
+}
+
+#[test]
+fn sigterm_stops_the_node_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    server.ok(&["topic", "create", "t"], None);
+    server.ok(&["produce", "t"], Some(b"one\ntwo\n"));
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    // A clean stop writes the active segment's index: the next start scans nothing.
+    let server = Server::start(dir.path());
+    assert_eq!(
+        server.ok(&["consume", "t", "--from-beginning"], None),
+        "one\ntwo\n"
+    );
+    server.kill_9();
+}
+
+#[test]
+fn client_errors_are_one_sentence_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["topic", "describe", "nope"],
+            "error: topic \"nope\" does not exist (UNKNOWN_TOPIC_OR_PARTITION)",
+        ),
+        (
+            &["topic", "create", "bad/name"],
+            "error: invalid topic name: a topic name may only contain a-z, A-Z, 0-9, '.', '_' and '-'; found '/' (INVALID_TOPIC)",
+        ),
+        (
+            &["consume", "nope"],
+            "error: topic \"nope\" does not exist (UNKNOWN_TOPIC_OR_PARTITION)",
+        ),
+        (
+            &["topic", "create", "r", "--replication-factor", "3"],
+            "error: replication factor 3 is not possible with 1 broker(s) (INVALID_REPLICATION_FACTOR)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = server.spool(args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), expected);
+    }
+    let out = Command::new(SPOOL)
+        .args(["topic", "list", "--bootstrap", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: could not reach Spool at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1);
+    server.kill_9();
+}
