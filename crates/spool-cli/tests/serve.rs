@@ -250,3 +250,128 @@ fn client_errors_are_one_sentence_and_a_non_zero_exit() {
     assert_eq!(err.trim().lines().count(), 1);
     server.kill_9();
 }
+
+#[test]
+fn produce_and_consume_flags_do_what_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(
+        &[
+            "topic",
+            "create",
+            "f",
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=3600000",
+        ],
+        None,
+    );
+    server.ok(
+        &[
+            "produce",
+            "f",
+            "--partition",
+            "1",
+            "--acks",
+            "leader",
+            "--header",
+            "h=1",
+        ],
+        Some(b"a\nb\nc\n"),
+    );
+    server.ok(
+        &["produce", "f", "--partition", "1", "--acks", "0"],
+        Some(b"d\n"),
+    );
+    // acks=0 does not wait: read until the fourth record is there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let all = loop {
+        let out = server.ok(
+            &["consume", "f", "--partition", "1", "--from-beginning"],
+            None,
+        );
+        if out.lines().count() == 4 || std::time::Instant::now() > deadline {
+            break out;
+        }
+    };
+    assert_eq!(all, "a\nb\nc\nd\n");
+    assert_eq!(
+        server.ok(&["consume", "f", "--partition", "1", "--offset", "2"], None),
+        "c\nd\n"
+    );
+    assert_eq!(
+        server.ok(
+            &["consume", "f", "--partition", "0", "--from-beginning"],
+            None
+        ),
+        ""
+    );
+    let json = server.ok(
+        &[
+            "consume",
+            "f",
+            "--partition",
+            "1",
+            "--offset",
+            "0",
+            "--max-messages",
+            "1",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let record: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        record["headers"],
+        serde_json::json!([{"key": "h", "value": "1"}])
+    );
+    assert_eq!(record["key"], serde_json::Value::Null);
+    let far_future = (record["timestamp"].as_i64().unwrap() + 3_600_000).to_string();
+    assert_eq!(
+        server.ok(&["consume", "f", "--timestamp", &far_future], None),
+        ""
+    );
+    let start = record["timestamp"].as_i64().unwrap().to_string();
+    assert_eq!(
+        server.ok(
+            &["consume", "f", "--partition", "1", "--timestamp", &start],
+            None
+        ),
+        "a\nb\nc\nd\n"
+    );
+    let out = server.spool(
+        &["consume", "f", "--partition", "1", "--offset", "99"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OFFSET_OUT_OF_RANGE"));
+
+    server.ok(
+        &[
+            "topic",
+            "alter",
+            "f",
+            "--set",
+            "retention.bytes=1048576",
+            "--reset",
+            "retention.ms",
+        ],
+        None,
+    );
+    let described: serde_json::Value =
+        serde_json::from_str(&server.ok(&["topic", "describe", "f", "--output", "json"], None))
+            .unwrap();
+    assert_eq!(described["configs"]["retention.bytes"], "1048576");
+    assert_eq!(described["configs"]["retention.ms"], "604800000");
+    let listed: serde_json::Value =
+        serde_json::from_str(&server.ok(&["topic", "list", "--output", "json"], None)).unwrap();
+    assert_eq!(listed[0]["topic"], "f");
+    server.ok(&["topic", "delete", "f"], None);
+    assert_eq!(
+        server.ok(&["topic", "list"], None).trim(),
+        "TOPIC  PARTITIONS  REPLICATION"
+    );
+    server.kill_9();
+}
