@@ -3,11 +3,20 @@
 //! inside this crate.
 
 mod client;
+mod cluster;
+mod compression;
+mod consumer;
 mod error;
 mod partitioner;
+mod producer;
 mod types;
 
 pub use client::Client;
+pub use compression::Compression;
+pub use consumer::{Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo};
 pub use error::{ApiError, ClientError};
 pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{
+    DeliveryFuture, Producer, ProducerConfig, ProducerError, ProducerRecord, RecordMetadata,
+};
 pub use types::*;

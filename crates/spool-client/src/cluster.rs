@@ -1,0 +1,107 @@
+//! What the client knows of the cluster: partition counts and leaders per topic, broker
+//! addresses, and one connection (one HTTP/2 channel) per broker, opened when first used.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::client::Client;
+use crate::error::{ApiError, ClientError};
+
+#[derive(Debug, Default)]
+struct State {
+    brokers: HashMap<u64, String>,
+    /// Leader node id of each partition, by topic.
+    leaders: HashMap<String, Vec<u64>>,
+}
+
+/// A metadata cache and a connection per broker.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    bootstrap: Client,
+    timeout: Duration,
+    state: RwLock<State>,
+    connections: tokio::sync::Mutex<HashMap<u64, Client>>,
+}
+
+impl Cluster {
+    pub fn new(bootstrap: Client, timeout: Duration) -> Self {
+        Self {
+            bootstrap,
+            timeout,
+            state: RwLock::new(State::default()),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The number of partitions of `topic`, from the cache or the cluster.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(leaders) = self.state.read().leaders.get(topic) {
+            return Ok(leaders.len() as u32);
+        }
+        self.refresh(topic).await?;
+        Ok(self
+            .state
+            .read()
+            .leaders
+            .get(topic)
+            .map_or(0, |l| l.len() as u32))
+    }
+
+    /// Fetches `topic`'s metadata again (after NOT_LEADER or an unknown topic).
+    pub async fn refresh(&self, topic: &str) -> Result<(), ClientError> {
+        let metadata = self.bootstrap.metadata(&[topic.to_string()]).await?;
+        let mut state = self.state.write();
+        for (id, address) in metadata.brokers {
+            state.brokers.insert(id, address);
+        }
+        for t in metadata.topics {
+            if let Some(error) = t.error {
+                return Err(ClientError::Api(ApiError { ..error }));
+            }
+            let mut leaders = vec![0; t.partitions.len()];
+            for (partition, leader) in t.partitions {
+                if let Some(slot) = leaders.get_mut(partition as usize) {
+                    *slot = leader;
+                }
+            }
+            state.leaders.insert(t.name, leaders);
+        }
+        Ok(())
+    }
+
+    /// Forgets what is cached of `topic`, so the next use asks the cluster.
+    pub fn invalidate(&self, topic: &str) {
+        self.state.write().leaders.remove(topic);
+    }
+
+    pub fn leader(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.state
+            .read()
+            .leaders
+            .get(topic)
+            .and_then(|l| l.get(partition as usize).copied())
+    }
+
+    /// The connection to `node`, opened on first use; the bootstrap connection for a node
+    /// whose address is not known.
+    pub async fn connection(&self, node: Option<u64>) -> Result<Client, ClientError> {
+        let Some(node) = node else {
+            return Ok(self.bootstrap.clone());
+        };
+        let mut connections = self.connections.lock().await;
+        if let Some(client) = connections.get(&node) {
+            return Ok(client.clone());
+        }
+        let address = self.state.read().brokers.get(&node).cloned();
+        let client = match address {
+            Some(address) if address != self.bootstrap.address() => {
+                Client::connect(&[address], self.timeout).await?
+            }
+            _ => self.bootstrap.clone(),
+        };
+        connections.insert(node, client.clone());
+        Ok(client)
+    }
+}

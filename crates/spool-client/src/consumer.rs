@@ -1,0 +1,432 @@
+//! The consumer: reads assigned partitions as one stream of records, prefetching the next
+//! responses while the application works (at most `prefetch_bytes` ahead), with seek,
+//! pause and resume. Consumer groups (subscribe, commit, rebalance callbacks) build on
+//! this: assignment is already a set of partitions that can change at any time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_log::RecordBatch;
+use spool_types::ErrorCode;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::{Stream, StreamExt};
+
+use crate::client::Client;
+use crate::error::{ApiError, ClientError};
+use crate::types::{FetchOptions, FetchPosition, OffsetSpec};
+
+/// Where a partition without a position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    Earliest,
+    #[default]
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Most bytes per fetch response (default 1 MiB).
+    pub fetch_max_bytes: u32,
+    /// How far ahead of the application to read (default 8 MiB).
+    pub prefetch_bytes: usize,
+    /// Longest a fetch waits for data before answering (default 500 ms).
+    pub fetch_max_wait: Duration,
+    /// Where new or out-of-range positions start (default latest, as in Kafka).
+    pub offset_reset: OffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            fetch_max_bytes: 1024 * 1024,
+            prefetch_bytes: 8 * 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+            offset_reset: OffsetReset::Latest,
+        }
+    }
+}
+
+/// Where to move a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Beginning,
+    End,
+    Offset(i64),
+    /// The first record at or after this time (ms); the end if none is that recent.
+    Timestamp(i64),
+}
+
+/// A record read from a partition. Key, value and header values share the fetched batch's
+/// buffer: no copy per record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("partition {partition} of {topic}: {error}")]
+    Partition {
+        topic: String,
+        partition: u32,
+        error: ApiError,
+    },
+    #[error("a batch at offset {offset} of {topic}/{partition} cannot be read: {reason}")]
+    Batch {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        reason: String,
+    },
+}
+
+type Key = (Arc<str>, u32);
+
+/// Records of one fetch response, decoded, or what stopped the stream.
+type Chunk = Result<Vec<ConsumerRecord>, ConsumerError>;
+
+#[derive(Debug)]
+struct Fetcher {
+    rx: mpsc::Receiver<Chunk>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads records of assigned partitions.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    /// The next offset to deliver, per assigned partition.
+    positions: BTreeMap<Key, i64>,
+    paused: BTreeSet<Key>,
+    buffered: VecDeque<ConsumerRecord>,
+    fetcher: Option<Fetcher>,
+}
+
+impl Consumer {
+    pub fn new(client: Client, config: ConsumerConfig) -> Self {
+        Self {
+            client,
+            config,
+            positions: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            buffered: VecDeque::new(),
+            fetcher: None,
+        }
+    }
+
+    /// Replaces the assignment. Partitions kept keep their positions; new ones start per
+    /// `offset_reset`.
+    pub async fn assign(&mut self, partitions: &[(&str, u32)]) -> Result<(), ConsumerError> {
+        let wanted: BTreeSet<Key> = partitions
+            .iter()
+            .map(|(t, p)| (Arc::from(*t), *p))
+            .collect();
+        self.positions.retain(|k, _| wanted.contains(k));
+        self.paused.retain(|k| wanted.contains(k));
+        let reset = match self.config.offset_reset {
+            OffsetReset::Earliest => OffsetSpec::Earliest,
+            OffsetReset::Latest => OffsetSpec::Latest,
+        };
+        let new: Vec<Key> = wanted
+            .into_iter()
+            .filter(|k| !self.positions.contains_key(k))
+            .collect();
+        let offsets = self.lookup(&new, reset).await?;
+        for (key, offset) in new.into_iter().zip(offsets) {
+            self.positions.insert(key, offset);
+        }
+        self.restart();
+        Ok(())
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions
+            .keys()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect()
+    }
+
+    /// The next offset this consumer will deliver for a partition.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.positions.get(&(Arc::from(topic), partition)).copied()
+    }
+
+    /// Moves a partition's position; records buffered for it are dropped.
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        to: SeekTo,
+    ) -> Result<(), ConsumerError> {
+        let key: Key = (Arc::from(topic), partition);
+        let offset = match to {
+            SeekTo::Offset(offset) => offset,
+            SeekTo::Beginning => {
+                self.lookup(std::slice::from_ref(&key), OffsetSpec::Earliest)
+                    .await?[0]
+            }
+            SeekTo::End => {
+                self.lookup(std::slice::from_ref(&key), OffsetSpec::Latest)
+                    .await?[0]
+            }
+            SeekTo::Timestamp(ts) => {
+                let found = self
+                    .lookup(std::slice::from_ref(&key), OffsetSpec::Timestamp(ts))
+                    .await?[0];
+                if found >= 0 {
+                    found
+                } else {
+                    self.lookup(std::slice::from_ref(&key), OffsetSpec::Latest)
+                        .await?[0]
+                }
+            }
+        };
+        self.positions.insert(key, offset);
+        self.restart();
+        Ok(())
+    }
+
+    /// Stops delivering records of these partitions until `resume`.
+    pub fn pause(&mut self, partitions: &[(&str, u32)]) {
+        for (t, p) in partitions {
+            self.paused.insert((Arc::from(*t), *p));
+        }
+        self.restart();
+    }
+
+    pub fn resume(&mut self, partitions: &[(&str, u32)]) {
+        for (t, p) in partitions {
+            self.paused.remove(&(Arc::from(*t), *p));
+        }
+        self.restart();
+    }
+
+    /// The next record; waits for one to arrive. `None` once nothing is assigned.
+    pub async fn next(&mut self) -> Option<Result<ConsumerRecord, ConsumerError>> {
+        loop {
+            if let Some(record) = self.buffered.pop_front() {
+                let key = (Arc::clone(&record.topic), record.partition);
+                self.positions.insert(key, record.offset + 1);
+                return Some(Ok(record));
+            }
+            let fetcher = self.fetcher.as_mut()?;
+            match fetcher.rx.recv().await {
+                Some(Ok(records)) => self.buffered.extend(records),
+                Some(Err(ConsumerError::Partition {
+                    topic,
+                    partition,
+                    error,
+                })) if error.code == ErrorCode::OffsetOutOfRange => {
+                    // Kafka's auto.offset.reset: move to the configured end and go on.
+                    let to = match self.config.offset_reset {
+                        OffsetReset::Earliest => SeekTo::Beginning,
+                        OffsetReset::Latest => SeekTo::End,
+                    };
+                    if let Err(error) = self.seek(&topic, partition, to).await {
+                        return Some(Err(error));
+                    }
+                }
+                Some(Err(error)) => {
+                    self.fetcher = None;
+                    return Some(Err(error));
+                }
+                None => {
+                    self.fetcher = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The records as a stream.
+    pub fn stream(&mut self) -> impl Stream<Item = Result<ConsumerRecord, ConsumerError>> + '_ {
+        futures_util::stream::unfold(self, |consumer| async move {
+            consumer.next().await.map(|item| (item, consumer))
+        })
+    }
+
+    async fn lookup(&self, keys: &[Key], spec: OffsetSpec) -> Result<Vec<i64>, ConsumerError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queries = keys
+            .iter()
+            .map(|(t, p)| (t.to_string(), *p, spec))
+            .collect();
+        let answers = self.client.list_offsets(queries).await?;
+        keys.iter()
+            .zip(answers)
+            .map(|((topic, partition), answer)| {
+                answer.map_err(|error| ConsumerError::Partition {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts reading again from the current positions of the unpaused partitions.
+    fn restart(&mut self) {
+        self.fetcher = None;
+        self.buffered.clear();
+        let positions: Vec<FetchPosition> = self
+            .positions
+            .iter()
+            .filter(|(k, _)| !self.paused.contains(*k))
+            .map(|((topic, partition), offset)| FetchPosition {
+                topic: topic.to_string(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect();
+        if positions.is_empty() {
+            return;
+        }
+        let starts: BTreeMap<Key, i64> = self
+            .positions
+            .iter()
+            .filter(|(k, _)| !self.paused.contains(*k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let capacity =
+            (self.config.prefetch_bytes / self.config.fetch_max_bytes.max(1) as usize).max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let options = FetchOptions {
+            positions,
+            max_bytes: self.config.fetch_max_bytes,
+            min_bytes: 1,
+            max_wait: self.config.fetch_max_wait,
+            follow: true,
+        };
+        let client = self.client.clone();
+        let task = tokio::spawn(fetch(client, options, starts, tx));
+        self.fetcher = Some(Fetcher { rx, task });
+    }
+}
+
+/// Reads one fetch stream, decodes its batches and hands records over.
+async fn fetch(
+    client: Client,
+    options: FetchOptions,
+    starts: BTreeMap<Key, i64>,
+    tx: mpsc::Sender<Chunk>,
+) {
+    let mut stream = match client.fetch(options).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            let _ = tx.send(Err(error.into())).await;
+            return;
+        }
+    };
+    let topics: BTreeMap<String, Arc<str>> = starts
+        .keys()
+        .map(|(t, _)| (t.to_string(), Arc::clone(t)))
+        .collect();
+    while let Some(response) = stream.next().await {
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                let _ = tx.send(Err(error.into())).await;
+                return;
+            }
+        };
+        let mut records = Vec::new();
+        for part in response {
+            let topic = topics
+                .get(&part.topic)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(part.topic.as_str()));
+            if let Some(error) = part.error {
+                let chunk = Err(ConsumerError::Partition {
+                    topic: part.topic,
+                    partition: part.partition,
+                    error,
+                });
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let start = starts
+                .get(&(Arc::clone(&topic), part.partition))
+                .copied()
+                .unwrap_or(0);
+            for batch in &part.batches {
+                if let Err(error) = decode(&topic, part.partition, batch, start, &mut records) {
+                    let _ = tx.send(Err(error)).await;
+                    return;
+                }
+            }
+        }
+        if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn decode(
+    topic: &Arc<str>,
+    partition: u32,
+    bytes: &Bytes,
+    start: i64,
+    out: &mut Vec<ConsumerRecord>,
+) -> Result<(), ConsumerError> {
+    let fail = |offset, reason: String| ConsumerError::Batch {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        reason,
+    };
+    let batch = RecordBatch::new(bytes).map_err(|e| fail(-1, e.to_string()))?;
+    if batch.is_control() || batch.last_offset() < start {
+        return Ok(());
+    }
+    let records = batch
+        .records()
+        .map_err(|e| fail(batch.base_offset(), e.to_string()))?;
+    for record in records {
+        let record = record.map_err(|e| fail(batch.base_offset(), e.to_string()))?;
+        if record.offset() < start {
+            continue;
+        }
+        out.push(ConsumerRecord {
+            topic: Arc::clone(topic),
+            partition,
+            offset: record.offset(),
+            timestamp: record.timestamp(),
+            key: record.key().map(|k| bytes.slice_ref(k)),
+            value: record.value().map(|v| bytes.slice_ref(v)),
+            headers: record
+                .headers()
+                .map(|h| {
+                    (
+                        String::from_utf8_lossy(h.key).into_owned(),
+                        h.value.map(|v| bytes.slice_ref(v)).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Open and closed batches per partition, shared by `send` (which appends) and the sender
+//! task (which takes ready batches). Held under a mutex for short, allocation-free steps.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_log::batch::{BatchBuilder, BatchOptions, Header};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{BatchOutcome, DeliveryFuture, ProducerConfig, ProducerRecord};
+use crate::compression::Compression;
+
+/// A batch's bytes: still a builder until the sender first ships it.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Building(BatchBuilder),
+    Built(Bytes),
+}
+
+/// A batch no longer taking records.
+#[derive(Debug)]
+pub(crate) struct ClosedBatch {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub payload: Payload,
+    pub outcome: BatchOutcome,
+    pub permits: usize,
+    pub records: usize,
+    pub attempts: u32,
+    /// When its first record was added; the delivery timeout counts from here.
+    pub created: Instant,
+}
+
+#[derive(Debug)]
+struct OpenBatch {
+    builder: BatchBuilder,
+    outcome: BatchOutcome,
+    permits: usize,
+    records: usize,
+    created: Instant,
+}
+
+#[derive(Debug, Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    ready: VecDeque<ClosedBatch>,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct TopicQueues {
+    name: Arc<str>,
+    partitions: Vec<PartitionQueue>,
+    /// Where records without a key go until that partition's batch closes.
+    sticky: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Accumulator {
+    topics: HashMap<Arc<str>, TopicQueues>,
+    pub compression: Compression,
+    flushing: bool,
+    /// Records sent and not yet acknowledged or failed.
+    pending_records: usize,
+}
+
+impl Accumulator {
+    pub fn new(compression: Compression) -> Self {
+        Self {
+            topics: HashMap::new(),
+            compression,
+            flushing: false,
+            pending_records: 0,
+        }
+    }
+
+    /// Adds a record; returns its future and whether the sender should look again.
+    pub fn append(
+        &mut self,
+        config: &ProducerConfig,
+        record: &ProducerRecord,
+        explicit: Option<u32>,
+        partitions: u32,
+        timestamp: i64,
+        permits: u32,
+    ) -> (DeliveryFuture, bool) {
+        let topic = match self.topics.get_mut(record.topic.as_str()) {
+            Some(t) => t,
+            None => {
+                let name: Arc<str> = Arc::from(record.topic.as_str());
+                self.topics.entry(Arc::clone(&name)).or_insert(TopicQueues {
+                    name,
+                    partitions: Vec::new(),
+                    sticky: seed() % partitions.max(1),
+                })
+            }
+        };
+        if topic.partitions.len() < partitions as usize {
+            topic
+                .partitions
+                .resize_with(partitions as usize, PartitionQueue::default);
+        }
+        let headers: Vec<Header<'_>> = record
+            .headers
+            .iter()
+            .map(|(k, v)| Header {
+                key: k.as_bytes(),
+                value: Some(v),
+            })
+            .collect();
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        let mut wake = false;
+        let mut partition = explicit.unwrap_or(topic.sticky % partitions.max(1));
+        // A full batch closes before the record that does not fit; a keyless record then
+        // moves on with the sticky partition.
+        let queue = &mut topic.partitions[partition as usize];
+        if let Some(open) = &queue.open
+            && !open.builder.is_empty()
+            && open.builder.size() + open.builder.record_size(timestamp, key, value, &headers)
+                > config.batch_bytes
+        {
+            close(queue, &topic.name, partition);
+            wake = true;
+            if explicit.is_none() {
+                topic.sticky = (topic.sticky + 1) % partitions.max(1);
+                partition = topic.sticky;
+            }
+        }
+        let queue = &mut topic.partitions[partition as usize];
+        let open = queue.open.get_or_insert_with(|| {
+            wake = true;
+            OpenBatch {
+                builder: BatchBuilder::with_capacity(
+                    config.batch_bytes + 1024,
+                    BatchOptions::default(),
+                ),
+                outcome: watch::Sender::new(None),
+                permits: 0,
+                records: 0,
+                created: Instant::now(),
+            }
+        });
+        open.builder.append(timestamp, key, value, &headers);
+        let future = DeliveryFuture {
+            outcome: open.outcome.subscribe(),
+            index: open.records as i64,
+            topic: Arc::clone(&topic.name),
+            partition,
+            timestamp,
+        };
+        open.records += 1;
+        open.permits += permits as usize;
+        self.pending_records += 1;
+        if open.builder.size() >= config.batch_bytes {
+            close(queue, &topic.name, partition);
+            wake = true;
+            if explicit.is_none() {
+                topic.sticky = (topic.sticky + 1) % partitions.max(1);
+            }
+        }
+        (future, wake)
+    }
+
+    /// From now until everything is acknowledged, open batches ship without lingering.
+    /// Returns the records still pending.
+    pub fn begin_flush(&mut self) -> usize {
+        if self.pending_records > 0 {
+            self.flushing = true;
+        }
+        self.pending_records
+    }
+
+    /// Takes one shippable batch per idle partition; returns them and when to look again.
+    pub fn take_ready(
+        &mut self,
+        now: Instant,
+        linger: Duration,
+    ) -> (Vec<ClosedBatch>, Option<Instant>) {
+        let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut earliest = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        for topic in self.topics.values_mut() {
+            for (p, queue) in topic.partitions.iter_mut().enumerate() {
+                if queue.in_flight {
+                    continue;
+                }
+                if let Some(at) = queue.retry_at {
+                    if at > now {
+                        earliest(at);
+                        continue;
+                    }
+                    queue.retry_at = None;
+                }
+                if queue.ready.is_empty()
+                    && let Some(open) = &queue.open
+                {
+                    let due = open.created + linger;
+                    if self.flushing || due <= now {
+                        close(queue, &topic.name, p as u32);
+                    } else {
+                        earliest(due);
+                    }
+                }
+                if let Some(batch) = queue.ready.pop_front() {
+                    queue.in_flight = true;
+                    out.push(batch);
+                }
+            }
+        }
+        (out, next)
+    }
+
+    /// A batch is done (acknowledged or failed for good): its partition may ship again.
+    pub fn complete(&mut self, topic: &str, partition: u32, records: usize) {
+        if let Some(queue) = self.queue(topic, partition) {
+            queue.in_flight = false;
+        }
+        self.pending_records = self.pending_records.saturating_sub(records);
+        if self.pending_records == 0 {
+            self.flushing = false;
+        }
+    }
+
+    /// A batch must be tried again: it goes back in front of everything sent after it.
+    pub fn requeue(&mut self, batch: ClosedBatch, retry_at: Instant) {
+        let (topic, partition) = (Arc::clone(&batch.topic), batch.partition);
+        if let Some(queue) = self.queue(&topic, partition) {
+            queue.ready.push_front(batch);
+            queue.in_flight = false;
+            queue.retry_at = Some(retry_at);
+        }
+    }
+
+    /// True when nothing is buffered or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.pending_records == 0
+    }
+
+    fn queue(&mut self, topic: &str, partition: u32) -> Option<&mut PartitionQueue> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+    }
+}
+
+fn close(queue: &mut PartitionQueue, topic: &Arc<str>, partition: u32) {
+    if let Some(open) = queue.open.take() {
+        queue.ready.push_back(ClosedBatch {
+            topic: Arc::clone(topic),
+            partition,
+            payload: Payload::Building(open.builder),
+            outcome: open.outcome,
+            permits: open.permits,
+            records: open.records,
+            attempts: 0,
+            created: open.created,
+        });
+    }
+}
+
+/// A random-enough starting point for sticky partitions and jitter.
+pub(crate) fn seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(0);
+    hasher.finish() as u32
+}
