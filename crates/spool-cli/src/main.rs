@@ -1,5 +1,6 @@
 //! `spool`: one binary for running and operating Spool.
 
+mod bench;
 mod consume;
 mod log_tools;
 mod node;
@@ -60,6 +61,11 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Show the earliest and latest offsets of a topic's partitions.
     Offsets(offsets::OffsetsArgs),
+    /// Measure throughput and latency (produce, consume, end to end).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
     /// Inspect and check partition log directories offline (the node need not run).
     Log {
         #[command(subcommand)]
@@ -140,6 +146,7 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
             Command::Produce(args) => produce::run(args, &context).await,
             Command::Consume(args) => consume::run(args, &context).await,
             Command::Offsets(args) => offsets::run(args, &context).await,
+            Command::Bench { command } => bench::run(command, &context).await,
             Command::Log { .. } => Ok(ExitCode::SUCCESS),
         }
     })

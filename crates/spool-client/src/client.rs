@@ -48,7 +48,8 @@ impl Client {
             let endpoint = endpoint
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
-                .http2_adaptive_window(true);
+                .initial_stream_window_size(4 * 1024 * 1024)
+                .initial_connection_window_size(16 * 1024 * 1024);
             match endpoint.connect().await {
                 Ok(channel) => {
                     return Ok(Self {

@@ -103,7 +103,10 @@ impl Node {
                 let _ = s.set_nodelay(true);
             })
         });
+        // Large windows: a 1 MiB produce request should not wait on window updates.
         let grpc_server = tonic::transport::Server::builder()
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
             .add_service(
                 BrokerServer::new(broker_service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
