@@ -17,7 +17,7 @@ use spool_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::produce::AcksArg;
+use crate::produce::{AcksArg, CompressionArg};
 use crate::{Context, Output};
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +63,8 @@ pub struct LoadArgs {
     batch_bytes: usize,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    compression: CompressionArg,
     /// Concurrent send loops sharing the producer.
     #[arg(long, default_value_t = 1)]
     concurrency: u64,
@@ -210,6 +212,7 @@ async fn produce(
         },
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
+        compression: args.compression.into(),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);

@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use spool_client::{FetchOptions, FetchPosition, OffsetSpec};
-use spool_log::RecordBatch;
 use tokio_stream::StreamExt;
 
 use crate::Context;
@@ -126,6 +125,7 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let mut printed = 0u64;
+    let mut decoded = Vec::new();
     let limit = args.max_messages.unwrap_or(u64::MAX);
     'stream: while let Some(response) = stream.next().await {
         for fetched in response? {
@@ -137,36 +137,29 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
                 .position(|&p| p == fetched.partition)
                 .unwrap_or(0);
             let start = starts[index];
+            let topic: std::sync::Arc<str> = std::sync::Arc::from(fetched.topic.as_str());
             for bytes in &fetched.batches {
-                let batch = RecordBatch::new(bytes)?;
-                let records = batch.records().map_err(|e| {
-                    anyhow::anyhow!(
-                        "batch at offset {} cannot be read: {e}",
-                        batch.base_offset()
-                    )
-                })?;
-                for record in records {
-                    let record = record?;
-                    if record.offset() < start {
-                        continue;
-                    }
+                decoded.clear();
+                spool_client::decode_batch(&topic, fetched.partition, bytes, start, &mut decoded)?;
+                for record in &decoded {
                     let written = match args.format {
                         Format::Value => out
-                            .write_all(record.value().unwrap_or_default())
+                            .write_all(record.value.as_deref().unwrap_or_default())
                             .and_then(|()| out.write_all(b"\n")),
                         Format::Json => {
                             let json = JsonRecord {
                                 topic: &fetched.topic,
                                 partition: fetched.partition,
-                                offset: record.offset(),
-                                timestamp: record.timestamp(),
-                                key: record.key().map(String::from_utf8_lossy),
-                                value: record.value().map(String::from_utf8_lossy),
+                                offset: record.offset,
+                                timestamp: record.timestamp,
+                                key: record.key.as_deref().map(String::from_utf8_lossy),
+                                value: record.value.as_deref().map(String::from_utf8_lossy),
                                 headers: record
-                                    .headers()
-                                    .map(|h| JsonHeader {
-                                        key: String::from_utf8_lossy(h.key),
-                                        value: h.value.map(String::from_utf8_lossy),
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| JsonHeader {
+                                        key: Cow::Borrowed(k.as_str()),
+                                        value: v.as_deref().map(String::from_utf8_lossy),
                                     })
                                     .collect(),
                             };

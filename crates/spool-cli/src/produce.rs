@@ -17,6 +17,27 @@ use spool_log::batch::{BatchBuilder, BatchOptions, Header};
 use crate::topic::parse_pair;
 use crate::{Context, Output};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl From<CompressionArg> for spool_client::Compression {
+    fn from(arg: CompressionArg) -> Self {
+        match arg {
+            CompressionArg::None => Self::None,
+            CompressionArg::Gzip => Self::Gzip,
+            CompressionArg::Snappy => Self::Snappy,
+            CompressionArg::Lz4 => Self::Lz4,
+            CompressionArg::Zstd => Self::Zstd,
+        }
+    }
+}
+
 /// Bytes of batches gathered into one produce request.
 const REQUEST_BYTES: usize = 1024 * 1024;
 
@@ -50,6 +71,9 @@ pub struct ProduceArgs {
     /// Close a batch once it reaches this many bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     batch_bytes: usize,
+    /// Batch compression codec.
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    compression: CompressionArg,
     /// How long the broker may take per request, in ms.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
@@ -165,7 +189,8 @@ fn read_stdin(
         if builder.size() >= args.batch_bytes {
             if let Some(full) = builders[partition as usize].take() {
                 closed_bytes += full.size();
-                closed[partition as usize].push(full.finish());
+                closed[partition as usize]
+                    .push(spool_client::Compression::from(args.compression).finish(full));
             }
             if key.is_none() && args.partition.is_none() {
                 // Keyless records fill one partition's batch, then move on (sticky).
@@ -181,7 +206,7 @@ fn read_stdin(
     }
     for (p, builder) in builders.iter_mut().enumerate() {
         if let Some(b) = builder.take() {
-            closed[p].push(b.finish());
+            closed[p].push(spool_client::Compression::from(args.compression).finish(b));
         }
     }
     send(&mut closed);

@@ -69,7 +69,8 @@ pub struct ConsumerRecord {
     pub timestamp: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    pub headers: Vec<(String, Bytes)>,
+    /// Header values may be null, as in Kafka.
+    pub headers: Vec<(String, Option<Bytes>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,7 +374,8 @@ async fn fetch(
                 .copied()
                 .unwrap_or(0);
             for batch in &part.batches {
-                if let Err(error) = decode(&topic, part.partition, batch, start, &mut records) {
+                if let Err(error) = decode_batch(&topic, part.partition, batch, start, &mut records)
+                {
                     let _ = tx.send(Err(error)).await;
                     return;
                 }
@@ -385,11 +387,14 @@ async fn fetch(
     }
 }
 
-fn decode(
+/// Decodes the records of one stored batch at or after `from_offset`, decompressing it if
+/// needed. Keys, values and header values are slices of the batch (or of its decompressed
+/// records): no copy per record.
+pub fn decode_batch(
     topic: &Arc<str>,
     partition: u32,
     bytes: &Bytes,
-    start: i64,
+    from_offset: i64,
     out: &mut Vec<ConsumerRecord>,
 ) -> Result<(), ConsumerError> {
     let fail = |offset, reason: String| ConsumerError::Batch {
@@ -399,15 +404,35 @@ fn decode(
         reason,
     };
     let batch = RecordBatch::new(bytes).map_err(|e| fail(-1, e.to_string()))?;
-    if batch.is_control() || batch.last_offset() < start {
+    if batch.is_control() || batch.last_offset() < from_offset {
         return Ok(());
     }
-    let records = batch
-        .records()
-        .map_err(|e| fail(batch.base_offset(), e.to_string()))?;
+    let records_buffer = match batch.compression() {
+        Some(spool_log::batch::Compression::None) => None,
+        Some(codec) => {
+            let records = crate::compression::decompress(codec, batch.records_section())
+                .map_err(|e| fail(batch.base_offset(), e.to_string()))?;
+            Some(Bytes::from(records))
+        }
+        None => {
+            return Err(fail(
+                batch.base_offset(),
+                "unknown compression codec".into(),
+            ));
+        }
+    };
+    let (source, records) = match &records_buffer {
+        Some(buffer) => (buffer, batch.records_from(buffer)),
+        None => (
+            bytes,
+            batch
+                .records()
+                .map_err(|e| fail(batch.base_offset(), e.to_string()))?,
+        ),
+    };
     for record in records {
         let record = record.map_err(|e| fail(batch.base_offset(), e.to_string()))?;
-        if record.offset() < start {
+        if record.offset() < from_offset {
             continue;
         }
         out.push(ConsumerRecord {
@@ -415,14 +440,14 @@ fn decode(
             partition,
             offset: record.offset(),
             timestamp: record.timestamp(),
-            key: record.key().map(|k| bytes.slice_ref(k)),
-            value: record.value().map(|v| bytes.slice_ref(v)),
+            key: record.key().map(|k| source.slice_ref(k)),
+            value: record.value().map(|v| source.slice_ref(v)),
             headers: record
                 .headers()
                 .map(|h| {
                     (
                         String::from_utf8_lossy(h.key).into_owned(),
-                        h.value.map(|v| bytes.slice_ref(v)).unwrap_or_default(),
+                        h.value.map(|v| source.slice_ref(v)),
                     )
                 })
                 .collect(),

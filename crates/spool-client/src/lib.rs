@@ -13,7 +13,9 @@ mod types;
 
 pub use client::Client;
 pub use compression::Compression;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo, decode_batch,
+};
 pub use error::{ApiError, ClientError};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{

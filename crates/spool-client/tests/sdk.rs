@@ -96,7 +96,7 @@ async fn keyed_records_land_in_kafkas_partition_in_send_order_and_read_back() {
         let n: u32 = value.strip_prefix("event-").unwrap().parse().unwrap();
         assert_eq!(
             record.headers,
-            vec![("n".to_string(), bytes::Bytes::from(n.to_string()))]
+            vec![("n".to_string(), Some(bytes::Bytes::from(n.to_string())))]
         );
         seen.entry(record.partition).or_default().push(n);
     }
@@ -287,5 +287,58 @@ async fn seek_pause_and_resume_move_the_stream() {
         .unwrap();
     assert_eq!((r.partition, r.offset), (1, 0));
     producer.close().await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_codec_round_trips_through_the_broker() {
+    use spool_client::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), "127.0.0.1:0").await;
+    let client = connect(&node).await;
+    for (i, codec) in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("codec-{i}");
+        topic(&client, &name, 1).await;
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                compression: codec,
+                ..ProducerConfig::default()
+            },
+        );
+        for n in 0..1000 {
+            let record = ProducerRecord::new(
+                name.clone(),
+                format!("{codec:?} record {n} {}", "z".repeat(n % 40)),
+            )
+            .key(format!("{n}"));
+            producer.send(record).await.unwrap();
+        }
+        producer.close().await;
+        let size = client.describe_topic(&name).await.unwrap().partitions[0].size_bytes;
+        if codec != Compression::None {
+            assert!(size < 40_000, "{codec:?} stored {size} bytes");
+        }
+        let mut consumer = Consumer::new(client.clone(), earliest());
+        consumer.assign(&[(name.as_str(), 0)]).await.unwrap();
+        for n in 0..1000 {
+            let r = consumer.next().await.unwrap().unwrap();
+            assert_eq!(r.offset, n as i64);
+            assert_eq!(r.key.unwrap(), n.to_string());
+            assert_eq!(
+                r.value.unwrap(),
+                format!("{codec:?} record {n} {}", "z".repeat(n % 40))
+            );
+        }
+    }
     node.shutdown().await.unwrap();
 }

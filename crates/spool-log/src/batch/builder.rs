@@ -118,9 +118,26 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// The records written so far, uncompressed: what a codec compresses.
+    pub fn records(&self) -> &[u8] {
+        &self.buf[BATCH_HEADER_LEN..]
+    }
+
+    /// Finishes the batch with `compressed` (this builder's records, compressed with
+    /// `codec`) as its records section. The header keeps the record count and offsets.
+    pub fn finish_compressed(mut self, codec: Compression, compressed: &[u8]) -> Bytes {
+        self.buf.truncate(BATCH_HEADER_LEN);
+        self.buf.extend_from_slice(compressed);
+        self.finish_as(codec)
+    }
+
     /// Writes the header and CRC and returns the batch.
-    pub fn finish(mut self) -> Bytes {
-        let mut attributes = Compression::None.attribute_bits();
+    pub fn finish(self) -> Bytes {
+        self.finish_as(Compression::None)
+    }
+
+    fn finish_as(mut self, codec: Compression) -> Bytes {
+        let mut attributes = codec.attribute_bits();
         if self.options.timestamp_type == TimestampType::LogAppendTime {
             attributes |= 0x08;
         }

@@ -317,6 +317,17 @@ impl<'a> RecordBatch<'a> {
     pub fn records(&self) -> Result<RecordIter<'a>, BatchError> {
         RecordIter::over(self, self.record_count())
     }
+
+    /// The records section as stored: one compressed block for a compressed batch.
+    pub fn records_section(&self) -> &'a [u8] {
+        &self.bytes[BATCH_HEADER_LEN..]
+    }
+
+    /// Iterates records from `records`, this batch's records section after
+    /// decompression, with offsets and timestamps taken from this batch's header.
+    pub fn records_from<'r>(&self, records: &'r [u8]) -> RecordIter<'r> {
+        RecordIter::from_section(records, self)
+    }
 }
 
 /// An owned batch whose framing and CRC have been checked: it can cross threads and be

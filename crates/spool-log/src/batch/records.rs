@@ -137,6 +137,19 @@ impl<'a> RecordIter<'a> {
         })
     }
 
+    pub(crate) fn from_section(rest: &'a [u8], batch: &RecordBatch<'_>) -> Self {
+        Self {
+            rest,
+            base_offset: batch.base_offset(),
+            base_timestamp: batch.base_timestamp(),
+            log_append_time: (batch.timestamp_type() == TimestampType::LogAppendTime)
+                .then(|| batch.max_timestamp()),
+            declared: batch.record_count(),
+            read: 0,
+            failed: false,
+        }
+    }
+
     /// True once every byte of the records section has been consumed.
     pub fn is_exhausted(&self) -> bool {
         self.rest.is_empty()
