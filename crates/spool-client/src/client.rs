@@ -19,6 +19,8 @@ pub struct Client {
     broker: BrokerClient<Channel>,
     admin: AdminClient<Channel>,
     address: String,
+    /// Deadline of every unary call (fetch streams run until closed).
+    timeout: Duration,
 }
 
 fn api(error: Option<v1::Error>) -> Result<(), ApiError> {
@@ -58,6 +60,7 @@ impl Client {
                             .max_encoding_message_size(MAX_MESSAGE_BYTES),
                         admin: AdminClient::new(channel),
                         address: address.clone(),
+                        timeout: timeout.max(Duration::from_secs(30)),
                     });
                 }
                 Err(e) => last = format!("{e}: {}", source_chain(&e)),
@@ -69,6 +72,13 @@ impl Client {
         })
     }
 
+    /// A request carrying this client's deadline (sent as `grpc-timeout`).
+    fn call<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
     /// The address this client connected to.
     pub fn address(&self) -> &str {
         &self.address
@@ -78,9 +88,9 @@ impl Client {
         let response = self
             .broker
             .clone()
-            .metadata(v1::MetadataRequest {
+            .metadata(self.call(v1::MetadataRequest {
                 topics: topics.to_vec(),
-            })
+            }))
             .await?
             .into_inner();
         Ok(ClusterMetadata {
@@ -111,7 +121,7 @@ impl Client {
         let response = self
             .admin
             .clone()
-            .create_topics(v1::CreateTopicsRequest {
+            .create_topics(self.call(v1::CreateTopicsRequest {
                 topics: vec![v1::NewTopic {
                     name: topic.name,
                     partitions: topic.partitions,
@@ -119,7 +129,7 @@ impl Client {
                     configs: topic.configs.into_iter().collect(),
                 }],
                 validate_only: false,
-            })
+            }))
             .await?
             .into_inner();
         first_result(response.results)
@@ -129,9 +139,9 @@ impl Client {
         let response = self
             .admin
             .clone()
-            .delete_topics(v1::DeleteTopicsRequest {
+            .delete_topics(self.call(v1::DeleteTopicsRequest {
                 names: vec![name.to_string()],
-            })
+            }))
             .await?
             .into_inner();
         first_result(response.results)
@@ -144,7 +154,7 @@ impl Client {
         let response = self
             .admin
             .clone()
-            .list_topics(v1::ListTopicsRequest { include_internal })
+            .list_topics(self.call(v1::ListTopicsRequest { include_internal }))
             .await?
             .into_inner();
         Ok(response
@@ -163,9 +173,9 @@ impl Client {
         let response = self
             .admin
             .clone()
-            .describe_topics(v1::DescribeTopicsRequest {
+            .describe_topics(self.call(v1::DescribeTopicsRequest {
                 names: vec![name.to_string()],
-            })
+            }))
             .await?
             .into_inner();
         let topic = response
@@ -213,14 +223,14 @@ impl Client {
         let response = self
             .admin
             .clone()
-            .alter_configs(v1::AlterConfigsRequest {
+            .alter_configs(self.call(v1::AlterConfigsRequest {
                 topics: vec![v1::TopicConfigChange {
                     topic: name.to_string(),
                     set: set.into_iter().collect(),
                     reset,
                 }],
                 validate_only: false,
-            })
+            }))
             .await?
             .into_inner();
         first_result(response.results)
@@ -257,7 +267,10 @@ impl Client {
             timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
             topics,
         };
-        let response = self.broker.clone().produce(request).await?.into_inner();
+        // The broker answers within `timeout`; leave room for the trip.
+        let mut call = tonic::Request::new(request);
+        call.set_timeout(timeout + Duration::from_secs(5));
+        let response = self.broker.clone().produce(call).await?.into_inner();
         Ok(response
             .topics
             .into_iter()
@@ -341,7 +354,7 @@ impl Client {
         let response = self
             .broker
             .clone()
-            .list_offsets(request)
+            .list_offsets(self.call(request))
             .await?
             .into_inner();
         Ok(response
