@@ -342,3 +342,41 @@ async fn every_codec_round_trips_through_the_broker() {
     }
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn batches_queued_behind_a_shipment_go_together_and_keep_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), "127.0.0.1:0").await;
+    let client = connect(&node).await;
+    topic(&client, "many", 2).await;
+    // Tiny batches: dozens close while one shipment per partition is in flight.
+    let config = ProducerConfig {
+        batch_bytes: 512,
+        linger: Duration::from_millis(0),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    let mut acks = Vec::new();
+    for i in 0..5000u32 {
+        acks.push(
+            producer
+                .send(ProducerRecord::new("many", format!("{i:06}")).partition(i % 2))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut next = [0i64, 0];
+    for ack in acks {
+        let meta = ack.await.unwrap();
+        assert_eq!(meta.offset, next[meta.partition as usize]);
+        next[meta.partition as usize] += 1;
+    }
+    producer.close().await;
+    let mut consumer = Consumer::new(client, earliest());
+    consumer.assign(&[("many", 1)]).await.unwrap();
+    for i in (1..5000u32).step_by(2) {
+        let r = consumer.next().await.unwrap().unwrap();
+        assert_eq!(r.value.unwrap(), format!("{i:06}"));
+    }
+    node.shutdown().await.unwrap();
+}

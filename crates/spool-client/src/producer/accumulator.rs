@@ -20,11 +20,20 @@ pub(crate) enum Payload {
     Built(Bytes),
 }
 
+/// Bytes of batches of one partition shipped in one request at most.
+const MAX_SHIPMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Batches of one partition shipped together: appended all or none, in order.
+#[derive(Debug)]
+pub(crate) struct Shipment {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub batches: Vec<ClosedBatch>,
+}
+
 /// A batch no longer taking records.
 #[derive(Debug)]
 pub(crate) struct ClosedBatch {
-    pub topic: Arc<str>,
-    pub partition: u32,
     pub payload: Payload,
     pub outcome: BatchOutcome,
     pub permits: usize,
@@ -32,6 +41,15 @@ pub(crate) struct ClosedBatch {
     pub attempts: u32,
     /// When its first record was added; the delivery timeout counts from here.
     pub created: Instant,
+}
+
+impl ClosedBatch {
+    pub fn size(&self) -> usize {
+        match &self.payload {
+            Payload::Building(builder) => builder.size(),
+            Payload::Built(bytes) => bytes.len(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -124,7 +142,7 @@ impl Accumulator {
             && open.builder.size() + open.builder.record_size(timestamp, key, value, &headers)
                 > config.batch_bytes
         {
-            close(queue, &topic.name, partition);
+            close(queue);
             wake = true;
             if explicit.is_none() {
                 topic.sticky = (topic.sticky + 1) % partitions.max(1);
@@ -157,7 +175,7 @@ impl Accumulator {
         open.permits += permits as usize;
         self.pending_records += 1;
         if open.builder.size() >= config.batch_bytes {
-            close(queue, &topic.name, partition);
+            close(queue);
             wake = true;
             if explicit.is_none() {
                 topic.sticky = (topic.sticky + 1) % partitions.max(1);
@@ -175,12 +193,13 @@ impl Accumulator {
         self.pending_records
     }
 
-    /// Takes one shippable batch per idle partition; returns them and when to look again.
+    /// Takes what is shippable of each idle partition (its closed batches, up to 4 MiB);
+    /// returns them and when to look again.
     pub fn take_ready(
         &mut self,
         now: Instant,
         linger: Duration,
-    ) -> (Vec<ClosedBatch>, Option<Instant>) {
+    ) -> (Vec<Shipment>, Option<Instant>) {
         let mut out = Vec::new();
         let mut next: Option<Instant> = None;
         let mut earliest = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
@@ -201,36 +220,56 @@ impl Accumulator {
                 {
                     let due = open.created + linger;
                     if self.flushing || due <= now {
-                        close(queue, &topic.name, p as u32);
+                        close(queue);
                     } else {
                         earliest(due);
                     }
                 }
-                if let Some(batch) = queue.ready.pop_front() {
+                let mut batches = Vec::new();
+                let mut bytes = 0;
+                while let Some(front) = queue.ready.front() {
+                    let size = front.size();
+                    if !batches.is_empty() && bytes + size > MAX_SHIPMENT_BYTES {
+                        break;
+                    }
+                    bytes += size;
+                    batches.extend(queue.ready.pop_front());
+                }
+                if !batches.is_empty() {
                     queue.in_flight = true;
-                    out.push(batch);
+                    out.push(Shipment {
+                        topic: Arc::clone(&topic.name),
+                        partition: p as u32,
+                        batches,
+                    });
                 }
             }
         }
         (out, next)
     }
 
-    /// A batch is done (acknowledged or failed for good): its partition may ship again.
-    pub fn complete(&mut self, topic: &str, partition: u32, records: usize) {
+    /// A shipment is settled: its partition may ship again.
+    pub fn release(&mut self, topic: &str, partition: u32) {
         if let Some(queue) = self.queue(topic, partition) {
             queue.in_flight = false;
         }
+    }
+
+    /// A batch is done (acknowledged or failed for good).
+    pub fn complete(&mut self, records: usize) {
         self.pending_records = self.pending_records.saturating_sub(records);
         if self.pending_records == 0 {
             self.flushing = false;
         }
     }
 
-    /// A batch must be tried again: it goes back in front of everything sent after it.
-    pub fn requeue(&mut self, batch: ClosedBatch, retry_at: Instant) {
-        let (topic, partition) = (Arc::clone(&batch.topic), batch.partition);
-        if let Some(queue) = self.queue(&topic, partition) {
-            queue.ready.push_front(batch);
+    /// A shipment must be tried again: its batches go back in front of everything sent
+    /// after them, in their order.
+    pub fn requeue(&mut self, shipment: Shipment, retry_at: Instant) {
+        if let Some(queue) = self.queue(&shipment.topic, shipment.partition) {
+            for batch in shipment.batches.into_iter().rev() {
+                queue.ready.push_front(batch);
+            }
             queue.in_flight = false;
             queue.retry_at = Some(retry_at);
         }
@@ -248,11 +287,9 @@ impl Accumulator {
     }
 }
 
-fn close(queue: &mut PartitionQueue, topic: &Arc<str>, partition: u32) {
+fn close(queue: &mut PartitionQueue) {
     if let Some(open) = queue.open.take() {
         queue.ready.push_back(ClosedBatch {
-            topic: Arc::clone(topic),
-            partition,
             payload: Payload::Building(open.builder),
             outcome: open.outcome,
             permits: open.permits,

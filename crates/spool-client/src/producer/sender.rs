@@ -1,5 +1,7 @@
 //! The background task of a producer: ships ready batches, one request per leader, at most
-//! one batch per partition in flight; completes or retries them as the cluster answers.
+//! one shipment per partition in flight; completes or retries them as the cluster answers.
+//! A shipment's batches travel as one partition entry, which the broker appends all or
+//! none, so order within a partition holds through retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::accumulator::{ClosedBatch, Payload, seed};
+use super::accumulator::{ClosedBatch, Payload, Shipment, seed};
 use super::{ProducerError, Shared};
 use crate::error::ClientError;
 use crate::types::PartitionBatches;
@@ -20,14 +22,14 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let wake = shared.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let (batches, next) = shared
+        let (shipments, next) = shared
             .accumulator
             .lock()
             .take_ready(Instant::now(), shared.config.linger);
-        let mut by_leader: HashMap<Option<u64>, Vec<ClosedBatch>> = HashMap::new();
-        for batch in batches {
-            let leader = shared.cluster.leader(&batch.topic, batch.partition);
-            by_leader.entry(leader).or_default().push(batch);
+        let mut by_leader: HashMap<Option<u64>, Vec<Shipment>> = HashMap::new();
+        for shipment in shipments {
+            let leader = shared.cluster.leader(&shipment.topic, shipment.partition);
+            by_leader.entry(leader).or_default().push(shipment);
         }
         for (leader, group) in by_leader {
             requests.spawn(ship(Arc::clone(&shared), leader, group));
@@ -50,10 +52,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Sends a group of batches to one leader and settles each of them.
-async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut batches: Vec<ClosedBatch>) {
+/// Sends shipments to one leader and settles each of them.
+async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipment>) {
     let compression = shared.accumulator.lock().compression;
-    for batch in &mut batches {
+    for batch in shipments.iter_mut().flat_map(|s| s.batches.iter_mut()) {
         if let Payload::Building(_) = batch.payload {
             let Payload::Building(builder) =
                 std::mem::replace(&mut batch.payload, Payload::Built(bytes::Bytes::new()))
@@ -63,15 +65,19 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut batches: Vec<ClosedB
             batch.payload = Payload::Built(compression.finish(builder));
         }
     }
-    let request: Vec<PartitionBatches> = batches
+    let request: Vec<PartitionBatches> = shipments
         .iter()
-        .map(|b| PartitionBatches {
-            topic: b.topic.to_string(),
-            partition: b.partition,
-            batches: match &b.payload {
-                Payload::Built(bytes) => vec![bytes.clone()],
-                Payload::Building(_) => Vec::new(),
-            },
+        .map(|s| PartitionBatches {
+            topic: s.topic.to_string(),
+            partition: s.partition,
+            batches: s
+                .batches
+                .iter()
+                .filter_map(|b| match &b.payload {
+                    Payload::Built(bytes) => Some(bytes.clone()),
+                    Payload::Building(_) => None,
+                })
+                .collect(),
         })
         .collect();
     let config = &shared.config;
@@ -85,13 +91,18 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut batches: Vec<ClosedB
     };
     match answer {
         Ok(results) => {
-            for (batch, result) in batches.into_iter().zip(results) {
+            for (shipment, result) in shipments.into_iter().zip(results) {
                 match result {
-                    Ok(produced) => settle(&shared, batch, Ok(produced.base_offset)),
+                    Ok(produced) => settle_all(&shared, shipment, Ok, produced.base_offset),
                     Err(api) if api.code.is_retriable() => {
-                        retry(&shared, batch, api.to_string()).await
+                        retry(&shared, shipment, api.to_string()).await
                     }
-                    Err(api) => settle(&shared, batch, Err(ProducerError::Api(api))),
+                    Err(api) => settle_all(
+                        &shared,
+                        shipment,
+                        |_| Err(ProducerError::Api(api.clone())),
+                        -1,
+                    ),
                 }
             }
         }
@@ -101,15 +112,12 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut batches: Vec<ClosedB
                 ClientError::Transport(_) | ClientError::Unreachable { .. } => true,
                 _ => false,
             };
-            for batch in batches {
+            for shipment in shipments {
                 if retriable {
-                    retry(&shared, batch, error.to_string()).await;
+                    retry(&shared, shipment, error.to_string()).await;
                 } else {
-                    settle(
-                        &shared,
-                        batch,
-                        Err(ProducerError::from(clone_error(&error))),
-                    );
+                    let failure = ProducerError::from(clone_error(&error));
+                    settle_all(&shared, shipment, |_| Err(failure.clone()), -1);
                 }
             }
         }
@@ -117,32 +125,56 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut batches: Vec<ClosedB
     shared.wake.notify_one();
 }
 
-/// Completes every record of a batch and frees its buffer space.
-fn settle(shared: &Shared, batch: ClosedBatch, outcome: Result<i64, ProducerError>) {
-    batch.outcome.send_replace(Some(outcome));
+/// Settles every batch of a shipment; batches follow each other at consecutive offsets
+/// from `base` (-1, as with acks=none, stays -1).
+fn settle_all(
+    shared: &Shared,
+    shipment: Shipment,
+    outcome: impl Fn(i64) -> Result<i64, ProducerError>,
+    base: i64,
+) {
+    let mut next = base;
+    for batch in shipment.batches {
+        let records = batch.records as i64;
+        settle(shared, batch, outcome(next));
+        if next >= 0 {
+            next += records;
+        }
+    }
     shared
         .accumulator
         .lock()
-        .complete(&batch.topic, batch.partition, batch.records);
+        .release(&shipment.topic, shipment.partition);
+}
+
+/// Completes every record of a batch and frees its buffer space.
+fn settle(shared: &Shared, batch: ClosedBatch, outcome: Result<i64, ProducerError>) {
+    batch.outcome.send_replace(Some(outcome));
+    shared.accumulator.lock().complete(batch.records);
     shared.buffer.add_permits(batch.permits);
     shared.drained.notify_waiters();
 }
 
-/// Puts a batch back for another attempt after a backoff, unless its time is up.
-async fn retry(shared: &Shared, mut batch: ClosedBatch, reason: String) {
+/// Puts a shipment back for another attempt after a backoff, unless its time is up.
+async fn retry(shared: &Shared, mut shipment: Shipment, reason: String) {
     let config = &shared.config;
-    if batch.created.elapsed() >= config.delivery_timeout {
+    let oldest = shipment.batches.iter().map(|b| b.created).min();
+    if oldest.is_some_and(|created| created.elapsed() >= config.delivery_timeout) {
         let error = ProducerError::DeliveryTimeout(config.delivery_timeout, reason);
-        settle(shared, batch, Err(error));
+        settle_all(shared, shipment, |_| Err(error.clone()), -1);
         return;
     }
-    batch.attempts += 1;
+    let attempts = shipment.batches.iter_mut().map(|b| {
+        b.attempts += 1;
+        b.attempts
+    });
+    let attempt = attempts.max().unwrap_or(1);
     // Leadership may have moved: ask again before the next attempt.
-    shared.cluster.invalidate(&batch.topic);
-    if let Err(error) = shared.cluster.refresh(&batch.topic).await {
+    shared.cluster.invalidate(&shipment.topic);
+    if let Err(error) = shared.cluster.refresh(&shipment.topic).await {
         tracing::debug!(%error, "metadata refresh failed; retrying with what is known");
     }
-    let exponent = batch.attempts.saturating_sub(1).min(16);
+    let exponent = attempt.saturating_sub(1).min(16);
     let base = config
         .retry_backoff
         .saturating_mul(1 << exponent)
@@ -150,11 +182,11 @@ async fn retry(shared: &Shared, mut batch: ClosedBatch, reason: String) {
     // +-20% jitter so that many producers do not retry in lockstep.
     let jitter = 0.8 + f64::from(seed() % 1000) / 2500.0;
     let backoff = Duration::from_secs_f64(base.as_secs_f64() * jitter);
-    tracing::debug!(topic = %batch.topic, partition = batch.partition, attempt = batch.attempts, ?backoff, %reason, "retrying a batch");
+    tracing::debug!(topic = %shipment.topic, partition = shipment.partition, attempt, ?backoff, %reason, "retrying");
     shared
         .accumulator
         .lock()
-        .requeue(batch, Instant::now() + backoff);
+        .requeue(shipment, Instant::now() + backoff);
 }
 
 fn clone_error(error: &ClientError) -> ClientError {
