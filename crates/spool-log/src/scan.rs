@@ -83,77 +83,47 @@ pub fn scan_frames(
     mut expect: Expect,
     mut visit: impl FnMut(&ScannedFrame<'_>),
 ) -> Result<ScanOutcome> {
-    let mut buf = vec![
-        0u8;
-        CHUNK
-            .min((to.saturating_sub(from)) as usize)
-            .max(FRAME_HEADER_LEN)
-    ];
-    let mut buf_pos = from; // file position of buf[0]
-    let mut filled = 0usize;
+    let mut window = Window::new(to.saturating_sub(from));
     let mut pos = from;
-    let stop = |position, kind| Some(ScanStop { position, kind });
-    let outcome_stop = loop {
+    let stop = loop {
         if pos == to {
             break None;
         }
-        let remaining_in_file = to - pos;
-        if remaining_in_file < FRAME_HEADER_LEN as u64 {
-            break stop(
-                pos,
-                Corruption::Truncated {
-                    missing: FRAME_HEADER_LEN as u64 - remaining_in_file,
-                },
-            );
+        if let Some(missing) = shortfall(FRAME_HEADER_LEN as u64, to - pos) {
+            break Some(ScanStop {
+                position: pos,
+                kind: Corruption::Truncated { missing },
+            });
         }
-        let mut at = (pos - buf_pos) as usize;
-        if at + FRAME_HEADER_LEN > filled {
-            refill(
-                file,
-                path,
-                &mut buf,
-                &mut buf_pos,
-                &mut filled,
-                pos,
-                to,
-                FRAME_HEADER_LEN,
-            )?;
-            at = 0;
-        }
+        let at = window.ensure(file, path, pos, to, FRAME_HEADER_LEN)?;
         let mut header_bytes = [0u8; FRAME_HEADER_LEN];
-        header_bytes.copy_from_slice(&buf[at..at + FRAME_HEADER_LEN]);
+        header_bytes.copy_from_slice(&window.buf[at..at + FRAME_HEADER_LEN]);
         let (header, stored_crc) = match FrameHeader::decode(&header_bytes) {
             Ok(decoded) => decoded,
-            Err(kind) => break stop(pos, kind),
+            Err(kind) => {
+                break Some(ScanStop {
+                    position: pos,
+                    kind,
+                });
+            }
         };
         let frame_len = header.frame_len();
-        if frame_len > to - pos {
-            break stop(
-                pos,
-                Corruption::Truncated {
-                    missing: frame_len - (to - pos),
-                },
-            );
+        if let Some(missing) = shortfall(frame_len, to - pos) {
+            break Some(ScanStop {
+                position: pos,
+                kind: Corruption::Truncated { missing },
+            });
         }
-        if at + frame_len as usize > filled {
-            refill(
-                file,
-                path,
-                &mut buf,
-                &mut buf_pos,
-                &mut filled,
-                pos,
-                to,
-                frame_len as usize,
-            )?;
-            at = 0;
-        }
-        let payload = &buf[at + FRAME_HEADER_LEN..at + frame_len as usize];
+        let at = window.ensure(file, path, pos, to, frame_len as usize)?;
+        let payload = &window.buf[at + FRAME_HEADER_LEN..at + frame_len as usize];
         if let Err(kind) = header
             .verify(&header_bytes, stored_crc, payload)
             .and_then(|()| expect.check(&header))
         {
-            break stop(pos, kind);
+            break Some(ScanStop {
+                position: pos,
+                kind,
+            });
         }
         visit(&ScannedFrame {
             position: pos,
@@ -166,30 +136,53 @@ pub fn scan_frames(
     Ok(ScanOutcome {
         valid_end: pos,
         expect,
-        stop: outcome_stop,
+        stop,
     })
 }
 
-/// Makes `buf` hold at least `need` bytes starting at file position `pos`.
-#[allow(clippy::too_many_arguments)]
-fn refill(
-    file: &File,
-    path: &Path,
-    buf: &mut Vec<u8>,
-    buf_pos: &mut u64,
-    filled: &mut usize,
-    pos: u64,
-    to: u64,
-    need: usize,
-) -> Result<()> {
-    if buf.len() < need {
-        buf.resize(need.max(CHUNK), 0);
+/// How many bytes short `available` falls of `needed`, if it does.
+fn shortfall(needed: u64, available: u64) -> Option<u64> {
+    (needed > available).then(|| needed - available)
+}
+
+/// One reused read buffer holding `[start, start + filled)` of the file.
+struct Window {
+    buf: Vec<u8>,
+    start: u64,
+    filled: usize,
+}
+
+impl Window {
+    fn new(span: u64) -> Self {
+        Self {
+            buf: vec![0u8; CHUNK.min(span as usize).max(FRAME_HEADER_LEN)],
+            start: 0,
+            filled: 0,
+        }
     }
-    let want = (buf.len() as u64).min(to - pos) as usize;
-    read_exact_at(file, path, &mut buf[..want], pos)?;
-    *buf_pos = pos;
-    *filled = want;
-    Ok(())
+
+    /// Makes the window hold `need` bytes from file position `pos` (reading ahead a
+    /// chunk when it must read); returns where they start in the buffer.
+    fn ensure(
+        &mut self,
+        file: &File,
+        path: &Path,
+        pos: u64,
+        to: u64,
+        need: usize,
+    ) -> Result<usize> {
+        let held = pos >= self.start && pos + need as u64 <= self.start + self.filled as u64;
+        if !held {
+            if self.buf.len() < need {
+                self.buf.resize(need.max(CHUNK), 0);
+            }
+            let want = (self.buf.len() as u64).min(to - pos) as usize;
+            read_exact_at(file, path, &mut self.buf[..want], pos)?;
+            self.start = pos;
+            self.filled = want;
+        }
+        Ok((pos - self.start) as usize)
+    }
 }
 
 /// `pread` until `buf` is full; a file shorter than expected is an I/O error.
