@@ -386,14 +386,14 @@ async fn e2e(client: Client, args: &LoadArgs) -> anyhow::Result<Report> {
     let records = args.records;
     let reader = tokio::spawn(async move {
         let mut histogram = new_histogram();
-        for _ in 0..records {
-            let Some(record) = consumer.next().await else {
-                break;
+        for n in 0..records {
+            let next = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await;
+            let Ok(Some(record)) = next else {
+                anyhow::bail!("only {n} of {records} records arrived");
             };
-            let record = record?;
-            let value = record.value.unwrap_or_default();
-            if value.len() >= 8 {
-                let sent = u64::from_be_bytes(value[..8].try_into().unwrap_or_default());
+            let value = record?.value.unwrap_or_default();
+            if value.len() >= 16 && value[..8] == STAMP_MARK.to_be_bytes() {
+                let sent = u64::from_be_bytes(value[8..16].try_into().unwrap_or_default());
                 let now = base.elapsed().as_nanos() as u64;
                 let _ = histogram.record(now.saturating_sub(sent) / 1000);
             }
