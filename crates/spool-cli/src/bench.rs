@@ -65,7 +65,8 @@ pub struct LoadArgs {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
-    #[arg(long, default_value_t = 5)]
+    /// Producer linger in ms (0: batches form while requests are in flight).
+    #[arg(long, default_value_t = 0)]
     linger_ms: u64,
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     compression: CompressionArg,
