@@ -84,7 +84,10 @@ def consume(args):
     received = 0
     size = 0
     start = None
+    last_progress = time.monotonic()
     while received < args.records:
+        if time.monotonic() - last_progress > 30:
+            raise SystemExit(f"no records for 30 s after {received} of {args.records}")
         for message in consumer.consume(num_messages=10_000, timeout=1.0):
             if message.error():
                 continue
@@ -92,6 +95,7 @@ def consume(args):
                 start = time.perf_counter()
             received += 1
             size += len(message.value() or b"")
+            last_progress = time.monotonic()
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
     report("consume", received, size, elapsed, None)
