@@ -1,8 +1,5 @@
-//! `spool produce TOPIC`: each line of stdin becomes a record.
-//!
-//! A reader thread turns lines into Kafka batches per partition while the previous
-//! request is in flight; requests go one at a time, so records of a partition land in the
-//! order they were read.
+//! `spool produce TOPIC`: each line of stdin becomes a record, sent through the SDK's
+//! producer: batched per partition, keys partitioned as Kafka does, retried in order.
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -11,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use spool_client::{Acks, PartitionBatches, partition_for_key};
-use spool_log::batch::{BatchBuilder, BatchOptions, Header};
+use spool_client::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
+use tokio::sync::mpsc;
 
 use crate::topic::parse_pair;
 use crate::{Context, Output};
@@ -37,9 +34,6 @@ impl From<CompressionArg> for spool_client::Compression {
         }
     }
 }
-
-/// Bytes of batches gathered into one produce request.
-const REQUEST_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AcksArg {
@@ -89,79 +83,71 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
             args.topic
         );
     }
-    let acks = match args.acks {
-        AcksArg::All => Acks::All,
-        AcksArg::Leader => Acks::Leader,
-        AcksArg::None => Acks::None,
+    let config = ProducerConfig {
+        acks: match args.acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        },
+        batch_bytes: args.batch_bytes,
+        compression: args.compression.into(),
+        request_timeout: Duration::from_millis(args.timeout_ms),
+        ..ProducerConfig::default()
     };
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let producer = Producer::new(client, config);
     let topic = args.topic.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<PartitionBatches>>(2);
-    let reader = std::thread::spawn(move || read_stdin(&args, partitions, &tx));
-    let mut sent_error = None;
-    while let Some(request) = rx.recv().await {
-        let results = client.produce(acks, timeout, request).await?;
-        if let Some(error) = results.into_iter().find_map(Result::err) {
-            sent_error = Some(error);
+    let (records_tx, mut records_rx) = mpsc::channel::<ProducerRecord>(8192);
+    let reader = std::thread::spawn(move || read_stdin(&args, &records_tx));
+    // Acknowledgements are awaited in order beside the sending, so the first failure
+    // stops the command while later records are still being read.
+    let (acks_tx, mut acks_rx) = mpsc::channel::<DeliveryFuture>(65_536);
+    let collector = tokio::spawn(async move {
+        let mut acknowledged = 0u64;
+        while let Some(ack) = acks_rx.recv().await {
+            ack.await?;
+            acknowledged += 1;
+        }
+        anyhow::Ok(acknowledged)
+    });
+    while let Some(record) = records_rx.recv().await {
+        let ack = producer.send(record).await?;
+        if acks_tx.send(ack).await.is_err() {
             break;
         }
     }
-    drop(rx);
-    if let Some(error) = sent_error {
-        anyhow::bail!("the broker refused records: {error}");
-    }
-    let records = reader
+    drop(acks_tx);
+    producer.flush().await;
+    let acknowledged = collector
+        .await?
+        .map_err(|e| anyhow::anyhow!("the broker refused records: {e}"))?;
+    producer.close().await;
+    reader
         .join()
         .map_err(|_| anyhow::anyhow!("the stdin reader failed"))??;
     match context.output {
-        Output::Json => crate::say!("{}", json!({"topic": topic, "records": records})),
+        Output::Json => crate::say!("{}", json!({"topic": topic, "records": acknowledged})),
         Output::Text if std::io::stderr().is_terminal() => {
-            eprintln!("produced {records} record(s) to {topic}")
+            eprintln!("produced {acknowledged} record(s) to {topic}")
         }
         Output::Text => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads lines into batches and hands full requests to the sender; returns the count.
-fn read_stdin(
-    args: &ProduceArgs,
-    partitions: u32,
-    tx: &tokio::sync::mpsc::Sender<Vec<PartitionBatches>>,
-) -> anyhow::Result<u64> {
-    let headers: Vec<Header<'_>> = args
+/// Turns each line of stdin into a record: key and value split at the separator.
+fn read_stdin(args: &ProduceArgs, tx: &mpsc::Sender<ProducerRecord>) -> anyhow::Result<()> {
+    let headers: Vec<(String, Bytes)> = args
         .headers
         .iter()
-        .map(|(k, v)| Header {
-            key: k.as_bytes(),
-            value: Some(v.as_bytes()),
-        })
+        .map(|(k, v)| (k.clone(), Bytes::copy_from_slice(v.as_bytes())))
         .collect();
-    let mut builders: Vec<Option<BatchBuilder>> = (0..partitions).map(|_| None).collect();
-    let mut closed: Vec<Vec<Bytes>> = vec![Vec::new(); partitions as usize];
-    let mut closed_bytes = 0usize;
-    let mut sticky = 0u32;
-    let mut records = 0u64;
-    let send = |closed: &mut Vec<Vec<Bytes>>| -> bool {
-        let request: Vec<PartitionBatches> = closed
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(p, b)| PartitionBatches {
-                topic: args.topic.clone(),
-                partition: p as u32,
-                batches: std::mem::take(b),
-            })
-            .collect();
-        request.is_empty() || tx.blocking_send(request).is_ok()
-    };
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = String::new();
     loop {
         line.clear();
         if input.read_line(&mut line)? == 0 {
-            break;
+            return Ok(());
         }
         let text = line.strip_suffix('\n').unwrap_or(&line);
         let text = text.strip_suffix('\r').unwrap_or(text);
@@ -172,50 +158,16 @@ fn read_stdin(
             },
             None => (None, text),
         };
-        let partition = args
-            .partition
-            .or_else(|| key.map(|k| partition_for_key(k.as_bytes(), partitions)))
-            .unwrap_or(sticky);
-        let builder = builders[partition as usize].get_or_insert_with(|| {
-            BatchBuilder::with_capacity(args.batch_bytes + 1024, BatchOptions::default())
-        });
-        builder.append(
-            now_ms(),
-            key.map(str::as_bytes),
-            Some(value.as_bytes()),
-            &headers,
-        );
-        records += 1;
-        if builder.size() >= args.batch_bytes {
-            if let Some(full) = builders[partition as usize].take() {
-                closed_bytes += full.size();
-                closed[partition as usize]
-                    .push(spool_client::Compression::from(args.compression).finish(full));
-            }
-            if key.is_none() && args.partition.is_none() {
-                // Keyless records fill one partition's batch, then move on (sticky).
-                sticky = (sticky + 1) % partitions;
-            }
-            if closed_bytes >= REQUEST_BYTES {
-                if !send(&mut closed) {
-                    return Ok(records);
-                }
-                closed_bytes = 0;
-            }
+        let record = ProducerRecord {
+            topic: args.topic.clone(),
+            partition: args.partition,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            headers: headers.clone(),
+            timestamp: None,
+        };
+        if tx.blocking_send(record).is_err() {
+            return Ok(());
         }
     }
-    for (p, builder) in builders.iter_mut().enumerate() {
-        if let Some(b) = builder.take() {
-            closed[p].push(spool_client::Compression::from(args.compression).finish(b));
-        }
-    }
-    send(&mut closed);
-    Ok(records)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
