@@ -12,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use spool_client::{
-    Acks, Client, Consumer, ConsumerConfig, NewTopic, OffsetReset, Producer, ProducerConfig,
+    Client, Consumer, ConsumerConfig, NewTopic, OffsetReset, Producer, ProducerConfig,
     ProducerRecord,
 };
 use tokio::sync::mpsc;
@@ -210,11 +210,7 @@ async fn produce(
     stamp: Option<Instant>,
 ) -> anyhow::Result<Report> {
     let config = ProducerConfig {
-        acks: match args.acks {
-            AcksArg::All => Acks::All,
-            AcksArg::Leader => Acks::Leader,
-            AcksArg::None => Acks::None,
-        },
+        acks: args.acks.into(),
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
         compression: args.compression.into(),

@@ -14,6 +14,16 @@ use tokio::sync::mpsc;
 use crate::topic::parse_pair;
 use crate::{Context, Output};
 
+impl From<AcksArg> for Acks {
+    fn from(arg: AcksArg) -> Self {
+        match arg {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     None,
@@ -84,11 +94,7 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
         );
     }
     let config = ProducerConfig {
-        acks: match args.acks {
-            AcksArg::All => Acks::All,
-            AcksArg::Leader => Acks::Leader,
-            AcksArg::None => Acks::None,
-        },
+        acks: args.acks.into(),
         batch_bytes: args.batch_bytes,
         compression: args.compression.into(),
         request_timeout: Duration::from_millis(args.timeout_ms),
