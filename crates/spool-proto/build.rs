@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "spool/v1/common.proto",
     "spool/v1/broker.proto",
     "spool/v1/admin.proto",
+    "spool/v1/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

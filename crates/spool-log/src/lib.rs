@@ -19,6 +19,7 @@ mod recovery;
 pub mod scan;
 mod segment;
 mod segment_header;
+mod sync;
 pub mod verify;
 
 pub use batch::{RecordBatch, ValidBatch};
@@ -28,6 +29,7 @@ pub use config::{
 pub use error::{Corruption, LogError, Result};
 pub use frame::{FrameHeader, FrameKind};
 pub use log::{Appended, Entry, EntryPayload, Log, LogEnd, Purged};
-pub use reader::{FetchedBatches, LogReader, StoredEntry};
+pub use reader::{FetchedBatches, LogBounds, LogReader, StoredEntry};
 pub use recovery::{RecoveryReport, TailTruncation};
 pub use segment_header::{SegmentHeader, index_file_name, segment_file_name};
+pub use sync::SyncJob;

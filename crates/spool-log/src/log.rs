@@ -92,17 +92,17 @@ const NO_PENDING: Pending<'static> = Pending {
 /// A partition log: segments of frames on disk, appended by this one writer.
 #[derive(Debug)]
 pub struct Log {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     config: LogConfig,
     clock: Arc<dyn Clock>,
     active: Arc<Segment>,
     end: LogEnd,
     write_pos: u64,
-    durable: LogEnd,
-    unsynced: Vec<Arc<Segment>>,
-    last_sync: Instant,
+    pub(crate) durable: LogEnd,
+    pub(crate) unsynced: Vec<Arc<Segment>>,
+    pub(crate) last_sync: Instant,
     header_buf: Vec<u8>,
-    failed: bool,
+    pub(crate) failed: bool,
     recovery: RecoveryReport,
 }
 
@@ -607,7 +607,7 @@ impl Log {
         self.purge_leading(count)
     }
 
-    fn purge_leading(&mut self, count: usize) -> Result<Purged> {
+    pub(crate) fn purge_leading(&mut self, count: usize) -> Result<Purged> {
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.shared.segments.write();
             segments.drain(..count).collect()

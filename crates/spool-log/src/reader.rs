@@ -76,6 +76,21 @@ pub struct StoredEntry {
     pub payload: Bytes,
 }
 
+/// Where a log starts and ends, in Raft indexes and terms, read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The first index still stored.
+    pub first_index: u64,
+    /// The term of the entry just before `first_index` (0 if there was none).
+    pub prev_term: u64,
+    /// The index the next entry will take.
+    pub next_index: u64,
+    /// The term of the last entry (`prev_term` when the log is empty).
+    pub last_term: u64,
+    pub start_offset: i64,
+    pub next_offset: i64,
+}
+
 /// A cheap, cloneable read handle on a log.
 #[derive(Debug, Clone)]
 pub struct LogReader {
@@ -101,6 +116,21 @@ impl LogReader {
     /// The Raft index the next appended entry will take.
     pub fn next_index(&self) -> u64 {
         self.shared.last().state.read().next_index
+    }
+
+    /// Both ends of the log, consistent with each other.
+    pub fn bounds(&self) -> LogBounds {
+        let segments = self.shared.segments.read();
+        let first = &segments[0];
+        let state = segments[segments.len() - 1].state.read();
+        LogBounds {
+            first_index: first.header.base_index,
+            prev_term: first.header.prev_term,
+            next_index: state.next_index,
+            last_term: state.last_term,
+            start_offset: first.header.base_offset,
+            next_offset: state.next_offset,
+        }
     }
 
     /// Bytes on disk, headers included.

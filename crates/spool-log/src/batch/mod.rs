@@ -179,6 +179,17 @@ impl<'a> RecordBatch<'a> {
             .map(|len| len + LOG_OVERHEAD)
     }
 
+    /// The first offset and the offset after the last, read from the header alone
+    /// (no CRC check: for batches already verified, such as those read from a log).
+    pub fn peek_offsets(bytes: &[u8]) -> Option<(i64, i64)> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return None;
+        }
+        let base = i64::from_be_bytes(bytes[BASE_OFFSET..BASE_OFFSET + 8].try_into().ok()?);
+        let delta = i64::from(read_i32(bytes, LAST_OFFSET_DELTA));
+        Some((base, base + delta + 1))
+    }
+
     /// Checks what a producer's batch must satisfy beyond its framing: a known codec, at
     /// least one record, a last offset delta that matches the record count, and for
     /// uncompressed batches, records that parse, number exactly `recordCount` and carry

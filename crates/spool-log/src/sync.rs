@@ -1,0 +1,92 @@
+//! fsync outside the writer's lock, and purging by Raft index.
+//!
+//! A replicated log is shared between the task that appends and a flusher that makes
+//! appends durable for many logs at once. `begin_sync` takes the files that need an fsync
+//! in a moment; the fsync itself (`SyncJob::run`) needs no access to the `Log`, so appends
+//! go on while it runs; `finish_sync` records the outcome.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{LogError, Result};
+use crate::log::{Log, LogEnd, Purged};
+use crate::segment::Segment;
+
+/// Files to fsync and the end they make durable.
+#[derive(Debug)]
+pub struct SyncJob {
+    segments: Vec<Arc<Segment>>,
+    end: LogEnd,
+}
+
+impl SyncJob {
+    /// The end of the log this job makes durable.
+    pub fn end(&self) -> LogEnd {
+        self.end
+    }
+
+    /// fsyncs the files. Safe to run on any thread while the log takes appends.
+    pub fn run(&self) -> Result<()> {
+        for segment in &self.segments {
+            segment
+                .file
+                .sync_data()
+                .map_err(LogError::io("sync", &segment.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl Log {
+    /// Takes what must be fsynced for everything appended so far to be durable.
+    pub fn begin_sync(&mut self) -> Result<SyncJob> {
+        if self.failed {
+            return Err(LogError::Failed);
+        }
+        Ok(SyncJob {
+            segments: std::mem::take(&mut self.unsynced),
+            end: self.end(),
+        })
+    }
+
+    /// Records how a `SyncJob` went. After a failed fsync the page cache can no longer be
+    /// trusted, so the log stops taking writes.
+    pub fn finish_sync(&mut self, job: &SyncJob, outcome: &Result<()>) {
+        if outcome.is_err() {
+            self.failed = true;
+            return;
+        }
+        self.last_sync = Instant::now();
+        // A truncation while the job ran may have cut the log below the job's end.
+        let end = self.end();
+        let synced = if job.end.next_index <= end.next_index {
+            job.end
+        } else {
+            end
+        };
+        if synced.next_index > self.durable.next_index {
+            self.durable = synced;
+        }
+    }
+
+    /// Deletes the whole segments whose entries all have a Raft index of `last` or less;
+    /// the active segment is never deleted.
+    pub fn purge_through_index(&mut self, last: u64) -> Result<Purged> {
+        let segments = self.shared.segments.read().clone();
+        let count = segments
+            .windows(2)
+            .take_while(|w| w[1].header.base_index <= last.saturating_add(1))
+            .count();
+        self.purge_leading(count)
+    }
+
+    /// The Raft index of the segment that starts at Kafka offset `base_offset`, if one does.
+    pub fn index_of_segment_at(&self, base_offset: i64) -> Option<u64> {
+        self.shared
+            .segments
+            .read()
+            .iter()
+            .find(|s| s.header.base_offset == base_offset)
+            .map(|s| s.header.base_index)
+    }
+}

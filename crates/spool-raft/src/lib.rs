@@ -1,0 +1,32 @@
+//! Partition replication: one openraft group per partition, whose Raft log is the
+//! partition's spool-log (one write per record, no second copy).
+//!
+//! - [`log_store`]: openraft's log storage on spool-log; Kafka offsets are given out as
+//!   entries are appended and given back when they are truncated.
+//! - [`state_machine`]: applied id, membership and next offset; tiny snapshots taken only
+//!   where retention cuts the log.
+//! - [`state_store`]: the node's durable vote/commit/snapshot records, one file.
+//! - [`flusher`]: group commit of fsyncs across every replica on a node.
+
+mod codec;
+mod error;
+pub mod flusher;
+pub mod log_store;
+pub mod network;
+mod node;
+mod replica;
+pub mod state_machine;
+pub mod state_store;
+mod storage;
+mod types;
+
+pub use codec::{decode_membership, encode_membership};
+pub use error::{CodecError, ReplicaError};
+pub use flusher::Flusher;
+pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec};
+pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica};
+pub use storage::{GroupStorage, open_group_storage};
+pub use types::{
+    AppendNotice, Appended, Entry, GroupId, LogId, Membership, NodeId, PartitionRaft, ProduceBatch,
+    Produced, Raft, SnapshotMeta, StoredMembership, Vote, log_id, term_of,
+};

@@ -1,0 +1,324 @@
+//! openraft's log storage, implemented directly on a partition's spool-log: a Raft entry
+//! is one frame, a data entry's payload the record batch itself. Kafka offsets are given
+//! out by the log as entries are appended and given back when they are truncated, so
+//! every replica numbers records alike; blank and membership entries take none.
+//!
+//! spool-log deletes whole segments only, so a purge records a logical start (the last
+//! purged log id) below which nothing is returned, and deletes the segments it covers
+//! entirely. Vote and commit progress live in the node's state store.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::Mutex;
+use spool_log::{FlushPolicy, FrameKind, LogReader, RecordBatch, StoredEntry};
+
+use crate::codec::{decode_membership, encode_membership};
+use crate::error::io_error;
+use crate::flusher::{Flusher, SharedLog};
+use crate::state_store::NodeStateStore;
+use crate::types::{
+    Appended, Entry, GroupId, LogId, PartitionRaft, ProduceBatch, Vote, log_id, term_of,
+};
+
+/// Most payload bytes one replication read returns.
+const MAX_READ_BYTES: usize = 4 * 1024 * 1024;
+
+/// What the log store, its readers and the state machine of one group share.
+#[derive(Debug, Default)]
+pub(crate) struct GroupShared {
+    pub vote: Mutex<Option<Vote>>,
+    /// The logical start: entries up to this id are gone even if their segment is not.
+    pub purged: Mutex<Option<LogId>>,
+    /// The last installed or built snapshot: (last log id, Kafka offset after it), so that
+    /// a purge past the log's end can restart the log at the right offset.
+    pub snapshot_end: Mutex<Option<(LogId, i64)>>,
+    /// Set when entries were appended to an empty log past its start: the start is then
+    /// where the log began, not a purge.
+    pub began_at: Mutex<Option<u64>>,
+}
+
+/// The write side of a group's log, owned by its Raft core.
+#[derive(Debug)]
+pub struct PartitionLogStore {
+    group: GroupId,
+    log: SharedLog,
+    reader: PartitionLogReader,
+    shared: Arc<GroupShared>,
+    store: NodeStateStore,
+    flusher: Arc<Flusher>,
+}
+
+/// A read handle on a group's log; openraft holds several.
+#[derive(Debug, Clone)]
+pub struct PartitionLogReader {
+    reader: LogReader,
+    shared: Arc<GroupShared>,
+}
+
+impl PartitionLogStore {
+    pub(crate) fn new(
+        group: GroupId,
+        log: SharedLog,
+        shared: Arc<GroupShared>,
+        store: NodeStateStore,
+        flusher: Arc<Flusher>,
+    ) -> Self {
+        let reader = PartitionLogReader {
+            reader: log.lock().reader(),
+            shared: Arc::clone(&shared),
+        };
+        Self {
+            group,
+            log,
+            reader,
+            shared,
+            store,
+            flusher,
+        }
+    }
+}
+
+impl PartitionLogReader {
+    /// The last purged and the last stored log ids.
+    fn state(&self) -> (Option<LogId>, Option<LogId>) {
+        let bounds = self.reader.bounds();
+        let began_here = *self.shared.began_at.lock() == Some(bounds.first_index);
+        let physical_purged = (bounds.first_index > 0 && !began_here)
+            .then(|| log_id(bounds.prev_term, bounds.first_index - 1));
+        let purged = (*self.shared.purged.lock()).max(physical_purged);
+        let last = if bounds.next_index > bounds.first_index {
+            Some(log_id(bounds.last_term, bounds.next_index - 1))
+        } else {
+            physical_purged
+        };
+        (purged, last.max(purged))
+    }
+
+    /// The stored entries with indexes in `[from, to)` that are not purged.
+    fn read(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>, std::io::Error> {
+        let bounds = self.reader.bounds();
+        let logical_start = self.shared.purged.lock().map_or(0, |p| p.index + 1);
+        let from = from.max(bounds.first_index).max(logical_start);
+        let to = to.min(bounds.next_index);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let stored = self
+            .reader
+            .read_entries(from, to, max_bytes)
+            .map_err(io_error)?;
+        let mut out = Vec::with_capacity(stored.len());
+        for entry in stored {
+            out.push(to_raft_entry(entry)?);
+        }
+        Ok(out)
+    }
+}
+
+fn to_raft_entry(stored: StoredEntry) -> Result<Entry, std::io::Error> {
+    let id = log_id(stored.header.term, stored.header.index);
+    let payload = match stored.header.kind {
+        FrameKind::Data => EntryPayload::Normal(ProduceBatch::new(stored.payload)),
+        FrameKind::Blank => EntryPayload::Blank,
+        FrameKind::Membership => {
+            EntryPayload::Membership(decode_membership(&stored.payload).map_err(io_error)?)
+        }
+    };
+    Ok(openraft::Entry {
+        log_id: id,
+        payload,
+    })
+}
+
+fn bounds_of(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl RaftLogReader<PartitionRaft> for PartitionLogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        let (from, to) = bounds_of(&range);
+        self.read(from, to, usize::MAX)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        Ok(*self.shared.vote.lock())
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, std::io::Error> {
+        self.read(start, end, MAX_READ_BYTES)
+    }
+}
+
+impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
+    type LogReader = PartitionLogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<PartitionRaft>, std::io::Error> {
+        let (last_purged_log_id, last_log_id) = self.reader.state();
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        let vote = *vote;
+        self.store
+            .update_durable(self.group, |r| r.vote = Some(vote))
+            .await?;
+        *self.shared.vote.lock() = Some(vote);
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
+        self.store.update(self.group, |r| r.committed = committed);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
+        let committed = self.store.get(self.group).and_then(|r| r.committed);
+        // A log that lost an unsynced tail (flush=os) cannot claim more than it holds.
+        let (_, last) = self.reader.state();
+        Ok(committed.min(last))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<PartitionRaft>,
+    ) -> Result<(), std::io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let memberships: Vec<Vec<u8>> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some(encode_membership(m)),
+                _ => None,
+            })
+            .collect();
+        let mut batches = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            if let EntryPayload::Normal(data) = &entry.payload {
+                batches.push(RecordBatch::new(&data.batch).map_err(io_error)?);
+            }
+        }
+        let flush = {
+            let mut log = self.log.lock();
+            if let Some(first) = entries.first()
+                && log.first_index() == log.next_index()
+                && first.log_id.index > log.next_index()
+            {
+                // An empty log may begin anywhere; nothing before it is lost.
+                let next_offset = log.next_offset();
+                log.reset(first.log_id.index, next_offset, 0)
+                    .map_err(io_error)?;
+                *self.shared.began_at.lock() = Some(first.log_id.index);
+            }
+            let mut batch_views = batches.iter();
+            let mut membership_bytes = memberships.iter();
+            let to_store = entries.iter().map(|entry| spool_log::Entry {
+                term: term_of(&entry.log_id),
+                index: entry.log_id.index,
+                payload: match &entry.payload {
+                    EntryPayload::Normal(_) => match batch_views.next() {
+                        Some(batch) => spool_log::EntryPayload::Data(*batch),
+                        None => spool_log::EntryPayload::Blank,
+                    },
+                    EntryPayload::Blank => spool_log::EntryPayload::Blank,
+                    EntryPayload::Membership(_) => match membership_bytes.next() {
+                        Some(bytes) => spool_log::EntryPayload::Membership(bytes),
+                        None => spool_log::EntryPayload::Blank,
+                    },
+                },
+            });
+            let appended = log.append(to_store).map_err(io_error)?;
+            notify_appended(&entries, &batches, appended.first_offset);
+            log.config().flush
+        };
+        match flush {
+            FlushPolicy::Always => self.flusher.flush(Arc::clone(&self.log), callback),
+            FlushPolicy::Interval(_) | FlushPolicy::Os => callback.io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        let mut log = self.log.lock();
+        let first_removed = match last_log_id {
+            Some(id) => id.index + 1,
+            None => log.first_index(),
+        };
+        if first_removed < log.next_index() {
+            log.truncate_from(first_removed).map_err(io_error)?;
+        }
+        Ok(())
+    }
+
+    async fn purge(&mut self, upto: LogId) -> Result<(), std::io::Error> {
+        {
+            let mut log = self.log.lock();
+            if upto.index >= log.next_index() {
+                // Purging past the end (a snapshot installed beyond this log): start afresh
+                // right after it, at the offset the snapshot ends at.
+                let next_offset = match *self.shared.snapshot_end.lock() {
+                    Some((id, offset)) if id == upto => offset,
+                    _ => log.next_offset(),
+                };
+                log.reset(upto.index + 1, next_offset, term_of(&upto))
+                    .map_err(io_error)?;
+            } else {
+                log.purge_through_index(upto.index).map_err(io_error)?;
+            }
+        }
+        let mut purged = self.shared.purged.lock();
+        if Some(upto) > *purged {
+            *purged = Some(upto);
+        }
+        Ok(())
+    }
+}
+
+/// Tells local producers (acks=1) where their batches went.
+fn notify_appended(entries: &[Entry], batches: &[RecordBatch<'_>], first_offset: i64) {
+    let mut offset = first_offset;
+    let mut batches = batches.iter();
+    for entry in entries {
+        if let EntryPayload::Normal(data) = &entry.payload {
+            let count = batches.next().map_or(0, |b| i64::from(b.offset_count()));
+            if let Some(notice) = &data.notice {
+                notice.fire(Appended {
+                    index: entry.log_id.index,
+                    base_offset: offset,
+                });
+            }
+            offset += count;
+        }
+    }
+}

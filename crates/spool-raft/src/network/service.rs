@@ -1,0 +1,186 @@
+//! The receiving side of the Raft transport: one tonic service on the node's gRPC port
+//! that hands each message to the group it names.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use spool_proto::v1 as pb;
+use spool_proto::v1::raft_transport_server::RaftTransport;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::*;
+use crate::types::{GroupId, NodeId, Raft};
+
+/// Finds the Raft group a message is for.
+pub trait GroupDirectory: Send + Sync + 'static {
+    fn local_node(&self) -> NodeId;
+    fn raft(&self, group: GroupId) -> Option<Raft>;
+}
+
+/// The RaftTransport gRPC service.
+#[derive(Debug, Clone)]
+pub struct RaftTransportService<D> {
+    directory: Arc<D>,
+}
+
+impl<D: GroupDirectory> RaftTransportService<D> {
+    pub fn new(directory: Arc<D>) -> Self {
+        Self { directory }
+    }
+
+    pub fn into_server(self) -> pb::raft_transport_server::RaftTransportServer<Self> {
+        pb::raft_transport_server::RaftTransportServer::new(self)
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    fn lookup(&self, group: GroupId, target: NodeId) -> Result<Raft, Status> {
+        let local = self.directory.local_node();
+        if target != local {
+            // The address now belongs to another node; acting on it could split a group.
+            return Err(Status::failed_precondition(format!(
+                "this is node {local}, not node {target}"
+            )));
+        }
+        self.directory
+            .raft(group)
+            .ok_or_else(|| Status::not_found(format!("group {group} is not hosted here")))
+    }
+}
+
+fn fatal(error: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft stopped: {error}"))
+}
+
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::RaftStreamAppendResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftAppendRequest>,
+    ) -> Result<Response<pb::RaftAppendResponse>, Status> {
+        let request = request.into_inner();
+        let raft = self.lookup(request.group, request.target)?;
+        let rpc = append_request_from_pb(request)?;
+        let response = raft.append_entries(rpc).await.map_err(fatal)?;
+        Ok(Response::new(append_response_to_pb(&response)))
+    }
+
+    type StreamAppendStream = ResponseStream;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<pb::RaftAppendRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let mut input = request.into_inner();
+        let Some(first) = input.message().await? else {
+            return Err(Status::invalid_argument("an empty append stream"));
+        };
+        let raft = self.lookup(first.group, first.target)?;
+        let group = first.group;
+        // Requests after the first must stay in the same group; a bad one ends the input.
+        let requests = futures_util::stream::once(async move { Ok(first) })
+            .chain(input)
+            .take_while(move |item| {
+                let ok = matches!(item, Ok(r) if r.group == group);
+                async move { ok }
+            })
+            .filter_map(
+                |item| async move { item.ok().and_then(|r| append_request_from_pb(r).ok()) },
+            );
+        let output = raft.stream_append(requests).map(|item| match item {
+            Ok(result) => Ok(stream_result_to_pb(&result)),
+            Err(error) => Err(fatal(error)),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftVoteRequest>,
+    ) -> Result<Response<pb::RaftVoteResponse>, Status> {
+        let request = request.into_inner();
+        let raft = self.lookup(request.group, request.target)?;
+        let response = raft
+            .vote(vote_request_from_pb(request)?)
+            .await
+            .map_err(fatal)?;
+        Ok(Response::new(vote_response_to_pb(&response)))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<pb::RaftVoteRequest>,
+    ) -> Result<Response<pb::RaftVoteResponse>, Status> {
+        let request = request.into_inner();
+        let raft = self.lookup(request.group, request.target)?;
+        let response = raft
+            .pre_vote(vote_request_from_pb(request)?)
+            .await
+            .map_err(fatal)?;
+        Ok(Response::new(vote_response_to_pb(&response)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftSnapshotRequest>,
+    ) -> Result<Response<pb::RaftSnapshotResponse>, Status> {
+        let request = request.into_inner();
+        let raft = self.lookup(request.group, request.target)?;
+        let (vote, snapshot) = snapshot_from_pb(request)?;
+        let response = raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(fatal)?;
+        Ok(Response::new(pb::RaftSnapshotResponse {
+            vote: Some(vote_to_pb(&response.vote)),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::RaftTransferLeaderRequest>,
+    ) -> Result<Response<pb::RaftTransferLeaderResponse>, Status> {
+        let request = request.into_inner();
+        let raft = self.lookup(request.group, request.target)?;
+        let response = raft
+            .handle_transfer_leader(transfer_from_pb(request)?)
+            .await
+            .map_err(fatal)?;
+        Ok(Response::new(transfer_response_to_pb(&response)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::RaftHeartbeatBatch>,
+    ) -> Result<Response<pb::RaftHeartbeatBatchResponse>, Status> {
+        use pb::raft_heartbeat_result::Result as R;
+        let answers = request
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(|request| async move {
+                let raft = match self.lookup(request.group, request.target) {
+                    Ok(raft) => raft,
+                    Err(_) => return R::UnknownGroup(pb::RaftEmpty {}),
+                };
+                let Ok(rpc) = append_request_from_pb(request) else {
+                    return R::UnknownGroup(pb::RaftEmpty {});
+                };
+                match raft.append_entries(rpc).await {
+                    Ok(response) => R::Response(append_response_to_pb(&response)),
+                    Err(_) => R::UnknownGroup(pb::RaftEmpty {}),
+                }
+            });
+        let results = futures_util::future::join_all(answers)
+            .await
+            .into_iter()
+            .map(|result| pb::RaftHeartbeatResult {
+                result: Some(result),
+            })
+            .collect();
+        Ok(Response::new(pb::RaftHeartbeatBatchResponse { results }))
+    }
+}

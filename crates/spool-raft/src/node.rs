@@ -1,0 +1,281 @@
+//! A node's replication: every partition replica it hosts, the shared state store,
+//! flusher and peer channels, and the lifecycle the controller drives (create with
+//! members, join as a learner, remove, delete data).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, SnapshotPolicy};
+use parking_lot::RwLock;
+use spool_log::LogConfig;
+use tokio::task::JoinHandle;
+
+use crate::error::ReplicaError;
+use crate::flusher::Flusher;
+use crate::network::{Faults, GroupDirectory, GroupNetworkFactory, PeerPool, RaftTransportService};
+use crate::replica::{Members, PartitionReplica};
+use crate::state_store::NodeStateStore;
+use crate::storage::open_group_storage;
+use crate::types::{GroupId, NodeId, Raft};
+
+/// Timing of partition groups. Idle cost grows with partitions / heartbeat interval, so
+/// heartbeats are slow and elections follow from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 1800,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftNodeOptions {
+    pub node_id: NodeId,
+    /// Where the node's Raft state file lives.
+    pub state_dir: PathBuf,
+    pub timing: RaftTiming,
+}
+
+/// What a new replica is created with.
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    pub group: GroupId,
+    pub dir: PathBuf,
+    pub log_config: LogConfig,
+    /// The group's first voters (node id to address). Each creates the group with the same
+    /// membership; empty to join an existing group as a learner the leader adds.
+    pub initial_members: Members,
+}
+
+#[derive(Debug)]
+pub struct RaftNode {
+    options: RaftNodeOptions,
+    config: Arc<openraft::Config>,
+    store: NodeStateStore,
+    flusher: Arc<Flusher>,
+    pool: Arc<PeerPool>,
+    replicas: RwLock<HashMap<GroupId, Arc<PartitionReplica>>>,
+    ticker: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RaftNode {
+    pub fn open(options: RaftNodeOptions) -> Result<Arc<Self>, ReplicaError> {
+        std::fs::create_dir_all(&options.state_dir).map_err(|e| ReplicaError::StateFile {
+            path: options.state_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let store = NodeStateStore::open(options.state_dir.join("raft.state"))?;
+        let flusher =
+            Flusher::start(&format!("spool-flusher-{}", options.node_id)).map_err(|e| {
+                ReplicaError::StateFile {
+                    path: options.state_dir.clone(),
+                    reason: format!("could not start the flusher: {e}"),
+                }
+            })?;
+        let timing = options.timing;
+        let config = openraft::Config {
+            cluster_name: "spool-partition".into(),
+            heartbeat_interval: timing.heartbeat_ms,
+            election_timeout_min: timing.election_min_ms,
+            election_timeout_max: timing.election_max_ms,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            max_payload_entries: 1024,
+            api_batch_capacity: 1024,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let node = Arc::new(Self {
+            pool: PeerPool::new(options.node_id),
+            options,
+            config: Arc::new(config),
+            store,
+            flusher,
+            replicas: RwLock::new(HashMap::new()),
+            ticker: parking_lot::Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&node);
+        *node.ticker.lock() = Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                for replica in node.replicas.read().values() {
+                    node.flusher.sync_if_due(Arc::clone(&replica.log));
+                }
+            }
+        }));
+        Ok(node)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.options.node_id
+    }
+
+    /// The RaftTransport service to add to the node's gRPC server.
+    pub fn service(
+        self: &Arc<Self>,
+    ) -> spool_proto::v1::raft_transport_server::RaftTransportServer<RaftTransportService<Self>>
+    {
+        RaftTransportService::new(Arc::clone(self)).into_server()
+    }
+
+    pub fn faults(&self) -> &Arc<Faults> {
+        self.pool.faults()
+    }
+
+    pub fn replica(&self, group: GroupId) -> Option<Arc<PartitionReplica>> {
+        self.replicas.read().get(&group).cloned()
+    }
+
+    pub fn replicas(&self) -> Vec<Arc<PartitionReplica>> {
+        self.replicas.read().values().cloned().collect()
+    }
+
+    /// Groups this node has Raft state for (replicas to reopen after a restart).
+    pub fn known_groups(&self) -> Vec<GroupId> {
+        self.store.groups()
+    }
+
+    /// Opens (or reopens after a restart) a replica of a group on this node.
+    pub async fn create_replica(
+        &self,
+        spec: ReplicaSpec,
+    ) -> Result<Arc<PartitionReplica>, ReplicaError> {
+        if self.replicas.read().contains_key(&spec.group) {
+            return Err(ReplicaError::GroupExists { group: spec.group });
+        }
+        let storage = open_group_storage(
+            spec.group,
+            &spec.dir,
+            spec.log_config,
+            self.store.clone(),
+            Arc::clone(&self.flusher),
+        )?;
+        let high_watermark = storage.state_machine.high_watermark();
+        let snapshot_target = Arc::clone(&storage.state_machine.snapshot_target);
+        let network = GroupNetworkFactory::new(spec.group, Arc::clone(&self.pool));
+        let raft = Raft::new(
+            self.options.node_id,
+            Arc::clone(&self.config),
+            network,
+            storage.log_store,
+            storage.state_machine,
+        )
+        .await
+        .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        if !spec.initial_members.is_empty()
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| ReplicaError::Raft(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, BasicNode> = spec
+                .initial_members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            raft.initialize(members)
+                .await
+                .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        }
+        let replica = Arc::new(PartitionReplica {
+            group: spec.group,
+            node_id: self.options.node_id,
+            raft,
+            reader: storage.reader,
+            high_watermark,
+            log: storage.log,
+            snapshot_target,
+            dir: spec.dir,
+        });
+        self.replicas
+            .write()
+            .insert(spec.group, Arc::clone(&replica));
+        Ok(replica)
+    }
+
+    /// Stops a replica; with `delete_data`, removes its log and Raft state for good.
+    pub async fn remove_replica(
+        &self,
+        group: GroupId,
+        delete_data: bool,
+    ) -> Result<(), ReplicaError> {
+        let Some(replica) = self.replicas.write().remove(&group) else {
+            return Err(ReplicaError::UnknownGroup { group });
+        };
+        if let Err(error) = replica.raft.shutdown().await {
+            tracing::warn!(group, %error, "raft did not stop cleanly");
+        }
+        if delete_data {
+            self.store
+                .remove(group)
+                .await
+                .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+            delete_dir(replica.dir())?;
+        }
+        Ok(())
+    }
+
+    /// Stops every replica and writes the node's state.
+    pub async fn shutdown(&self) {
+        if let Some(ticker) = self.ticker.lock().take() {
+            ticker.abort();
+        }
+        let replicas: Vec<_> = self.replicas.write().drain().map(|(_, r)| r).collect();
+        for replica in replicas {
+            if let Err(error) = replica.raft.shutdown().await {
+                tracing::warn!(group = replica.group, %error, "raft did not stop cleanly");
+            }
+            if let Err(error) = replica.log.lock().sync() {
+                tracing::warn!(group = replica.group, %error, "final sync failed");
+            }
+        }
+        if let Err(error) = self.store.flush().await {
+            tracing::warn!(%error, "could not write the Raft state file");
+        }
+        self.flusher.stop();
+        self.store.close();
+    }
+}
+
+impl GroupDirectory for RaftNode {
+    fn local_node(&self) -> NodeId {
+        self.options.node_id
+    }
+
+    fn raft(&self, group: GroupId) -> Option<Raft> {
+        self.replicas.read().get(&group).map(|r| r.raft.clone())
+    }
+}
+
+fn delete_dir(dir: &Path) -> Result<(), ReplicaError> {
+    let mut to = dir.as_os_str().to_owned();
+    to.push(".deleted");
+    let to = PathBuf::from(to);
+    let io = |e: std::io::Error| {
+        ReplicaError::Storage(spool_log::LogError::Io {
+            op: "delete",
+            path: dir.to_path_buf(),
+            source: e,
+        })
+    };
+    if !dir.exists() {
+        return Ok(());
+    }
+    std::fs::rename(dir, &to).map_err(io)?;
+    std::fs::remove_dir_all(&to).map_err(io)
+}

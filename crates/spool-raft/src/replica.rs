@@ -1,0 +1,313 @@
+//! A partition replica: a Raft group member and its log, behind the interface the broker
+//! writes through (`append` answering with the assigned offset, a watch on the high
+//! watermark, `NotLeader` with the leader's address as an ordinary answer).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardReason, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use parking_lot::Mutex;
+use spool_log::{LogConfig, LogReader, RetentionPolicy};
+use tokio::sync::watch;
+
+use crate::error::ReplicaError;
+use crate::flusher::SharedLog;
+use crate::state_machine::SnapshotTarget;
+use crate::types::{AppendNotice, GroupId, NodeId, ProduceBatch, Raft, log_id};
+
+/// How long a write waits for a newly elected leader's lease.
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+
+enum Attempt {
+    LeaseNotYetValid,
+    Failed(ReplicaError),
+}
+
+/// When a produce is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLevel {
+    /// Once the leader has appended the batches.
+    Leader,
+    /// Once a majority holds them durably (committed).
+    All,
+}
+
+/// The leader as a replica knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub node: Option<NodeId>,
+    pub address: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct PartitionReplica {
+    pub(crate) group: GroupId,
+    pub(crate) node_id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) reader: LogReader,
+    pub(crate) high_watermark: watch::Receiver<i64>,
+    pub(crate) log: SharedLog,
+    pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
+    pub(crate) dir: PathBuf,
+}
+
+impl PartitionReplica {
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Reads committed and uncommitted records alike: bound reads by the high watermark.
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The offset after the last committed record; wakes fetches as it moves.
+    pub fn high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    pub fn leader(&self) -> LeaderHint {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let node = metrics.current_leader;
+        let address = node.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        LeaderHint { node, address }
+    }
+
+    /// The current voters and learners.
+    pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+        )
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>, node: Option<BasicNode>) -> ReplicaError {
+        ReplicaError::NotLeader {
+            group: self.group,
+            leader,
+            leader_address: node.map(|n| n.addr),
+        }
+    }
+
+    fn write_error(&self, error: ClientWriteError<crate::types::PartitionRaft>) -> ReplicaError {
+        match error {
+            ClientWriteError::ForwardToLeader(f) => self.not_leader(f.leader_id, f.leader_node),
+            ClientWriteError::ChangeMembershipError(e) => ReplicaError::Membership(e.to_string()),
+            // Truncated by a new leader: the write did not happen here.
+            ClientWriteError::LogEntryDiscarded(_) => {
+                let hint = self.leader();
+                ReplicaError::NotLeader {
+                    group: self.group,
+                    leader: hint.node,
+                    leader_address: hint.address,
+                }
+            }
+            other => ReplicaError::Raft(other.to_string()),
+        }
+    }
+
+    /// Appends batches (validated Kafka record batches) as consecutive entries and answers
+    /// with the offset of the first record. All or none: they are submitted together.
+    pub async fn append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, ReplicaError> {
+        if batches.is_empty() {
+            return Err(ReplicaError::Raft("nothing to append".into()));
+        }
+        // A leader just elected takes writes once a quorum has answered it (its lease).
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            match self.try_append(batches.clone(), acks).await {
+                Err(Attempt::LeaseNotYetValid) if tokio::time::Instant::now() < deadline => {
+                    let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
+                }
+                Err(Attempt::LeaseNotYetValid) => {
+                    let hint = self.leader();
+                    return Err(ReplicaError::NotLeader {
+                        group: self.group,
+                        leader: hint.node,
+                        leader_address: hint.address,
+                    });
+                }
+                Err(Attempt::Failed(error)) => return Err(error),
+                Ok(offset) => return Ok(offset),
+            }
+        }
+    }
+
+    async fn try_append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, Attempt> {
+        let mut first_appended = None;
+        let payloads: Vec<ProduceBatch> = batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, batch)| {
+                if i == 0 && acks == AckLevel::Leader {
+                    let (notice, appended) = AppendNotice::new();
+                    first_appended = Some(appended);
+                    ProduceBatch::with_notice(batch, notice)
+                } else {
+                    ProduceBatch::new(batch)
+                }
+            })
+            .collect();
+        let mut results = self
+            .raft
+            .client_write_many(payloads)
+            .await
+            .map_err(|e| Attempt::Failed(ReplicaError::Raft(e.to_string())))?;
+        if let Some(appended) = first_appended
+            && let Ok(appended) = appended.await
+        {
+            return Ok(appended.base_offset);
+        }
+        // acks=all, or the leader did not append: the first answer tells.
+        match results.next().await {
+            Some(Ok(Ok(response))) => Ok(response.response.base_offset),
+            Some(Ok(Err(ClientWriteError::ForwardToLeader(f))))
+                if f.reason == ForwardReason::LeaseExpired && self.is_leader() =>
+            {
+                Err(Attempt::LeaseNotYetValid)
+            }
+            Some(Ok(Err(error))) => Err(Attempt::Failed(self.write_error(error))),
+            Some(Err(fatal)) => Err(Attempt::Failed(ReplicaError::Raft(fatal.to_string()))),
+            None => Err(Attempt::Failed(ReplicaError::ShuttingDown)),
+        }
+    }
+
+    /// Adds a node as a learner; with `wait`, returns once it has caught up.
+    pub async fn add_learner(
+        &self,
+        node: NodeId,
+        address: String,
+        wait: bool,
+    ) -> Result<(), ReplicaError> {
+        self.raft
+            .add_learner(node, BasicNode { addr: address }, wait)
+            .await
+            .map(drop)
+            .map_err(|e| self.membership_error(e))
+    }
+
+    /// Makes `voters` the voters (joint consensus); learners not named stay learners.
+    pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), ReplicaError> {
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+            .await
+            .map(drop)
+            .map_err(|e| self.membership_error(e))
+    }
+
+    /// Removes nodes from the group altogether (voters must be removed first).
+    pub async fn remove_nodes(&self, nodes: BTreeSet<NodeId>) -> Result<(), ReplicaError> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(nodes), false)
+            .await
+            .map(drop)
+            .map_err(|e| self.membership_error(e))
+    }
+
+    fn membership_error(
+        &self,
+        error: RaftError<
+            crate::types::PartitionRaft,
+            ClientWriteError<crate::types::PartitionRaft>,
+        >,
+    ) -> ReplicaError {
+        match error {
+            RaftError::APIError(e) => self.write_error(e),
+            RaftError::Fatal(f) => ReplicaError::Raft(f.to_string()),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    pub fn set_log_config(&self, config: LogConfig) -> Result<(), ReplicaError> {
+        self.log.lock().set_config(config)?;
+        Ok(())
+    }
+
+    /// Cuts the log where retention allows: a snapshot at the last entry before the first
+    /// retained segment, then a purge up to it. Only the leader decides; followers purge
+    /// when the leader's snapshot reaches them or by their own retention pass.
+    pub async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_ms: i64,
+    ) -> Result<bool, ReplicaError> {
+        let Some(target) = self.retention_target(policy, now_ms) else {
+            return Ok(false);
+        };
+        *self.snapshot_target.lock() = Some(target);
+        let trigger = self.raft.trigger();
+        trigger
+            .snapshot()
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        trigger
+            .purge_log(target.last_log_id.index)
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// The retention point, if it is applied already: the entry just before the first
+    /// segment retention keeps.
+    fn retention_target(&self, policy: &RetentionPolicy, now_ms: i64) -> Option<SnapshotTarget> {
+        let log = self.log.lock();
+        let offset = log.retention_point(policy, now_ms)?;
+        let segment_index = log.index_of_segment_at(offset)?;
+        drop(log);
+        let last_index = segment_index.checked_sub(1)?;
+        let term = self
+            .reader
+            .read_entries(last_index, last_index + 1, 1)
+            .ok()?
+            .first()
+            .map(|e| e.header.term)?;
+        let applied = self.raft.metrics().borrow_watched().last_applied;
+        let target = log_id(term, last_index);
+        (Some(target) <= applied).then_some(SnapshotTarget {
+            last_log_id: target,
+            next_offset: offset,
+        })
+    }
+}
+
+/// Who is in a group when it is created.
+pub type Members = BTreeMap<NodeId, String>;

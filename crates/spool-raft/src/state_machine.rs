@@ -1,0 +1,294 @@
+//! The partition's state machine is tiny: the applied log id, the membership, and the
+//! Kafka offset after the last applied entry (which is the high watermark: entries are
+//! applied once committed). Records themselves stay in the log.
+//!
+//! Snapshots are taken only where retention cuts the log (`snapshot_target`), never at
+//! the applied point: a snapshot lets openraft purge the log up to it, and a lagging
+//! follower installs it (start offset and membership) and then receives the retained
+//! entries by AppendEntries.
+
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::Mutex;
+use spool_log::RecordBatch;
+use tokio::sync::watch;
+
+use crate::error::io_error;
+use crate::log_store::GroupShared;
+use crate::state_store::{GroupRecord, NodeStateStore, SnapshotRecord};
+use crate::types::{GroupId, LogId, PartitionRaft, Produced, SnapshotMeta, StoredMembership};
+
+/// The data of a snapshot beyond its meta: where the retained log's offsets start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TinySnapshot {
+    pub next_offset: i64,
+}
+
+pub type PartitionSnapshot = openraft::Snapshot<
+    openraft::type_config::alias::CommittedLeaderIdOf<PartitionRaft>,
+    u64,
+    openraft::BasicNode,
+    TinySnapshot,
+>;
+
+/// Where the next snapshot is to be taken: the entry just before the first retained
+/// segment, and the offset after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTarget {
+    pub last_log_id: LogId,
+    pub next_offset: i64,
+}
+
+#[derive(Debug)]
+pub struct PartitionStateMachine {
+    group: GroupId,
+    store: NodeStateStore,
+    shared: Arc<GroupShared>,
+    applied: Option<LogId>,
+    /// Memberships applied since the snapshot, oldest first.
+    memberships: Vec<StoredMembership>,
+    next_offset: i64,
+    high_watermark: watch::Sender<i64>,
+    pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
+}
+
+impl PartitionStateMachine {
+    /// Restores the state from the node's record. `last_log_id` is where the group's log
+    /// ends: an applied point past it (an unsynced tail lost in a crash) falls back to the
+    /// snapshot, and openraft re-applies from there.
+    pub(crate) fn restore(
+        group: GroupId,
+        store: NodeStateStore,
+        shared: Arc<GroupShared>,
+        last_log_id: Option<LogId>,
+        log_start_offset: i64,
+    ) -> Self {
+        let record = store.get(group).unwrap_or_default();
+        if let Some(snapshot) = &record.snapshot
+            && let Some(last) = snapshot.last_log_id
+        {
+            *shared.snapshot_end.lock() = Some((last, snapshot.next_offset));
+        }
+        let (applied, memberships, next_offset) = if record.applied <= last_log_id {
+            (record.applied, record.memberships, record.next_offset)
+        } else {
+            tracing::warn!(
+                group,
+                "applied state is past the end of the log; re-applying from the snapshot"
+            );
+            match &record.snapshot {
+                Some(s) => (s.last_log_id, Vec::new(), s.next_offset),
+                None => (None, Vec::new(), log_start_offset),
+            }
+        };
+        let next_offset = if applied.is_none() {
+            log_start_offset
+        } else {
+            next_offset
+        };
+        Self {
+            group,
+            store,
+            shared,
+            applied,
+            memberships,
+            next_offset,
+            high_watermark: watch::Sender::new(next_offset),
+            snapshot_target: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Watches the offset after the last applied (so committed) record.
+    pub fn high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    fn snapshot_record(&self) -> Option<SnapshotRecord> {
+        self.store.get(self.group).and_then(|r| r.snapshot)
+    }
+
+    fn current_membership(&self) -> StoredMembership {
+        match self.memberships.last() {
+            Some(m) => m.clone(),
+            None => self
+                .snapshot_record()
+                .map(|s| s.membership)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The membership in effect at `at`.
+    fn membership_at(&self, at: &LogId) -> StoredMembership {
+        self.memberships
+            .iter()
+            .rev()
+            .find(|m| m.log_id().as_ref() <= Some(at))
+            .cloned()
+            .or_else(|| self.snapshot_record().map(|s| s.membership))
+            .unwrap_or_default()
+    }
+
+    fn save_lazily(&self) {
+        let (applied, memberships, next_offset) =
+            (self.applied, self.memberships.clone(), self.next_offset);
+        self.store.update(self.group, |r| {
+            r.applied = applied;
+            r.memberships = memberships;
+            r.next_offset = next_offset;
+        });
+    }
+}
+
+impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
+    type SnapshotData = TinySnapshot;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
+        Ok((self.applied, self.current_membership()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), std::io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<PartitionRaft>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let base_offset = match &entry.payload {
+                EntryPayload::Normal(data) => {
+                    let (base, next) = RecordBatch::peek_offsets(&data.batch)
+                        .ok_or_else(|| io_error("a data entry holds no batch header"))?;
+                    self.next_offset = next;
+                    base
+                }
+                EntryPayload::Blank => self.next_offset,
+                EntryPayload::Membership(m) => {
+                    self.memberships
+                        .push(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    self.next_offset
+                }
+            };
+            self.applied = Some(entry.log_id);
+            if let Some(responder) = responder {
+                responder.send(Produced { base_offset });
+            }
+        }
+        // Memberships the snapshot covers are no longer needed, except the last of them.
+        if let Some((snap, _)) = *self.shared.snapshot_end.lock() {
+            let covered = self
+                .memberships
+                .iter()
+                .filter(|m| m.log_id().as_ref() <= Some(&snap))
+                .count();
+            if covered > 1 {
+                self.memberships.drain(..covered - 1);
+            }
+        }
+        self.high_watermark.send_replace(self.next_offset);
+        self.save_lazily();
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let target = self.snapshot_target.lock().take();
+        let (last_log_id, membership, next_offset) = match target {
+            Some(t) if Some(t.last_log_id) <= self.applied => (
+                Some(t.last_log_id),
+                self.membership_at(&t.last_log_id),
+                t.next_offset,
+            ),
+            _ => (self.applied, self.current_membership(), self.next_offset),
+        };
+        SnapshotBuilder {
+            group: self.group,
+            store: self.store.clone(),
+            shared: Arc::clone(&self.shared),
+            record: SnapshotRecord {
+                last_log_id,
+                membership,
+                next_offset,
+            },
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: TinySnapshot,
+    ) -> Result<(), std::io::Error> {
+        let record = SnapshotRecord {
+            last_log_id: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            next_offset: snapshot.next_offset,
+        };
+        self.applied = meta.last_log_id;
+        self.memberships.clear();
+        self.next_offset = snapshot.next_offset;
+        let saved = record.clone();
+        self.store
+            .update_durable(self.group, |r: &mut GroupRecord| {
+                r.snapshot = Some(saved);
+                r.applied = meta.last_log_id;
+                r.memberships.clear();
+                r.next_offset = snapshot.next_offset;
+            })
+            .await?;
+        if let Some(last) = meta.last_log_id {
+            *self.shared.snapshot_end.lock() = Some((last, snapshot.next_offset));
+        }
+        self.high_watermark.send_replace(self.next_offset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<PartitionSnapshot>, std::io::Error> {
+        Ok(self.snapshot_record().map(to_snapshot))
+    }
+}
+
+fn to_snapshot(record: SnapshotRecord) -> PartitionSnapshot {
+    openraft::Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: record.last_log_id,
+            last_membership: record.membership,
+        },
+        snapshot: TinySnapshot {
+            next_offset: record.next_offset,
+        },
+    }
+}
+
+/// Builds the tiny snapshot chosen when the builder was made and records it durably.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    group: GroupId,
+    store: NodeStateStore,
+    shared: Arc<GroupShared>,
+    record: SnapshotRecord,
+}
+
+impl RaftSnapshotBuilder<PartitionRaft> for SnapshotBuilder {
+    type SnapshotData = TinySnapshot;
+
+    async fn build_snapshot(&mut self) -> Result<PartitionSnapshot, std::io::Error> {
+        let record = self.record.clone();
+        let current = self.store.get(self.group).and_then(|r| r.snapshot);
+        // Snapshots only move forward; an older target keeps the current one.
+        if let Some(current) = current
+            && current.last_log_id > record.last_log_id
+        {
+            return Ok(to_snapshot(current));
+        }
+        let saved = record.clone();
+        self.store
+            .update_durable(self.group, |r| r.snapshot = Some(saved))
+            .await?;
+        if let Some(last) = record.last_log_id {
+            *self.shared.snapshot_end.lock() = Some((last, record.next_offset));
+        }
+        Ok(to_snapshot(record))
+    }
+}

@@ -1,0 +1,145 @@
+//! In-process nodes for replication tests: each a RaftNode behind its own gRPC server
+//! on a port the OS chose.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_log::batch::{BatchBuilder, BatchOptions};
+use spool_log::{FlushPolicy, LogConfig};
+use spool_raft::{
+    GroupId, Members, NodeId, PartitionReplica, RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub struct TestNode {
+    pub id: NodeId,
+    pub addr: String,
+    pub node: Arc<RaftNode>,
+    pub dir: std::path::PathBuf,
+    server: JoinHandle<()>,
+}
+
+impl TestNode {
+    pub async fn start(id: NodeId, dir: std::path::PathBuf, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().expect("addr").to_string();
+        let node = RaftNode::open(RaftNodeOptions {
+            node_id: id,
+            state_dir: dir.clone(),
+            timing: fast_timing(),
+        })
+        .expect("open node");
+        let service = node.service();
+        let server = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            id,
+            addr,
+            node,
+            dir,
+            server,
+        }
+    }
+
+    /// Stops the node as a crash would: the server goes, nothing is flushed or closed.
+    pub fn kill(self) -> (NodeId, std::path::PathBuf, String) {
+        self.server.abort();
+        (self.id, self.dir, self.addr)
+    }
+
+    pub async fn stop(self) -> (NodeId, std::path::PathBuf, String) {
+        self.node.shutdown().await;
+        self.server.abort();
+        (self.id, self.dir, self.addr)
+    }
+
+    pub async fn open_replica(&self, group: GroupId, members: &Members) -> Arc<PartitionReplica> {
+        self.node
+            .create_replica(ReplicaSpec {
+                group,
+                dir: self.dir.join(format!("g{group}")),
+                log_config: LogConfig {
+                    flush: FlushPolicy::Always,
+                    ..LogConfig::default()
+                },
+                initial_members: members.clone(),
+            })
+            .await
+            .expect("create replica")
+    }
+}
+
+pub fn fast_timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_ms: 100,
+        election_min_ms: 400,
+        election_max_ms: 800,
+    }
+}
+
+pub async fn listeners(n: usize) -> Vec<TcpListener> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    out
+}
+
+pub async fn start_nodes(root: &std::path::Path, n: usize) -> (Vec<TestNode>, Members) {
+    let listeners = listeners(n).await;
+    let mut members = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        members.insert(i as NodeId + 1, l.local_addr().expect("addr").to_string());
+    }
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as NodeId + 1;
+        nodes.push(TestNode::start(id, root.join(format!("n{id}")), l).await);
+    }
+    (nodes, members)
+}
+
+/// Waits until `check` holds, failing the test after `within`.
+pub async fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The replica that leads the group, once one does.
+pub async fn leader_of(replicas: &[Arc<PartitionReplica>]) -> Arc<PartitionReplica> {
+    wait_for(Duration::from_secs(10), "a leader", || {
+        replicas.iter().find(|r| r.is_leader()).cloned()
+    })
+    .await
+}
+
+/// A batch of `n` records whose values are `tag-i`.
+pub fn batch(tag: &str, n: usize) -> Bytes {
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    for i in 0..n {
+        builder.append(
+            1_700_000_000_000,
+            None,
+            Some(format!("{tag}-{i}").as_bytes()),
+            &[],
+        );
+    }
+    builder.finish()
+}

@@ -1,0 +1,77 @@
+//! Three replicas of one group, in process: election, replicated appends with offsets
+//! every replica agrees on, and the high watermark.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use spool_raft::AckLevel;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_agree_on_every_offset() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, members) = start_nodes(root.path(), 3).await;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        replicas.push(node.open_replica(7, &members).await);
+    }
+    let leader = leader_of(&replicas).await;
+
+    let mut expected = 0i64;
+    for round in 0..20 {
+        let acks = if round % 2 == 0 {
+            AckLevel::All
+        } else {
+            AckLevel::Leader
+        };
+        let base = leader
+            .append(vec![batch("a", 10), batch("b", 5)], acks)
+            .await
+            .expect("append");
+        assert_eq!(base, expected, "round {round}");
+        expected += 15;
+    }
+    // Every replica applies everything, and stores the same batches at the same offsets.
+    for replica in &replicas {
+        let mut hw = replica.high_watermark();
+        tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw == expected))
+            .await
+            .expect("high watermark reached in time")
+            .expect("watch open");
+    }
+    let reference = replicas[0]
+        .reader()
+        .read(0, expected, usize::MAX)
+        .expect("read");
+    assert_eq!(reference.next_offset, expected);
+    for replica in &replicas[1..] {
+        let other = replica
+            .reader()
+            .read(0, expected, usize::MAX)
+            .expect("read");
+        assert_eq!(other.batches, reference.batches);
+    }
+    // A follower refuses writes and names the leader.
+    let follower = replicas
+        .iter()
+        .find(|r| !r.is_leader())
+        .expect("a follower");
+    match follower.append(vec![batch("x", 1)], AckLevel::All).await {
+        Err(spool_raft::ReplicaError::NotLeader {
+            leader,
+            leader_address,
+            ..
+        }) => {
+            assert_eq!(leader, Some(leader.expect("leader known")));
+            assert_eq!(
+                leader_address.as_deref(),
+                members.get(&leader.expect("id")).map(String::as_str)
+            );
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
