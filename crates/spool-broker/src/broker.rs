@@ -1,4 +1,6 @@
-//! The broker: topics on this node and the operations clients ask of them.
+//! The broker: the partitions this node replicates and the operations clients ask of
+//! them. Every partition is a Raft group (of one replica on a single node), so there is
+//! one write path whatever the replication factor.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,22 +11,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use spool_log::{FlushPolicy, ValidBatch};
-use spool_types::TopicName;
-use tokio::sync::{Mutex, oneshot};
+use spool_raft::{AckLevel, RaftNode, RaftNodeOptions, RaftTiming, ReplicaError};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::OffsetQuery;
 use crate::error::BrokerError;
-use crate::partition::{Acks, Partition, PartitionKey};
-use crate::store::{Store, TopicMeta, random_id};
+use crate::partition::{Acks, Partition};
+use crate::store::{Store, TopicMeta};
 use crate::topic_config::TopicConfig;
-use crate::writer::{AppendRequest, Command, WriterHandle};
+
+/// Seconds between retention passes.
+const RETENTION_EVERY: Duration = Duration::from_secs(30);
 
 /// How a broker runs.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
     pub node_id: u64,
-    /// host:port clients use to reach this node's gRPC listener.
+    /// host:port clients and peers use to reach this node's gRPC listener.
     pub advertised_address: String,
     pub data_dir: PathBuf,
     pub flush: FlushPolicy,
@@ -33,6 +37,8 @@ pub struct BrokerOptions {
     pub default_partitions: u32,
     /// Most partitions one topic may have.
     pub max_partitions: u32,
+    /// Heartbeat and election timing of partition groups.
+    pub raft_timing: RaftTiming,
 }
 
 /// This node as clients see it.
@@ -74,7 +80,9 @@ pub struct TopicInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     pub partition: u32,
-    pub leader: u64,
+    /// `None` when no leader is known here.
+    pub leader: Option<u64>,
+    pub leader_address: Option<String>,
     pub replicas: Vec<u64>,
     pub in_sync_replicas: Vec<u64>,
     pub log_start_offset: i64,
@@ -90,50 +98,48 @@ pub struct PartitionStats {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub size_bytes: u64,
+    pub is_leader: bool,
 }
 
 #[derive(Debug)]
-struct TopicState {
-    meta: TopicMeta,
-    config: TopicConfig,
-    partitions: Vec<Arc<Partition>>,
+pub(crate) struct TopicState {
+    pub meta: TopicMeta,
+    pub config: TopicConfig,
+    /// The partitions this node hosts a replica of; `None` for the others.
+    pub partitions: Vec<Option<Arc<Partition>>>,
 }
 
-/// A single node's broker. Cheap to share: hold it in an `Arc`.
+/// A node's broker. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
 pub struct Broker {
-    options: BrokerOptions,
+    pub(crate) options: BrokerOptions,
     cluster_id: String,
-    topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
+    pub(crate) topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
     /// Serialises topic changes and holds their durable record.
-    store: Mutex<Store>,
-    writer: WriterHandle,
-    next_key: AtomicU64,
-    epoch: AtomicU64,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) raft: Arc<RaftNode>,
+    pub(crate) epoch: AtomicU64,
     ticker: parking_lot::Mutex<Option<JoinHandle<()>>>,
     /// Set when shutdown begins; fetch sessions end on it.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Broker {
-    /// Opens the data directory, recovers every partition in it, and starts the writer.
+    /// Opens the data directory and every partition replica in it.
     pub async fn open(options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
         let store = Store::open(&options.data_dir, options.node_id)?;
-        remove_deleted_dirs(&options.data_dir);
-        let writer =
-            WriterHandle::spawn(format!("spool-writer-{}", options.node_id)).map_err(|e| {
-                BrokerError::Storage(spool_log::LogError::Io {
-                    op: "start the writer thread for",
-                    path: options.data_dir.clone(),
-                    source: e,
-                })
-            })?;
+        crate::topics::remove_deleted_dirs(&options.data_dir);
+        let raft = RaftNode::open(RaftNodeOptions {
+            node_id: options.node_id,
+            state_dir: options.data_dir.clone(),
+            timing: options.raft_timing,
+        })
+        .map_err(BrokerError::from)?;
         let broker = Arc::new(Self {
             cluster_id: store.file.cluster_id.clone(),
             topics: RwLock::new(BTreeMap::new()),
             store: Mutex::new(store),
-            writer,
-            next_key: AtomicU64::new(1),
+            raft,
             epoch: AtomicU64::new(1),
             ticker: parking_lot::Mutex::new(None),
             closing: tokio::sync::watch::Sender::new(false),
@@ -156,17 +162,22 @@ impl Broker {
                 .write()
                 .insert(state.meta.name.clone(), Arc::new(state));
         }
-        let ticks = broker.writer.sender();
+        let weak = Arc::downgrade(&broker);
         *broker.ticker.lock() = Some(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            let mut interval = tokio::time::interval(RETENTION_EVERY);
+            interval.tick().await;
             loop {
                 interval.tick().await;
-                if ticks.send(Command::Tick).await.is_err() {
-                    return;
-                }
+                let Some(broker) = weak.upgrade() else { return };
+                broker.apply_retention().await;
             }
         }));
         Ok(broker)
+    }
+
+    /// The node's Raft side: its transport service and replica lifecycle.
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
     }
 
     /// Ends every fetch session, so that servers can drain; writes still work.
@@ -174,13 +185,14 @@ impl Broker {
         self.closing.send_replace(true);
     }
 
-    /// Finishes in-flight writes, flushes and closes every log.
+    /// Stops every replica and writes what is pending.
     pub async fn shutdown(&self) {
         self.begin_shutdown();
         if let Some(ticker) = self.ticker.lock().take() {
             ticker.abort();
         }
-        self.writer.shutdown().await;
+        self.topics.write().clear();
+        self.raft.shutdown().await;
         self.store.lock().await.release();
     }
 
@@ -200,233 +212,31 @@ impl Broker {
         self.epoch.load(Ordering::Acquire)
     }
 
-    async fn open_topic(
-        &self,
-        meta: TopicMeta,
-        config: TopicConfig,
-    ) -> Result<TopicState, BrokerError> {
-        let mut partitions = Vec::with_capacity(meta.partitions as usize);
-        for index in 0..meta.partitions {
-            let key: PartitionKey = self.next_key.fetch_add(1, Ordering::Relaxed);
-            let dir = self.options.data_dir.join(format!("{}-{index}", meta.name));
-            let (reply, opened) = oneshot::channel();
-            self.writer
-                .send(Command::Open {
-                    key,
-                    dir: dir.clone(),
-                    config: config.log_config(self.options.flush),
-                    retention: config.retention(),
-                    reply,
-                })
-                .await?;
-            let (reader, high_watermark) =
-                opened.await.map_err(|_| BrokerError::ShuttingDown)??;
-            partitions.push(Arc::new(Partition {
-                topic: meta.name.clone(),
-                index,
-                key,
-                dir,
-                reader,
-                high_watermark,
-            }));
-        }
-        Ok(TopicState {
-            meta,
-            config,
-            partitions,
-        })
-    }
-
-    /// Creates a topic; `partitions` and `replication_factor` of 0 take the defaults.
-    pub async fn create_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        replication_factor: u32,
-        configs: BTreeMap<String, String>,
-        validate_only: bool,
-    ) -> Result<(), BrokerError> {
-        let name = TopicName::new(name)?.as_str().to_string();
-        let partitions = if partitions == 0 {
-            self.options.default_partitions
-        } else {
-            partitions
-        };
-        if partitions > self.options.max_partitions {
-            return Err(BrokerError::InvalidPartitions {
-                requested: partitions,
-                max: self.options.max_partitions,
-            });
-        }
-        let replication_factor = replication_factor.max(1);
-        if replication_factor > 1 {
-            return Err(BrokerError::InvalidReplicationFactor {
-                requested: replication_factor,
-                brokers: 1,
-            });
-        }
-        let config = TopicConfig::resolve(&self.options.topic_defaults, &configs)?;
-        let mut store = self.store.lock().await;
-        if store.file.topics.contains_key(&name) {
-            return Err(BrokerError::TopicExists { topic: name });
-        }
-        if validate_only {
-            return Ok(());
-        }
-        let meta = TopicMeta {
-            name: name.clone(),
-            id: random_id(),
-            partitions,
-            replication_factor,
-            configs,
-        };
-        for index in 0..partitions {
-            // A directory left by a topic of this name that is gone is not ours to reuse.
-            let stale = self.options.data_dir.join(format!("{name}-{index}"));
-            if stale.exists() {
-                tracing::warn!(dir = %stale.display(), "removing a stale partition directory");
-                let _ = std::fs::remove_dir_all(&stale);
-            }
-        }
-        let state = self.open_topic(meta.clone(), config).await?;
-        store.file.topics.insert(name.clone(), meta);
-        store.save()?;
-        self.topics.write().insert(name, Arc::new(state));
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        Ok(())
-    }
-
-    /// Deletes a topic and its data.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        let mut store = self.store.lock().await;
-        let Some(meta) = store.file.topics.remove(name) else {
-            return Err(BrokerError::UnknownTopic {
-                topic: name.to_string(),
-            });
-        };
-        // Forget it durably first: a crash from here on must not bring it back.
-        store.save()?;
-        let state = self.topics.write().remove(name);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(state) = state {
-            for partition in &state.partitions {
-                let (reply, done) = oneshot::channel();
-                let mut to = partition.dir.clone().into_os_string();
-                to.push(format!(".{}.deleted", meta.id));
-                self.writer
-                    .send(Command::Remove {
-                        key: partition.key,
-                        delete_to: Some(PathBuf::from(to)),
-                        reply,
-                    })
-                    .await?;
-                done.await.map_err(|_| BrokerError::ShuttingDown)??;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets and resets topic configs.
-    pub async fn alter_configs(
-        &self,
-        name: &str,
-        set: BTreeMap<String, String>,
-        reset: Vec<String>,
-        validate_only: bool,
-    ) -> Result<(), BrokerError> {
-        let mut store = self.store.lock().await;
-        let Some(meta) = store.file.topics.get(name) else {
-            return Err(BrokerError::UnknownTopic {
-                topic: name.to_string(),
-            });
-        };
-        let mut configs = meta.configs.clone();
-        for key in &reset {
-            if !crate::topic_config::CONFIG_NAMES.contains(&key.as_str()) {
-                return Err(BrokerError::InvalidConfig {
-                    name: key.clone(),
-                    reason: "unknown config".into(),
-                });
-            }
-            configs.remove(key);
-        }
-        configs.extend(set);
-        let config = TopicConfig::resolve(&self.options.topic_defaults, &configs)?;
-        if validate_only {
-            return Ok(());
-        }
-        let mut meta = meta.clone();
-        meta.configs = configs;
-        store.file.topics.insert(name.to_string(), meta.clone());
-        store.save()?;
-        let partitions = {
-            let mut topics = self.topics.write();
-            let Some(old) = topics.get(name).cloned() else {
-                return Ok(());
-            };
-            let state = TopicState {
-                meta,
-                config,
-                partitions: old.partitions.clone(),
-            };
-            topics.insert(name.to_string(), Arc::new(state));
-            old.partitions.clone()
-        };
-        for partition in partitions {
-            self.writer
-                .send(Command::Reconfigure {
-                    key: partition.key,
-                    config: config.log_config(self.options.flush),
-                    retention: config.retention(),
-                })
-                .await?;
-        }
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        Ok(())
-    }
-
-    /// Every topic, without partition details.
-    pub fn list_topics(&self, include_internal: bool) -> Vec<TopicInfo> {
-        self.topics
+    async fn apply_retention(&self) {
+        let partitions: Vec<Arc<Partition>> = self
+            .topics
             .read()
             .values()
-            .filter(|t| include_internal || !t.meta.name.starts_with("__"))
-            .map(|t| self.info(t, false))
-            .collect()
-    }
-
-    /// One topic with its partitions and configs.
-    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, BrokerError> {
-        let state = self.topic(name)?;
-        Ok(self.info(&state, true))
-    }
-
-    fn info(&self, state: &TopicState, details: bool) -> TopicInfo {
-        let node = self.options.node_id;
-        let partitions = state
-            .partitions
-            .iter()
-            .map(|p| PartitionInfo {
-                partition: p.index,
-                leader: node,
-                replicas: vec![node],
-                in_sync_replicas: vec![node],
-                log_start_offset: if details { p.reader.start_offset() } else { 0 },
-                high_watermark: p.high_watermark(),
-                size_bytes: if details { p.reader.size_bytes() } else { 0 },
-            })
+            .flat_map(|t| t.partitions.iter().flatten().cloned())
             .collect();
-        TopicInfo {
-            name: state.meta.name.clone(),
-            id: state.meta.id.clone(),
-            replication_factor: state.meta.replication_factor,
-            internal: state.meta.name.starts_with("__"),
-            partitions,
-            configs: state.config.entries(&state.meta.configs),
+        for partition in partitions {
+            let policy = *partition.retention.lock();
+            match partition.replica.apply_retention(&policy, now_ms()).await {
+                Ok(true) => tracing::info!(
+                    topic = %partition.topic,
+                    partition = partition.index,
+                    start_offset = partition.reader.start_offset(),
+                    "retention removed old segments"
+                ),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "retention failed")
+                }
+            }
         }
     }
 
-    fn topic(&self, name: &str) -> Result<Arc<TopicState>, BrokerError> {
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<TopicState>, BrokerError> {
         self.topics
             .read()
             .get(name)
@@ -436,115 +246,124 @@ impl Broker {
             })
     }
 
+    /// The local replica of a partition.
     pub(crate) fn partition(
         &self,
         topic: &str,
         partition: u32,
     ) -> Result<Arc<Partition>, BrokerError> {
         let state = self.topic(topic)?;
-        state
-            .partitions
-            .get(partition as usize)
-            .cloned()
-            .ok_or(BrokerError::UnknownPartition {
+        match state.partitions.get(partition as usize) {
+            Some(Some(p)) => Ok(Arc::clone(p)),
+            Some(None) => {
+                let members = state
+                    .meta
+                    .placements
+                    .get(partition as usize)
+                    .map(|p| p.members.clone())
+                    .unwrap_or_default();
+                let leader = members.iter().next();
+                Err(BrokerError::NotLeader {
+                    leader: leader.map(|(id, _)| *id),
+                    address: leader.map(|(_, addr)| addr.clone()),
+                })
+            }
+            None => Err(BrokerError::UnknownPartition {
                 topic: topic.to_string(),
                 partition,
-            })
+            }),
+        }
     }
 
-    /// Offsets and size of every partition, for metrics.
+    /// Every node this one knows of (itself, and the replicas of partitions it hosts),
+    /// by id, with its address.
+    pub fn known_nodes(&self) -> BTreeMap<u64, String> {
+        let mut nodes = BTreeMap::new();
+        for topic in self.topics.read().values() {
+            for placement in &topic.meta.placements {
+                nodes.extend(placement.members.clone());
+            }
+            for partition in topic.partitions.iter().flatten() {
+                nodes.extend(partition.replica.member_addresses());
+            }
+        }
+        nodes.insert(
+            self.options.node_id,
+            self.options.advertised_address.clone(),
+        );
+        nodes
+    }
+
+    /// Offsets and size of every local replica, for metrics.
     pub fn partition_stats(&self) -> Vec<PartitionStats> {
         let topics = self.topics.read();
         topics
             .values()
-            .flat_map(|t| t.partitions.iter())
+            .flat_map(|t| t.partitions.iter().flatten())
             .map(|p| PartitionStats {
                 topic: p.topic.clone(),
                 partition: p.index,
                 log_start_offset: p.reader.start_offset(),
                 high_watermark: p.high_watermark(),
                 size_bytes: p.reader.size_bytes(),
+                is_leader: p.replica.is_leader(),
             })
             .collect()
     }
 
     /// Appends each partition's batches; answers come back in request order. A partition
     /// whose batches fail validation appends none of them and reports why; the others
-    /// are unaffected.
+    /// are unaffected. Partitions are written concurrently.
     pub async fn produce(
         &self,
         partitions: Vec<ProducePartition>,
         acks: Acks,
         timeout: Duration,
     ) -> Vec<Result<AppendOutcome, BrokerError>> {
-        let deadline = tokio::time::Instant::now() + timeout;
         let now_ms = now_ms();
-        let mut results: Vec<Option<Result<AppendOutcome, BrokerError>>> =
-            Vec::with_capacity(partitions.len());
-        let mut requests = Vec::with_capacity(partitions.len());
-        let mut waiting = Vec::with_capacity(partitions.len());
-        for (i, produce) in partitions.into_iter().enumerate() {
-            match self.validate(&produce) {
-                Ok((key, batches)) => {
-                    let reply = if acks == Acks::None {
-                        None
-                    } else {
-                        let (tx, rx) = oneshot::channel();
-                        waiting.push((i, rx));
-                        Some(tx)
-                    };
-                    requests.push(AppendRequest {
-                        key,
-                        batches,
-                        acks,
-                        reply,
-                        now_ms,
-                    });
-                    results.push(Some(Ok(AppendOutcome {
-                        base_offset: -1,
-                        log_append_time_ms: now_ms,
-                        log_start_offset: -1,
-                    })));
-                }
-                Err(error) => results.push(Some(Err(error))),
+        let level = match acks {
+            Acks::All => AckLevel::All,
+            Acks::Leader | Acks::None => AckLevel::Leader,
+        };
+        let appends = partitions.into_iter().map(|produce| async move {
+            let (partition, batches) = self.validate(&produce)?;
+            let append = {
+                let replica = Arc::clone(&partition.replica);
+                async move { replica.append(batches, level).await }
+            };
+            if acks == Acks::None {
+                tokio::spawn(async move {
+                    if let Err(error) = append.await {
+                        tracing::debug!(%error, "an acks=none produce failed");
+                    }
+                });
+                return Ok(AppendOutcome {
+                    base_offset: -1,
+                    log_append_time_ms: now_ms,
+                    log_start_offset: -1,
+                });
             }
-        }
-        if !requests.is_empty()
-            && let Err(error) = self.writer.send(Command::Append(requests)).await
-        {
-            for (i, _) in &waiting {
-                results[*i] = Some(Err(BrokerError::ShuttingDown));
-            }
-            tracing::warn!(%error, "produce refused");
-            waiting.clear();
-        }
-        for (i, reply) in waiting {
-            let outcome = match tokio::time::timeout_at(deadline, reply).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(BrokerError::ShuttingDown),
+            match tokio::time::timeout(timeout, append).await {
+                Ok(Ok(base_offset)) => Ok(AppendOutcome {
+                    base_offset,
+                    log_append_time_ms: now_ms,
+                    log_start_offset: partition.reader.start_offset(),
+                }),
+                Ok(Err(error)) => Err(BrokerError::from(error)),
                 Err(_) => Err(BrokerError::TimedOut {
                     ms: timeout.as_millis() as u64,
                 }),
-            };
-            results[i] = Some(outcome);
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(BrokerError::ShuttingDown)))
-            .collect()
+            }
+        });
+        futures_util::future::join_all(appends).await
     }
 
     fn validate(
         &self,
         produce: &ProducePartition,
-    ) -> Result<(PartitionKey, Vec<ValidBatch>), BrokerError> {
+    ) -> Result<(Arc<Partition>, Vec<Bytes>), BrokerError> {
         let state = self.topic(&produce.topic)?;
-        let partition = state.partitions.get(produce.partition as usize).ok_or(
-            BrokerError::UnknownPartition {
-                topic: produce.topic.clone(),
-                partition: produce.partition,
-            },
-        )?;
+        let partition = self.partition(&produce.topic, produce.partition)?;
         if produce.batches.is_empty() {
             return Err(BrokerError::InvalidRequest {
                 reason: "a partition in a produce request carries no batch".into(),
@@ -561,9 +380,9 @@ impl Broker {
             }
             let batch = ValidBatch::new(bytes.clone())?;
             batch.view().validate_records()?;
-            batches.push(batch);
+            batches.push(batch.into_bytes());
         }
-        Ok((partition.key, batches))
+        Ok((partition, batches))
     }
 
     /// An offset of a partition: earliest, latest (the high watermark), or the first at
@@ -587,30 +406,35 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        // Without the ticker's sender the writer thread ends once the last request is in.
         if let Some(ticker) = self.ticker.lock().take() {
             ticker.abort();
         }
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-/// Removes partition directories a crash left half-deleted.
-fn remove_deleted_dirs(data_dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".deleted")
-            && let Err(error) = std::fs::remove_dir_all(entry.path())
-        {
-            tracing::warn!(dir = %entry.path().display(), %error, "could not remove a deleted partition");
+impl From<ReplicaError> for BrokerError {
+    fn from(error: ReplicaError) -> Self {
+        match error {
+            ReplicaError::NotLeader {
+                leader,
+                leader_address,
+                ..
+            } => BrokerError::NotLeader {
+                leader,
+                address: leader_address,
+            },
+            ReplicaError::ShuttingDown => BrokerError::ShuttingDown,
+            ReplicaError::Storage(e) => BrokerError::from(e),
+            other => BrokerError::Replication {
+                reason: other.to_string(),
+            },
         }
     }
 }

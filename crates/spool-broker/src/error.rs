@@ -36,6 +36,17 @@ pub enum BrokerError {
     TimedOut { ms: u64 },
     #[error("invalid request: {reason}")]
     InvalidRequest { reason: String },
+    #[error("this node does not lead the partition{}", match (.leader, .address) {
+        (Some(id), Some(addr)) => format!("; node {id} at {addr} does"),
+        (Some(id), None) => format!("; node {id} does"),
+        _ => "; no leader is known yet".to_string(),
+    })]
+    NotLeader {
+        leader: Option<u64>,
+        address: Option<String>,
+    },
+    #[error("replication failed: {reason}")]
+    Replication { reason: String },
     #[error("the broker is shutting down")]
     ShuttingDown,
     #[error("data directory {dir} is in use by another Spool process")]
@@ -62,7 +73,9 @@ impl BrokerError {
             BrokerError::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
             BrokerError::CorruptBatch(_) => ErrorCode::CorruptBatch,
             BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
             BrokerError::Storage(_)
+            | BrokerError::Replication { .. }
             | BrokerError::ShuttingDown
             | BrokerError::WrongNode { .. }
             | BrokerError::DirectoryInUse { .. } => ErrorCode::StorageError,

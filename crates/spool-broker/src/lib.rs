@@ -1,9 +1,9 @@
 //! The broker: topics and their partitions on this node, produce, fetch and offsets.
 //!
-//! Partitions are written by one writer thread per data directory ([`writer`]), which
-//! appends whatever produce requests have arrived, fsyncs each touched partition once, and
-//! then answers them all: group commit. Reads go straight to the logs from any task. No
-//! wire types here: the gRPC services translate at their edge.
+//! Every partition is a Raft group (spool-raft) whose log is the partition log; a single
+//! node runs groups of one. Appends of all partitions share one flusher per node (group
+//! commit). Reads go straight to the logs from any task, bounded by the high watermark.
+//! No wire types here: the gRPC services translate at their edge.
 
 mod broker;
 mod error;
@@ -11,7 +11,7 @@ mod fetch;
 mod partition;
 mod store;
 mod topic_config;
-mod writer;
+mod topics;
 
 pub use broker::{
     AppendOutcome, Broker, BrokerOptions, NodeInfo, PartitionInfo, PartitionStats,
@@ -20,7 +20,10 @@ pub use broker::{
 pub use error::BrokerError;
 pub use fetch::{FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
 pub use partition::Acks;
+pub use spool_raft::{RaftNode, RaftTiming};
+pub use store::Placement;
 pub use topic_config::{TopicConfig, TopicConfigDefaults};
+pub use topics::TopicPlacement;
 
 /// Offset semantics for [`Broker::list_offset`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! A partition replica as the request handlers see it: where to read, the high watermark
-//! to wait on, and the key the writer thread knows it by.
+//! to wait on, and the Raft replica that takes its writes.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use spool_log::{FetchedBatches, LogReader};
+use parking_lot::Mutex;
+use spool_log::{FetchedBatches, LogReader, RetentionPolicy};
+use spool_raft::PartitionReplica;
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
@@ -11,8 +13,8 @@ use crate::error::BrokerError;
 /// When a produce request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
-    /// Once the batches are durable under the flush policy (and, with replication,
-    /// committed by a majority).
+    /// Once a majority of replicas hold the batches durably under the flush policy
+    /// (committed).
     All,
     /// Once the leader has appended them.
     Leader,
@@ -20,21 +22,34 @@ pub enum Acks {
     None,
 }
 
-/// The writer thread's name for a partition.
-pub(crate) type PartitionKey = u64;
-
 #[derive(Debug)]
 pub(crate) struct Partition {
     pub topic: String,
     pub index: u32,
-    pub key: PartitionKey,
-    pub dir: PathBuf,
+    pub replica: Arc<PartitionReplica>,
     pub reader: LogReader,
     /// The offset after the last committed record; consumers read below it.
     pub high_watermark: watch::Receiver<i64>,
+    pub retention: Mutex<RetentionPolicy>,
 }
 
 impl Partition {
+    pub fn new(
+        topic: String,
+        index: u32,
+        replica: Arc<PartitionReplica>,
+        retention: RetentionPolicy,
+    ) -> Self {
+        Self {
+            topic,
+            index,
+            reader: replica.reader().clone(),
+            high_watermark: replica.high_watermark(),
+            replica,
+            retention: Mutex::new(retention),
+        }
+    }
+
     pub fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
     }

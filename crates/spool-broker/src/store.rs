@@ -21,6 +21,16 @@ pub(crate) struct TopicMeta {
     pub partitions: u32,
     pub replication_factor: u32,
     pub configs: BTreeMap<String, String>,
+    /// Per partition: its Raft group and the replicas it was created with.
+    pub placements: Vec<Placement>,
+}
+
+/// Where a partition lives: its Raft group id and its replicas (node id to address).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub group: u64,
+    pub members: BTreeMap<u64, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,6 +39,8 @@ pub(crate) struct StoreFile {
     pub format: u32,
     pub cluster_id: String,
     pub node_id: u64,
+    /// The next Raft group id this node gives a partition it creates on its own.
+    pub next_group: u64,
     pub topics: BTreeMap<String, TopicMeta>,
 }
 
@@ -41,6 +53,8 @@ pub(crate) struct Store {
 }
 
 const FILE_NAME: &str = "spool.json";
+/// Format 2: partitions are Raft groups. Format 1 directories predate replication.
+const FORMAT: u32 = 2;
 
 impl Store {
     /// Loads the store, or starts one for a new data directory.
@@ -62,15 +76,12 @@ impl Store {
             });
         }
         let file = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<StoreFile>(&bytes).map_err(|e| {
-                BrokerError::InvalidRequest {
-                    reason: format!("{} is not a valid topic store: {e}", path.display()),
-                }
-            })?,
+            Ok(bytes) => parse(&bytes, &path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreFile {
-                format: 1,
+                format: FORMAT,
                 cluster_id: random_id(),
                 node_id,
+                next_group: 1,
                 topics: BTreeMap::new(),
             },
             Err(e) => return Err(storage(e, "read")),
@@ -120,6 +131,29 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn parse(bytes: &[u8], path: &Path) -> Result<StoreFile, BrokerError> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let invalid = |e: serde_json::Error| BrokerError::InvalidRequest {
+        reason: format!("{} is not a valid topic store: {e}", path.display()),
+    };
+    let format = serde_json::from_slice::<Format>(bytes)
+        .map_err(invalid)?
+        .format;
+    if format != FORMAT {
+        return Err(BrokerError::InvalidRequest {
+            reason: format!(
+                "{} has format {format}; this Spool reads format {FORMAT} (data directories \
+                 from before replication cannot be opened: start from an empty one)",
+                path.display()
+            ),
+        });
+    }
+    serde_json::from_slice::<StoreFile>(bytes).map_err(invalid)
 }
 
 /// 128 random bits as hex, from the standard library's OS-seeded hasher keys.

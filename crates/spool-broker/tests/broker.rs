@@ -24,6 +24,7 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
         topic_defaults: TopicConfig::default(),
         default_partitions: 1,
         max_partitions: 1000,
+        raft_timing: spool_broker::RaftTiming::default(),
     }
 }
 

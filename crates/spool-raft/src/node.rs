@@ -20,6 +20,9 @@ use crate::state_store::NodeStateStore;
 use crate::storage::open_group_storage;
 use crate::types::{GroupId, NodeId, Raft};
 
+/// How long opening a single-replica group waits for it to lead.
+const SOLO_ELECTION_WAIT: Duration = Duration::from_secs(5);
+
 /// Timing of partition groups. Idle cost grows with partitions / heartbeat interval, so
 /// heartbeats are slow and elections follow from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +194,26 @@ impl RaftNode {
             raft.initialize(members)
                 .await
                 .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        }
+        // A group of one needs no election timeout to find out it leads: elect now, so a
+        // single node takes writes as soon as a topic is created or reopened.
+        let alone = spec.initial_members.len() == 1
+            && spec.initial_members.contains_key(&self.options.node_id);
+        if alone {
+            raft.trigger()
+                .elect(false)
+                .await
+                .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+            let elected = raft
+                .wait(Some(SOLO_ELECTION_WAIT))
+                .state(
+                    openraft::ServerState::Leader,
+                    "a group of one elects itself",
+                )
+                .await;
+            if let Err(error) = elected {
+                tracing::warn!(group = spec.group, %error, "a group of one did not elect itself yet");
+            }
         }
         let replica = Arc::new(PartitionReplica {
             group: spec.group,

@@ -24,6 +24,10 @@ use crate::types::{AppendNotice, GroupId, NodeId, ProduceBatch, Raft, log_id};
 /// How long a write waits for a newly elected leader's lease.
 const LEASE_WAIT: Duration = Duration::from_secs(3);
 
+/// A voter this many entries behind the commit point still counts as in sync: replication
+/// under load is always a little behind.
+const IN_SYNC_SLACK: u64 = 1000;
+
 enum Attempt {
     LeaseNotYetValid,
     Failed(ReplicaError),
@@ -101,6 +105,17 @@ impl PartitionReplica {
         LeaderHint { node, address }
     }
 
+    /// Every member's address, by node id.
+    pub fn member_addresses(&self) -> BTreeMap<NodeId, String> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+
     /// The current voters and learners.
     pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
         let metrics = self.raft.metrics().borrow_watched().clone();
@@ -109,6 +124,27 @@ impl PartitionReplica {
             membership.voter_ids().collect(),
             membership.learner_ids().collect(),
         )
+    }
+
+    /// Voters holding every committed entry, as the leader sees them (a follower, which
+    /// cannot tell, names every voter).
+    pub fn in_sync_voters(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let Some(matched) = metrics.replication.as_ref() else {
+            return voters;
+        };
+        let committed = metrics.cluster_committed.map_or(0, |c| c.index);
+        voters
+            .into_iter()
+            .filter(|id| {
+                *id == self.node_id
+                    || matched
+                        .get(id)
+                        .and_then(|m| m.as_ref())
+                        .is_some_and(|m| m.index + IN_SYNC_SLACK >= committed)
+            })
+            .collect()
     }
 
     fn not_leader(&self, leader: Option<NodeId>, node: Option<BasicNode>) -> ReplicaError {

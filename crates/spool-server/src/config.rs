@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use spool_broker::TopicConfig;
+use spool_broker::{RaftTiming, TopicConfig};
 use spool_log::FlushPolicy;
 
 use crate::error::ServerError;
@@ -57,6 +57,12 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
     /// Seconds in-flight requests get to finish on shutdown (default 10).
     pub shutdown_grace_secs: u64,
+    /// Partition groups: ms between a leader's heartbeats (default 250).
+    pub raft_heartbeat_ms: u64,
+    /// Partition groups: a follower that hears no leader for a random time between these
+    /// bounds starts an election (default 1000 to 1800 ms).
+    pub raft_election_min_ms: u64,
+    pub raft_election_max_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +84,9 @@ impl Default for ServerConfig {
             segment_ms: topic.segment_ms,
             max_message_bytes: topic.max_message_bytes,
             shutdown_grace_secs: 10,
+            raft_heartbeat_ms: RaftTiming::default().heartbeat_ms,
+            raft_election_min_ms: RaftTiming::default().election_min_ms,
+            raft_election_max_ms: RaftTiming::default().election_max_ms,
         }
     }
 }
@@ -107,6 +116,29 @@ impl ServerConfig {
             }
             FlushSetting::Os => FlushPolicy::Os,
         }
+    }
+
+    /// Timing of partition groups, checked: elections must wait well past heartbeats.
+    pub(crate) fn raft_timing(&self) -> Result<RaftTiming, ServerError> {
+        let timing = RaftTiming {
+            heartbeat_ms: self.raft_heartbeat_ms,
+            election_min_ms: self.raft_election_min_ms,
+            election_max_ms: self.raft_election_max_ms,
+        };
+        if timing.heartbeat_ms == 0
+            || timing.election_min_ms < 2 * timing.heartbeat_ms
+            || timing.election_max_ms <= timing.election_min_ms
+        {
+            return Err(ServerError::InvalidSetting {
+                name: "raft timing",
+                reason: format!(
+                    "need 0 < raft_heartbeat_ms ({}) <= raft_election_min_ms / 2 ({}) and \
+                     raft_election_min_ms < raft_election_max_ms ({})",
+                    timing.heartbeat_ms, timing.election_min_ms, timing.election_max_ms
+                ),
+            });
+        }
+        Ok(timing)
     }
 
     /// Topic defaults, checked as a topic's own configs would be.

@@ -78,7 +78,14 @@ impl Node {
             topic_defaults: config.topic_defaults()?,
             default_partitions: config.default_partitions.max(1),
             max_partitions: config.max_partitions_per_topic.max(1),
+            raft_timing: config.raft_timing()?,
         };
+        if config.node_id == 0 {
+            return Err(ServerError::InvalidSetting {
+                name: "node_id",
+                reason: "node ids start at 1 (0 means no node on the wire)".into(),
+            });
+        }
         let broker = Broker::open(options).await?;
         let metrics = Arc::new(Metrics::new());
         let ready = Arc::new(AtomicBool::new(false));
@@ -113,6 +120,7 @@ impl Node {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(AdminServer::new(admin_service))
+            .add_service(broker.raft().service())
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));

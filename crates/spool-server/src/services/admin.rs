@@ -35,7 +35,7 @@ fn describe(info: TopicInfo) -> v1::TopicDescription {
             .into_iter()
             .map(|p| v1::PartitionDescription {
                 partition: p.partition,
-                leader: p.leader,
+                leader: p.leader.unwrap_or(0),
                 replicas: p.replicas,
                 in_sync_replicas: p.in_sync_replicas,
                 log_start_offset: p.log_start_offset,

@@ -39,7 +39,6 @@ impl v1::broker_server::Broker for BrokerService {
     ) -> Result<Response<v1::MetadataResponse>, Status> {
         let start = Instant::now();
         let request = request.into_inner();
-        let node = self.broker.node();
         let described = if request.topics.is_empty() {
             self.broker
                 .list_topics(true)
@@ -69,7 +68,7 @@ impl v1::broker_server::Broker for BrokerService {
                         .into_iter()
                         .map(|p| v1::PartitionMetadata {
                             partition: p.partition,
-                            leader: p.leader,
+                            leader: p.leader.unwrap_or(0),
                             replicas: p.replicas,
                             in_sync_replicas: p.in_sync_replicas,
                             leader_epoch: 1,
@@ -86,11 +85,16 @@ impl v1::broker_server::Broker for BrokerService {
             .collect();
         let response = v1::MetadataResponse {
             cluster_id: self.broker.cluster_id().to_string(),
-            brokers: vec![v1::BrokerInfo {
-                node_id: node.node_id,
-                address: node.address,
-                rack: String::new(),
-            }],
+            brokers: self
+                .broker
+                .known_nodes()
+                .into_iter()
+                .map(|(node_id, address)| v1::BrokerInfo {
+                    node_id,
+                    address,
+                    rack: String::new(),
+                })
+                .collect(),
             topics,
             epoch: self.broker.metadata_epoch(),
         };

@@ -12,7 +12,18 @@ use spool_proto::v1;
 
 /// The wire form of a broker error.
 pub(crate) fn wire_error(error: &BrokerError) -> v1::Error {
-    v1::Error::new(error.code(), error.to_string())
+    let mut wire = v1::Error::new(error.code(), error.to_string());
+    if let BrokerError::NotLeader {
+        leader: Some(node_id),
+        address,
+    } = error
+    {
+        wire.leader = Some(v1::LeaderHint {
+            node_id: *node_id,
+            address: address.clone().unwrap_or_default(),
+        });
+    }
+    wire
 }
 
 /// Largest gRPC message accepted or sent: a produce request may carry many batches.
