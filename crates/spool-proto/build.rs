@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "spool/v1/common.proto",
     "spool/v1/broker.proto",
     "spool/v1/admin.proto",
     "spool/v1/raft.proto",
+    "spool/v1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

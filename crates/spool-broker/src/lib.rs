@@ -9,6 +9,7 @@ mod broker;
 mod error;
 mod fetch;
 mod partition;
+mod replicas;
 mod store;
 mod topic_config;
 mod topics;

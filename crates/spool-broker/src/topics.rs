@@ -61,7 +61,7 @@ impl Broker {
         })
     }
 
-    fn partition_dir(&self, topic: &str, index: u32) -> PathBuf {
+    pub(crate) fn partition_dir(&self, topic: &str, index: u32) -> PathBuf {
         self.options.data_dir.join(format!("{topic}-{index}"))
     }
 

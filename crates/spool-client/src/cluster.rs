@@ -50,8 +50,29 @@ impl Cluster {
     }
 
     /// Fetches `topic`'s metadata again (after NOT_LEADER or an unknown topic).
+    /// Asks the bootstrap node, and if it cannot answer, every other node known.
     pub async fn refresh(&self, topic: &str) -> Result<(), ClientError> {
-        let metadata = self.bootstrap.metadata(&[topic.to_string()]).await?;
+        let topics = [topic.to_string()];
+        let metadata = match self.bootstrap.metadata(&topics).await {
+            Ok(metadata) => metadata,
+            Err(first) => {
+                let known: Vec<u64> = self.state.read().brokers.keys().copied().collect();
+                let mut answer = Err(first);
+                for node in known {
+                    let Ok(client) = self.connection(Some(node)).await else {
+                        continue;
+                    };
+                    if client.address() == self.bootstrap.address() {
+                        continue;
+                    }
+                    answer = client.metadata(&topics).await;
+                    if answer.is_ok() {
+                        break;
+                    }
+                }
+                answer?
+            }
+        };
         let mut state = self.state.write();
         for (id, address) in metadata.brokers {
             state.brokers.insert(id, address);

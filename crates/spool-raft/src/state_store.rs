@@ -107,7 +107,9 @@ impl NodeStateStore {
             written: watch::Sender::new(Written::default()),
             thread: Mutex::new(None),
         });
-        let for_thread = Arc::clone(&inner);
+        // The thread holds the store weakly: once every handle is gone (a node dropped
+        // without `close`), it stops instead of writing on behind a successor.
+        let for_thread = Arc::downgrade(&inner);
         let thread = std::thread::Builder::new()
             .name("spool-raft-state".into())
             .spawn(move || write_loop(&for_thread, &woken))
@@ -190,11 +192,14 @@ impl NodeStateStore {
     }
 }
 
-fn write_loop(inner: &Inner, woken: &mpsc::Receiver<()>) {
+fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>) {
     loop {
         let stop = match woken.recv_timeout(LAZY_INTERVAL) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
         };
         while woken.try_recv().is_ok() {}
         let (version, bytes) = {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use spool_broker::{Broker, BrokerOptions};
 use spool_proto::v1::admin_server::AdminServer;
 use spool_proto::v1::broker_server::BrokerServer;
+use spool_proto::v1::replica_admin_server::ReplicaAdminServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,7 +23,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
-use crate::services::{AdminService, BrokerService, MAX_MESSAGE_BYTES};
+use crate::services::{AdminService, BrokerService, MAX_MESSAGE_BYTES, ReplicaAdminService};
 
 /// Starts nodes.
 #[derive(Debug)]
@@ -121,6 +122,10 @@ impl Node {
             )
             .add_service(AdminServer::new(admin_service))
             .add_service(broker.raft().service())
+            .add_service(ReplicaAdminServer::new(ReplicaAdminService {
+                broker: Arc::clone(&broker),
+                fault_injection: config.fault_injection,
+            }))
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));

@@ -3,9 +3,11 @@
 
 mod admin;
 mod broker;
+mod replica_admin;
 
 pub(crate) use admin::AdminService;
 pub(crate) use broker::BrokerService;
+pub(crate) use replica_admin::ReplicaAdminService;
 
 use spool_broker::BrokerError;
 use spool_proto::v1;

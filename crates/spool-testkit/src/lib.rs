@@ -1,0 +1,527 @@
+//! A harness for Spool clusters in tests.
+//!
+//! [`TestCluster`] runs N nodes, in this process or as `spool serve` processes, each on
+//! ports reserved for it (kept across restarts, so a restarted node keeps its address)
+//! and in its own data directory. It places topics on chosen replicas, kills (kill -9),
+//! stops and restarts nodes, cuts and heals Raft links through each node's fault layer,
+//! finds leaders, waits on conditions with deadlines, and reads back each replica's
+//! committed batches so that replicas can be compared byte for byte.
+
+pub mod load;
+mod node;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use spool_client::{Client, FetchOptions, FetchPosition, OffsetSpec};
+use spool_proto::v1;
+use spool_proto::v1::replica_admin_client::ReplicaAdminClient;
+use spool_server::FlushSetting;
+
+pub use node::NodeSpec;
+use node::Running;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    #[error("could not start a node: {0}")]
+    Start(String),
+    #[error("no such node {0}")]
+    UnknownNode(u64),
+    #[error("node {0} is not running")]
+    NotRunning(u64),
+    #[error("call to node {node} failed: {reason}")]
+    Call { node: u64, reason: String },
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout { after: Duration, what: String },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where nodes run.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    InProcess,
+    /// `spool serve` children of this binary.
+    Processes {
+        binary: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub mode: Mode,
+    pub flush: FlushSetting,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl ClusterOptions {
+    pub fn in_process(nodes: usize) -> Self {
+        Self {
+            nodes,
+            mode: Mode::InProcess,
+            flush: FlushSetting::Always,
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+        }
+    }
+
+    pub fn processes(nodes: usize, binary: impl Into<PathBuf>) -> Self {
+        Self {
+            mode: Mode::Processes {
+                binary: binary.into(),
+            },
+            ..Self::in_process(nodes)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    spec: NodeSpec,
+    running: Option<Running>,
+}
+
+/// A cluster of nodes for one test; every node is killed when it is dropped.
+#[derive(Debug)]
+pub struct TestCluster {
+    root: tempfile::TempDir,
+    options: ClusterOptions,
+    slots: BTreeMap<u64, Slot>,
+    next_group: u64,
+}
+
+/// A port nobody listens on now: bound, read, released. Kept for the node's lifetime.
+pub fn reserve_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl TestCluster {
+    /// Starts `options.nodes` nodes with ids 1..=n.
+    pub async fn start(options: ClusterOptions) -> Result<Self, TestkitError> {
+        let root = tempfile::tempdir()?;
+        let mut slots = BTreeMap::new();
+        for id in 1..=options.nodes as u64 {
+            let spec = NodeSpec {
+                id,
+                grpc: format!("127.0.0.1:{}", reserve_port()?),
+                http: format!("127.0.0.1:{}", reserve_port()?),
+                data_dir: root.path().join(format!("node-{id}")),
+                flush: options.flush,
+                heartbeat_ms: options.heartbeat_ms,
+                election_min_ms: options.election_min_ms,
+                election_max_ms: options.election_max_ms,
+            };
+            slots.insert(
+                id,
+                Slot {
+                    spec,
+                    running: None,
+                },
+            );
+        }
+        let mut cluster = Self {
+            root,
+            options,
+            slots,
+            next_group: 1,
+        };
+        for id in cluster.node_ids() {
+            cluster.start_node(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.slots.keys().copied().collect()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.running.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn spec(&self, node: u64) -> Result<&NodeSpec, TestkitError> {
+        self.slots
+            .get(&node)
+            .map(|s| &s.spec)
+            .ok_or(TestkitError::UnknownNode(node))
+    }
+
+    pub fn address(&self, node: u64) -> Result<String, TestkitError> {
+        Ok(self.spec(node)?.grpc.clone())
+    }
+
+    /// Every node's address, for a client's bootstrap list.
+    pub fn addresses(&self) -> Vec<String> {
+        self.slots.values().map(|s| s.spec.grpc.clone()).collect()
+    }
+
+    pub fn data_dir(&self, node: u64) -> Result<PathBuf, TestkitError> {
+        Ok(self.spec(node)?.data_dir.clone())
+    }
+
+    async fn start_node(&mut self, id: u64) -> Result<(), TestkitError> {
+        let config_path = self.root.path().join(format!("node-{id}.toml"));
+        let mode = self.options.mode.clone();
+        let slot = self
+            .slots
+            .get_mut(&id)
+            .ok_or(TestkitError::UnknownNode(id))?;
+        if slot.running.is_some() {
+            return Ok(());
+        }
+        let spec = slot.spec.clone();
+        let running = tokio::task::spawn_blocking(move || match mode {
+            Mode::InProcess => Running::start_in_process(&spec),
+            Mode::Processes { binary } => Running::start_process(&spec, &binary, &config_path),
+        })
+        .await
+        .map_err(|e| TestkitError::Start(e.to_string()))??;
+        slot.running = Some(running);
+        Ok(())
+    }
+
+    /// Kills a node as kill -9 would.
+    pub async fn kill(&mut self, node: u64) -> Result<(), TestkitError> {
+        let slot = self
+            .slots
+            .get_mut(&node)
+            .ok_or(TestkitError::UnknownNode(node))?;
+        if let Some(running) = slot.running.take() {
+            tokio::task::spawn_blocking(move || running.kill())
+                .await
+                .map_err(|e| TestkitError::Start(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Stops a node cleanly.
+    pub async fn stop(&mut self, node: u64) -> Result<(), TestkitError> {
+        let slot = self
+            .slots
+            .get_mut(&node)
+            .ok_or(TestkitError::UnknownNode(node))?;
+        if let Some(running) = slot.running.take() {
+            tokio::task::spawn_blocking(move || running.stop())
+                .await
+                .map_err(|e| TestkitError::Start(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped or killed node again, on the same address and data.
+    pub async fn restart(&mut self, node: u64) -> Result<(), TestkitError> {
+        self.start_node(node).await
+    }
+
+    /// A client that may reach any node.
+    pub async fn client(&self) -> Result<Client, TestkitError> {
+        let addresses: Vec<String> = self
+            .running()
+            .iter()
+            .filter_map(|id| self.address(*id).ok())
+            .collect();
+        Client::connect(&addresses, Duration::from_secs(10))
+            .await
+            .map_err(|e| TestkitError::Call {
+                node: 0,
+                reason: e.to_string(),
+            })
+    }
+
+    /// A client bound to one node.
+    pub async fn node_client(&self, node: u64) -> Result<Client, TestkitError> {
+        Client::connect(&[self.address(node)?], Duration::from_secs(10))
+            .await
+            .map_err(|e| TestkitError::Call {
+                node,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn admin(
+        &self,
+        node: u64,
+    ) -> Result<ReplicaAdminClient<tonic::transport::Channel>, TestkitError> {
+        ReplicaAdminClient::connect(format!("http://{}", self.address(node)?))
+            .await
+            .map_err(|e| TestkitError::Call {
+                node,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn admin_call<F, Fut>(&self, node: u64, call: F) -> Result<(), TestkitError>
+    where
+        F: FnOnce(ReplicaAdminClient<tonic::transport::Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<v1::ReplicaAdminResponse>, tonic::Status>>,
+    {
+        let client = self.admin(node).await?;
+        let response = call(client).await.map_err(|s| TestkitError::Call {
+            node,
+            reason: s.message().to_string(),
+        })?;
+        match response.into_inner().error {
+            None => Ok(()),
+            Some(error) => Err(TestkitError::Call {
+                node,
+                reason: error.message,
+            }),
+        }
+    }
+
+    /// Creates a topic whose partition `i` lives on `replication_factor` consecutive
+    /// nodes starting at node `i % n + 1`; every running node learns the placement.
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: usize,
+    ) -> Result<Vec<Vec<u64>>, TestkitError> {
+        self.create_topic_with(name, partitions, replication_factor, BTreeMap::new())
+            .await
+    }
+
+    pub async fn create_topic_with(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: usize,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Vec<Vec<u64>>, TestkitError> {
+        let ids = self.node_ids();
+        let mut placements = Vec::new();
+        let mut replicas = Vec::new();
+        for p in 0..partitions as usize {
+            let members: Vec<u64> = (0..replication_factor)
+                .map(|k| ids[(p + k) % ids.len()])
+                .collect();
+            placements.push(v1::PartitionPlacement {
+                group: self.next_group,
+                replicas: members
+                    .iter()
+                    .map(|id| v1::ReplicaMember {
+                        node_id: *id,
+                        address: self.slots[id].spec.grpc.clone(),
+                    })
+                    .collect(),
+            });
+            self.next_group += 1;
+            replicas.push(members);
+        }
+        let request = v1::HostTopicRequest {
+            name: name.to_string(),
+            topic_id: format!("{name}-{}", self.next_group),
+            configs: configs.into_iter().collect(),
+            partitions: placements,
+        };
+        for node in self.running() {
+            let request = request.clone();
+            self.admin_call(node, |mut c| async move { c.host_topic(request).await })
+                .await?;
+        }
+        Ok(replicas)
+    }
+
+    /// Cuts the Raft links between two nodes, both ways.
+    pub async fn cut(&self, a: u64, b: u64) -> Result<(), TestkitError> {
+        for (from, to) in [(a, b), (b, a)] {
+            if self.running().contains(&from) {
+                let request = v1::SetLinkFaultsRequest {
+                    cut: vec![to],
+                    heal_all: false,
+                };
+                self.admin_call(
+                    from,
+                    |mut c| async move { c.set_link_faults(request).await },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts every link of `node`.
+    pub async fn isolate(&self, node: u64) -> Result<(), TestkitError> {
+        for other in self.node_ids() {
+            if other != node {
+                self.cut(node, other).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals every link of every running node.
+    pub async fn heal_all(&self) -> Result<(), TestkitError> {
+        for node in self.running() {
+            let request = v1::SetLinkFaultsRequest {
+                cut: Vec::new(),
+                heal_all: true,
+            };
+            self.admin_call(
+                node,
+                |mut c| async move { c.set_link_faults(request).await },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The leader `node` reports for a partition (`None` if it knows none).
+    pub async fn leader_seen_by(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, TestkitError> {
+        let client = self.node_client(node).await?;
+        let metadata =
+            client
+                .metadata(&[topic.to_string()])
+                .await
+                .map_err(|e| TestkitError::Call {
+                    node,
+                    reason: e.to_string(),
+                })?;
+        Ok(metadata
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|(p, _)| *p == partition)
+            .map(|(_, leader)| leader)
+            .filter(|leader| *leader != 0))
+    }
+
+    /// Waits for a running node that reports itself as the partition's leader.
+    pub async fn leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        within: Duration,
+    ) -> Result<u64, TestkitError> {
+        wait_for(within, "a partition leader", || async {
+            for node in self.running() {
+                if let Ok(Some(leader)) = self.leader_seen_by(node, topic, partition).await
+                    && leader == node
+                {
+                    return Some(node);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Every committed batch `node` holds of a partition, as stored.
+    pub async fn committed_batches(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<Bytes>, TestkitError> {
+        let client = self.node_client(node).await?;
+        let fail = |e: spool_client::ClientError| TestkitError::Call {
+            node,
+            reason: e.to_string(),
+        };
+        let start = client
+            .list_offsets(vec![(topic.to_string(), partition, OffsetSpec::Earliest)])
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let mut stream = client
+            .fetch(FetchOptions {
+                positions: vec![FetchPosition {
+                    topic: topic.to_string(),
+                    partition,
+                    offset: start,
+                }],
+                max_bytes: 16 * 1024 * 1024,
+                min_bytes: 1,
+                max_wait: Duration::from_millis(10),
+                follow: false,
+            })
+            .await
+            .map_err(fail)?;
+        let mut batches = Vec::new();
+        while let Some(response) = stream.next().await {
+            for part in response.map_err(fail)? {
+                if let Some(error) = part.error {
+                    return Err(TestkitError::Call {
+                        node,
+                        reason: error.message,
+                    });
+                }
+                batches.extend(part.batches);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Waits until every running replica of a partition holds the same committed batches
+    /// as `reference`'s, and returns them.
+    pub async fn replicas_agree(
+        &self,
+        replicas: &[u64],
+        topic: &str,
+        partition: u32,
+        within: Duration,
+    ) -> Result<Vec<Bytes>, TestkitError> {
+        wait_for(within, "replicas to hold the same batches", || async {
+            let mut reference: Option<Vec<Bytes>> = None;
+            for node in replicas {
+                if !self.running().contains(node) {
+                    continue;
+                }
+                let batches = self.committed_batches(*node, topic, partition).await.ok()?;
+                match &reference {
+                    None => reference = Some(batches),
+                    Some(r) if *r == batches => {}
+                    Some(_) => return None,
+                }
+            }
+            reference
+        })
+        .await
+    }
+}
+
+/// Polls `check` until it yields a value or `within` passes.
+pub async fn wait_for<T, F, Fut>(
+    within: Duration,
+    what: &str,
+    mut check: F,
+) -> Result<T, TestkitError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(TestkitError::Timeout {
+                after: within,
+                what: what.to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,188 @@
+//! Continuous load and its checker: a producer sends numbered values and records every
+//! acknowledgement; afterwards each acknowledged value must be found at exactly the
+//! offset it was acknowledged with, on every replica.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_client::{
+    Acks, Client, ConsumerRecord, Producer, ProducerConfig, ProducerRecord, decode_batch,
+};
+use tokio::task::JoinSet;
+
+use crate::{TestCluster, TestkitError};
+
+/// Acknowledged (partition, offset, value), shared by the sending tasks.
+#[derive(Debug, Default)]
+struct Acked(std::sync::Mutex<Vec<(u32, i64, String)>>);
+
+/// A producer sending `prefix-N` values round-robin over partitions until stopped.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Acked>,
+    failed: Arc<AtomicU64>,
+    tasks: JoinSet<()>,
+}
+
+/// What the load did.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// (partition, offset) -> value of every acknowledged record.
+    pub acked: BTreeMap<(u32, i64), String>,
+    /// Records whose delivery failed (never acknowledged; they may or may not be stored).
+    pub failed: u64,
+}
+
+impl Load {
+    /// Starts `senders` tasks, each keeping at most `in_flight` records unacknowledged.
+    pub fn start(
+        client: Client,
+        topic: &str,
+        partitions: u32,
+        acks: Acks,
+        senders: usize,
+        in_flight: usize,
+    ) -> Self {
+        let producer = Arc::new(Producer::new(
+            client,
+            ProducerConfig {
+                acks,
+                request_timeout: Duration::from_secs(5),
+                delivery_timeout: Duration::from_secs(60),
+                ..ProducerConfig::default()
+            },
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Acked::default());
+        let failed = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        for sender in 0..senders {
+            let (producer, stop, acked, failed) = (
+                Arc::clone(&producer),
+                Arc::clone(&stop),
+                Arc::clone(&acked),
+                Arc::clone(&failed),
+            );
+            let topic = topic.to_string();
+            tasks.spawn(async move {
+                let mut pending = JoinSet::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    while pending.len() >= in_flight {
+                        let _ = pending.join_next().await;
+                    }
+                    let value = format!("s{sender}-{n}");
+                    let partition = (n % u64::from(partitions.max(1))) as u32;
+                    n += 1;
+                    let record = ProducerRecord::new(topic.clone(), Bytes::from(value.clone()))
+                        .partition(partition);
+                    let Ok(delivery) = producer.send(record).await else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let (acked, failed) = (Arc::clone(&acked), Arc::clone(&failed));
+                    pending.spawn(async move {
+                        match delivery.wait().await {
+                            Ok(meta) => {
+                                if let Ok(mut acked) = acked.0.lock() {
+                                    acked.push((meta.partition, meta.offset, value));
+                                }
+                            }
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                while pending.join_next().await.is_some() {}
+            });
+        }
+        Self {
+            stop,
+            acked,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Records acknowledged so far.
+    pub fn acked_count(&self) -> usize {
+        self.acked.0.lock().map_or(0, |a| a.len())
+    }
+
+    /// Stops sending, waits for every outstanding record to settle, and reports.
+    pub async fn finish(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Release);
+        while self.tasks.join_next().await.is_some() {}
+        let acked = self
+            .acked
+            .0
+            .lock()
+            .map(|a| {
+                a.iter()
+                    .map(|(p, o, v)| ((*p, *o), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default();
+        LoadReport {
+            acked,
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Decodes stored batches into records.
+pub fn records_of(topic: &str, partition: u32, batches: &[Bytes]) -> Vec<ConsumerRecord> {
+    let topic: Arc<str> = Arc::from(topic);
+    let mut out = Vec::new();
+    for batch in batches {
+        let _ = decode_batch(&topic, partition, batch, 0, &mut out);
+    }
+    out
+}
+
+/// Checks every acknowledged record against what each replica holds: the same batches on
+/// every replica, and each acknowledged value at its acknowledged offset. Returns how many
+/// records the partitions hold in all.
+pub async fn check_acknowledged(
+    cluster: &TestCluster,
+    topic: &str,
+    replicas: &[Vec<u64>],
+    report: &LoadReport,
+    within: Duration,
+) -> Result<usize, TestkitError> {
+    let mut total = 0;
+    for (partition, nodes) in replicas.iter().enumerate() {
+        let partition = partition as u32;
+        let batches = cluster
+            .replicas_agree(nodes, topic, partition, within)
+            .await?;
+        let stored: BTreeMap<i64, Option<Bytes>> = records_of(topic, partition, &batches)
+            .into_iter()
+            .map(|r| (r.offset, r.value))
+            .collect();
+        total += stored.len();
+        for ((p, offset), value) in report
+            .acked
+            .range((partition, i64::MIN)..=(partition, i64::MAX))
+        {
+            debug_assert_eq!(*p, partition);
+            let found = stored.get(offset).cloned().flatten();
+            if found.as_deref() != Some(value.as_bytes()) {
+                return Err(TestkitError::Call {
+                    node: 0,
+                    reason: format!(
+                        "acknowledged record lost: partition {partition} offset {offset} \
+                         should hold {value:?}, holds {:?}",
+                        found.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    ),
+                });
+            }
+        }
+    }
+    Ok(total)
+}
