@@ -21,9 +21,6 @@ use crate::partition::{Acks, Partition};
 use crate::store::{Store, TopicMeta};
 use crate::topic_config::TopicConfig;
 
-/// Seconds between retention passes.
-const RETENTION_EVERY: Duration = Duration::from_secs(30);
-
 /// How a broker runs.
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
@@ -39,6 +36,8 @@ pub struct BrokerOptions {
     pub max_partitions: u32,
     /// Heartbeat and election timing of partition groups.
     pub raft_timing: RaftTiming,
+    /// Time between retention passes over every partition.
+    pub retention_check: Duration,
 }
 
 /// This node as clients see it.
@@ -164,7 +163,10 @@ impl Broker {
         }
         let weak = Arc::downgrade(&broker);
         *broker.ticker.lock() = Some(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(RETENTION_EVERY);
+            let Some(every) = weak.upgrade().map(|b| b.options.retention_check) else {
+                return;
+            };
+            let mut interval = tokio::time::interval(every);
             interval.tick().await;
             loop {
                 interval.tick().await;

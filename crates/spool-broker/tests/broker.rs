@@ -25,6 +25,7 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
         default_partitions: 1,
         max_partitions: 1000,
         raft_timing: spool_broker::RaftTiming::default(),
+        retention_check: std::time::Duration::from_secs(30),
     }
 }
 

@@ -39,6 +39,97 @@ pub(crate) struct GroupShared {
     /// Set when entries were appended to an empty log past its start: the start is then
     /// where the log began, not a purge.
     pub began_at: Mutex<Option<u64>>,
+    /// Entries appended but not yet applied, as they were appended: replication and apply
+    /// read them from memory instead of the disk.
+    pub recent: Mutex<RecentEntries>,
+}
+
+/// Most bytes of payload the recent-entries cache of one group holds.
+const RECENT_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Consecutive entries at the end of the log, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct RecentEntries {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn payload_len(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(data) => data.batch.len(),
+        _ => 0,
+    }
+}
+
+impl RecentEntries {
+    fn push(&mut self, entry: Entry) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|last| last.log_id.index + 1 != entry.log_id.index)
+        {
+            self.clear();
+        }
+        self.bytes += payload_len(&entry);
+        self.entries.push_back(entry);
+        while self.bytes > RECENT_MAX_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(first) = self.entries.pop_front() {
+            self.bytes -= payload_len(&first);
+        }
+    }
+
+    /// Forgets entries up to `index` (applied, or purged).
+    pub fn trim_through(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.log_id.index <= index)
+        {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets entries from `index` on (truncated).
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(last) = self.entries.pop_back() {
+                self.bytes -= payload_len(&last);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Entries `[from, to)` if all of them are here, within `max_bytes` (at least one).
+    fn get(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.log_id.index;
+        let last = self.entries.back()?.log_id.index;
+        if from < first || to > last + 1 || from >= to {
+            return None;
+        }
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let mut bytes = 0;
+        for entry in self
+            .entries
+            .range((from - first) as usize..(to - first) as usize)
+        {
+            let len = payload_len(entry);
+            if !out.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
 }
 
 /// The write side of a group's log, owned by its Raft core.
@@ -107,6 +198,9 @@ impl PartitionLogReader {
         if from >= to {
             return Ok(Vec::new());
         }
+        if let Some(entries) = self.shared.recent.lock().get(from, to, max_bytes) {
+            return Ok(entries);
+        }
         let stored = self
             .reader
             .read_entries(from, to, max_bytes)
@@ -122,7 +216,11 @@ impl PartitionLogReader {
 fn to_raft_entry(stored: StoredEntry) -> Result<Entry, std::io::Error> {
     let id = log_id(stored.header.term, stored.header.index);
     let payload = match stored.header.kind {
-        FrameKind::Data => EntryPayload::Normal(ProduceBatch::new(stored.payload)),
+        FrameKind::Data => EntryPayload::Normal(ProduceBatch {
+            batch: stored.payload,
+            notice: None,
+            offsets: Some((stored.header.base_offset, stored.header.next_offset())),
+        }),
         FrameKind::Blank => EntryPayload::Blank,
         FrameKind::Membership => {
             EntryPayload::Membership(decode_membership(&stored.payload).map_err(io_error)?)
@@ -259,7 +357,15 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 },
             });
             let appended = log.append(to_store).map_err(io_error)?;
-            notify_appended(&entries, &batches, appended.first_offset);
+            let counts: Vec<i64> = batches
+                .iter()
+                .map(|b| i64::from(b.offset_count()))
+                .collect();
+            drop(batches);
+            let mut recent = self.shared.recent.lock();
+            for entry in stored_entries(entries, counts, appended.first_offset) {
+                recent.push(entry);
+            }
             log.config().flush
         };
         match flush {
@@ -276,12 +382,14 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             None => log.first_index(),
         };
         if first_removed < log.next_index() {
+            self.shared.recent.lock().truncate_from(first_removed);
             log.truncate_from(first_removed).map_err(io_error)?;
         }
         Ok(())
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), std::io::Error> {
+        self.shared.recent.lock().trim_through(upto.index);
         {
             let mut log = self.log.lock();
             if upto.index >= log.next_index() {
@@ -305,20 +413,27 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
     }
 }
 
-/// Tells local producers (acks=1) where their batches went.
-fn notify_appended(entries: &[Entry], batches: &[RecordBatch<'_>], first_offset: i64) {
+/// Tells local producers (acks=1) where their batches went, and returns the entries as
+/// stored (offsets known, notices gone) for the recent-entries cache.
+fn stored_entries(
+    entries: Vec<Entry>,
+    counts: Vec<i64>,
+    first_offset: i64,
+) -> impl Iterator<Item = Entry> {
     let mut offset = first_offset;
-    let mut batches = batches.iter();
-    for entry in entries {
-        if let EntryPayload::Normal(data) = &entry.payload {
-            let count = batches.next().map_or(0, |b| i64::from(b.offset_count()));
-            if let Some(notice) = &data.notice {
+    let mut counts = counts.into_iter();
+    entries.into_iter().map(move |mut entry| {
+        if let EntryPayload::Normal(data) = &mut entry.payload {
+            let next = offset + counts.next().unwrap_or(0);
+            if let Some(notice) = data.notice.take() {
                 notice.fire(Appended {
                     index: entry.log_id.index,
                     base_offset: offset,
                 });
             }
-            offset += count;
+            data.offsets = Some((offset, next));
+            offset = next;
         }
-    }
+        entry
+    })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, SnapshotPolicy};
 use parking_lot::RwLock;
-use spool_log::LogConfig;
+use spool_log::{FlushPolicy, LogConfig};
 use tokio::task::JoinHandle;
 
 use crate::error::ReplicaError;
@@ -117,7 +117,9 @@ impl RaftNode {
                 every.tick().await;
                 let Some(node) = weak.upgrade() else { return };
                 for replica in node.replicas.read().values() {
-                    node.flusher.sync_if_due(Arc::clone(&replica.log));
+                    if matches!(replica.log.lock().config().flush, FlushPolicy::Interval(_)) {
+                        node.flusher.sync_if_due(Arc::clone(&replica.log));
+                    }
                 }
             }
         }));

@@ -160,7 +160,9 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             let (entry, responder) = item?;
             let base_offset = match &entry.payload {
                 EntryPayload::Normal(data) => {
-                    let (base, next) = RecordBatch::peek_offsets(&data.batch)
+                    let (base, next) = data
+                        .offsets
+                        .or_else(|| RecordBatch::peek_offsets(&data.batch))
                         .ok_or_else(|| io_error("a data entry holds no batch header"))?;
                     self.next_offset = next;
                     base
@@ -187,6 +189,9 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             if covered > 1 {
                 self.memberships.drain(..covered - 1);
             }
+        }
+        if let Some(applied) = self.applied {
+            self.shared.recent.lock().trim_through(applied.index);
         }
         self.high_watermark.send_replace(self.next_offset);
         self.save_lazily();

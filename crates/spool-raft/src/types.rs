@@ -86,6 +86,10 @@ pub struct ProduceBatch {
     pub batch: Bytes,
     /// Present only on the leader, in memory: never sent or stored.
     pub notice: Option<AppendNotice>,
+    /// Once stored: the offset of its first record and the offset after its last. The
+    /// bytes of a batch not read back from disk may still carry the producer's base
+    /// offset, so this, not the bytes, says where it is.
+    pub offsets: Option<(i64, i64)>,
 }
 
 impl ProduceBatch {
@@ -93,6 +97,7 @@ impl ProduceBatch {
         Self {
             batch,
             notice: None,
+            offsets: None,
         }
     }
 
@@ -100,6 +105,7 @@ impl ProduceBatch {
         Self {
             batch,
             notice: Some(notice),
+            offsets: None,
         }
     }
 }

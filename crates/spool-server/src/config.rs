@@ -63,6 +63,8 @@ pub struct ServerConfig {
     /// bounds starts an election (default 1000 to 1800 ms).
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
+    /// ms between retention passes (default 30000).
+    pub retention_check_ms: u64,
     /// Lets `ReplicaAdmin.SetLinkFaults` cut this node's Raft links (tests only; default
     /// false).
     pub fault_injection: bool,
@@ -90,6 +92,7 @@ impl Default for ServerConfig {
             raft_heartbeat_ms: RaftTiming::default().heartbeat_ms,
             raft_election_min_ms: RaftTiming::default().election_min_ms,
             raft_election_max_ms: RaftTiming::default().election_max_ms,
+            retention_check_ms: 30_000,
             fault_injection: false,
         }
     }

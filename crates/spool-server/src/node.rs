@@ -80,6 +80,7 @@ impl Node {
             default_partitions: config.default_partitions.max(1),
             max_partitions: config.max_partitions_per_topic.max(1),
             raft_timing: config.raft_timing()?,
+            retention_check: Duration::from_millis(config.retention_check_ms.max(10)),
         };
         if config.node_id == 0 {
             return Err(ServerError::InvalidSetting {

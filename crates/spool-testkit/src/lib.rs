@@ -59,6 +59,7 @@ pub struct ClusterOptions {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    pub retention_check_ms: u64,
 }
 
 impl ClusterOptions {
@@ -70,6 +71,7 @@ impl ClusterOptions {
             heartbeat_ms: 100,
             election_min_ms: 500,
             election_max_ms: 1000,
+            retention_check_ms: 200,
         }
     }
 
@@ -119,6 +121,7 @@ impl TestCluster {
                 heartbeat_ms: options.heartbeat_ms,
                 election_min_ms: options.election_min_ms,
                 election_max_ms: options.election_max_ms,
+                retention_check_ms: options.retention_check_ms,
             };
             slots.insert(
                 id,
@@ -166,6 +169,14 @@ impl TestCluster {
     /// Every node's address, for a client's bootstrap list.
     pub fn addresses(&self) -> Vec<String> {
         self.slots.values().map(|s| s.spec.grpc.clone()).collect()
+    }
+
+    /// The OS process id of a node running as a process.
+    pub fn pid(&self, node: u64) -> Option<u32> {
+        match self.slots.get(&node)?.running.as_ref()? {
+            Running::Process(child) => Some(child.id()),
+            Running::InProcess { .. } => None,
+        }
     }
 
     pub fn data_dir(&self, node: u64) -> Result<PathBuf, TestkitError> {

@@ -31,6 +31,7 @@ pub struct NodeSpec {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    pub retention_check_ms: u64,
 }
 
 impl NodeSpec {
@@ -47,6 +48,7 @@ impl NodeSpec {
             raft_election_max_ms: self.election_max_ms,
             fault_injection: true,
             shutdown_grace_secs: 5,
+            retention_check_ms: self.retention_check_ms,
             ..ServerConfig::default()
         }
     }
@@ -61,7 +63,7 @@ impl NodeSpec {
             "node_id = {}\ndata_dir = {:?}\nlisten = {:?}\nhttp_listen = {:?}\n\
              advertised_address = {:?}\nflush = {flush:?}\nraft_heartbeat_ms = {}\n\
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
-             shutdown_grace_secs = 5\n",
+             shutdown_grace_secs = 5\nretention_check_ms = {}\n",
             self.id,
             self.data_dir.display().to_string(),
             self.grpc,
@@ -70,6 +72,7 @@ impl NodeSpec {
             self.heartbeat_ms,
             self.election_min_ms,
             self.election_max_ms,
+            self.retention_check_ms,
         )
     }
 }

@@ -1,0 +1,223 @@
+//! Runs a local cluster of `spool serve` processes for benchmarks and experiments.
+//!
+//! - `up`: start N nodes, place topics, print the bootstrap list, run until stdin closes.
+//! - `failover`: kill the leader of a replicated partition over and over and measure the
+//!   time from the kill to the first acks=all produce the new leader acknowledges.
+//! - `idle`: place many replicated partitions, let them idle, and measure the nodes' CPU
+//!   and memory from /proc.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use spool_client::{Acks, PartitionBatches};
+use spool_testkit::{ClusterOptions, TestCluster};
+
+#[derive(Parser)]
+struct Args {
+    /// The spool binary to run nodes with.
+    #[arg(long, default_value = "target/release/spool")]
+    spool: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Partition groups' heartbeat interval (ms).
+    #[arg(long, default_value_t = 250)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    election_min_ms: u64,
+    #[arg(long, default_value_t = 1800)]
+    election_max_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the cluster, place topics (NAME:PARTITIONS:REPLICAS), print the bootstrap list.
+    Up {
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+    /// Kill partition leaders and time the failover.
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+    },
+    /// Measure the idle cost of many replicated partitions.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        partitions: u32,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let mut options = ClusterOptions::processes(args.nodes, &args.spool);
+    options.heartbeat_ms = args.heartbeat_ms;
+    options.election_min_ms = args.election_min_ms;
+    options.election_max_ms = args.election_max_ms;
+    let mut cluster = TestCluster::start(options).await?;
+    match args.command {
+        Command::Up { topics } => {
+            for spec in topics {
+                let parts: Vec<&str> = spec.split(':').collect();
+                let [name, partitions, replicas] = parts[..] else {
+                    return Err(format!("--topic {spec}: expected NAME:PARTITIONS:REPLICAS").into());
+                };
+                cluster
+                    .create_topic(name, partitions.parse()?, replicas.parse()?)
+                    .await?;
+                for p in 0..partitions.parse::<u32>()? {
+                    cluster.leader(name, p, Duration::from_secs(30)).await?;
+                }
+            }
+            println!("bootstrap={}", cluster.addresses().join(","));
+            // Run until stdin closes (Ctrl-D, or the parent goes away).
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+            })
+            .await;
+        }
+        Command::Failover { kills } => failover(&mut cluster, kills).await?,
+        Command::Idle {
+            partitions,
+            seconds,
+        } => idle(&mut cluster, partitions, seconds).await?,
+    }
+    Ok(())
+}
+
+fn batch() -> bytes::Bytes {
+    let mut builder =
+        spool_log::batch::BatchBuilder::new(spool_log::batch::BatchOptions::default());
+    builder.append(0, None, Some(b"failover probe"), &[]);
+    builder.finish()
+}
+
+async fn failover(
+    cluster: &mut TestCluster,
+    kills: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    cluster.create_topic("failover", 1, 3).await?;
+    let mut times = Vec::new();
+    for round in 0..kills {
+        let leader = cluster
+            .leader("failover", 0, Duration::from_secs(30))
+            .await?;
+        cluster.kill(leader).await?;
+        let killed = Instant::now();
+        // Probe the survivors until one acknowledges an acks=all write.
+        let survivors: Vec<u64> = cluster.running();
+        'probe: loop {
+            for node in &survivors {
+                let Ok(client) = cluster.node_client(*node).await else {
+                    continue;
+                };
+                let answer = client
+                    .produce(
+                        Acks::All,
+                        Duration::from_millis(500),
+                        vec![PartitionBatches {
+                            topic: "failover".into(),
+                            partition: 0,
+                            batches: vec![batch()],
+                        }],
+                    )
+                    .await;
+                if let Ok(results) = answer
+                    && results.first().is_some_and(Result::is_ok)
+                {
+                    break 'probe;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = killed.elapsed();
+        println!(
+            "kill {}: node {leader}, first acks=all write after {took:?}",
+            round + 1
+        );
+        times.push(took);
+        cluster.restart(leader).await?;
+        cluster
+            .replicas_agree(&cluster.node_ids(), "failover", 0, Duration::from_secs(30))
+            .await?;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "failover over {} kills: p50 {:.0} ms, max {:.0} ms",
+        times.len(),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1])
+    );
+    Ok(())
+}
+
+/// (utime + stime in clock ticks, resident bytes) of a process.
+fn usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some((ticks, rss_kb * 1024))
+}
+
+async fn idle(
+    cluster: &mut TestCluster,
+    partitions: u32,
+    seconds: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pids: Vec<u32> = cluster
+        .node_ids()
+        .iter()
+        .filter_map(|n| cluster.pid(*n))
+        .collect();
+    let before: u64 = pids.iter().filter_map(|p| usage(*p)).map(|u| u.1).sum();
+    let placed = Instant::now();
+    cluster.create_topic("idle", partitions, 3).await?;
+    for p in 0..partitions {
+        cluster.leader("idle", p, Duration::from_secs(120)).await?;
+    }
+    println!(
+        "{partitions} partitions x 3 replicas placed and led after {:?}",
+        placed.elapsed()
+    );
+    // Let elections and first heartbeats settle before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start: Vec<(u64, u64)> = pids.iter().filter_map(|p| usage(*p)).collect();
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let end: Vec<(u64, u64)> = pids.iter().filter_map(|p| usage(*p)).collect();
+    let wall = began.elapsed().as_secs_f64();
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let cpu: f64 = start
+        .iter()
+        .zip(&end)
+        .map(|(s, e)| (e.0 - s.0) as f64 / ticks_per_sec)
+        .sum::<f64>()
+        / wall;
+    let rss: u64 = end.iter().map(|u| u.1).sum();
+    let replicas = u64::from(partitions) * 3;
+    println!(
+        "idle for {wall:.0} s: {:.1}% of one core in total; resident {} MiB in total, {} KiB per replica ({} KiB before placing)",
+        cpu * 100.0,
+        rss / (1024 * 1024),
+        rss.saturating_sub(before) / 1024 / replicas,
+        before / 1024,
+    );
+    Ok(())
+}
