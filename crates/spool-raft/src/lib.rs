@@ -11,6 +11,7 @@
 mod codec;
 mod error;
 pub mod flusher;
+mod liveness;
 pub mod log_store;
 pub mod network;
 mod node;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use openraft::{BasicNode, SnapshotPolicy};
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ReplicaError;
 use crate::flusher::Flusher;
+use crate::liveness::Liveness;
 use crate::network::{Faults, GroupDirectory, GroupNetworkFactory, PeerPool, RaftTransportService};
 use crate::replica::{Members, PartitionReplica};
 use crate::state_store::NodeStateStore;
@@ -30,14 +32,18 @@ pub struct RaftTiming {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// A group idle this long, with every follower caught up, stops its timers
+    /// (`liveness`); `None` keeps every group ticking.
+    pub quiesce_after_ms: Option<u64>,
 }
 
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 250,
-            election_min_ms: 1000,
-            election_max_ms: 1800,
+            heartbeat_ms: 150,
+            election_min_ms: 600,
+            election_max_ms: 1000,
+            quiesce_after_ms: Some(3000),
         }
     }
 }
@@ -69,7 +75,11 @@ pub struct RaftNode {
     flusher: Arc<Flusher>,
     pool: Arc<PeerPool>,
     replicas: RwLock<HashMap<GroupId, Arc<PartitionReplica>>>,
-    ticker: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    liveness: Liveness,
+    /// Changes with every start, so that peers can tell a restart.
+    boot_id: u64,
+    clock: std::time::Instant,
 }
 
 impl RaftNode {
@@ -108,10 +118,14 @@ impl RaftNode {
             store,
             flusher,
             replicas: RwLock::new(HashMap::new()),
-            ticker: parking_lot::Mutex::new(None),
+            tasks: parking_lot::Mutex::new(Vec::new()),
+            liveness: Liveness::default(),
+            boot_id: boot_id(),
+            clock: std::time::Instant::now(),
         });
         let weak = Arc::downgrade(&node);
-        *node.ticker.lock() = Some(tokio::spawn(async move {
+        let mut tasks = crate::liveness::start(&node);
+        tasks.push(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             loop {
                 every.tick().await;
@@ -123,11 +137,34 @@ impl RaftNode {
                 }
             }
         }));
+        *node.tasks.lock() = tasks;
         Ok(node)
     }
 
     pub fn node_id(&self) -> NodeId {
         self.options.node_id
+    }
+
+    pub(crate) fn timing(&self) -> RaftTiming {
+        self.options.timing
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<PeerPool> {
+        &self.pool
+    }
+
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// Every other node in a group hosted here, with its address.
+    pub(crate) fn peer_addresses(&self) -> BTreeMap<NodeId, String> {
+        let mut peers = BTreeMap::new();
+        for replica in self.replicas.read().values() {
+            peers.extend(replica.member_addresses());
+        }
+        peers.remove(&self.options.node_id);
+        peers
     }
 
     /// The RaftTransport service to add to the node's gRPC server.
@@ -226,6 +263,9 @@ impl RaftNode {
             log: storage.log,
             snapshot_target,
             dir: spec.dir,
+            quiet: AtomicBool::new(false),
+            last_activity_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
+            clock: self.clock,
         });
         self.replicas
             .write()
@@ -257,8 +297,8 @@ impl RaftNode {
 
     /// Stops every replica and writes the node's state.
     pub async fn shutdown(&self) {
-        if let Some(ticker) = self.ticker.lock().take() {
-            ticker.abort();
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
         }
         let replicas: Vec<_> = self.replicas.write().drain().map(|(_, r)| r).collect();
         for replica in replicas {
@@ -285,6 +325,52 @@ impl GroupDirectory for RaftNode {
     fn raft(&self, group: GroupId) -> Option<Raft> {
         self.replicas.read().get(&group).map(|r| r.raft.clone())
     }
+
+    fn boot_id(&self) -> u64 {
+        self.boot_id
+    }
+
+    fn leader_contact(&self, group: GroupId) {
+        if let Some(replica) = self.replicas.read().get(&group)
+            && replica.is_quiet()
+        {
+            replica.wake();
+        }
+    }
+
+    fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId> {
+        use openraft::async_runtime::WatchReceiver;
+        let replicas = self.replicas.read();
+        groups
+            .into_iter()
+            .filter(|(group, term)| {
+                let Some(replica) = replicas.get(group) else {
+                    return false;
+                };
+                let metrics = replica.raft.metrics().borrow_watched().clone();
+                let agrees = metrics.state != openraft::ServerState::Leader
+                    && metrics.current_leader == Some(leader)
+                    && metrics.current_term == *term;
+                if agrees {
+                    replica.quiesce();
+                }
+                agrees
+            })
+            .map(|(group, _)| group)
+            .collect()
+    }
+}
+
+/// A number that differs from one start of the process to the next.
+fn boot_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 fn delete_dir(dir: &Path) -> Result<(), ReplicaError> {

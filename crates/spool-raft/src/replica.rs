@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -59,9 +60,56 @@ pub struct PartitionReplica {
     pub(crate) log: SharedLog,
     pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
     pub(crate) dir: PathBuf,
+    /// Timers stopped: an idle group, see `liveness`.
+    pub(crate) quiet: AtomicBool,
+    /// When a client last wrote or changed the group (ms on the node's clock).
+    pub(crate) last_activity_ms: AtomicU64,
+    pub(crate) clock: Instant,
 }
 
 impl PartitionReplica {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Records client activity and wakes the group if it was quiet.
+    pub(crate) fn touch(&self) {
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// ms since the last client activity.
+    pub(crate) fn idle_ms(&self) -> u64 {
+        self.now_ms()
+            .saturating_sub(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
+    /// Restarts the group's timers; a leader also heartbeats at once, so that followers
+    /// wake and its lease is renewed before the writes that woke it.
+    pub(crate) fn wake(&self) {
+        if self.quiet.swap(false, Ordering::AcqRel) {
+            self.raft.runtime_config().tick(true);
+            if self.is_leader() {
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    let _ = raft.trigger().heartbeat().await;
+                });
+            }
+        }
+    }
+
+    /// Stops the group's timers: no heartbeats, no election timeouts.
+    pub(crate) fn quiesce(&self) {
+        if !self.quiet.swap(true, Ordering::AcqRel) {
+            self.raft.runtime_config().tick(false);
+        }
+    }
+
     pub fn group(&self) -> GroupId {
         self.group
     }
@@ -178,6 +226,7 @@ impl PartitionReplica {
         if batches.is_empty() {
             return Err(ReplicaError::Raft("nothing to append".into()));
         }
+        self.touch();
         // A leader just elected takes writes once a quorum has answered it (its lease).
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         let mut metrics = self.raft.metrics();
@@ -246,6 +295,7 @@ impl PartitionReplica {
         address: String,
         wait: bool,
     ) -> Result<(), ReplicaError> {
+        self.touch();
         self.raft
             .add_learner(node, BasicNode { addr: address }, wait)
             .await
@@ -255,6 +305,7 @@ impl PartitionReplica {
 
     /// Makes `voters` the voters (joint consensus); learners not named stay learners.
     pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), ReplicaError> {
+        self.touch();
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
             .await
@@ -264,6 +315,7 @@ impl PartitionReplica {
 
     /// Removes nodes from the group altogether (voters must be removed first).
     pub async fn remove_nodes(&self, nodes: BTreeSet<NodeId>) -> Result<(), ReplicaError> {
+        self.touch();
         self.raft
             .change_membership(ChangeMembers::RemoveNodes(nodes), false)
             .await
@@ -286,6 +338,7 @@ impl PartitionReplica {
 
     /// Asks the leader to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
+        self.touch();
         self.raft
             .trigger()
             .transfer_leader(to)

@@ -75,3 +75,61 @@ async fn three_replicas_agree_on_every_offset() {
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_dies() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, members) = start_nodes(root.path(), 3).await;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        replicas.push(node.open_replica(9, &members).await);
+    }
+    let leader = leader_of(&replicas).await;
+    leader
+        .append(vec![batch("a", 3)], AckLevel::All)
+        .await
+        .expect("append");
+    wait_for(Duration::from_secs(15), "every replica to quiesce", || {
+        replicas.iter().all(|r| r.is_quiet()).then_some(())
+    })
+    .await;
+
+    // A write wakes the leader, and its heartbeat wakes the followers.
+    let base = leader
+        .append(vec![batch("b", 2)], AckLevel::All)
+        .await
+        .expect("a write to a quiet group");
+    assert_eq!(base, 3);
+    assert!(!leader.is_quiet());
+    wait_for(
+        Duration::from_secs(15),
+        "every replica to quiesce again",
+        || replicas.iter().all(|r| r.is_quiet()).then_some(()),
+    )
+    .await;
+
+    // The leader's node goes silent (every link to it cut): the followers' nodes notice
+    // and elect.
+    let dead = leader.node_id();
+    for node in &nodes {
+        for other in &nodes {
+            if (node.id == dead) != (other.id == dead) {
+                node.node.faults().cut(other.id);
+            }
+        }
+    }
+    let survivors: Vec<_> = replicas
+        .iter()
+        .filter(|r| r.node_id() != dead)
+        .cloned()
+        .collect();
+    let new_leader = leader_of(&survivors).await;
+    let base = new_leader
+        .append(vec![batch("c", 1)], AckLevel::All)
+        .await
+        .expect("a write after failover");
+    assert_eq!(base, 5);
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -57,12 +57,15 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
     /// Seconds in-flight requests get to finish on shutdown (default 10).
     pub shutdown_grace_secs: u64,
-    /// Partition groups: ms between a leader's heartbeats (default 250).
+    /// Partition groups: ms between a leader's heartbeats (default 150).
     pub raft_heartbeat_ms: u64,
     /// Partition groups: a follower that hears no leader for a random time between these
-    /// bounds starts an election (default 1000 to 1800 ms).
+    /// bounds starts an election (default 600 to 1000 ms).
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
+    /// Partition groups idle this long (ms) stop their timers; nodes then watch each other
+    /// instead (default 3000; 0 keeps every group ticking).
+    pub raft_quiesce_after_ms: u64,
     /// ms between retention passes (default 30000).
     pub retention_check_ms: u64,
     /// Lets `ReplicaAdmin.SetLinkFaults` cut this node's Raft links (tests only; default
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             raft_heartbeat_ms: RaftTiming::default().heartbeat_ms,
             raft_election_min_ms: RaftTiming::default().election_min_ms,
             raft_election_max_ms: RaftTiming::default().election_max_ms,
+            raft_quiesce_after_ms: RaftTiming::default().quiesce_after_ms.unwrap_or(0),
             retention_check_ms: 30_000,
             fault_injection: false,
         }
@@ -131,6 +135,8 @@ impl ServerConfig {
             heartbeat_ms: self.raft_heartbeat_ms,
             election_min_ms: self.raft_election_min_ms,
             election_max_ms: self.raft_election_max_ms,
+            quiesce_after_ms: (self.raft_quiesce_after_ms > 0)
+                .then_some(self.raft_quiesce_after_ms),
         };
         if timing.heartbeat_ms == 0
             || timing.election_min_ms < 2 * timing.heartbeat_ms

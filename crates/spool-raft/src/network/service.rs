@@ -16,6 +16,12 @@ use crate::types::{GroupId, NodeId, Raft};
 pub trait GroupDirectory: Send + Sync + 'static {
     fn local_node(&self) -> NodeId;
     fn raft(&self, group: GroupId) -> Option<Raft>;
+    /// Changes with every start of the node.
+    fn boot_id(&self) -> u64;
+    /// The group's leader was heard from (after its message was handled).
+    fn leader_contact(&self, group: GroupId);
+    /// `leader` asks these groups to stop their timers; returns those that did.
+    fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId>;
 }
 
 /// The RaftTransport gRPC service.
@@ -62,9 +68,11 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
         request: Request<pb::RaftAppendRequest>,
     ) -> Result<Response<pb::RaftAppendResponse>, Status> {
         let request = request.into_inner();
-        let raft = self.lookup(request.group, request.target)?;
+        let group = request.group;
+        let raft = self.lookup(group, request.target)?;
         let rpc = append_request_from_pb(request)?;
         let response = raft.append_entries(rpc).await.map_err(fatal)?;
+        self.directory.leader_contact(group);
         Ok(Response::new(append_response_to_pb(&response)))
     }
 
@@ -90,8 +98,12 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
             .filter_map(
                 |item| async move { item.ok().and_then(|r| append_request_from_pb(r).ok()) },
             );
-        let output = raft.stream_append(requests).map(|item| match item {
-            Ok(result) => Ok(stream_result_to_pb(&result)),
+        let directory = Arc::clone(&self.directory);
+        let output = raft.stream_append(requests).map(move |item| match item {
+            Ok(result) => {
+                directory.leader_contact(group);
+                Ok(stream_result_to_pb(&result))
+            }
             Err(error) => Err(fatal(error)),
         });
         Ok(Response::new(Box::pin(output)))
@@ -182,5 +194,33 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
             })
             .collect();
         Ok(Response::new(pb::RaftHeartbeatBatchResponse { results }))
+    }
+
+    async fn ping(
+        &self,
+        request: Request<pb::RaftPingRequest>,
+    ) -> Result<Response<pb::RaftPingResponse>, Status> {
+        let local = self.directory.local_node();
+        if request.into_inner().target != local {
+            return Err(Status::failed_precondition(format!("this is node {local}")));
+        }
+        Ok(Response::new(pb::RaftPingResponse {
+            node_id: local,
+            boot_id: self.directory.boot_id(),
+        }))
+    }
+
+    async fn quiesce(
+        &self,
+        request: Request<pb::RaftQuiesceRequest>,
+    ) -> Result<Response<pb::RaftQuiesceResponse>, Status> {
+        let request = request.into_inner();
+        let local = self.directory.local_node();
+        if request.target != local {
+            return Err(Status::failed_precondition(format!("this is node {local}")));
+        }
+        let groups = request.groups.iter().map(|g| (g.group, g.term)).collect();
+        let quiesced = self.directory.quiesce(request.leader, groups);
+        Ok(Response::new(pb::RaftQuiesceResponse { quiesced }))
     }
 }

@@ -83,6 +83,7 @@ pub fn fast_timing() -> RaftTiming {
         heartbeat_ms: 100,
         election_min_ms: 400,
         election_max_ms: 800,
+        quiesce_after_ms: Some(1000),
     }
 }
 
