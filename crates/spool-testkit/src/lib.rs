@@ -313,6 +313,20 @@ impl TestCluster {
         configs: BTreeMap<String, String>,
     ) -> Result<Vec<Vec<u64>>, TestkitError> {
         let ids = self.node_ids();
+        self.create_topic_on(name, partitions, replication_factor, configs, &ids)
+            .await
+    }
+
+    /// As `create_topic_with`, placing replicas on `nodes` only.
+    pub async fn create_topic_on(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: usize,
+        configs: BTreeMap<String, String>,
+        nodes: &[u64],
+    ) -> Result<Vec<Vec<u64>>, TestkitError> {
+        let ids = nodes.to_vec();
         let mut placements = Vec::new();
         let mut replicas = Vec::new();
         for p in 0..partitions as usize {
@@ -344,6 +358,94 @@ impl TestCluster {
                 .await?;
         }
         Ok(replicas)
+    }
+
+    /// Opens an empty replica of a partition on `node`, for the leader to add.
+    pub async fn join_partition(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), TestkitError> {
+        let request = v1::PartitionRef {
+            topic: topic.to_string(),
+            partition,
+        };
+        self.admin_call(node, |mut c| async move { c.join_partition(request).await })
+            .await
+    }
+
+    /// Asks the partition's leader to add `node` (learner, catch up, voter).
+    pub async fn add_replica(
+        &self,
+        leader: u64,
+        topic: &str,
+        partition: u32,
+        node: u64,
+    ) -> Result<(), TestkitError> {
+        let request = v1::ChangeReplicaRequest {
+            topic: topic.to_string(),
+            partition,
+            node: Some(v1::ReplicaMember {
+                node_id: node,
+                address: self.address(node)?,
+            }),
+        };
+        self.admin_call(leader, |mut c| async move { c.add_replica(request).await })
+            .await
+    }
+
+    /// Asks the partition's leader to take `node` out of the group.
+    pub async fn remove_replica(
+        &self,
+        leader: u64,
+        topic: &str,
+        partition: u32,
+        node: u64,
+    ) -> Result<(), TestkitError> {
+        let request = v1::ChangeReplicaRequest {
+            topic: topic.to_string(),
+            partition,
+            node: Some(v1::ReplicaMember {
+                node_id: node,
+                address: self.address(node)?,
+            }),
+        };
+        self.admin_call(
+            leader,
+            |mut c| async move { c.remove_replica(request).await },
+        )
+        .await
+    }
+
+    /// Closes `node`'s replica of a partition and deletes its data.
+    pub async fn leave_partition(
+        &self,
+        node: u64,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), TestkitError> {
+        let request = v1::PartitionRef {
+            topic: topic.to_string(),
+            partition,
+        };
+        self.admin_call(
+            node,
+            |mut c| async move { c.leave_partition(request).await },
+        )
+        .await
+    }
+
+    /// Deletes a topic on every running node.
+    pub async fn drop_topic(&self, topic: &str) -> Result<(), TestkitError> {
+        for node in self.running() {
+            let request = v1::DropTopicRequest {
+                name: topic.to_string(),
+            };
+            self.admin_call(node, |mut c| async move { c.drop_topic(request).await })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Cuts the Raft links between two nodes, both ways.
