@@ -89,7 +89,8 @@ impl Context {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Dev(_) | Command::Serve(_) => "info",
+        // openraft narrates every election and retry at info and warn; Spool logs what matters.
+        Command::Dev(_) | Command::Serve(_) => "info,openraft=error",
         _ => cli.log_level.as_str(),
     };
     let filter = if std::env::var_os("SPOOL_LOG").is_some() {
