@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use openraft::{BasicNode, SnapshotPolicy};
@@ -263,7 +263,7 @@ impl RaftNode {
             log: storage.log,
             snapshot_target,
             dir: spec.dir,
-            quiet: AtomicBool::new(false),
+            quiet: tokio::sync::watch::Sender::new(false),
             last_activity_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
             clock: self.clock,
         });

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -61,7 +61,7 @@ pub struct PartitionReplica {
     pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
     pub(crate) dir: PathBuf,
     /// Timers stopped: an idle group, see `liveness`.
-    pub(crate) quiet: AtomicBool,
+    pub(crate) quiet: watch::Sender<bool>,
     /// When a client last wrote or changed the group (ms on the node's clock).
     pub(crate) last_activity_ms: AtomicU64,
     pub(crate) clock: Instant,
@@ -86,13 +86,18 @@ impl PartitionReplica {
     }
 
     pub fn is_quiet(&self) -> bool {
-        self.quiet.load(Ordering::Acquire)
+        *self.quiet.borrow()
+    }
+
+    /// Watches whether the group is quiet.
+    pub fn quiet_changes(&self) -> watch::Receiver<bool> {
+        self.quiet.subscribe()
     }
 
     /// Restarts the group's timers; a leader also heartbeats at once, so that followers
     /// wake and its lease is renewed before the writes that woke it.
     pub(crate) fn wake(&self) {
-        if self.quiet.swap(false, Ordering::AcqRel) {
+        if self.quiet.send_replace(false) {
             self.raft.runtime_config().tick(true);
             if self.is_leader() {
                 let raft = self.raft.clone();
@@ -105,7 +110,7 @@ impl PartitionReplica {
 
     /// Stops the group's timers: no heartbeats, no election timeouts.
     pub(crate) fn quiesce(&self) {
-        if !self.quiet.swap(true, Ordering::AcqRel) {
+        if !self.quiet.send_replace(true) {
             self.raft.runtime_config().tick(false);
         }
     }

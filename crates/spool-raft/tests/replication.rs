@@ -89,9 +89,12 @@ async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_d
         .append(vec![batch("a", 3)], AckLevel::All)
         .await
         .expect("append");
-    wait_for(Duration::from_secs(15), "every replica to quiesce", || {
-        replicas.iter().all(|r| r.is_quiet()).then_some(())
-    })
+    wait_for(
+        &replicas,
+        Duration::from_secs(15),
+        "every replica to quiesce",
+        || replicas.iter().all(|r| r.is_quiet()).then_some(()),
+    )
     .await;
 
     // A write wakes the leader, and its heartbeat wakes the followers.
@@ -102,6 +105,7 @@ async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_d
     assert_eq!(base, 3);
     assert!(!leader.is_quiet());
     wait_for(
+        &replicas,
         Duration::from_secs(15),
         "every replica to quiesce again",
         || replicas.iter().all(|r| r.is_quiet()).then_some(()),

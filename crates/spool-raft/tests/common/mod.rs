@@ -109,23 +109,46 @@ pub async fn start_nodes(root: &std::path::Path, n: usize) -> (Vec<TestNode>, Me
     (nodes, members)
 }
 
-/// Waits until `check` holds, failing the test after `within`.
-pub async fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// Waits until `check` holds, re-checking whenever a replica's Raft metrics or quiet
+/// state change; fails the test after `within`.
+pub async fn wait_for<T>(
+    replicas: &[Arc<PartitionReplica>],
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    use futures_util::future::{BoxFuture, select_all};
+    use openraft::async_runtime::WatchReceiver;
     let deadline = tokio::time::Instant::now() + within;
+    let mut metrics: Vec<_> = replicas.iter().map(|r| r.raft().metrics()).collect();
+    let mut quiet: Vec<_> = replicas.iter().map(|r| r.quiet_changes()).collect();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}");
+        let mut changes: Vec<BoxFuture<'_, ()>> = Vec::new();
+        for m in metrics.iter_mut() {
+            changes.push(Box::pin(async move {
+                let _ = m.changed().await;
+            }));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        for q in quiet.iter_mut() {
+            changes.push(Box::pin(async move {
+                let _ = q.changed().await;
+            }));
+        }
+        tokio::select! {
+            _ = select_all(changes) => {}
+            () = tokio::time::sleep_until(deadline) => {
+                panic!("timed out after {within:?} waiting for {what}")
+            }
+        }
     }
 }
 
 /// The replica that leads the group, once one does.
 pub async fn leader_of(replicas: &[Arc<PartitionReplica>]) -> Arc<PartitionReplica> {
-    wait_for(Duration::from_secs(10), "a leader", || {
+    wait_for(replicas, Duration::from_secs(10), "a leader", || {
         replicas.iter().find(|r| r.is_leader()).cloned()
     })
     .await
