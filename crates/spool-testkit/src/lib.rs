@@ -206,26 +206,21 @@ impl TestCluster {
 
     /// Kills a node as kill -9 would.
     pub async fn kill(&mut self, node: u64) -> Result<(), TestkitError> {
-        let slot = self
-            .slots
-            .get_mut(&node)
-            .ok_or(TestkitError::UnknownNode(node))?;
-        if let Some(running) = slot.running.take() {
-            tokio::task::spawn_blocking(move || running.kill())
-                .await
-                .map_err(|e| TestkitError::Start(e.to_string()))?;
-        }
-        Ok(())
+        self.halt(node, Running::kill).await
     }
 
     /// Stops a node cleanly.
     pub async fn stop(&mut self, node: u64) -> Result<(), TestkitError> {
+        self.halt(node, Running::stop).await
+    }
+
+    async fn halt(&mut self, node: u64, how: fn(Running)) -> Result<(), TestkitError> {
         let slot = self
             .slots
             .get_mut(&node)
             .ok_or(TestkitError::UnknownNode(node))?;
         if let Some(running) = slot.running.take() {
-            tokio::task::spawn_blocking(move || running.stop())
+            tokio::task::spawn_blocking(move || how(running))
                 .await
                 .map_err(|e| TestkitError::Start(e.to_string()))?;
         }
@@ -383,14 +378,7 @@ impl TestCluster {
         partition: u32,
         node: u64,
     ) -> Result<(), TestkitError> {
-        let request = v1::ChangeReplicaRequest {
-            topic: topic.to_string(),
-            partition,
-            node: Some(v1::ReplicaMember {
-                node_id: node,
-                address: self.address(node)?,
-            }),
-        };
+        let request = self.change_request(topic, partition, node)?;
         self.admin_call(leader, |mut c| async move { c.add_replica(request).await })
             .await
     }
@@ -403,19 +391,28 @@ impl TestCluster {
         partition: u32,
         node: u64,
     ) -> Result<(), TestkitError> {
-        let request = v1::ChangeReplicaRequest {
+        let request = self.change_request(topic, partition, node)?;
+        self.admin_call(
+            leader,
+            |mut c| async move { c.remove_replica(request).await },
+        )
+        .await
+    }
+
+    fn change_request(
+        &self,
+        topic: &str,
+        partition: u32,
+        node: u64,
+    ) -> Result<v1::ChangeReplicaRequest, TestkitError> {
+        Ok(v1::ChangeReplicaRequest {
             topic: topic.to_string(),
             partition,
             node: Some(v1::ReplicaMember {
                 node_id: node,
                 address: self.address(node)?,
             }),
-        };
-        self.admin_call(
-            leader,
-            |mut c| async move { c.remove_replica(request).await },
-        )
-        .await
+        })
     }
 
     /// Closes `node`'s replica of a partition and deletes its data.

@@ -120,6 +120,25 @@ impl GroupClient {
         }
     }
 
+    /// A vote request, or with `pre`, a pre-vote request.
+    async fn ballot(
+        &self,
+        rpc: VoteRequest<PartitionRaft>,
+        option: RPCOption,
+        pre: bool,
+    ) -> Result<VoteResponse<PartitionRaft>, RpcError> {
+        self.admit().await?;
+        let mut client = self.peer()?.client.clone();
+        let request = self.request(vote_request_to_pb(self.group, self.target, &rpc), &option);
+        let response = if pre {
+            client.pre_vote(request).await
+        } else {
+            client.vote(request).await
+        };
+        let response = response.map_err(|s| to_rpc_error(&s))?;
+        vote_response_from_pb(response.into_inner()).map_err(|s| to_rpc_error(&s))
+    }
+
     fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
@@ -218,11 +237,7 @@ impl RaftNetworkV2<PartitionRaft> for GroupClient {
         rpc: VoteRequest<PartitionRaft>,
         option: RPCOption,
     ) -> Result<VoteResponse<PartitionRaft>, RpcError> {
-        self.admit().await?;
-        let mut client = self.peer()?.client.clone();
-        let request = self.request(vote_request_to_pb(self.group, self.target, &rpc), &option);
-        let response = client.vote(request).await.map_err(|s| to_rpc_error(&s))?;
-        vote_response_from_pb(response.into_inner()).map_err(|s| to_rpc_error(&s))
+        self.ballot(rpc, option, false).await
     }
 
     async fn pre_vote(
@@ -230,14 +245,7 @@ impl RaftNetworkV2<PartitionRaft> for GroupClient {
         rpc: VoteRequest<PartitionRaft>,
         option: RPCOption,
     ) -> Result<VoteResponse<PartitionRaft>, RpcError> {
-        self.admit().await?;
-        let mut client = self.peer()?.client.clone();
-        let request = self.request(vote_request_to_pb(self.group, self.target, &rpc), &option);
-        let response = client
-            .pre_vote(request)
-            .await
-            .map_err(|s| to_rpc_error(&s))?;
-        vote_response_from_pb(response.into_inner()).map_err(|s| to_rpc_error(&s))
+        self.ballot(rpc, option, true).await
     }
 
     async fn full_snapshot(

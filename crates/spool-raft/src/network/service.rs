@@ -54,6 +54,26 @@ impl<D: GroupDirectory> RaftTransportService<D> {
     }
 }
 
+impl<D: GroupDirectory> RaftTransportService<D> {
+    /// A vote, or with `pre`, a pre-vote.
+    async fn ballot(
+        &self,
+        request: pb::RaftVoteRequest,
+        pre: bool,
+    ) -> Result<Response<pb::RaftVoteResponse>, Status> {
+        let raft = self.lookup(request.group, request.target)?;
+        let rpc = vote_request_from_pb(request)?;
+        let response = if pre {
+            raft.pre_vote(rpc).await
+        } else {
+            raft.vote(rpc).await
+        };
+        Ok(Response::new(vote_response_to_pb(
+            &response.map_err(fatal)?,
+        )))
+    }
+}
+
 fn fatal(error: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft stopped: {error}"))
 }
@@ -113,26 +133,14 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
         &self,
         request: Request<pb::RaftVoteRequest>,
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
-        let request = request.into_inner();
-        let raft = self.lookup(request.group, request.target)?;
-        let response = raft
-            .vote(vote_request_from_pb(request)?)
-            .await
-            .map_err(fatal)?;
-        Ok(Response::new(vote_response_to_pb(&response)))
+        self.ballot(request.into_inner(), false).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<pb::RaftVoteRequest>,
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
-        let request = request.into_inner();
-        let raft = self.lookup(request.group, request.target)?;
-        let response = raft
-            .pre_vote(vote_request_from_pb(request)?)
-            .await
-            .map_err(fatal)?;
-        Ok(Response::new(vote_response_to_pb(&response)))
+        self.ballot(request.into_inner(), true).await
     }
 
     async fn install_snapshot(
