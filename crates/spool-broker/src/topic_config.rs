@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use spool_log::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, RecoveryMode, RetentionPolicy};
+use spool_log::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, RetentionPolicy};
 
 use crate::error::BrokerError;
 
@@ -130,7 +130,7 @@ impl TopicConfig {
             segment_age: Duration::from_millis(self.segment_ms as u64),
             index_interval_bytes: 4096,
             flush,
-            recovery: RecoveryMode::TolerateTailCorruption,
+            ..LogConfig::default()
         }
     }
 

@@ -43,6 +43,11 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// What opening does with a damaged tail (default `TolerateTailCorruption`).
     pub recovery: RecoveryMode,
+    /// Once synced, file pages further than this behind the end of the log are dropped
+    /// from the page cache (default 16 MiB; `None` leaves them to the kernel). Tailing
+    /// readers stay within the window; new writes then reuse freed pages instead of
+    /// growing the cache, which costs far less per byte than claiming new memory.
+    pub page_cache_window: Option<u64>,
 }
 
 /// Index positions are u32; leave room for one largest frame past the limit.
@@ -56,9 +61,13 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             flush: FlushPolicy::Always,
             recovery: RecoveryMode::TolerateTailCorruption,
+            page_cache_window: Some(DEFAULT_PAGE_CACHE_WINDOW),
         }
     }
 }
+
+/// The default `page_cache_window`.
+pub const DEFAULT_PAGE_CACHE_WINDOW: u64 = 16 * 1024 * 1024;
 
 impl LogConfig {
     pub fn validate(&self) -> Result<()> {

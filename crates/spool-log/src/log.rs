@@ -176,6 +176,10 @@ impl Log {
         &self.shared.dir
     }
 
+    pub(crate) fn active_segment(&self) -> Arc<Segment> {
+        Arc::clone(&self.active)
+    }
+
     pub fn end(&self) -> LogEnd {
         self.end
     }
@@ -417,6 +421,10 @@ impl Log {
             .map_err(LogError::io("sync", &self.active.path))?;
         self.unsynced.retain(|s| !Arc::ptr_eq(s, &self.active));
         self.active.write_index_file()?;
+        if self.config.page_cache_window.is_some() {
+            // Sealed and synced: its pages need not stay (the window is of the new tail).
+            self.active.release_cache(self.write_pos);
+        }
         let header = SegmentHeader {
             base_offset: self.end.next_offset,
             base_index: self.end.next_index,
@@ -483,6 +491,9 @@ impl Log {
         self.unsynced.clear();
         self.last_sync = Instant::now();
         self.durable = self.end;
+        if let Some((segment, upto)) = self.cache_release_point() {
+            segment.release_cache(upto);
+        }
         Ok(self.durable)
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct Segment {
     pub file: File,
     pub header: SegmentHeader,
     pub state: RwLock<SegmentState>,
+    /// File bytes below this are no longer kept in the page cache.
+    pub cache_released_to: std::sync::atomic::AtomicU64,
 }
 
 impl Segment {
@@ -114,6 +116,20 @@ impl Segment {
             file,
             header,
             state: RwLock::new(state),
+            cache_released_to: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Drops the synced file pages below `upto` from the page cache (a hint: errors are
+    /// ignored, nothing is lost either way).
+    pub fn release_cache(&self, upto: u64) {
+        use std::sync::atomic::Ordering;
+        const PAGE: u64 = 4096;
+        let upto = upto / PAGE * PAGE;
+        let from = self.cache_released_to.load(Ordering::Relaxed);
+        if let Some(len) = std::num::NonZeroU64::new(upto.saturating_sub(from)) {
+            let _ = rustix::fs::fadvise(&self.file, from, Some(len), rustix::fs::Advice::DontNeed);
+            self.cache_released_to.store(upto, Ordering::Relaxed);
         }
     }
 

@@ -17,6 +17,8 @@ use crate::segment::Segment;
 pub struct SyncJob {
     segments: Vec<Arc<Segment>>,
     end: LogEnd,
+    /// (segment, file position) below which synced pages may leave the page cache.
+    release: Option<(Arc<Segment>, u64)>,
 }
 
 impl SyncJob {
@@ -33,6 +35,9 @@ impl SyncJob {
                 .sync_data()
                 .map_err(LogError::io("sync", &segment.path))?;
         }
+        if let Some((segment, upto)) = &self.release {
+            segment.release_cache(*upto);
+        }
         Ok(())
     }
 }
@@ -46,6 +51,7 @@ impl Log {
         Ok(SyncJob {
             segments: std::mem::take(&mut self.unsynced),
             end: self.end(),
+            release: self.cache_release_point(),
         })
     }
 
@@ -67,6 +73,15 @@ impl Log {
         if synced.next_index > self.durable.next_index {
             self.durable = synced;
         }
+    }
+
+    /// Where the page-cache window of the active segment begins. Sealed segments release
+    /// theirs when they are rolled.
+    pub(crate) fn cache_release_point(&self) -> Option<(Arc<Segment>, u64)> {
+        let window = self.config().page_cache_window?;
+        let active = self.active_segment();
+        let end = active.state.read().end;
+        Some((active, end.saturating_sub(window)))
     }
 
     /// Deletes the whole segments whose entries all have a Raft index of `last` or less;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool_log::batch::{BatchBuilder, BatchOptions};
-use spool_log::{Clock, Entry, EntryPayload, FlushPolicy, LogConfig, RecordBatch, RecoveryMode};
+use spool_log::{Clock, Entry, EntryPayload, FlushPolicy, LogConfig, RecordBatch};
 
 /// A batch of `records` records whose values are `value_len` bytes, tagged with `tag` so
 /// every batch differs, all stamped `timestamp`.
@@ -55,7 +55,7 @@ pub fn small_config() -> LogConfig {
         segment_age: Duration::from_secs(3600),
         index_interval_bytes: 512,
         flush: FlushPolicy::Always,
-        recovery: RecoveryMode::TolerateTailCorruption,
+        ..LogConfig::default()
     }
 }
 
