@@ -14,12 +14,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// An allocator that keeps freed memory for reuse: a broker allocates and frees large
-/// request buffers constantly, and handing them back to the kernel each time costs page
-/// faults and zeroing on the next request.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "spool", version, about = "Spool: a distributed commit log", long_about = None)]
 struct Cli {
@@ -92,7 +86,25 @@ impl Context {
     }
 }
 
+/// glibc returns every freed allocation above 128 KiB to the kernel (mmap, munmap), so a
+/// broker's 1 MiB request buffers are faulted in and zeroed afresh on every request; with
+/// the threshold at its maximum they are reused from the heap instead.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn keep_large_buffers() {
+    const MAX_MMAP_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
+    // SAFETY: mallopt only sets an allocator parameter; it is called first thing in main,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_buffers() {}
+
 fn main() -> ExitCode {
+    keep_large_buffers();
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // openraft narrates every election and retry at info and warn; Spool logs what matters.

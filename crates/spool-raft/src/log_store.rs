@@ -220,6 +220,7 @@ fn to_raft_entry(stored: StoredEntry) -> Result<Entry, std::io::Error> {
             batch: stored.payload,
             notice: None,
             offsets: Some((stored.header.base_offset, stored.header.next_offset())),
+            verified: false,
         }),
         FrameKind::Blank => EntryPayload::Blank,
         FrameKind::Membership => {
@@ -324,7 +325,12 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
         let mut batches = Vec::with_capacity(entries.len());
         for entry in &entries {
             if let EntryPayload::Normal(data) = &entry.payload {
-                batches.push(RecordBatch::new(&data.batch).map_err(io_error)?);
+                let batch = if data.verified {
+                    RecordBatch::new_without_crc(&data.batch)
+                } else {
+                    RecordBatch::new(&data.batch)
+                };
+                batches.push(batch.map_err(io_error)?);
             }
         }
         let flush = {

@@ -225,8 +225,9 @@ impl PartitionReplica {
         }
     }
 
-    /// Appends batches (validated Kafka record batches) as consecutive entries and answers
-    /// with the offset of the first record. All or none: they are submitted together.
+    /// Appends batches (Kafka record batches whose CRC the caller has checked) as
+    /// consecutive entries and answers with the offset of the first record. All or none:
+    /// they are submitted together.
     pub async fn append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, ReplicaError> {
         if batches.is_empty() {
             return Err(ReplicaError::Raft("nothing to append".into()));
@@ -260,13 +261,14 @@ impl PartitionReplica {
             .into_iter()
             .enumerate()
             .map(|(i, batch)| {
+                let mut payload = ProduceBatch::new(batch);
+                payload.verified = true;
                 if i == 0 && acks == AckLevel::Leader {
                     let (notice, appended) = AppendNotice::new();
                     first_appended = Some(appended);
-                    ProduceBatch::with_notice(batch, notice)
-                } else {
-                    ProduceBatch::new(batch)
+                    payload.notice = Some(notice);
                 }
+                payload
             })
             .collect();
         let mut results = self

@@ -90,6 +90,9 @@ pub struct ProduceBatch {
     /// bytes of a batch not read back from disk may still carry the producer's base
     /// offset, so this, not the bytes, says where it is.
     pub offsets: Option<(i64, i64)>,
+    /// Its CRC was checked in this process already (by the broker, on the way in); a
+    /// batch from the network or the disk is checked again before it is stored.
+    pub verified: bool,
 }
 
 impl ProduceBatch {
@@ -98,14 +101,7 @@ impl ProduceBatch {
             batch,
             notice: None,
             offsets: None,
-        }
-    }
-
-    pub fn with_notice(batch: Bytes, notice: AppendNotice) -> Self {
-        Self {
-            batch,
-            notice: Some(notice),
-            offsets: None,
+            verified: false,
         }
     }
 }

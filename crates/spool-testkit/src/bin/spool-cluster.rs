@@ -22,11 +22,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Partition groups' heartbeat interval (ms).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 150)]
     heartbeat_ms: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 600)]
     election_min_ms: u64,
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1000)]
     election_max_ms: u64,
     #[command(subcommand)]
     command: Command,
