@@ -41,8 +41,8 @@ impl Default for RaftTiming {
     fn default() -> Self {
         Self {
             heartbeat_ms: 150,
-            election_min_ms: 600,
-            election_max_ms: 1000,
+            election_min_ms: 500,
+            election_max_ms: 800,
             quiesce_after_ms: Some(3000),
         }
     }

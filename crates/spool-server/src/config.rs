@@ -60,7 +60,7 @@ pub struct ServerConfig {
     /// Partition groups: ms between a leader's heartbeats (default 150).
     pub raft_heartbeat_ms: u64,
     /// Partition groups: a follower that hears no leader for a random time between these
-    /// bounds starts an election (default 600 to 1000 ms).
+    /// bounds starts an election (default 500 to 800 ms).
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
     /// Partition groups idle this long (ms) stop their timers; nodes then watch each other

@@ -24,9 +24,9 @@ struct Args {
     /// Partition groups' heartbeat interval (ms).
     #[arg(long, default_value_t = 150)]
     heartbeat_ms: u64,
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 500)]
     election_min_ms: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 800)]
     election_max_ms: u64,
     #[command(subcommand)]
     command: Command,
@@ -76,12 +76,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             println!("bootstrap={}", cluster.addresses().join(","));
-            // Run until stdin closes (Ctrl-D, or the parent goes away).
-            let _ = tokio::task::spawn_blocking(|| {
+            // Run until stdin closes (Ctrl-D, or the parent goes away), Ctrl-C or SIGTERM;
+            // the nodes and their data directories go with the cluster.
+            let stdin_closed = tokio::task::spawn_blocking(|| {
                 let mut sink = Vec::new();
                 let _ = std::io::stdin().read_to_end(&mut sink);
-            })
-            .await;
+            });
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = stdin_closed => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
         }
         Command::Failover { kills } => failover(&mut cluster, kills).await?,
         Command::Idle {
