@@ -14,6 +14,8 @@ struct State {
     brokers: HashMap<u64, String>,
     /// Leader node id of each partition, by topic.
     leaders: HashMap<String, Vec<u64>>,
+    /// Partitions whose leader a NOT_LEADER answer just named (used once).
+    hinted: std::collections::HashSet<(String, u32)>,
 }
 
 /// A metadata cache and a connection per broker.
@@ -95,6 +97,33 @@ impl Cluster {
     /// Forgets what is cached of `topic`, so the next use asks the cluster.
     pub fn invalidate(&self, topic: &str) {
         self.state.write().leaders.remove(topic);
+    }
+
+    /// Records the leader a NOT_LEADER answer named.
+    pub fn follow_leader(&self, topic: &str, partition: u32, node: u64, address: &str) {
+        let mut state = self.state.write();
+        if node == 0 || address.is_empty() {
+            return;
+        }
+        state.brokers.insert(node, address.to_string());
+        if let Some(slot) = state
+            .leaders
+            .get_mut(topic)
+            .and_then(|l| l.get_mut(partition as usize))
+            && *slot != node
+        {
+            *slot = node;
+            state.hinted.insert((topic.to_string(), partition));
+        }
+    }
+
+    /// Whether a hint just moved this partition's leader (and forgets that it did): the
+    /// next attempt goes there without a metadata refresh.
+    pub fn leader_just_learned(&self, topic: &str, partition: u32) -> bool {
+        self.state
+            .write()
+            .hinted
+            .remove(&(topic.to_string(), partition))
     }
 
     pub fn leader(&self, topic: &str, partition: u32) -> Option<u64> {

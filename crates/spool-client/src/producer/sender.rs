@@ -95,6 +95,15 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                 match result {
                     Ok(produced) => settle_all(&shared, shipment, Ok, produced.base_offset),
                     Err(api) if api.code.is_retriable() => {
+                        // A follower names the leader: go there without asking around.
+                        if let Some((node, address)) = &api.leader {
+                            shared.cluster.follow_leader(
+                                &shipment.topic,
+                                shipment.partition,
+                                *node,
+                                address,
+                            );
+                        }
                         retry(&shared, shipment, api.to_string()).await
                     }
                     Err(api) => settle_all(
@@ -169,10 +178,16 @@ async fn retry(shared: &Shared, mut shipment: Shipment, reason: String) {
         b.attempts
     });
     let attempt = attempts.max().unwrap_or(1);
-    // Leadership may have moved: ask again before the next attempt.
-    shared.cluster.invalidate(&shipment.topic);
-    if let Err(error) = shared.cluster.refresh(&shipment.topic).await {
-        tracing::debug!(%error, "metadata refresh failed; retrying with what is known");
+    // Leadership may have moved: ask again before the next attempt, unless the last
+    // answer named the new leader.
+    if !shared
+        .cluster
+        .leader_just_learned(&shipment.topic, shipment.partition)
+    {
+        shared.cluster.invalidate(&shipment.topic);
+        if let Err(error) = shared.cluster.refresh(&shipment.topic).await {
+            tracing::debug!(%error, "metadata refresh failed; retrying with what is known");
+        }
     }
     let exponent = attempt.saturating_sub(1).min(16);
     let base = config
