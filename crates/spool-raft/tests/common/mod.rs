@@ -137,11 +137,11 @@ pub async fn wait_for<T>(
                 let _ = q.changed().await;
             }));
         }
-        tokio::select! {
-            _ = select_all(changes) => {}
-            () = tokio::time::sleep_until(deadline) => {
-                panic!("timed out after {within:?} waiting for {what}")
-            }
+        if tokio::time::timeout_at(deadline, select_all(changes))
+            .await
+            .is_err()
+        {
+            panic!("timed out after {within:?} waiting for {what}");
         }
     }
 }
