@@ -7,6 +7,11 @@
 //!   where retention cuts the log.
 //! - [`state_store`]: the node's durable vote/commit/snapshot records, one file.
 //! - [`flusher`]: group commit of fsyncs across every replica on a node.
+//! - [`network`]: the RaftTransport gRPC service and client: one channel per peer,
+//!   streamed replication, heartbeats batched per node, a fault layer for tests.
+//! - `RaftNode` hosts a node's replicas and their lifecycle; `PartitionReplica` is the
+//!   interface the broker writes through; idle groups stop their timers and nodes watch
+//!   each other instead (`liveness`).
 
 mod codec;
 mod error;
