@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::{BasicNode, SnapshotPolicy};
@@ -131,7 +131,7 @@ impl RaftNode {
                 every.tick().await;
                 let Some(node) = weak.upgrade() else { return };
                 for replica in node.replicas.read().values() {
-                    if matches!(replica.log.lock().config().flush, FlushPolicy::Interval(_)) {
+                    if replica.interval_flush.load(Ordering::Relaxed) {
                         node.flusher.sync_if_due(Arc::clone(&replica.log));
                     }
                 }
@@ -200,6 +200,7 @@ impl RaftNode {
         if self.replicas.read().contains_key(&spec.group) {
             return Err(ReplicaError::GroupExists { group: spec.group });
         }
+        let interval_flush = matches!(spec.log_config.flush, FlushPolicy::Interval(_));
         let storage = open_group_storage(
             spec.group,
             &spec.dir,
@@ -266,6 +267,7 @@ impl RaftNode {
             quiet: tokio::sync::watch::Sender::new(false),
             last_activity_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
             clock: self.clock,
+            interval_flush: std::sync::atomic::AtomicBool::new(interval_flush),
         });
         self.replicas
             .write()

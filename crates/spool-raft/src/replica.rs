@@ -65,6 +65,8 @@ pub struct PartitionReplica {
     /// When a client last wrote or changed the group (ms on the node's clock).
     pub(crate) last_activity_ms: AtomicU64,
     pub(crate) clock: Instant,
+    /// The log syncs on a timer (`FlushPolicy::Interval`): the node's ticker visits it.
+    pub(crate) interval_flush: std::sync::atomic::AtomicBool,
 }
 
 impl PartitionReplica {
@@ -354,6 +356,10 @@ impl PartitionReplica {
     }
 
     pub fn set_log_config(&self, config: LogConfig) -> Result<(), ReplicaError> {
+        self.interval_flush.store(
+            matches!(config.flush, spool_log::FlushPolicy::Interval(_)),
+            Ordering::Relaxed,
+        );
         self.log.lock().set_config(config)?;
         Ok(())
     }
