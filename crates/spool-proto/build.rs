@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 6] = [
     "spool/v1/common.proto",
     "spool/v1/broker.proto",
     "spool/v1/admin.proto",
     "spool/v1/raft.proto",
     "spool/v1/cluster.proto",
+    "spool/v1/controller.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

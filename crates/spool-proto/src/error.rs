@@ -23,6 +23,9 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::InvalidPartitions => v1::ErrorCode::InvalidPartitions,
             ErrorCode::InvalidReplicationFactor => v1::ErrorCode::InvalidReplicationFactor,
             ErrorCode::RequestTimedOut => v1::ErrorCode::RequestTimedOut,
+            ErrorCode::NotController => v1::ErrorCode::NotController,
+            ErrorCode::BrokerIdInUse => v1::ErrorCode::BrokerIdInUse,
+            ErrorCode::BrokerNotAvailable => v1::ErrorCode::BrokerNotAvailable,
             _ => v1::ErrorCode::Unknown,
         }
     }
@@ -53,7 +56,11 @@ impl v1::Error {
 /// The gRPC status code that fits an error code.
 fn grpc_code(code: ErrorCode) -> Code {
     match code {
-        ErrorCode::NotLeader | ErrorCode::StorageError => Code::Unavailable,
+        ErrorCode::NotLeader | ErrorCode::StorageError | ErrorCode::NotController => {
+            Code::Unavailable
+        }
+        ErrorCode::BrokerIdInUse => Code::AlreadyExists,
+        ErrorCode::BrokerNotAvailable => Code::FailedPrecondition,
         ErrorCode::UnknownTopicOrPartition => Code::NotFound,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::TopicAlreadyExists => Code::AlreadyExists,

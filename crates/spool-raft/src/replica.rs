@@ -143,6 +143,25 @@ impl PartitionReplica {
         self.high_watermark.clone()
     }
 
+    /// The group's current Raft term as this replica knows it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Leads, and has applied an entry of its own term: everything committed before it
+    /// took over is applied.
+    pub fn leads_and_applied_own_term(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader
+            && m.last_applied
+                .is_some_and(|id| crate::types::term_of(&id) == m.current_term)
+    }
+
+    /// Wakes on any change of the replica's Raft state (role, term, leader, progress).
+    pub fn changes(&self) -> ReplicaChanges {
+        ReplicaChanges(self.raft.metrics())
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
@@ -408,6 +427,27 @@ impl PartitionReplica {
             last_log_id: target,
             next_offset: offset,
         })
+    }
+}
+
+/// See [`PartitionReplica::changes`].
+pub struct ReplicaChanges(
+    openraft::type_config::alias::WatchReceiverOf<
+        crate::types::PartitionRaft,
+        openraft::RaftMetrics<crate::types::PartitionRaft>,
+    >,
+);
+
+impl std::fmt::Debug for ReplicaChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicaChanges")
+    }
+}
+
+impl ReplicaChanges {
+    /// Waits for the next change; `false` once the replica has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
     }
 }
 

@@ -19,10 +19,13 @@ pub enum ErrorCode {
     InvalidPartitions = 11,
     InvalidReplicationFactor = 12,
     RequestTimedOut = 13,
+    NotController = 14,
+    BrokerIdInUse = 15,
+    BrokerNotAvailable = 16,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -37,6 +40,9 @@ impl ErrorCode {
         ErrorCode::InvalidPartitions,
         ErrorCode::InvalidReplicationFactor,
         ErrorCode::RequestTimedOut,
+        ErrorCode::NotController,
+        ErrorCode::BrokerIdInUse,
+        ErrorCode::BrokerNotAvailable,
     ];
 
     /// The wire number of this code.
@@ -56,7 +62,10 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NotLeader | ErrorCode::StorageError | ErrorCode::RequestTimedOut
+            ErrorCode::NotLeader
+                | ErrorCode::StorageError
+                | ErrorCode::RequestTimedOut
+                | ErrorCode::NotController
         )
     }
 
@@ -77,6 +86,9 @@ impl ErrorCode {
             ErrorCode::InvalidPartitions => "INVALID_PARTITIONS",
             ErrorCode::InvalidReplicationFactor => "INVALID_REPLICATION_FACTOR",
             ErrorCode::RequestTimedOut => "REQUEST_TIMED_OUT",
+            ErrorCode::NotController => "NOT_CONTROLLER",
+            ErrorCode::BrokerIdInUse => "BROKER_ID_IN_USE",
+            ErrorCode::BrokerNotAvailable => "BROKER_NOT_AVAILABLE",
         }
     }
 }

@@ -1,0 +1,327 @@
+//! The cluster's metadata: what every node rebuilds by applying the metadata log. Pure
+//! data and a deterministic `apply`; the leader checks commands before it writes them,
+//! so a record that no longer fits (a topic deleted meanwhile) is skipped the same way on
+//! every node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::records::MetadataRecord;
+
+/// A broker id.
+pub type BrokerId = u64;
+
+/// One life of a broker's data directory: a wiped directory starts a new incarnation,
+/// whose replicas are rebuilt from the others instead of being trusted.
+pub type Incarnation = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaRef {
+    pub broker: BrokerId,
+    pub incarnation: Incarnation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerRecord {
+    pub id: BrokerId,
+    pub incarnation: Incarnation,
+    /// host:port of the broker's gRPC listener.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    /// Its lease lapsed: it gets no new replicas and no leadership until it registers
+    /// again.
+    pub fenced: bool,
+    /// Being drained: its replicas are moving elsewhere and it gets no new ones.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionRecord {
+    /// The partition's Raft group, unique in the cluster and never reused.
+    pub group: u64,
+    /// The replicas, the preferred leader first. During a reassignment this holds the
+    /// old and new replicas alike.
+    pub replicas: Vec<ReplicaRef>,
+    /// The replicas the group was created with, which start it with this membership;
+    /// empty once the group has changed membership (a replica opened later joins as a
+    /// learner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub founders: Vec<ReplicaRef>,
+    /// Replicas being added by a reassignment (also in `replicas`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<ReplicaRef>,
+    /// Replicas being removed by a reassignment (still in `replicas`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<ReplicaRef>,
+    /// The leader last reported, and its Raft term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<BrokerId>,
+    #[serde(default)]
+    pub leader_term: u64,
+    /// Voters holding every committed entry, as the leader last reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_sync: Vec<BrokerId>,
+}
+
+impl PartitionRecord {
+    pub fn preferred_leader(&self) -> Option<BrokerId> {
+        self.target().first().map(|r| r.broker)
+    }
+
+    /// The replicas once any reassignment completes.
+    pub fn target(&self) -> Vec<ReplicaRef> {
+        self.replicas
+            .iter()
+            .filter(|r| !self.removing.contains(r))
+            .copied()
+            .collect()
+    }
+
+    pub fn brokers(&self) -> Vec<BrokerId> {
+        self.replicas.iter().map(|r| r.broker).collect()
+    }
+
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    pub fn has(&self, replica: ReplicaRef) -> bool {
+        self.replicas.contains(&replica)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRecord {
+    pub name: String,
+    /// Distinguishes the topic from an earlier one of the same name.
+    pub id: String,
+    pub replication_factor: u32,
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionRecord>,
+}
+
+/// A leader a broker reported for a partition it leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderReport {
+    pub topic: String,
+    pub partition: u32,
+    pub group: u64,
+    pub leader: BrokerId,
+    pub term: u64,
+    #[serde(default)]
+    pub in_sync: Vec<BrokerId>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterState {
+    /// Set once, by the first controller leader.
+    pub cluster_id: String,
+    pub brokers: BTreeMap<BrokerId, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    /// The next Raft group id a partition gets (0 is the controller's own group).
+    pub next_group: u64,
+    /// The offset after the last record applied: the metadata epoch clients see.
+    #[serde(skip)]
+    pub offset: i64,
+}
+
+impl ClusterState {
+    /// Applies one record. Records the leader wrote against an older state may no longer
+    /// fit; they are skipped, identically on every node.
+    pub fn apply(&mut self, record: &MetadataRecord) {
+        match record {
+            MetadataRecord::Checkpoint { state } => {
+                let offset = self.offset;
+                *self = (**state).clone();
+                self.offset = offset;
+            }
+            MetadataRecord::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                    self.next_group = self.next_group.max(1);
+                }
+            }
+            MetadataRecord::RegisterBroker { broker } => {
+                self.brokers.insert(broker.id, broker.clone());
+            }
+            MetadataRecord::FenceBroker { id, incarnation } => {
+                if let Some(b) = self.brokers.get_mut(id)
+                    && b.incarnation == *incarnation
+                {
+                    b.fenced = true;
+                }
+            }
+            MetadataRecord::SetDraining { id, draining } => {
+                if let Some(b) = self.brokers.get_mut(id) {
+                    b.draining = *draining;
+                }
+            }
+            MetadataRecord::UnregisterBroker { id } => {
+                self.brokers.remove(id);
+            }
+            MetadataRecord::CreateTopic { topic } => {
+                if !self.topics.contains_key(&topic.name) {
+                    self.bump_groups(&topic.partitions);
+                    self.topics.insert(topic.name.clone(), topic.clone());
+                }
+            }
+            MetadataRecord::DeleteTopic { name, id } => {
+                if self.topics.get(name).is_some_and(|t| &t.id == id) {
+                    self.topics.remove(name);
+                }
+            }
+            MetadataRecord::SetTopicConfigs { name, id, configs } => {
+                if let Some(t) = self.topic_mut(name, id) {
+                    t.configs = configs.clone();
+                }
+            }
+            MetadataRecord::AddPartitions {
+                name,
+                id,
+                partitions,
+            } => {
+                let Some(t) = self.topics.get_mut(name).filter(|t| &t.id == id) else {
+                    return;
+                };
+                t.partitions.extend(partitions.iter().cloned());
+                self.bump_groups(partitions);
+            }
+            MetadataRecord::Reassign {
+                topic,
+                partition,
+                group,
+                replicas,
+                adding,
+                removing,
+            } => {
+                if let Some(p) = self.partition_mut(topic, *partition, *group) {
+                    p.replicas = replicas.clone();
+                    p.adding = adding.clone();
+                    p.removing = removing.clone();
+                    p.founders.clear();
+                }
+            }
+            MetadataRecord::CompleteReassignment {
+                topic,
+                partition,
+                group,
+            } => {
+                if let Some(p) = self.partition_mut(topic, *partition, *group) {
+                    p.replicas = p.target();
+                    p.adding.clear();
+                    p.removing.clear();
+                }
+            }
+            MetadataRecord::SetLeaders { leaders } => {
+                for report in leaders {
+                    if let Some(p) =
+                        self.partition_mut(&report.topic, report.partition, report.group)
+                        && report.term >= p.leader_term
+                    {
+                        p.leader = Some(report.leader);
+                        p.leader_term = report.term;
+                        p.in_sync = report.in_sync.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    fn bump_groups(&mut self, partitions: &[PartitionRecord]) {
+        if let Some(top) = partitions.iter().map(|p| p.group).max() {
+            self.next_group = self.next_group.max(top + 1);
+        }
+    }
+
+    fn topic_mut(&mut self, name: &str, id: &str) -> Option<&mut TopicRecord> {
+        self.topics.get_mut(name).filter(|t| t.id == id)
+    }
+
+    fn partition_mut(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        group: u64,
+    ) -> Option<&mut PartitionRecord> {
+        self.topics
+            .get_mut(topic)?
+            .partitions
+            .get_mut(partition as usize)
+            .filter(|p| p.group == group)
+    }
+
+    /// Brokers that take new replicas and leadership.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    /// The current replica reference of a broker.
+    pub fn replica_ref(&self, broker: BrokerId) -> Option<ReplicaRef> {
+        self.brokers.get(&broker).map(|b| ReplicaRef {
+            broker,
+            incarnation: b.incarnation,
+        })
+    }
+
+    pub fn address_of(&self, broker: BrokerId) -> Option<&str> {
+        self.brokers.get(&broker).map(|b| b.address.as_str())
+    }
+
+    /// Every partition, with its topic.
+    pub fn partitions(&self) -> impl Iterator<Item = (&TopicRecord, u32, &PartitionRecord)> {
+        self.topics.values().flat_map(|t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .map(move |(i, p)| (t, i as u32, p))
+        })
+    }
+
+    /// Replicas and preferred leaderships per broker (live or not).
+    pub fn load(&self) -> BTreeMap<BrokerId, BrokerLoad> {
+        let mut load: BTreeMap<BrokerId, BrokerLoad> = self
+            .brokers
+            .keys()
+            .map(|id| (*id, BrokerLoad::default()))
+            .collect();
+        for (_, _, p) in self.partitions() {
+            let target = p.target();
+            for (i, r) in target.iter().enumerate() {
+                let entry = load.entry(r.broker).or_default();
+                entry.replicas += 1;
+                if i == 0 {
+                    entry.preferred += 1;
+                }
+            }
+            if let Some(leader) = p.leader {
+                load.entry(leader).or_default().leaders += 1;
+            }
+        }
+        load
+    }
+
+    /// Brokers named by some partition's replicas.
+    pub fn brokers_in_use(&self) -> BTreeSet<BrokerId> {
+        self.partitions()
+            .flat_map(|(_, _, p)| p.replicas.iter().map(|r| r.broker))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerLoad {
+    pub replicas: u32,
+    /// Partitions whose preferred leader it is.
+    pub preferred: u32,
+    /// Partitions it leads, as reported.
+    pub leaders: u32,
+}
