@@ -97,6 +97,30 @@ impl Broker {
         Ok(())
     }
 
+    /// On the leader: hands leadership to `to` if it holds every committed entry.
+    pub async fn transfer_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: u64,
+    ) -> Result<(), BrokerError> {
+        let replica = Arc::clone(&self.partition(topic, partition)?.replica);
+        if !replica.is_leader() {
+            let hint = replica.leader();
+            return Err(BrokerError::NotLeader {
+                leader: hint.node,
+                address: hint.address,
+            });
+        }
+        if !replica.in_sync_voters().contains(&to) {
+            return Err(BrokerError::InvalidRequest {
+                reason: format!("node {to} is not an in-sync voter of {topic}-{partition}"),
+            });
+        }
+        replica.transfer_leader(to).await?;
+        Ok(())
+    }
+
     /// Closes this node's replica of a partition and deletes its data.
     pub async fn leave_partition(&self, topic: &str, partition: u32) -> Result<(), BrokerError> {
         let mut store = self.store.lock().await;

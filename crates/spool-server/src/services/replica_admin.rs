@@ -106,6 +106,14 @@ impl v1::replica_admin_server::ReplicaAdmin for ReplicaAdminService {
         answer(self.broker.leave_partition(&r.topic, r.partition).await)
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::ReplicaAdminResponse>, Status> {
+        let r = request.into_inner();
+        answer(self.broker.transfer_leader(&r.topic, r.partition, r.to).await)
+    }
+
     async fn set_link_faults(
         &self,
         request: Request<v1::SetLinkFaultsRequest>,
