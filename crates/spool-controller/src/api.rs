@@ -105,7 +105,17 @@ impl Controller {
         let deadline = tokio::time::Instant::now() + FIND_LEADER;
         let mut changes = self.replica.changes();
         let mut hint: Option<String> = None;
+        // With no leader known (a broker that has not joined yet), ask the voters in turn.
+        let voters: Vec<String> = self
+            .options
+            .voters
+            .iter()
+            .filter(|(id, _)| **id != self.options.broker_id)
+            .map(|(_, address)| address.clone())
+            .collect();
+        let mut attempt = 0usize;
         loop {
+            attempt += 1;
             let target = if self.is_leader() {
                 Some(None)
             } else if let Some(address) = hint.take() {
@@ -114,6 +124,9 @@ impl Controller {
                 self.leader()
                     .filter(|(id, _)| *id != self.options.broker_id)
                     .map(|(_, address)| Some(address))
+                    .or_else(|| {
+                        (!voters.is_empty()).then(|| Some(voters[attempt % voters.len()].clone()))
+                    })
             };
             let open = tokio::time::Instant::now() < deadline;
             if let Some(target) = target {
@@ -163,7 +176,7 @@ impl Controller {
                             refused: None,
                             controller_offset: offset,
                         }),
-                        Err(error @ ControllerError::BrokerIdInUse { .. }) => {
+                        Err(error) if error.code() == spool_types::ErrorCode::BrokerIdInUse => {
                             tracing::error!(%error, "registration refused");
                             status.send_replace(AgentStatus {
                                 registered: false,

@@ -98,7 +98,19 @@ impl Controller {
         raft: &Arc<RaftNode>,
         options: ControllerOptions,
     ) -> Result<Arc<Self>, ControllerError> {
-        let voter = options.voters.contains_key(&options.broker_id);
+        let voter = match options.voters.get(&options.broker_id) {
+            Some(address) if *address != options.address => {
+                return Err(ControllerError::InvalidRequest {
+                    reason: format!(
+                        "controller voter {} is configured at {address}, but this node \
+                         advertises {}: another node may hold this id",
+                        options.broker_id, options.address
+                    ),
+                });
+            }
+            Some(_) => true,
+            None => false,
+        };
         let replica = raft
             .create_replica(ReplicaSpec {
                 group: METADATA_GROUP,

@@ -111,7 +111,11 @@ impl v1::replica_admin_server::ReplicaAdmin for ReplicaAdminService {
         request: Request<v1::TransferLeaderRequest>,
     ) -> Result<Response<v1::ReplicaAdminResponse>, Status> {
         let r = request.into_inner();
-        answer(self.broker.transfer_leader(&r.topic, r.partition, r.to).await)
+        answer(
+            self.broker
+                .transfer_leader(&r.topic, r.partition, r.to)
+                .await,
+        )
     }
 
     async fn set_link_faults(

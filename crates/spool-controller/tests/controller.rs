@@ -1,0 +1,331 @@
+//! The controller group on three nodes, each on its own runtime so that a kill drops
+//! everything the node runs at once: registration, placement, forwarding, controller
+//! failover with the metadata intact, fencing, and a second node claiming a live id.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use spool_controller::{
+    AgentStatus, ClusterState, Command, Controller, ControllerError, ControllerOptions,
+    ControllerService, LeaderReport, LeaderSource, NewTopic, TopicDefaults,
+};
+use spool_log::FlushPolicy;
+use spool_raft::{RaftNode, RaftNodeOptions, RaftTiming};
+use tokio::sync::watch;
+
+/// A broker that leads no partition: it reports nothing.
+struct NoPartitions;
+
+impl LeaderSource for NoPartitions {
+    fn leader_reports(&self, _state: &ClusterState) -> Vec<LeaderReport> {
+        Vec::new()
+    }
+}
+
+struct Node {
+    id: u64,
+    controller: Arc<Controller>,
+    agent: watch::Receiver<AgentStatus>,
+    runtime: Option<tokio::runtime::Runtime>,
+    _source: Arc<dyn LeaderSource>,
+}
+
+impl Node {
+    fn start(
+        id: u64,
+        incarnation: u64,
+        dir: &std::path::Path,
+        listener: std::net::TcpListener,
+        voters: &BTreeMap<u64, String>,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let address = listener.local_addr().expect("addr").to_string();
+        let source: Arc<dyn LeaderSource> = Arc::new(NoPartitions);
+        let weak: Weak<dyn LeaderSource> = Arc::downgrade(&source);
+        let voters = voters.clone();
+        let dir = dir.to_path_buf();
+        let (controller, agent) = runtime.block_on(async move {
+            let raft = RaftNode::open(RaftNodeOptions {
+                node_id: id,
+                state_dir: dir.clone(),
+                timing: RaftTiming {
+                    heartbeat_ms: 50,
+                    election_min_ms: 300,
+                    election_max_ms: 500,
+                    quiesce_after_ms: Some(1000),
+                },
+            })
+            .expect("raft node");
+            let controller = Controller::start(
+                &raft,
+                ControllerOptions {
+                    broker_id: id,
+                    incarnation,
+                    address,
+                    rack: None,
+                    voters,
+                    dir: dir.join("__controller"),
+                    flush: FlushPolicy::Always,
+                    session_timeout: Duration::from_millis(1500),
+                    heartbeat_interval: Duration::from_millis(100),
+                    topic_defaults: TopicDefaults {
+                        partitions: 1,
+                        replication_factor: 0,
+                        max_partitions: 1000,
+                    },
+                    validate_configs: Arc::new(|configs| {
+                        match configs.keys().find(|k| k.as_str() != "retention.ms") {
+                            Some(k) => Err(format!("unknown config {k}")),
+                            None => Ok(()),
+                        }
+                    }),
+                },
+            )
+            .await
+            .expect("controller");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let service = ControllerService::new(Arc::clone(&controller));
+            let transport = raft.service();
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(transport)
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await;
+            });
+            let agent = controller.start_agent(weak);
+            (controller, agent)
+        });
+        Self {
+            id,
+            controller,
+            agent,
+            runtime: Some(runtime),
+            _source: source,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.as_ref().expect("running").block_on(f)
+    }
+
+    /// Drops every task of the node at once, as a crash would.
+    fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !check() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn listeners(n: usize) -> (Vec<std::net::TcpListener>, BTreeMap<u64, String>) {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let voters = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.local_addr().expect("addr").to_string()))
+        .collect();
+    (listeners, voters)
+}
+
+fn registered(node: &Node, brokers: usize) -> bool {
+    let state = node.controller.current();
+    !state.cluster_id.is_empty()
+        && state.brokers.len() == brokers
+        && state.brokers.values().all(|b| !b.fenced)
+}
+
+#[test]
+fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listeners, voters) = listeners(3);
+    let mut nodes: Vec<Node> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let id = i as u64 + 1;
+            Node::start(id, 100 + id, &dir.path().join(id.to_string()), l, &voters)
+        })
+        .collect();
+    wait_for("three registered brokers", Duration::from_secs(20), || {
+        nodes.iter().all(|n| registered(n, 3))
+    });
+
+    // Created through a follower: forwarded to the leader, then visible locally.
+    let follower = nodes
+        .iter()
+        .find(|n| !n.controller.is_leader())
+        .expect("a follower");
+    follower
+        .block_on(follower.controller.execute(Command::CreateTopic(NewTopic {
+            name: "orders".into(),
+            partitions: 6,
+            replication_factor: 3,
+            ..NewTopic::default()
+        })))
+        .expect("create");
+    let state = follower.controller.current();
+    let topic = &state.topics["orders"];
+    assert_eq!(topic.partitions.len(), 6);
+    let mut preferred = BTreeMap::new();
+    for p in &topic.partitions {
+        assert_eq!(p.replicas.len(), 3);
+        *preferred
+            .entry(p.preferred_leader().expect("leader"))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        preferred.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+
+    // Bad requests are refused whole.
+    let err = follower
+        .block_on(follower.controller.execute(Command::CreateTopic(NewTopic {
+            name: "orders".into(),
+            ..NewTopic::default()
+        })))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ControllerError::Remote { .. } | ControllerError::TopicExists { .. }
+        ),
+        "{err}"
+    );
+    let err = follower
+        .block_on(follower.controller.execute(Command::CreateTopic(NewTopic {
+            name: "wide".into(),
+            replication_factor: 4,
+            ..NewTopic::default()
+        })))
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        spool_types::ErrorCode::InvalidReplicationFactor,
+        "{err}"
+    );
+
+    // Kill the controller leader: the others elect a new one that serves the metadata.
+    let leader_at = nodes
+        .iter()
+        .position(|n| n.controller.is_leader())
+        .expect("a leader");
+    let dead = nodes.remove(leader_at);
+    let dead_id = dead.id;
+    let killed = Instant::now();
+    dead.kill();
+    let survivor = &nodes[0];
+    survivor
+        .block_on(survivor.controller.execute(Command::CreateTopic(NewTopic {
+            name: "payments".into(),
+            partitions: 2,
+            replication_factor: 2,
+            ..NewTopic::default()
+        })))
+        .expect("a new controller takes commands");
+    let failover = killed.elapsed();
+    assert!(
+        failover < Duration::from_secs(3),
+        "controller failover took {failover:?}"
+    );
+    wait_for(
+        "the new topic on both survivors",
+        Duration::from_secs(5),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.controller.current().topics.contains_key("payments"))
+        },
+    );
+    for node in &nodes {
+        assert_eq!(
+            node.controller.current().topics["orders"].partitions.len(),
+            6
+        );
+    }
+
+    // The dead broker's lease lapses and it is fenced.
+    wait_for("the dead broker fenced", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| n.controller.current().brokers[&dead_id].fenced)
+    });
+    for node in nodes {
+        node.kill();
+    }
+}
+
+#[test]
+fn a_second_node_claiming_a_live_id_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut listeners, voters) = listeners(1);
+    let controller = Node::start(1, 11, &dir.path().join("a"), listeners.remove(0), &voters);
+    let broker_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let broker = Node::start(2, 21, &dir.path().join("b"), broker_listener, &voters);
+    wait_for("two registered brokers", Duration::from_secs(20), || {
+        registered(&controller, 2) && registered(&broker, 2)
+    });
+    // The broker, not a voter, follows the metadata as a learner.
+    assert!(broker.controller.current().brokers.contains_key(&1));
+
+    // Another node with id 2 and its own data directory (incarnation).
+    let impostor_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut impostor = Node::start(2, 22, &dir.path().join("c"), impostor_listener, &voters);
+    let runtime = impostor.runtime.take().expect("running");
+    let agent = &mut impostor.agent;
+    let status = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                agent.wait_for(|s| s.refused.is_some() || s.registered),
+            )
+            .await
+            .map(|s| s.map(|s| s.clone()))
+        })
+        .expect("an answer")
+        .expect("agent running");
+    assert!(!status.registered, "{status:?}");
+    assert!(
+        status
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("already registered")),
+        "{status:?}"
+    );
+    assert_eq!(controller.controller.current().brokers[&2].incarnation, 21);
+
+    // A voter id claimed from another address does not even start a controller.
+    let err = runtime.block_on(async {
+        let raft = RaftNode::open(RaftNodeOptions {
+            node_id: 1,
+            state_dir: dir.path().join("d"),
+            timing: RaftTiming::default(),
+        })
+        .expect("raft node");
+        let mut options = controller.controller.options().clone();
+        options.address = "127.0.0.1:1".into();
+        options.dir = dir.path().join("d/__controller");
+        Controller::start(&raft, options).await.map(drop)
+    });
+    assert!(err.is_err_and(|e| e.to_string().contains("configured at")));
+    runtime.shutdown_background();
+    broker.kill();
+    controller.kill();
+}
