@@ -2,23 +2,26 @@
 //! them. Every partition is a Raft group (of one replica on a single node), so there is
 //! one write path whatever the replication factor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use spool_controller::{
+    AgentStatus, ClusterState, Controller, ControllerOptions, LeaderSource, TopicDefaults,
+    TopicRecord,
+};
 use spool_log::{FlushPolicy, ValidBatch};
 use spool_raft::{AckLevel, RaftNode, RaftNodeOptions, RaftTiming, ReplicaError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::OffsetQuery;
 use crate::error::BrokerError;
+use crate::identity::NodeIdentity;
 use crate::partition::{Acks, Partition};
-use crate::store::{Store, TopicMeta};
 use crate::topic_config::TopicConfig;
 
 /// How a broker runs.
@@ -38,6 +41,18 @@ pub struct BrokerOptions {
     pub raft_timing: RaftTiming,
     /// Time between retention passes over every partition.
     pub retention_check: Duration,
+    /// Replication factor of a topic created without one; 0 for three, or fewer when
+    /// fewer brokers are live.
+    pub default_replication_factor: u32,
+    /// The rack this node is in, for placement.
+    pub rack: Option<String>,
+    /// The controller's voters (id to address); empty for a single node that is its own
+    /// controller.
+    pub controller_voters: BTreeMap<u64, String>,
+    /// A broker silent this long is fenced by the controller.
+    pub session_timeout: Duration,
+    /// How often this broker heartbeats to the controller.
+    pub heartbeat_interval: Duration,
 }
 
 /// This node as clients see it.
@@ -102,7 +117,7 @@ pub struct PartitionStats {
 
 #[derive(Debug)]
 pub(crate) struct TopicState {
-    pub meta: TopicMeta,
+    pub record: TopicRecord,
     pub config: TopicConfig,
     /// The partitions this node hosts a replica of; `None` for the others.
     pub partitions: Vec<Option<Arc<Partition>>>,
@@ -112,69 +127,143 @@ pub(crate) struct TopicState {
 #[derive(Debug)]
 pub struct Broker {
     pub(crate) options: BrokerOptions,
-    cluster_id: String,
+    pub(crate) identity: parking_lot::Mutex<NodeIdentity>,
+    /// The topics as the metadata shows them, with this node's replicas of them.
     pub(crate) topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
-    /// Serialises topic changes and holds their durable record.
-    pub(crate) store: Mutex<Store>,
     pub(crate) raft: Arc<RaftNode>,
-    pub(crate) epoch: AtomicU64,
-    ticker: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    pub(crate) controller: Arc<Controller>,
+    pub(crate) agent: watch::Receiver<AgentStatus>,
+    /// Serialises passes that make local replicas match the metadata.
+    pub(crate) reconciling: Mutex<()>,
+    /// Groups whose reassignment this node (their leader) is carrying out.
+    pub(crate) moving: parking_lot::Mutex<HashSet<u64>>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// This broker, for tasks it starts.
+    pub(crate) this: std::sync::Weak<Broker>,
     /// Set when shutdown begins; fetch sessions end on it.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
+/// How long a single node waits to have registered with itself before serving.
+const SOLO_REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+
 impl Broker {
-    /// Opens the data directory and every partition replica in it.
-    pub async fn open(options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
-        let store = Store::open(&options.data_dir, options.node_id)?;
+    /// Opens the data directory, joins the controller group and reopens every replica
+    /// the metadata gives this node.
+    pub async fn open(mut options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
+        let identity = NodeIdentity::open(&options.data_dir, options.node_id)?;
         crate::topics::remove_deleted_dirs(&options.data_dir);
+        if options.controller_voters.is_empty() {
+            options
+                .controller_voters
+                .insert(options.node_id, options.advertised_address.clone());
+        }
         let raft = RaftNode::open(RaftNodeOptions {
             node_id: options.node_id,
             state_dir: options.data_dir.clone(),
             timing: options.raft_timing,
         })
         .map_err(BrokerError::from)?;
-        let broker = Arc::new(Self {
-            cluster_id: store.file.cluster_id.clone(),
-            topics: RwLock::new(BTreeMap::new()),
-            store: Mutex::new(store),
-            raft,
-            epoch: AtomicU64::new(1),
-            ticker: parking_lot::Mutex::new(None),
-            closing: tokio::sync::watch::Sender::new(false),
-            options,
-        });
-        let metas: Vec<TopicMeta> = broker
-            .store
-            .lock()
-            .await
-            .file
-            .topics
-            .values()
-            .cloned()
-            .collect();
-        for meta in metas {
-            let config = TopicConfig::resolve(&broker.options.topic_defaults, &meta.configs)?;
-            let state = broker.open_topic(meta, config).await?;
-            broker
-                .topics
-                .write()
-                .insert(state.meta.name.clone(), Arc::new(state));
-        }
-        let weak = Arc::downgrade(&broker);
-        *broker.ticker.lock() = Some(tokio::spawn(async move {
-            let Some(every) = weak.upgrade().map(|b| b.options.retention_check) else {
-                return;
-            };
-            let mut interval = tokio::time::interval(every);
-            interval.tick().await;
-            loop {
-                interval.tick().await;
-                let Some(broker) = weak.upgrade() else { return };
-                broker.apply_retention().await;
+        let defaults = options.topic_defaults;
+        let controller = Controller::start(
+            &raft,
+            ControllerOptions {
+                broker_id: options.node_id,
+                incarnation: identity.incarnation,
+                address: options.advertised_address.clone(),
+                rack: options.rack.clone(),
+                voters: options.controller_voters.clone(),
+                dir: options.data_dir.join("__controller"),
+                flush: options.flush,
+                session_timeout: options.session_timeout,
+                heartbeat_interval: options.heartbeat_interval,
+                topic_defaults: TopicDefaults {
+                    partitions: options.default_partitions,
+                    replication_factor: options.default_replication_factor,
+                    max_partitions: options.max_partitions,
+                },
+                validate_configs: Arc::new(move |configs| {
+                    TopicConfig::resolve(&defaults, configs)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }),
+            },
+        )
+        .await?;
+        let solo = options.controller_voters.len() == 1
+            && options.controller_voters.contains_key(&options.node_id);
+        let broker = Arc::new_cyclic(|weak: &std::sync::Weak<Broker>| {
+            let source: std::sync::Weak<dyn LeaderSource> = weak.clone();
+            let agent = controller.start_agent(source);
+            Self {
+                identity: parking_lot::Mutex::new(identity),
+                topics: RwLock::new(BTreeMap::new()),
+                raft,
+                controller,
+                agent,
+                reconciling: Mutex::new(()),
+                moving: parking_lot::Mutex::new(HashSet::new()),
+                tasks: parking_lot::Mutex::new(Vec::new()),
+                this: weak.clone(),
+                closing: tokio::sync::watch::Sender::new(false),
+                options,
             }
-        }));
+        });
+        // Reopen what the local metadata shows at once: a restarted node serves its
+        // replicas before it hears from the controller.
+        let committed = *broker.controller.replica().high_watermark().borrow();
+        if let Err(error) = broker.controller.wait_applied(committed).await {
+            tracing::warn!(%error, "the local metadata is still being applied");
+        }
+        broker.reconcile(&broker.controller.current()).await;
+        let reconciler = tokio::spawn(crate::reconcile::run(
+            Arc::downgrade(&broker),
+            broker.controller.state(),
+        ));
+        let retention = tokio::spawn(retention_ticker(Arc::downgrade(&broker)));
+        *broker.tasks.lock() = vec![reconciler, retention];
+        if solo {
+            broker.wait_registered(SOLO_REGISTRATION_WAIT).await?;
+            broker.reconcile(&broker.controller.current()).await;
+        }
         Ok(broker)
+    }
+
+    /// Waits until the controller has registered this broker and the local metadata
+    /// shows it.
+    pub async fn wait_registered(&self, timeout: Duration) -> Result<(), BrokerError> {
+        let mut agent = self.agent.clone();
+        let status = tokio::time::timeout(
+            timeout,
+            agent.wait_for(|s| s.registered || s.refused.is_some()),
+        )
+        .await
+        .map_err(|_| BrokerError::TimedOut {
+            ms: timeout.as_millis() as u64,
+        })?
+        .map_err(|_| BrokerError::ShuttingDown)?
+        .clone();
+        if let Some(reason) = status.refused {
+            return Err(BrokerError::InvalidRequest { reason });
+        }
+        self.controller
+            .wait_applied(status.controller_offset)
+            .await?;
+        Ok(())
+    }
+
+    /// Where this broker stands with the controller.
+    pub fn agent_status(&self) -> watch::Receiver<AgentStatus> {
+        self.agent.clone()
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    /// The applied metadata.
+    pub fn metadata(&self) -> Arc<ClusterState> {
+        self.controller.current()
     }
 
     /// The node's Raft side: its transport service and replica lifecycle.
@@ -190,12 +279,14 @@ impl Broker {
     /// Stops every replica and writes what is pending.
     pub async fn shutdown(&self) {
         self.begin_shutdown();
-        if let Some(ticker) = self.ticker.lock().take() {
-            ticker.abort();
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
         }
+        self.controller.stop();
+        let _turn = self.reconciling.lock().await;
         self.topics.write().clear();
         self.raft.shutdown().await;
-        self.store.lock().await.release();
+        self.identity.lock().release();
     }
 
     pub fn node(&self) -> NodeInfo {
@@ -205,13 +296,13 @@ impl Broker {
         }
     }
 
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+    pub fn cluster_id(&self) -> String {
+        self.controller.current().cluster_id.clone()
     }
 
-    /// Grows with every topic change.
+    /// The metadata offset applied here: grows with every metadata change.
     pub fn metadata_epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.controller.current().offset.max(0) as u64
     }
 
     async fn apply_retention(&self) {
@@ -258,16 +349,15 @@ impl Broker {
         match state.partitions.get(partition as usize) {
             Some(Some(p)) => Ok(Arc::clone(p)),
             Some(None) => {
-                let members = state
-                    .meta
-                    .placements
+                let metadata = self.controller.current();
+                let leader = state
+                    .record
+                    .partitions
                     .get(partition as usize)
-                    .map(|p| p.members.clone())
-                    .unwrap_or_default();
-                let leader = members.iter().next();
+                    .and_then(|p| p.leader.or_else(|| p.preferred_leader()));
                 Err(BrokerError::NotLeader {
-                    leader: leader.map(|(id, _)| *id),
-                    address: leader.map(|(_, addr)| addr.clone()),
+                    leader,
+                    address: leader.and_then(|id| metadata.address_of(id).map(str::to_string)),
                 })
             }
             None => Err(BrokerError::UnknownPartition {
@@ -277,18 +367,14 @@ impl Broker {
         }
     }
 
-    /// Every node this one knows of (itself, and the replicas of partitions it hosts),
-    /// by id, with its address.
+    /// The live brokers (and this node), by id, with their addresses.
     pub fn known_nodes(&self) -> BTreeMap<u64, String> {
-        let mut nodes = BTreeMap::new();
-        for topic in self.topics.read().values() {
-            for placement in &topic.meta.placements {
-                nodes.extend(placement.members.clone());
-            }
-            for partition in topic.partitions.iter().flatten() {
-                nodes.extend(partition.replica.member_addresses());
-            }
-        }
+        let mut nodes: BTreeMap<u64, String> = self
+            .controller
+            .current()
+            .live_brokers()
+            .map(|b| (b.id, b.address.clone()))
+            .collect();
         nodes.insert(
             self.options.node_id,
             self.options.advertised_address.clone(),
@@ -408,9 +494,24 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(ticker) = self.ticker.lock().take() {
-            ticker.abort();
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
         }
+    }
+}
+
+async fn retention_ticker(broker: std::sync::Weak<Broker>) {
+    let Some(every) = broker.upgrade().map(|b| b.options.retention_check) else {
+        return;
+    };
+    let mut interval = tokio::time::interval(every);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        broker.apply_retention().await;
     }
 }
 

@@ -51,6 +51,9 @@ pub enum BrokerError {
     ShuttingDown,
     #[error("data directory {dir} is in use by another Spool process")]
     DirectoryInUse { dir: String },
+    /// A metadata change the controller refused or could not make; its code is kept.
+    #[error("{0}")]
+    Controller(#[from] spool_controller::ControllerError),
     #[error("data directory {dir} belongs to node {found}, not node {expected}")]
     WrongNode {
         dir: String,
@@ -81,6 +84,7 @@ impl BrokerError {
             | BrokerError::DirectoryInUse { .. } => ErrorCode::StorageError,
             BrokerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
             BrokerError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            BrokerError::Controller(e) => e.code(),
         }
     }
 }

@@ -6,11 +6,13 @@
 //! No wire types here: the gRPC services translate at their edge.
 
 mod broker;
+mod cluster;
 mod error;
 mod fetch;
+mod identity;
 mod partition;
+mod reconcile;
 mod replicas;
-mod store;
 mod topic_config;
 mod topics;
 
@@ -18,13 +20,13 @@ pub use broker::{
     AppendOutcome, Broker, BrokerOptions, NodeInfo, PartitionInfo, PartitionStats,
     ProducePartition, TopicInfo,
 };
+pub use cluster::{BrokerSummary, ClusterSummary};
 pub use error::BrokerError;
 pub use fetch::{FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
 pub use partition::Acks;
+pub use spool_controller::{AgentStatus, ClusterState, Controller, ControllerService};
 pub use spool_raft::{RaftNode, RaftTiming};
-pub use store::Placement;
 pub use topic_config::{TopicConfig, TopicConfigDefaults};
-pub use topics::TopicPlacement;
 
 /// Offset semantics for [`Broker::list_offset`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

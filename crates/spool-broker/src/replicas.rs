@@ -1,99 +1,38 @@
-//! The replica lifecycle the controller drives: open an empty replica to join a group,
-//! add a node to a group (learner, catch up, voter), remove one, close a replica and
-//! delete its data.
+//! Moving replicas: operators ask the controller to reassign a partition or drain a
+//! broker; the partition's leader carries the move out (learner, catch up, voters) and
+//! tells the controller when its group has exactly the target voters.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use spool_raft::ReplicaSpec;
+use spool_controller::{Command, PartitionRecord};
 
-use crate::broker::{Broker, TopicState};
+use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::partition::Partition;
 
 impl Broker {
-    /// Opens an empty replica of a partition of a topic this node knows, for the leader
-    /// to add as a learner. Does nothing if the replica is open already.
-    pub async fn join_partition(&self, topic: &str, partition: u32) -> Result<(), BrokerError> {
-        let mut store = self.store.lock().await;
-        let state = self.topic(topic)?;
-        let Some(local) = state.partitions.get(partition as usize) else {
-            return Err(BrokerError::UnknownPartition {
+    /// Asks the controller to move a partition to `replicas` (the preferred leader first).
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> Result<(), BrokerError> {
+        self.controller
+            .execute(Command::Reassign {
                 topic: topic.to_string(),
                 partition,
-            });
-        };
-        if local.is_some() {
-            return Ok(());
-        }
-        let placement = &state.meta.placements[partition as usize];
-        let replica = self
-            .raft
-            .create_replica(ReplicaSpec {
-                group: placement.group,
-                dir: self.partition_dir(topic, partition),
-                log_config: state.config.log_config(self.options.flush),
-                initial_members: Default::default(),
+                replicas,
             })
             .await?;
-        let mut meta = state.meta.clone();
-        meta.placements[partition as usize].members.insert(
-            self.options.node_id,
-            self.options.advertised_address.clone(),
-        );
-        store.file.topics.insert(topic.to_string(), meta.clone());
-        store.save()?;
-        let mut partitions = state.partitions.clone();
-        partitions[partition as usize] = Some(Arc::new(Partition::new(
-            topic.to_string(),
-            partition,
-            replica,
-            state.config.retention(),
-        )));
-        self.replace_topic(TopicState {
-            meta,
-            config: state.config,
-            partitions,
-        });
         Ok(())
     }
 
-    /// On the leader: adds `node` as a learner, waits for it to catch up, then makes it
-    /// a voter.
-    pub async fn add_replica(
-        &self,
-        topic: &str,
-        partition: u32,
-        node: u64,
-        address: String,
-    ) -> Result<(), BrokerError> {
-        let replica = Arc::clone(&self.partition(topic, partition)?.replica);
-        replica.add_learner(node, address, true).await?;
-        let (mut voters, _) = replica.members();
-        voters.insert(node);
-        replica.change_voters(voters).await?;
-        Ok(())
-    }
-
-    /// On the leader: takes `node` out of the group.
-    pub async fn remove_replica(
-        &self,
-        topic: &str,
-        partition: u32,
-        node: u64,
-    ) -> Result<(), BrokerError> {
-        let replica = Arc::clone(&self.partition(topic, partition)?.replica);
-        let (mut voters, learners) = replica.members();
-        if voters.remove(&node) {
-            if voters.is_empty() {
-                return Err(BrokerError::InvalidRequest {
-                    reason: "a partition cannot lose its last replica".into(),
-                });
-            }
-            replica.change_voters(voters).await?;
-        }
-        if learners.contains(&node) || replica.member_addresses().contains_key(&node) {
-            replica.remove_nodes([node].into()).await?;
-        }
+    /// Starts (or stops) moving every replica off a broker.
+    pub async fn drain_broker(&self, broker: u64, drain: bool) -> Result<(), BrokerError> {
+        self.controller
+            .execute(Command::Drain { broker, drain })
+            .await?;
         Ok(())
     }
 
@@ -121,36 +60,55 @@ impl Broker {
         Ok(())
     }
 
-    /// Closes this node's replica of a partition and deletes its data.
-    pub async fn leave_partition(&self, topic: &str, partition: u32) -> Result<(), BrokerError> {
-        let mut store = self.store.lock().await;
-        let state = self.topic(topic)?;
-        let Some(Some(local)) = state.partitions.get(partition as usize) else {
-            return Ok(());
-        };
-        self.raft
-            .remove_replica(local.replica.group(), true)
+    /// On the partition's leader: brings the group to the record's target voters, then
+    /// reports the move done. Safe to repeat from any step.
+    pub(crate) async fn carry_out_move(
+        &self,
+        topic: &str,
+        index: u32,
+        record: &PartitionRecord,
+    ) -> Result<(), BrokerError> {
+        let replica = Arc::clone(&self.partition(topic, index)?.replica);
+        let metadata = self.controller.current();
+        let target: BTreeSet<u64> = record.target().iter().map(|r| r.broker).collect();
+        let (voters, learners) = replica.members();
+        for added in &record.adding {
+            if voters.contains(&added.broker) {
+                continue;
+            }
+            let address = metadata
+                .address_of(added.broker)
+                .ok_or(BrokerError::InvalidRequest {
+                    reason: format!("broker {} has no address", added.broker),
+                })?
+                .to_string();
+            if !learners.contains(&added.broker) {
+                replica.add_learner(added.broker, address, true).await?;
+            } else {
+                // Already a learner: wait for it to catch up by adding it again.
+                replica.add_learner(added.broker, address, true).await?;
+            }
+        }
+        let (voters, _) = replica.members();
+        if voters != target {
+            replica.change_voters(target.clone()).await?;
+        }
+        let extra: BTreeSet<u64> = replica
+            .member_addresses()
+            .into_keys()
+            .filter(|id| !target.contains(id))
+            .collect();
+        if !extra.is_empty() {
+            replica.remove_nodes(extra).await?;
+        }
+        self.controller
+            .execute(Command::CompleteReassignment {
+                topic: topic.to_string(),
+                partition: index,
+                group: record.group,
+            })
             .await?;
-        let mut meta = state.meta.clone();
-        meta.placements[partition as usize]
-            .members
-            .remove(&self.options.node_id);
-        store.file.topics.insert(topic.to_string(), meta.clone());
-        store.save()?;
-        let mut partitions = state.partitions.clone();
-        partitions[partition as usize] = None;
-        self.replace_topic(TopicState {
-            meta,
-            config: state.config,
-            partitions,
-        });
+        tracing::info!(topic, partition = index, voters = ?target, "partition moved");
         Ok(())
-    }
-
-    fn replace_topic(&self, state: TopicState) {
-        self.topics
-            .write()
-            .insert(state.meta.name.clone(), Arc::new(state));
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

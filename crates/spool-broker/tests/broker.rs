@@ -26,6 +26,11 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
         max_partitions: 1000,
         raft_timing: spool_broker::RaftTiming::default(),
         retention_check: std::time::Duration::from_secs(30),
+        default_replication_factor: 0,
+        rack: None,
+        controller_voters: Default::default(),
+        session_timeout: std::time::Duration::from_secs(6),
+        heartbeat_interval: std::time::Duration::from_millis(500),
     }
 }
 

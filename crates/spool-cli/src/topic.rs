@@ -69,6 +69,7 @@ pub async fn run(command: TopicCommand, context: &Context) -> anyhow::Result<Exi
                     partitions,
                     replication_factor,
                     configs: configs.into_iter().collect::<BTreeMap<_, _>>(),
+                    ..NewTopic::default()
                 })
                 .await?;
             let described = client.describe_topic(&name).await?;

@@ -229,7 +229,7 @@ fn client_errors_are_one_sentence_and_a_non_zero_exit() {
         ),
         (
             &["topic", "create", "r", "--replication-factor", "3"],
-            "error: replication factor 3 is not possible with 1 broker(s) (INVALID_REPLICATION_FACTOR)",
+            "error: replication factor 3 is not possible with 1 live broker(s) (INVALID_REPLICATION_FACTOR)",
         ),
     ];
     for (args, expected) in cases {

@@ -127,12 +127,97 @@ impl Client {
                     partitions: topic.partitions,
                     replication_factor: topic.replication_factor,
                     configs: topic.configs.into_iter().collect(),
+                    assignments: topic
+                        .assignments
+                        .into_iter()
+                        .map(|brokers| v1::ReplicaAssignment { brokers })
+                        .collect(),
                 }],
                 validate_only: false,
             }))
             .await?
             .into_inner();
         first_result(response.results)
+    }
+
+    /// Grows a topic to `total` partitions.
+    pub async fn create_partitions(&self, topic: &str, total: u32) -> Result<(), ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .create_partitions(self.call(v1::AdminCreatePartitionsRequest {
+                topic: topic.to_string(),
+                total,
+            }))
+            .await?
+            .into_inner();
+        Ok(api(response.error)?)
+    }
+
+    /// Moves a partition to `replicas` (the preferred leader first); the move runs in the
+    /// background.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> Result<(), ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .reassign_partition(self.call(v1::AdminReassignRequest {
+                topic: topic.to_string(),
+                partition,
+                replicas,
+            }))
+            .await?
+            .into_inner();
+        Ok(api(response.error)?)
+    }
+
+    /// Starts (or, with `drain` false, stops) moving every replica off a broker.
+    pub async fn drain_broker(&self, broker: u64, drain: bool) -> Result<(), ClientError> {
+        let response = self
+            .admin
+            .clone()
+            .drain_broker(self.call(v1::AdminDrainRequest {
+                broker_id: broker,
+                drain,
+            }))
+            .await?
+            .into_inner();
+        Ok(api(response.error)?)
+    }
+
+    /// Brokers, the controller leader, and partitions and leaders per broker.
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription, ClientError> {
+        let c = self
+            .admin
+            .clone()
+            .describe_cluster(self.call(v1::DescribeClusterRequest {}))
+            .await?
+            .into_inner();
+        Ok(ClusterDescription {
+            cluster_id: c.cluster_id,
+            controller_leader: (c.controller_leader != 0).then_some(c.controller_leader),
+            controller_voters: c.controller_voters,
+            brokers: c
+                .brokers
+                .into_iter()
+                .map(|b| ClusterBroker {
+                    id: b.id,
+                    address: b.address,
+                    rack: (!b.rack.is_empty()).then_some(b.rack),
+                    fenced: b.fenced,
+                    draining: b.draining,
+                    replicas: b.replicas,
+                    leaders: b.leaders,
+                })
+                .collect(),
+            metadata_epoch: c.metadata_epoch,
+            under_replicated_partitions: c.under_replicated_partitions,
+            moving_partitions: c.moving_partitions,
+        })
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {

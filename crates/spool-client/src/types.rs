@@ -28,6 +28,34 @@ pub struct NewTopic {
     /// 0 for the broker's default.
     pub replication_factor: u32,
     pub configs: BTreeMap<String, String>,
+    /// Optional: each partition's replicas (broker ids), the preferred leader first.
+    pub assignments: Vec<Vec<u64>>,
+}
+
+/// The cluster as `describe_cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDescription {
+    pub cluster_id: String,
+    /// `None` when no controller leader is known.
+    pub controller_leader: Option<u64>,
+    pub controller_voters: Vec<u64>,
+    pub brokers: Vec<ClusterBroker>,
+    pub metadata_epoch: u64,
+    pub under_replicated_partitions: u32,
+    pub moving_partitions: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBroker {
+    pub id: u64,
+    pub address: String,
+    pub rack: Option<String>,
+    pub fenced: bool,
+    pub draining: bool,
+    /// Replicas placed on it.
+    pub replicas: u32,
+    /// Partitions it leads.
+    pub leaders: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ pub enum ControllerError {
         leader: Option<BrokerId>,
         address: Option<String>,
     },
-    #[error("replication factor {requested} needs that many live brokers; {brokers} are available")]
+    #[error("replication factor {requested} is not possible with {brokers} live broker(s)")]
     InvalidReplicationFactor { requested: u32, brokers: u32 },
     #[error("no live broker can take the replica")]
     NoBrokers,

@@ -364,6 +364,15 @@ impl PartitionReplica {
         }
     }
 
+    /// Starts an election now instead of waiting for a timeout (a new group's preferred
+    /// leader). Raft decides as always: a replica behind the others is not elected.
+    pub fn campaign(&self) {
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.trigger().elect(false).await;
+        });
+    }
+
     /// Asks the leader to hand leadership to `to`.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
         self.touch();

@@ -1,6 +1,7 @@
 //! Node configuration: defaults, overridden by a TOML file, overridden by `SPOOL_*`
 //! environment variables and flags (the CLI applies those two). Unknown keys are an error.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,6 +72,20 @@ pub struct ServerConfig {
     /// Lets `ReplicaAdmin.SetLinkFaults` cut this node's Raft links (tests only; default
     /// false).
     pub fault_injection: bool,
+    /// The controller's voters as `id@host:port,...` (default empty: this node alone is
+    /// the controller). Every node of a cluster is given the same list.
+    pub controller_voters: String,
+    /// This node's rack; placement spreads a partition's replicas over racks (default
+    /// none).
+    pub rack: Option<String>,
+    /// Replication factor of topics created without one (default 0: three, or fewer when
+    /// fewer brokers are live).
+    pub default_replication_factor: u32,
+    /// A broker that has not heartbeated to the controller for this long is fenced
+    /// (default 6000).
+    pub broker_session_timeout_ms: u64,
+    /// ms between a broker's heartbeats to the controller (default 500).
+    pub broker_heartbeat_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +113,11 @@ impl Default for ServerConfig {
             raft_quiesce_after_ms: RaftTiming::default().quiesce_after_ms.unwrap_or(0),
             retention_check_ms: 30_000,
             fault_injection: false,
+            controller_voters: String::new(),
+            rack: None,
+            default_replication_factor: 0,
+            broker_session_timeout_ms: 6000,
+            broker_heartbeat_ms: 500,
         }
     }
 }
@@ -154,6 +174,11 @@ impl ServerConfig {
         Ok(timing)
     }
 
+    /// The controller voters, parsed from `id@host:port,...`.
+    pub fn voters(&self) -> Result<BTreeMap<u64, String>, ServerError> {
+        parse_voters(&self.controller_voters)
+    }
+
     /// Topic defaults, checked as a topic's own configs would be.
     pub(crate) fn topic_defaults(&self) -> Result<TopicConfig, ServerError> {
         let settings = [
@@ -176,6 +201,32 @@ impl ServerConfig {
     }
 }
 
+/// Parses `id@host:port,...`.
+pub fn parse_voters(text: &str) -> Result<BTreeMap<u64, String>, ServerError> {
+    let invalid = |reason: String| ServerError::InvalidSetting {
+        name: "controller_voters",
+        reason,
+    };
+    let mut voters = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, address) = entry
+            .split_once('@')
+            .ok_or_else(|| invalid(format!("{entry:?} is not id@host:port")))?;
+        let id: u64 = id
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| invalid(format!("{id:?} is not a node id (1 or more)")))?;
+        if !address.contains(':') {
+            return Err(invalid(format!("{address:?} is not host:port")));
+        }
+        if voters.insert(id, address.to_string()).is_some() {
+            return Err(invalid(format!("node {id} is named twice")));
+        }
+    }
+    Ok(voters)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +246,17 @@ mod tests {
         assert!(err.contains("unknown field"), "{err}");
         let err = ServerConfig::from_toml("flush = \"sometimes\"\n").unwrap_err();
         assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn controller_voters_parse_and_bad_ones_are_named() {
+        let voters = parse_voters("1@a:1, 2@b:2,3@c:3").unwrap();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[&2], "b:2");
+        assert!(parse_voters("").unwrap().is_empty());
+        for bad in ["1a:1", "x@a:1", "0@a:1", "1@a", "1@a:1,1@b:2"] {
+            assert!(parse_voters(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use spool_broker::{Broker, BrokerOptions};
+use spool_broker::{Broker, BrokerOptions, ControllerService};
 use spool_proto::v1::admin_server::AdminServer;
 use spool_proto::v1::broker_server::BrokerServer;
 use spool_proto::v1::replica_admin_server::ReplicaAdminServer;
@@ -81,6 +81,11 @@ impl Node {
             max_partitions: config.max_partitions_per_topic.max(1),
             raft_timing: config.raft_timing()?,
             retention_check: Duration::from_millis(config.retention_check_ms.max(10)),
+            default_replication_factor: config.default_replication_factor,
+            rack: config.rack.clone().filter(|r| !r.is_empty()),
+            controller_voters: config.voters()?,
+            session_timeout: Duration::from_millis(config.broker_session_timeout_ms.max(100)),
+            heartbeat_interval: Duration::from_millis(config.broker_heartbeat_ms.max(10)),
         };
         if config.node_id == 0 {
             return Err(ServerError::InvalidSetting {
@@ -123,6 +128,7 @@ impl Node {
             )
             .add_service(AdminServer::new(admin_service))
             .add_service(broker.raft().service())
+            .add_service(ControllerService::new(Arc::clone(broker.controller())))
             .add_service(ReplicaAdminServer::new(ReplicaAdminService {
                 broker: Arc::clone(&broker),
                 fault_injection: config.fault_injection,

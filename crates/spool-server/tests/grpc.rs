@@ -65,6 +65,7 @@ async fn create(
                 partitions,
                 replication_factor: 1,
                 configs: Default::default(),
+                assignments: Vec::new(),
             }],
             validate_only: false,
         })

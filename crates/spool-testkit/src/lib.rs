@@ -97,7 +97,6 @@ pub struct TestCluster {
     root: tempfile::TempDir,
     options: ClusterOptions,
     slots: BTreeMap<u64, Slot>,
-    next_group: u64,
 }
 
 /// A port nobody listens on now: bound, read, released. Kept for the node's lifetime.
@@ -111,11 +110,28 @@ impl TestCluster {
     pub async fn start(options: ClusterOptions) -> Result<Self, TestkitError> {
         let root = tempfile::tempdir()?;
         let mut slots = BTreeMap::new();
-        for id in 1..=options.nodes as u64 {
+        let ports: Vec<(String, String)> = (0..options.nodes)
+            .map(|_| {
+                Ok((
+                    format!("127.0.0.1:{}", reserve_port()?),
+                    format!("127.0.0.1:{}", reserve_port()?),
+                ))
+            })
+            .collect::<std::io::Result<_>>()?;
+        // The first three nodes are the controller's voters, as in a real deployment.
+        let controller_voters = ports
+            .iter()
+            .take(3)
+            .enumerate()
+            .map(|(i, (grpc, _))| format!("{}@{grpc}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, (grpc, http)) in (1..=options.nodes as u64).zip(ports) {
             let spec = NodeSpec {
                 id,
-                grpc: format!("127.0.0.1:{}", reserve_port()?),
-                http: format!("127.0.0.1:{}", reserve_port()?),
+                grpc,
+                http,
+                controller_voters: controller_voters.clone(),
                 data_dir: root.path().join(format!("node-{id}")),
                 flush: options.flush,
                 heartbeat_ms: options.heartbeat_ms,
@@ -135,11 +151,22 @@ impl TestCluster {
             root,
             options,
             slots,
-            next_group: 1,
         };
-        for id in cluster.node_ids() {
-            cluster.start_node(id).await?;
+        // Started together: the controller needs a majority of its voters to elect.
+        let starts: Vec<_> = cluster
+            .node_ids()
+            .into_iter()
+            .map(|id| cluster.start_task(id))
+            .collect::<Result<_, _>>()?;
+        for (id, start) in starts {
+            let running = start
+                .await
+                .map_err(|e| TestkitError::Start(e.to_string()))??;
+            if let Some(slot) = cluster.slots.get_mut(&id) {
+                slot.running = Some(running);
+            }
         }
+        cluster.wait_registered(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
 
@@ -183,25 +210,50 @@ impl TestCluster {
         Ok(self.spec(node)?.data_dir.clone())
     }
 
-    async fn start_node(&mut self, id: u64) -> Result<(), TestkitError> {
+    #[allow(clippy::type_complexity)]
+    fn start_task(
+        &self,
+        id: u64,
+    ) -> Result<(u64, tokio::task::JoinHandle<Result<Running, TestkitError>>), TestkitError> {
         let config_path = self.root.path().join(format!("node-{id}.toml"));
         let mode = self.options.mode.clone();
-        let slot = self
-            .slots
-            .get_mut(&id)
-            .ok_or(TestkitError::UnknownNode(id))?;
-        if slot.running.is_some() {
-            return Ok(());
-        }
-        let spec = slot.spec.clone();
-        let running = tokio::task::spawn_blocking(move || match mode {
+        let spec = self.spec(id)?.clone();
+        let task = tokio::task::spawn_blocking(move || match mode {
             Mode::InProcess => Running::start_in_process(&spec),
             Mode::Processes { binary } => Running::start_process(&spec, &binary, &config_path),
+        });
+        Ok((id, task))
+    }
+
+    async fn start_node(&mut self, id: u64) -> Result<(), TestkitError> {
+        if self.slots.get(&id).is_some_and(|s| s.running.is_some()) {
+            return Ok(());
+        }
+        let (_, task) = self.start_task(id)?;
+        let running = task
+            .await
+            .map_err(|e| TestkitError::Start(e.to_string()))??;
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.running = Some(running);
+        }
+        Ok(())
+    }
+
+    /// Waits until every running node is registered, live, with the controller.
+    pub async fn wait_registered(&self, deadline: Duration) -> Result<(), TestkitError> {
+        let running = self.running();
+        wait_for(deadline, "every running node registered", || {
+            let running = running.clone();
+            async move {
+                let client = self.client().await.ok()?;
+                let cluster = client.describe_cluster().await.ok()?;
+                running
+                    .iter()
+                    .all(|id| cluster.brokers.iter().any(|b| b.id == *id && !b.fenced))
+                    .then_some(())
+            }
         })
         .await
-        .map_err(|e| TestkitError::Start(e.to_string()))??;
-        slot.running = Some(running);
-        Ok(())
     }
 
     /// Kills a node as kill -9 would.
@@ -288,8 +340,15 @@ impl TestCluster {
         }
     }
 
+    fn call_error(error: spool_client::ClientError) -> TestkitError {
+        TestkitError::Call {
+            node: 0,
+            reason: error.to_string(),
+        }
+    }
+
     /// Creates a topic whose partition `i` lives on `replication_factor` consecutive
-    /// nodes starting at node `i % n + 1`; every running node learns the placement.
+    /// nodes starting at node `i % n + 1`.
     pub async fn create_topic(
         &mut self,
         name: &str,
@@ -312,7 +371,8 @@ impl TestCluster {
             .await
     }
 
-    /// As `create_topic_with`, placing replicas on `nodes` only.
+    /// As `create_topic_with`, placing replicas on `nodes` only. The controller is told
+    /// the exact assignment.
     pub async fn create_topic_on(
         &mut self,
         name: &str,
@@ -321,128 +381,61 @@ impl TestCluster {
         configs: BTreeMap<String, String>,
         nodes: &[u64],
     ) -> Result<Vec<Vec<u64>>, TestkitError> {
-        let ids = nodes.to_vec();
-        let mut placements = Vec::new();
-        let mut replicas = Vec::new();
-        for p in 0..partitions as usize {
-            let members: Vec<u64> = (0..replication_factor)
-                .map(|k| ids[(p + k) % ids.len()])
-                .collect();
-            placements.push(v1::PartitionPlacement {
-                group: self.next_group,
-                replicas: members
-                    .iter()
-                    .map(|id| v1::ReplicaMember {
-                        node_id: *id,
-                        address: self.slots[id].spec.grpc.clone(),
-                    })
-                    .collect(),
-            });
-            self.next_group += 1;
-            replicas.push(members);
-        }
-        let request = v1::HostTopicRequest {
-            name: name.to_string(),
-            topic_id: format!("{name}-{}", self.next_group),
-            configs: configs.into_iter().collect(),
-            partitions: placements,
-        };
-        for node in self.running() {
-            let request = request.clone();
-            self.admin_call(node, |mut c| async move { c.host_topic(request).await })
-                .await?;
-        }
+        let replicas: Vec<Vec<u64>> = (0..partitions as usize)
+            .map(|p| {
+                (0..replication_factor)
+                    .map(|k| nodes[(p + k) % nodes.len()])
+                    .collect()
+            })
+            .collect();
+        self.client()
+            .await?
+            .create_topic(spool_client::NewTopic {
+                name: name.to_string(),
+                partitions,
+                replication_factor: replication_factor as u32,
+                configs,
+                assignments: replicas.clone(),
+            })
+            .await
+            .map_err(Self::call_error)?;
         Ok(replicas)
     }
 
-    /// Opens an empty replica of a partition on `node`, for the leader to add.
-    pub async fn join_partition(
+    /// Asks the controller to move a partition to `replicas` (the preferred leader
+    /// first) and waits until the move is done.
+    pub async fn reassign(
         &self,
-        node: u64,
         topic: &str,
         partition: u32,
+        replicas: &[u64],
+        deadline: Duration,
     ) -> Result<(), TestkitError> {
-        let request = v1::PartitionRef {
-            topic: topic.to_string(),
-            partition,
-        };
-        self.admin_call(node, |mut c| async move { c.join_partition(request).await })
+        let client = self.client().await?;
+        client
+            .reassign_partition(topic, partition, replicas.to_vec())
             .await
-    }
-
-    /// Asks the partition's leader to add `node` (learner, catch up, voter).
-    pub async fn add_replica(
-        &self,
-        leader: u64,
-        topic: &str,
-        partition: u32,
-        node: u64,
-    ) -> Result<(), TestkitError> {
-        let request = self.change_request(topic, partition, node)?;
-        self.admin_call(leader, |mut c| async move { c.add_replica(request).await })
-            .await
-    }
-
-    /// Asks the partition's leader to take `node` out of the group.
-    pub async fn remove_replica(
-        &self,
-        leader: u64,
-        topic: &str,
-        partition: u32,
-        node: u64,
-    ) -> Result<(), TestkitError> {
-        let request = self.change_request(topic, partition, node)?;
-        self.admin_call(
-            leader,
-            |mut c| async move { c.remove_replica(request).await },
-        )
-        .await
-    }
-
-    fn change_request(
-        &self,
-        topic: &str,
-        partition: u32,
-        node: u64,
-    ) -> Result<v1::ChangeReplicaRequest, TestkitError> {
-        Ok(v1::ChangeReplicaRequest {
-            topic: topic.to_string(),
-            partition,
-            node: Some(v1::ReplicaMember {
-                node_id: node,
-                address: self.address(node)?,
-            }),
+            .map_err(Self::call_error)?;
+        wait_for(deadline, "the partition to move", || async {
+            let cluster = client.describe_cluster().await.ok()?;
+            let described = client.describe_topic(topic).await.ok()?;
+            let p = described.partitions.get(partition as usize)?;
+            let mut have = p.replicas.clone();
+            let mut want = replicas.to_vec();
+            have.sort_unstable();
+            want.sort_unstable();
+            (cluster.moving_partitions == 0 && have == want).then_some(())
         })
-    }
-
-    /// Closes `node`'s replica of a partition and deletes its data.
-    pub async fn leave_partition(
-        &self,
-        node: u64,
-        topic: &str,
-        partition: u32,
-    ) -> Result<(), TestkitError> {
-        let request = v1::PartitionRef {
-            topic: topic.to_string(),
-            partition,
-        };
-        self.admin_call(
-            node,
-            |mut c| async move { c.leave_partition(request).await },
-        )
         .await
     }
 
-    /// Deletes a topic on every running node.
+    /// Deletes a topic: every node drops its replicas.
     pub async fn drop_topic(&self, topic: &str) -> Result<(), TestkitError> {
-        for node in self.running() {
-            let request = v1::DropTopicRequest {
-                name: topic.to_string(),
-            };
-            self.admin_call(node, |mut c| async move { c.drop_topic(request).await })
-                .await?;
-        }
-        Ok(())
+        self.client()
+            .await?
+            .delete_topic(topic)
+            .await
+            .map_err(Self::call_error)
     }
 
     /// Cuts the Raft links between two nodes, both ways.

@@ -32,6 +32,8 @@ pub struct NodeSpec {
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     pub retention_check_ms: u64,
+    /// `id@host:port,...` of the controller's voters.
+    pub controller_voters: String,
 }
 
 impl NodeSpec {
@@ -49,6 +51,9 @@ impl NodeSpec {
             fault_injection: true,
             shutdown_grace_secs: 5,
             retention_check_ms: self.retention_check_ms,
+            controller_voters: self.controller_voters.clone(),
+            broker_session_timeout_ms: 3000,
+            broker_heartbeat_ms: 200,
             ..ServerConfig::default()
         }
     }
@@ -63,7 +68,8 @@ impl NodeSpec {
             "node_id = {}\ndata_dir = {:?}\nlisten = {:?}\nhttp_listen = {:?}\n\
              advertised_address = {:?}\nflush = {flush:?}\nraft_heartbeat_ms = {}\n\
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
-             shutdown_grace_secs = 5\nretention_check_ms = {}\n",
+             shutdown_grace_secs = 5\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
+             broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n",
             self.id,
             self.data_dir.display().to_string(),
             self.grpc,
@@ -73,6 +79,7 @@ impl NodeSpec {
             self.election_min_ms,
             self.election_max_ms,
             self.retention_check_ms,
+            self.controller_voters,
         )
     }
 }

@@ -1,5 +1,6 @@
-//! Moving a replica under load: a fourth node joins a group as a learner, catches up and
-//! becomes a voter; an old replica is removed and its data deleted. Nothing acknowledged
+//! Moving a replica under load through the controller: a fourth node joins the group as
+//! a learner, catches up and becomes a voter; an old replica is removed and its data
+//! deleted. Nothing acknowledged
 //! is lost, and the new replica holds the same batches as the others.
 
 use std::collections::BTreeMap;
@@ -35,23 +36,17 @@ async fn a_replica_moves_to_a_new_node_under_load() {
     .await
     .expect("load");
 
-    cluster.join_partition(4, "moving", 0).await.expect("join");
-    cluster
-        .add_replica(leader, "moving", 0, 4)
-        .await
-        .expect("add node 4");
+    // The controller moves a follower's replica to node 4: node 4 joins as a learner,
+    // catches up and becomes a voter; the old replica leaves and deletes its data.
     let leaving = [1, 2, 3]
         .into_iter()
         .find(|n| *n != leader)
         .expect("a follower to move away");
+    let target: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != leaving).collect();
     cluster
-        .remove_replica(leader, "moving", 0, leaving)
+        .reassign("moving", 0, &target, Duration::from_secs(30))
         .await
-        .expect("remove the old replica");
-    cluster
-        .leave_partition(leaving, "moving", 0)
-        .await
-        .expect("delete its data");
+        .expect("the move completes");
 
     let before = load.acked_count();
     wait_for(Duration::from_secs(20), "load after the move", || async {
@@ -71,5 +66,11 @@ async fn a_replica_moves_to_a_new_node_under_load() {
     .await
     .expect("every acknowledged record on every current replica");
     let gone = cluster.data_dir(leaving).expect("dir").join("moving-0");
-    assert!(!gone.exists(), "the removed replica's data is deleted");
+    wait_for(
+        Duration::from_secs(10),
+        "the old replica's data deleted",
+        || async { (!gone.exists()).then_some(()) },
+    )
+    .await
+    .expect("the removed replica's data is deleted");
 }

@@ -58,8 +58,70 @@ fn configs(entries: Vec<(String, String, bool)>) -> Vec<v1::ConfigEntry> {
         .collect()
 }
 
+fn admin_answer(outcome: Result<(), BrokerError>) -> Result<Response<v1::AdminResponse>, Status> {
+    Ok(Response::new(v1::AdminResponse {
+        error: outcome.err().as_ref().map(wire_error),
+    }))
+}
+
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
+    async fn create_partitions(
+        &self,
+        request: Request<v1::AdminCreatePartitionsRequest>,
+    ) -> Result<Response<v1::AdminResponse>, Status> {
+        let r = request.into_inner();
+        admin_answer(self.broker.create_partitions(&r.topic, r.total).await)
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<v1::AdminReassignRequest>,
+    ) -> Result<Response<v1::AdminResponse>, Status> {
+        let r = request.into_inner();
+        admin_answer(
+            self.broker
+                .reassign_partition(&r.topic, r.partition, r.replicas)
+                .await,
+        )
+    }
+
+    async fn drain_broker(
+        &self,
+        request: Request<v1::AdminDrainRequest>,
+    ) -> Result<Response<v1::AdminResponse>, Status> {
+        let r = request.into_inner();
+        admin_answer(self.broker.drain_broker(r.broker_id, r.drain).await)
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<v1::DescribeClusterRequest>,
+    ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
+        let c = self.broker.cluster_summary();
+        Ok(Response::new(v1::DescribeClusterResponse {
+            cluster_id: c.cluster_id,
+            controller_leader: c.controller_leader.unwrap_or(0),
+            controller_voters: c.controller_voters,
+            brokers: c
+                .brokers
+                .into_iter()
+                .map(|b| v1::ClusterBroker {
+                    id: b.id,
+                    address: b.address,
+                    rack: b.rack.unwrap_or_default(),
+                    fenced: b.fenced,
+                    draining: b.draining,
+                    replicas: b.replicas,
+                    leaders: b.leaders,
+                })
+                .collect(),
+            metadata_epoch: c.metadata_epoch,
+            under_replicated_partitions: c.under_replicated,
+            moving_partitions: c.moving,
+        }))
+    }
+
     async fn create_topics(
         &self,
         request: Request<v1::CreateTopicsRequest>,
@@ -71,11 +133,12 @@ impl v1::admin_server::Admin for AdminService {
             let configs: BTreeMap<String, String> = topic.configs.into_iter().collect();
             let outcome = self
                 .broker
-                .create_topic(
+                .create_topic_placed(
                     &topic.name,
                     topic.partitions,
                     topic.replication_factor,
                     configs,
+                    topic.assignments.into_iter().map(|a| a.brokers).collect(),
                     request.validate_only,
                 )
                 .await;
