@@ -1,6 +1,7 @@
 //! `spool`: one binary for running and operating Spool.
 
 mod bench;
+mod cluster;
 mod consume;
 mod log_tools;
 mod node;
@@ -46,7 +47,7 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a local node with a data directory and show how to use it.
+    /// Start a local three-node cluster with its data directories and show how to use it.
     Dev(node::DevArgs),
     /// Run a node.
     Serve(node::ServeArgs),
@@ -54,6 +55,21 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: topic::TopicCommand,
+    },
+    /// The cluster's nodes, controller and balance.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+    /// Move partitions between brokers.
+    Partition {
+        #[command(subcommand)]
+        command: cluster::PartitionCommand,
+    },
+    /// Take brokers out of service.
+    Broker {
+        #[command(subcommand)]
+        command: cluster::BrokerCommand,
     },
     /// Produce lines from stdin as records.
     Produce(produce::ProduceArgs),
@@ -162,6 +178,9 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
             Command::Dev(args) => node::dev(args).await,
             Command::Serve(args) => node::serve(args).await,
             Command::Topic { command } => topic::run(command, &context).await,
+            Command::Cluster { command } => cluster::status(command, &context).await,
+            Command::Partition { command } => cluster::partition(command, &context).await,
+            Command::Broker { command } => cluster::broker(command, &context).await,
             Command::Produce(args) => produce::run(args, &context).await,
             Command::Consume(args) => consume::run(args, &context).await,
             Command::Offsets(args) => offsets::run(args, &context).await,

@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// Partitions of topics created without a count.
     #[arg(long, env = "SPOOL_DEFAULT_PARTITIONS")]
     default_partitions: Option<u32>,
+    /// The controller's voters, the same on every node: 1@host:port,2@host:port,3@host:port
+    /// (default: this node alone).
+    #[arg(long, env = "SPOOL_CONTROLLER_VOTERS")]
+    controller_voters: Option<String>,
+    /// This node's rack, for spreading replicas.
+    #[arg(long, env = "SPOOL_RACK")]
+    rack: Option<String>,
 }
 
 impl ServeArgs {
@@ -80,6 +87,12 @@ impl ServeArgs {
         if let Some(v) = self.default_partitions {
             config.default_partitions = v;
         }
+        if let Some(v) = self.controller_voters {
+            config.controller_voters = v;
+        }
+        if let Some(v) = self.rack {
+            config.rack = Some(v);
+        }
         Ok(config)
     }
 }
@@ -101,31 +114,62 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Where the dev node keeps its data.
+    /// Where the nodes keep their data (one directory per node inside it).
     #[arg(long, default_value = "spool-dev-data")]
     data_dir: PathBuf,
-    /// gRPC listener.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: String,
-    /// HTTP listener.
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    http_listen: String,
+    /// Nodes to run; every one is a controller voter and a broker.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    nodes: u64,
+    /// Host the nodes listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Node 1's gRPC port; node N listens on this + 2(N-1), its HTTP port one above.
+    #[arg(long, default_value_t = 7070)]
+    base_port: u16,
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
-    let config = ServerConfig {
-        data_dir: args.data_dir.clone(),
-        listen: args.listen.clone(),
-        http_listen: args.http_listen.clone(),
-        ..ServerConfig::default()
+    let port = |node: u64, offset: u64| -> anyhow::Result<u16> {
+        u16::try_from(u64::from(args.base_port) + 2 * (node - 1) + offset)
+            .context("--base-port leaves no room for every node's ports")
     };
-    let node = Node::start(config).await.with_context(|| {
-        format!(
-            "could not start the dev node (is another one using {}?)",
-            args.listen
-        )
-    })?;
-    let grpc = node.grpc_addr();
+    let mut voters = Vec::new();
+    for node in 1..=args.nodes {
+        voters.push(format!("{node}@{}:{}", args.host, port(node, 0)?));
+    }
+    let voters = voters.join(",");
+    let mut configs = Vec::new();
+    for node in 1..=args.nodes {
+        configs.push(ServerConfig {
+            node_id: node,
+            data_dir: args.data_dir.join(format!("node-{node}")),
+            listen: format!("{}:{}", args.host, port(node, 0)?),
+            http_listen: format!("{}:{}", args.host, port(node, 1)?),
+            controller_voters: voters.clone(),
+            // Peers' replication streams stay open until their nodes stop too: a short
+            // grace keeps Ctrl-C quick.
+            shutdown_grace_secs: 2,
+            ..ServerConfig::default()
+        });
+    }
+    // Started together: the controller elects once a majority of its voters is up.
+    let started = futures_util::future::join_all(configs.into_iter().map(|config| {
+        let listen = config.listen.clone();
+        async move {
+            Node::start(config).await.with_context(|| {
+                format!("could not start a dev node (is something else using {listen}?)")
+            })
+        }
+    }))
+    .await;
+    let nodes: Vec<_> = started.into_iter().collect::<anyhow::Result<_>>()?;
+    let first = &nodes[0];
+    first
+        .broker()
+        .wait_registered(std::time::Duration::from_secs(30))
+        .await
+        .context("the nodes did not form a cluster")?;
+    let grpc = first.grpc_addr();
     let bootstrap = if grpc.to_string() == "127.0.0.1:7070" {
         String::new()
     } else {
@@ -134,23 +178,37 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "spool".into());
+    let listing: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "\n  node {}  grpc {}  metrics http://{}/metrics",
+                i + 1,
+                n.grpc_addr(),
+                n.http_addr()
+            )
+        })
+        .collect();
     crate::say!(
-        "\nSpool is running: one node, stop it with Ctrl-C.\n\
-         \n  client API (gRPC)   {grpc}\
-         \n  metrics and health  http://{http}/metrics  /health  /ready\
-         \n  data directory      {data}\n\
+        "\nSpool is running: {} node(s) in one cluster; stop them all with Ctrl-C.\n{}\
+         \n  data directory  {data}\n\
          \nTry it from another terminal:\
+         \n  spool cluster status{bootstrap}\
          \n  spool topic create orders --partitions 3{bootstrap}\
          \n  printf 'order-1:created\\norder-2:created\\norder-1:paid\\n' | spool produce orders --key-separator :{bootstrap}\
          \n  spool consume orders --from-beginning --format json{bootstrap}\
-         \n  spool offsets orders{bootstrap}\n\
+         \n  spool topic describe orders{bootstrap}\n\
          \n(`spool` here is {exe}; `cargo install --path crates/spool-cli` puts it on your PATH.)\n",
-        http = node.http_addr(),
+        nodes.len(),
+        listing.concat(),
         data = args.data_dir.display(),
     );
     wait_for_signal().await?;
     crate::say!("stopping...");
-    node.shutdown().await?;
+    for stopped in futures_util::future::join_all(nodes.into_iter().map(|n| n.shutdown())).await {
+        stopped?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

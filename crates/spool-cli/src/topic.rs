@@ -44,6 +44,9 @@ pub enum TopicCommand {
         /// Return a config to its default; repeatable.
         #[arg(long = "reset")]
         reset: Vec<String>,
+        /// Grow the topic to this many partitions (partitions are never removed).
+        #[arg(long)]
+        partitions: Option<u32>,
     },
 }
 
@@ -172,7 +175,7 @@ pub async fn run(command: TopicCommand, context: &Context) -> anyhow::Result<Exi
                         .partitions
                         .iter()
                         .map(|p| {
-                            json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas,
+                            json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader), "replicas": p.replicas,
                                    "in_sync_replicas": p.in_sync_replicas, "log_start_offset": p.log_start_offset,
                                    "high_watermark": p.high_watermark, "size_bytes": p.size_bytes})
                         })
@@ -196,12 +199,22 @@ pub async fn run(command: TopicCommand, context: &Context) -> anyhow::Result<Exi
                 crate::say!("deleted topic {name}");
             }
         }
-        TopicCommand::Alter { name, set, reset } => {
+        TopicCommand::Alter {
+            name,
+            set,
+            reset,
+            partitions,
+        } => {
             anyhow::ensure!(
-                !set.is_empty() || !reset.is_empty(),
-                "nothing to change: give --set name=value or --reset name"
+                !set.is_empty() || !reset.is_empty() || partitions.is_some(),
+                "nothing to change: give --set name=value, --reset name or --partitions N"
             );
-            client.alter_topic_configs(&name, set, reset).await?;
+            if let Some(total) = partitions {
+                client.create_partitions(&name, total).await?;
+            }
+            if !set.is_empty() || !reset.is_empty() {
+                client.alter_topic_configs(&name, set, reset).await?;
+            }
             if context.output == Output::Text {
                 crate::say!("altered topic {name}");
             }

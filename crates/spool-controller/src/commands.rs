@@ -124,6 +124,9 @@ impl Controller {
                 if !state.brokers.contains_key(&broker) {
                     return Err(ControllerError::BrokerNotAvailable { id: broker });
                 }
+                if drain {
+                    self.check_drain(&state, broker)?;
+                }
                 vec![MetadataRecord::SetDraining {
                     id: broker,
                     draining: drain,
@@ -333,9 +336,37 @@ impl Controller {
                     leader: None,
                     leader_term: 0,
                     in_sync: Vec::new(),
+                    replication_factor: 0,
                 }
             })
             .collect()
+    }
+
+    /// Refuses a drain that could not finish: some partition on the broker would have no
+    /// other broker to move to.
+    fn check_drain(&self, state: &ClusterState, broker: BrokerId) -> Result<(), ControllerError> {
+        let candidates: Vec<Candidate> = self
+            .candidates(state)
+            .into_iter()
+            .filter(|c| c.id != broker)
+            .collect();
+        let stuck = state
+            .partitions()
+            .filter(|(_, _, p)| p.target().iter().any(|r| r.broker == broker))
+            .filter(|(_, _, p)| {
+                let brokers = p.brokers();
+                !candidates.iter().any(|c| !brokers.contains(&c.id))
+            })
+            .count();
+        if stuck > 0 {
+            return Err(ControllerError::InvalidRequest {
+                reason: format!(
+                    "broker {broker} cannot be drained: {stuck} of its partitions have no other \
+                     live broker to move to (add a broker, or lower their replication)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn check_partition_count(&self, count: u32) -> Result<(), ControllerError> {
@@ -505,6 +536,7 @@ pub(crate) fn reassignment(
         replicas,
         adding,
         removing,
+        repair: false,
     }))
 }
 

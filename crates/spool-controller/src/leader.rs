@@ -167,6 +167,7 @@ pub(crate) fn plan_moves(state: &ClusterState, candidates: &[Candidate]) -> Vec<
                 replicas,
                 adding,
                 removing,
+                repair: true,
             }
         };
         // A wiped broker's old replicas go first; the group then counts one short and
@@ -185,7 +186,11 @@ pub(crate) fn plan_moves(state: &ClusterState, candidates: &[Candidate]) -> Vec<
             continue;
         }
         let brokers = p.brokers();
-        if (brokers.len() as u32) < topic.replication_factor {
+        let wanted = match p.replication_factor {
+            0 => topic.replication_factor,
+            n => n,
+        };
+        if (brokers.len() as u32) < wanted {
             if let Some(new) = replacement(candidates, &load, &brokers, u64::MAX)
                 .and_then(|b| state.replica_ref(b))
             {

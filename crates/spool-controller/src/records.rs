@@ -69,6 +69,10 @@ pub enum MetadataRecord {
         replicas: Vec<ReplicaRef>,
         adding: Vec<ReplicaRef>,
         removing: Vec<ReplicaRef>,
+        /// Written by the controller to replace a wiped broker's replicas; an operator's
+        /// reassignment also sets how many replicas the partition keeps.
+        #[serde(default)]
+        repair: bool,
     },
     /// The partition's group has exactly its target voters: the move is done.
     CompleteReassignment {

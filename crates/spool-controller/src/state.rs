@@ -67,6 +67,14 @@ pub struct PartitionRecord {
     /// Voters holding every committed entry, as the leader last reported them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_sync: Vec<BrokerId>,
+    /// Replicas this partition keeps, when an operator's reassignment made it differ
+    /// from the topic's replication factor (0: the topic's).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replication_factor: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl PartitionRecord {
@@ -202,12 +210,16 @@ impl ClusterState {
                 replicas,
                 adding,
                 removing,
+                repair,
             } => {
                 if let Some(p) = self.partition_mut(topic, *partition, *group) {
                     p.replicas = replicas.clone();
                     p.adding = adding.clone();
                     p.removing = removing.clone();
                     p.founders.clear();
+                    if !repair {
+                        p.replication_factor = p.target().len() as u32;
+                    }
                 }
             }
             MetadataRecord::CompleteReassignment {
