@@ -328,7 +328,7 @@ impl Client {
         acks: Acks,
         timeout: Duration,
         partitions: Vec<PartitionBatches>,
-    ) -> Result<Vec<Result<Produced, ApiError>>, ClientError> {
+    ) -> Result<ProduceOutcome, ClientError> {
         let mut topics: Vec<v1::TopicProduceData> = Vec::new();
         for p in partitions {
             let data = v1::PartitionProduceData {
@@ -356,18 +356,21 @@ impl Client {
         let mut call = tonic::Request::new(request);
         call.set_timeout(timeout + Duration::from_secs(5));
         let response = self.broker.clone().produce(call).await?.into_inner();
-        Ok(response
-            .topics
-            .into_iter()
-            .flat_map(|t| t.partitions)
-            .map(|p| match p.error {
-                Some(e) => Err(ApiError::from(e)),
-                None => Ok(Produced {
-                    base_offset: p.base_offset,
-                    log_append_time_ms: p.log_append_time_ms,
-                }),
-            })
-            .collect())
+        Ok(ProduceOutcome {
+            metadata_epoch: response.metadata_epoch,
+            partitions: response
+                .topics
+                .into_iter()
+                .flat_map(|t| t.partitions)
+                .map(|p| match p.error {
+                    Some(e) => Err(ApiError::from(e)),
+                    None => Ok(Produced {
+                        base_offset: p.base_offset,
+                        log_append_time_ms: p.log_append_time_ms,
+                    }),
+                })
+                .collect(),
+        })
     }
 
     /// Opens a fetch stream. Each item is one response of the broker.

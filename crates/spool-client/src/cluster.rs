@@ -16,6 +16,9 @@ struct State {
     leaders: HashMap<String, Vec<u64>>,
     /// Partitions whose leader a NOT_LEADER answer just named (used once).
     hinted: std::collections::HashSet<(String, u32)>,
+    /// The metadata epoch of the newest answer taken: an older answer (from a node still
+    /// catching up) never replaces a newer one.
+    epoch: u64,
 }
 
 /// A metadata cache and a connection per broker.
@@ -76,6 +79,10 @@ impl Cluster {
             }
         };
         let mut state = self.state.write();
+        if metadata.epoch < state.epoch {
+            return Ok(());
+        }
+        state.epoch = metadata.epoch;
         for (id, address) in metadata.brokers {
             state.brokers.insert(id, address);
         }
@@ -92,6 +99,11 @@ impl Cluster {
             state.leaders.insert(t.name, leaders);
         }
         Ok(())
+    }
+
+    /// Whether a node answered with metadata newer than the cache's.
+    pub fn is_newer_epoch(&self, epoch: u64) -> bool {
+        epoch > self.state.read().epoch
     }
 
     /// Forgets what is cached of `topic`, so the next use asks the cluster.

@@ -19,6 +19,14 @@ pub enum Acks {
     None,
 }
 
+/// What a produce call answered: one result per partition, in request order, and the
+/// node's metadata epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceOutcome {
+    pub partitions: Vec<Result<Produced, crate::ApiError>>,
+    pub metadata_epoch: u64,
+}
+
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewTopic {

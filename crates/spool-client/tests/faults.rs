@@ -75,7 +75,10 @@ impl Broker for Flaky {
                         .collect(),
                 })
                 .collect();
-            return Ok(Response::new(v1::ProduceResponse { topics }));
+            return Ok(Response::new(v1::ProduceResponse {
+                topics,
+                metadata_epoch: 0,
+            }));
         }
         if call % 5 == 3 {
             self.injected.fetch_add(1, Ordering::SeqCst);

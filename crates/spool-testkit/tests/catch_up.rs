@@ -45,6 +45,7 @@ async fn write(cluster: &TestCluster, topic: &str, total: usize) {
             .await
             .expect("produce call");
         result
+            .partitions
             .into_iter()
             .next()
             .expect("a result")

@@ -39,7 +39,7 @@ async fn produce(
         )
         .await
         .map_err(|e| e.to_string())?;
-    match results.into_iter().next() {
+    match results.partitions.into_iter().next() {
         Some(Ok(produced)) => Ok(produced.base_offset),
         Some(Err(api)) => Err(api.to_string()),
         None => Err("no result".into()),

@@ -90,8 +90,18 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
         Err(error) => Err(error),
     };
     match answer {
-        Ok(results) => {
-            for (shipment, result) in shipments.into_iter().zip(results) {
+        Ok(outcome) => {
+            if shared.cluster.is_newer_epoch(outcome.metadata_epoch) {
+                // The cluster changed since our metadata: leaders may have moved.
+                let mut topics: Vec<&str> = shipments.iter().map(|s| &*s.topic).collect();
+                topics.dedup();
+                for topic in topics {
+                    if let Err(error) = shared.cluster.refresh(topic).await {
+                        tracing::debug!(%error, "metadata refresh failed");
+                    }
+                }
+            }
+            for (shipment, result) in shipments.into_iter().zip(outcome.partitions) {
                 match result {
                     Ok(produced) => settle_all(&shared, shipment, Ok, produced.base_offset),
                     Err(api) if api.code.is_retriable() => {

@@ -182,7 +182,10 @@ impl v1::broker_server::Broker for BrokerService {
             })
             .collect();
         self.metrics.produce.record(start, failed);
-        Ok(Response::new(v1::ProduceResponse { topics }))
+        Ok(Response::new(v1::ProduceResponse {
+            topics,
+            metadata_epoch: self.broker.metadata_epoch(),
+        }))
     }
 
     type FetchStream = FetchStream;

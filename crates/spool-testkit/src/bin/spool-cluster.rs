@@ -137,7 +137,7 @@ async fn failover(
                     )
                     .await;
                 if let Ok(results) = answer
-                    && results.first().is_some_and(Result::is_ok)
+                    && results.partitions.first().is_some_and(Result::is_ok)
                 {
                     break 'probe;
                 }
