@@ -52,7 +52,7 @@ pub enum BrokerError {
     #[error("data directory {dir} is in use by another Spool process")]
     DirectoryInUse { dir: String },
     /// A metadata change the controller refused or could not make; its code is kept.
-    #[error("{0}")]
+    #[error(transparent)]
     Controller(#[from] spool_controller::ControllerError),
     #[error("data directory {dir} belongs to node {found}, not node {expected}")]
     WrongNode {

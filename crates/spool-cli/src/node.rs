@@ -106,10 +106,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.grpc_addr(),
         node.http_addr()
     );
-    wait_for_signal().await?;
+    let mut agent = node.broker().agent_status();
+    let refused = async move {
+        match agent.wait_for(|s| s.refused.is_some()).await {
+            Ok(status) => status.refused.clone(),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let refusal = tokio::select! {
+        signal = wait_for_signal() => { signal?; None }
+        reason = refused => reason,
+    };
     tracing::info!("shutting down");
     node.shutdown().await?;
-    Ok(ExitCode::SUCCESS)
+    match refusal {
+        // Another node holds this id: running on would split its identity.
+        Some(reason) => anyhow::bail!("the controller refused this node: {reason}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 #[derive(Debug, Args)]
