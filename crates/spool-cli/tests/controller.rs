@@ -1,12 +1,14 @@
 //! The controller with three `spool serve` processes: kill -9 of the controller leader
 //! gives a new one with the metadata intact; the killed node comes back and leadership
-//! returns to preferred leaders; a deleted topic's name is reusable; a second node
-//! claiming a live node's id is refused and exits.
+//! returns to preferred leaders; a broker drained under load loses no acknowledged
+//! record; a deleted topic's name is reusable; a second node claiming a live node's id is
+//! refused and exits.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use spool_client::{Client, NewTopic};
+use spool_client::{Acks, Client, NewTopic};
+use spool_testkit::load::{Load, check_acknowledged};
 use spool_testkit::{ClusterOptions, TestCluster, wait_for};
 
 const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
@@ -155,4 +157,90 @@ async fn a_deleted_topic_name_can_be_reused_and_a_duplicate_id_is_refused() {
         1,
         "said once: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_broker_under_load_loses_no_acknowledged_record() {
+    let cluster = TestCluster::start(ClusterOptions::processes(3, SPOOL))
+        .await
+        .expect("cluster");
+    let client = cluster.client().await.expect("client");
+    // Two replicas each on three brokers: node 3's replicas have somewhere to go.
+    client
+        .create_topic(NewTopic {
+            name: "drained".into(),
+            partitions: 3,
+            replication_factor: 2,
+            ..NewTopic::default()
+        })
+        .await
+        .expect("create");
+    wait_for(Duration::from_secs(20), "leaders", || async {
+        leaders(&client, "drained").await.map(drop)
+    })
+    .await
+    .expect("leaders");
+    let load = Load::start(
+        cluster.client().await.expect("client"),
+        "drained",
+        3,
+        Acks::All,
+        2,
+        64,
+    );
+    wait_for(Duration::from_secs(30), "some load", || async {
+        (load.acked_count() > 500).then_some(())
+    })
+    .await
+    .expect("load");
+
+    client.drain_broker(3, true).await.expect("drain");
+    wait_for(Duration::from_secs(60), "node 3 emptied", || async {
+        let status = client.describe_cluster().await.ok()?;
+        let node = status.brokers.iter().find(|b| b.id == 3)?;
+        (node.draining && node.replicas == 0 && status.moving_partitions == 0).then_some(())
+    })
+    .await
+    .expect("the drain completes");
+    let before = load.acked_count();
+    wait_for(Duration::from_secs(30), "load after the drain", || async {
+        (load.acked_count() > before + 300).then_some(())
+    })
+    .await
+    .expect("load goes on");
+    let report = load.finish().await;
+
+    let described = client.describe_topic("drained").await.expect("describe");
+    let replicas: Vec<Vec<u64>> = described
+        .partitions
+        .iter()
+        .map(|p| p.replicas.clone())
+        .collect();
+    assert!(
+        replicas.iter().all(|r| r.len() == 2 && !r.contains(&3)),
+        "{replicas:?}"
+    );
+    check_acknowledged(
+        &cluster,
+        "drained",
+        &replicas,
+        &report,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("every acknowledged record on every remaining replica");
+    let leftover = cluster.data_dir(3).expect("dir");
+    wait_for(
+        Duration::from_secs(10),
+        "node 3's partition data deleted",
+        || async {
+            let any = std::fs::read_dir(&leftover)
+                .ok()?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("drained-"));
+            (!any).then_some(())
+        },
+    )
+    .await
+    .expect("drained replicas' data deleted");
 }
