@@ -155,7 +155,11 @@ impl Controller {
         let (status, watch) = watch::channel(AgentStatus::default());
         let controller = Arc::downgrade(self);
         let every = self.options.heartbeat_interval;
+        // A crashed earlier life of this broker holds its lease until it lapses: only a
+        // refusal that outlasts two lease periods means another live node has the id.
+        let patience = 2 * self.options.session_timeout;
         tokio::spawn(async move {
+            let mut refused_since: Option<std::time::Instant> = None;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -176,6 +180,16 @@ impl Controller {
                             refused: None,
                             controller_offset: offset,
                         }),
+                        Err(error)
+                            if error.code() == spool_types::ErrorCode::BrokerIdInUse
+                                && refused_since
+                                    .get_or_insert_with(std::time::Instant::now)
+                                    .elapsed()
+                                    < patience =>
+                        {
+                            tracing::info!(%error, "registration refused; waiting for the earlier lease to lapse");
+                            continue;
+                        }
                         Err(error) if error.code() == spool_types::ErrorCode::BrokerIdInUse => {
                             tracing::error!(%error, "registration refused");
                             status.send_replace(AgentStatus {

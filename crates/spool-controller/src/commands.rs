@@ -337,6 +337,7 @@ impl Controller {
                     leader_term: 0,
                     in_sync: Vec::new(),
                     replication_factor: 0,
+                    rebuild: Vec::new(),
                 }
             })
             .collect()

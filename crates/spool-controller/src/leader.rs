@@ -191,7 +191,14 @@ pub(crate) fn plan_moves(state: &ClusterState, candidates: &[Candidate]) -> Vec<
             n => n,
         };
         if (brokers.len() as u32) < wanted {
-            if let Some(new) = replacement(candidates, &load, &brokers, u64::MAX)
+            // A wiped broker gets its replica back; otherwise the least loaded one.
+            let back = p
+                .rebuild
+                .iter()
+                .find(|b| !brokers.contains(b) && candidates.iter().any(|c| c.id == **b))
+                .copied();
+            if let Some(new) = back
+                .or_else(|| replacement(candidates, &load, &brokers, u64::MAX))
                 .and_then(|b| state.replica_ref(b))
             {
                 load.entry(new.broker).or_default().replicas += 1;

@@ -71,6 +71,10 @@ pub struct PartitionRecord {
     /// from the topic's replication factor (0: the topic's).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replication_factor: u32,
+    /// Brokers whose replica of an earlier incarnation was removed: the new replica goes
+    /// back to them first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuild: Vec<BrokerId>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -212,6 +216,11 @@ impl ClusterState {
                 removing,
                 repair,
             } => {
+                let current: BTreeMap<BrokerId, Incarnation> = self
+                    .brokers
+                    .values()
+                    .map(|b| (b.id, b.incarnation))
+                    .collect();
                 if let Some(p) = self.partition_mut(topic, *partition, *group) {
                     p.replicas = replicas.clone();
                     p.adding = adding.clone();
@@ -220,6 +229,16 @@ impl ClusterState {
                     if !repair {
                         p.replication_factor = p.target().len() as u32;
                     }
+                    for stale in removing {
+                        if current
+                            .get(&stale.broker)
+                            .is_some_and(|i| *i != stale.incarnation)
+                            && !p.rebuild.contains(&stale.broker)
+                        {
+                            p.rebuild.push(stale.broker);
+                        }
+                    }
+                    p.rebuild.retain(|b| !adding.iter().any(|a| a.broker == *b));
                 }
             }
             MetadataRecord::CompleteReassignment {

@@ -107,6 +107,11 @@ impl RaftNode {
             purge_batch_size: 1,
             max_payload_entries: 1024,
             api_batch_capacity: 1024,
+            // A broker whose data was wiped comes back with an empty log. It only rejoins
+            // partition groups as a new, empty learner, but it follows the controller's
+            // log from where it stands: the leader must start that over instead of
+            // treating it as a bug and stopping.
+            allow_log_reversion: Some(true),
             ..openraft::Config::default()
         }
         .validate()
