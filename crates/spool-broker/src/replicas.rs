@@ -71,7 +71,7 @@ impl Broker {
         let replica = Arc::clone(&self.partition(topic, index)?.replica);
         let metadata = self.controller.current();
         let target: BTreeSet<u64> = record.target().iter().map(|r| r.broker).collect();
-        let (voters, learners) = replica.members();
+        let (voters, _) = replica.members();
         for added in &record.adding {
             if voters.contains(&added.broker) {
                 continue;
@@ -82,12 +82,8 @@ impl Broker {
                     reason: format!("broker {} has no address", added.broker),
                 })?
                 .to_string();
-            if !learners.contains(&added.broker) {
-                replica.add_learner(added.broker, address, true).await?;
-            } else {
-                // Already a learner: wait for it to catch up by adding it again.
-                replica.add_learner(added.broker, address, true).await?;
-            }
+            // Also for a learner added before: this waits until it has caught up.
+            replica.add_learner(added.broker, address, true).await?;
         }
         let (voters, _) = replica.members();
         if voters != target {

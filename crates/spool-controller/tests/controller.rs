@@ -124,11 +124,27 @@ impl Node {
     }
 }
 
-fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+/// Waits, on each node's own metadata watch, until its state satisfies `check`.
+fn wait_for_state<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    what: &str,
+    deadline: Duration,
+    check: impl Fn(&ClusterState) -> bool,
+) {
+    let until = tokio::time::Instant::now() + deadline;
+    for node in nodes {
+        let mut state = node.controller.state();
+        let met = node.block_on(async {
+            tokio::time::timeout_at(until, state.wait_for(|s| check(s)))
+                .await
+                .map(|r| r.is_ok())
+        });
+        assert_eq!(
+            met,
+            Ok(true),
+            "timed out waiting for {what} on node {}",
+            node.id
+        );
     }
 }
 
@@ -144,8 +160,7 @@ fn listeners(n: usize) -> (Vec<std::net::TcpListener>, BTreeMap<u64, String>) {
     (listeners, voters)
 }
 
-fn registered(node: &Node, brokers: usize) -> bool {
-    let state = node.controller.current();
+fn registered(state: &ClusterState, brokers: usize) -> bool {
     !state.cluster_id.is_empty()
         && state.brokers.len() == brokers
         && state.brokers.values().all(|b| !b.fenced)
@@ -163,9 +178,12 @@ fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
             Node::start(id, 100 + id, &dir.path().join(id.to_string()), l, &voters)
         })
         .collect();
-    wait_for("three registered brokers", Duration::from_secs(20), || {
-        nodes.iter().all(|n| registered(n, 3))
-    });
+    wait_for_state(
+        &nodes,
+        "three registered brokers",
+        Duration::from_secs(20),
+        |s| registered(s, 3),
+    );
 
     // Created through a follower: forwarded to the leader, then visible locally.
     let follower = nodes
@@ -245,14 +263,11 @@ fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
         failover < Duration::from_secs(3),
         "controller failover took {failover:?}"
     );
-    wait_for(
+    wait_for_state(
+        &nodes,
         "the new topic on both survivors",
         Duration::from_secs(5),
-        || {
-            nodes
-                .iter()
-                .all(|n| n.controller.current().topics.contains_key("payments"))
-        },
+        |s| s.topics.contains_key("payments"),
     );
     for node in &nodes {
         assert_eq!(
@@ -262,11 +277,12 @@ fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
     }
 
     // The dead broker's lease lapses and it is fenced.
-    wait_for("the dead broker fenced", Duration::from_secs(10), || {
-        nodes
-            .iter()
-            .all(|n| n.controller.current().brokers[&dead_id].fenced)
-    });
+    wait_for_state(
+        &nodes,
+        "the dead broker fenced",
+        Duration::from_secs(10),
+        |s| s.brokers.get(&dead_id).is_some_and(|b| b.fenced),
+    );
     for node in nodes {
         node.kill();
     }
@@ -279,9 +295,12 @@ fn a_second_node_claiming_a_live_id_is_refused() {
     let controller = Node::start(1, 11, &dir.path().join("a"), listeners.remove(0), &voters);
     let broker_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let broker = Node::start(2, 21, &dir.path().join("b"), broker_listener, &voters);
-    wait_for("two registered brokers", Duration::from_secs(20), || {
-        registered(&controller, 2) && registered(&broker, 2)
-    });
+    wait_for_state(
+        [&controller, &broker],
+        "two registered brokers",
+        Duration::from_secs(20),
+        |s| registered(s, 2),
+    );
     // The broker, not a voter, follows the metadata as a learner.
     assert!(broker.controller.current().brokers.contains_key(&1));
 
