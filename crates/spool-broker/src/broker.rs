@@ -53,6 +53,8 @@ pub struct BrokerOptions {
     pub session_timeout: Duration,
     /// How often this broker heartbeats to the controller.
     pub heartbeat_interval: Duration,
+    /// Bytes of metadata records between the controller's checkpoints.
+    pub metadata_checkpoint_bytes: u64,
 }
 
 /// This node as clients see it.
@@ -182,6 +184,7 @@ impl Broker {
                     replication_factor: options.default_replication_factor,
                     max_partitions: options.max_partitions,
                 },
+                checkpoint_bytes: options.metadata_checkpoint_bytes,
                 validate_configs: Arc::new(move |configs| {
                     TopicConfig::resolve(&defaults, configs)
                         .map(drop)

@@ -24,7 +24,9 @@ pub use cluster::{BrokerSummary, ClusterSummary};
 pub use error::BrokerError;
 pub use fetch::{FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
 pub use partition::Acks;
-pub use spool_controller::{AgentStatus, ClusterState, Controller, ControllerService};
+pub use spool_controller::{
+    AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,
+};
 pub use spool_raft::{RaftNode, RaftTiming};
 pub use topic_config::{TopicConfig, TopicConfigDefaults};
 

@@ -31,6 +31,7 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
         controller_voters: Default::default(),
         session_timeout: std::time::Duration::from_secs(6),
         heartbeat_interval: std::time::Duration::from_millis(500),
+        metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
     }
 }
 

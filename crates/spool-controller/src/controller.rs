@@ -12,18 +12,28 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spool_log::{FlushPolicy, LogConfig, LogError};
+use spool_log::{FlushPolicy, LogConfig};
 use spool_raft::{AckLevel, PartitionReplica, RaftNode, ReplicaError, ReplicaSpec};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::applier::{Applier, LogProgress};
 use crate::error::ControllerError;
-use crate::records::{MetadataRecord, decode_batch, encode_batch};
+use crate::records::{MetadataRecord, encode_batch};
 use crate::remote::Peers;
 use crate::state::{BrokerId, ClusterState, Incarnation};
 
 /// The controller's Raft group id; partitions' groups start at 1.
 pub const METADATA_GROUP: u64 = 0;
+
+/// Bytes of metadata records between checkpoints, by default.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Segments a quarter of the checkpoint interval long: the log keeps at most about one
+/// interval and a segment before the last checkpoint.
+fn segment_bytes(checkpoint_bytes: u64) -> u64 {
+    (checkpoint_bytes / 4).clamp(4096, 256 * 1024 * 1024)
+}
 
 /// How long a decision waits for the leader to be ready, or a record to apply.
 const DECISION_WAIT: Duration = Duration::from_secs(10);
@@ -57,6 +67,9 @@ pub struct ControllerOptions {
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub topic_defaults: TopicDefaults,
+    /// The leader writes a checkpoint once this many bytes of records follow the last one
+    /// (`DEFAULT_CHECKPOINT_BYTES`); the log before a checkpoint is then removed.
+    pub checkpoint_bytes: u64,
     pub validate_configs: ConfigValidator,
 }
 
@@ -87,6 +100,8 @@ pub struct Controller {
     pub(crate) leases: parking_lot::Mutex<Leases>,
     /// Serialises the leader's decisions: each reads the applied state and writes.
     pub(crate) decide: tokio::sync::Mutex<()>,
+    /// How much of the log the state has applied since the last checkpoint.
+    pub(crate) progress: Arc<parking_lot::Mutex<LogProgress>>,
     pub(crate) peers: Peers,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -116,7 +131,7 @@ impl Controller {
                 group: METADATA_GROUP,
                 dir: options.dir.clone(),
                 log_config: LogConfig {
-                    segment_bytes: 64 * 1024 * 1024,
+                    segment_bytes: segment_bytes(options.checkpoint_bytes),
                     flush: options.flush,
                     ..LogConfig::default()
                 },
@@ -133,13 +148,18 @@ impl Controller {
             state: watch::Sender::new(Arc::new(ClusterState::default())),
             leases: parking_lot::Mutex::new(Leases::default()),
             decide: tokio::sync::Mutex::new(()),
+            progress: Arc::default(),
             peers: Peers::default(),
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let applier = tokio::spawn(apply_committed(
-            Arc::clone(&controller.replica),
-            controller.state.clone(),
-        ));
+        let applier = tokio::spawn(
+            Applier {
+                replica: Arc::downgrade(&controller.replica),
+                state: controller.state.clone(),
+                progress: Arc::clone(&controller.progress),
+            }
+            .run(),
+        );
         let leader = tokio::spawn(crate::leader::run(Arc::downgrade(&controller)));
         *controller.tasks.lock() = vec![applier, leader];
         Ok(controller)
@@ -264,57 +284,5 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Applies committed metadata records in order, publishing the state after each read.
-async fn apply_committed(replica: Arc<PartitionReplica>, state: watch::Sender<Arc<ClusterState>>) {
-    let reader = replica.reader().clone();
-    let mut high_watermark = replica.high_watermark();
-    drop(replica);
-    let mut current = ClusterState {
-        offset: reader.start_offset(),
-        ..ClusterState::default()
-    };
-    loop {
-        let upper = *high_watermark.borrow_and_update();
-        if current.offset < upper {
-            let from = current.offset;
-            let r = reader.clone();
-            let read = tokio::task::spawn_blocking(move || r.read(from, upper, 1024 * 1024)).await;
-            match read {
-                Ok(Ok(fetched)) => {
-                    for batch in &fetched.batches {
-                        match decode_batch(batch) {
-                            Ok(records) => records.iter().for_each(|r| current.apply(r)),
-                            Err(error) => {
-                                tracing::error!(%error, offset = from, "skipping a metadata batch")
-                            }
-                        }
-                    }
-                    current.offset = fetched.next_offset;
-                    state.send_replace(Arc::new(current.clone()));
-                    continue;
-                }
-                Ok(Err(LogError::OffsetOutOfRange { start, .. })) if from < start => {
-                    // The log now starts later (a snapshot was installed): it starts with
-                    // a checkpoint, so the state is rebuilt from there.
-                    current = ClusterState {
-                        offset: start,
-                        ..ClusterState::default()
-                    };
-                    continue;
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "could not read the metadata log");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(_) => return,
-            }
-        }
-        if high_watermark.changed().await.is_err() {
-            return;
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! The controller leader's standing duties, a few times a second: name the cluster,
 //! fence brokers whose lease lapsed, add brokers to the metadata group as learners,
-//! repair replicas of wiped brokers, move replicas off draining brokers, and hand
-//! leadership back to preferred leaders, a few partitions at a time.
+//! repair replicas of wiped brokers, move replicas off draining brokers, write
+//! checkpoints of the metadata, and hand leadership back to preferred leaders, a few
+//! partitions at a time.
 
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -66,6 +67,7 @@ impl Controller {
             }
             records.extend(plan_moves(&state, &self.candidates(&state)));
             if records.is_empty() {
+                self.checkpoint_if_due(&state).await?;
                 state
             } else {
                 self.propose(records).await?;
@@ -73,6 +75,25 @@ impl Controller {
             }
         };
         self.add_learners(&state).await;
+        Ok(())
+    }
+
+    /// Writes the whole state as a checkpoint once enough records follow the last one, so
+    /// that every node can remove the log before it. Only when nothing is in flight: the
+    /// checkpoint must hold every record written before it.
+    async fn checkpoint_if_due(&self, state: &ClusterState) -> Result<(), ControllerError> {
+        let due = self
+            .progress
+            .lock()
+            .checkpoint_due(self.options.checkpoint_bytes);
+        if !due || state.offset != self.replica.reader().next_offset() {
+            return Ok(());
+        }
+        self.propose(vec![MetadataRecord::Checkpoint {
+            state: Box::new(state.clone()),
+        }])
+        .await?;
+        tracing::info!(offset = state.offset, "metadata checkpoint written");
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! - [`ControllerService`]: the gRPC service commands are forwarded through.
 
 mod api;
+mod applier;
 mod commands;
 mod controller;
 mod error;
@@ -22,7 +23,8 @@ pub mod state;
 pub use api::{AgentStatus, LeaderSource};
 pub use commands::{Command, HeartbeatReply, NewTopic, Registration, random_id};
 pub use controller::{
-    ConfigValidator, Controller, ControllerOptions, METADATA_GROUP, TopicDefaults,
+    ConfigValidator, Controller, ControllerOptions, DEFAULT_CHECKPOINT_BYTES, METADATA_GROUP,
+    TopicDefaults,
 };
 pub use error::ControllerError;
 pub use remote::to_wire;

@@ -162,6 +162,42 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_round_trips_and_replaces_the_state() {
+        let mut state = ClusterState::default();
+        for record in [
+            MetadataRecord::InitCluster {
+                cluster_id: "c1".into(),
+            },
+            MetadataRecord::RegisterBroker {
+                broker: BrokerRecord {
+                    id: 7,
+                    incarnation: 70,
+                    address: "h:1".into(),
+                    rack: None,
+                    fenced: false,
+                    draining: true,
+                },
+            },
+        ] {
+            state.apply(&record);
+        }
+        let checkpoint = MetadataRecord::Checkpoint {
+            state: Box::new(state.clone()),
+        };
+        let bytes = encode_batch(std::slice::from_ref(&checkpoint), 5).unwrap();
+        let decoded = decode_batch(&bytes).unwrap();
+        assert_eq!(decoded, vec![checkpoint]);
+        let mut rebuilt = ClusterState {
+            offset: 42,
+            ..ClusterState::default()
+        };
+        rebuilt.apply(&decoded[0]);
+        assert_eq!(rebuilt.brokers, state.brokers);
+        assert_eq!(rebuilt.cluster_id, "c1");
+        assert_eq!(rebuilt.offset, 42);
+    }
+
+    #[test]
     fn an_unknown_record_type_is_an_error_not_a_skip() {
         let mut builder = BatchBuilder::new(BatchOptions::default());
         builder.append(0, None, Some(br#"{"type":"launch_rockets"}"#), &[]);

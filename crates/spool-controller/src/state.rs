@@ -137,6 +137,9 @@ pub struct LeaderReport {
 pub struct ClusterState {
     /// Set once, by the first controller leader.
     pub cluster_id: String,
+    /// Written as a list: each record holds its id, and a checkpoint, read through the
+    /// record enum's tag, could not turn JSON object keys back into numbers.
+    #[serde(with = "brokers_as_list")]
     pub brokers: BTreeMap<BrokerId, BrokerRecord>,
     pub topics: BTreeMap<String, TopicRecord>,
     /// The next Raft group id a partition gets (0 is the controller's own group).
@@ -355,4 +358,26 @@ pub struct BrokerLoad {
     pub preferred: u32,
     /// Partitions it leads, as reported.
     pub leaders: u32,
+}
+
+mod brokers_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{BrokerId, BrokerRecord};
+
+    pub fn serialize<S: Serializer>(
+        brokers: &BTreeMap<BrokerId, BrokerRecord>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(brokers.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<BrokerId, BrokerRecord>, D::Error> {
+        let list = Vec::<BrokerRecord>::deserialize(deserializer)?;
+        Ok(list.into_iter().map(|b| (b.id, b)).collect())
+    }
 }

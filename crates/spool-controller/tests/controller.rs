@@ -1,6 +1,7 @@
 //! The controller group on three nodes, each on its own runtime so that a kill drops
 //! everything the node runs at once: registration, placement, forwarding, controller
-//! failover with the metadata intact, fencing, and a second node claiming a live id.
+//! failover with the metadata intact, fencing, a second node claiming a live id, and
+//! checkpoints that bound the metadata log.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -13,6 +14,9 @@ use spool_controller::{
 use spool_log::FlushPolicy;
 use spool_raft::{RaftNode, RaftNodeOptions, RaftTiming};
 use tokio::sync::watch;
+
+/// Small, so that every test here writes checkpoints and compacts the metadata log.
+const CHECKPOINT_BYTES: u64 = 8 * 1024;
 
 /// A broker that leads no partition: it reports nothing.
 struct NoPartitions;
@@ -78,6 +82,7 @@ impl Node {
                         replication_factor: 0,
                         max_partitions: 1000,
                     },
+                    checkpoint_bytes: CHECKPOINT_BYTES,
                     validate_configs: Arc::new(|configs| {
                         match configs.keys().find(|k| k.as_str() != "retention.ms") {
                             Some(k) => Err(format!("unknown config {k}")),
@@ -347,4 +352,129 @@ fn a_second_node_claiming_a_live_id_is_refused() {
     runtime.shutdown_background();
     broker.kill();
     controller.kill();
+}
+
+#[test]
+fn checkpoints_bound_the_metadata_log_and_rebuild_restarted_and_new_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listeners, voters) = listeners(3);
+    let addresses: Vec<String> = voters.values().cloned().collect();
+    let mut nodes: Vec<Node> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let id = i as u64 + 1;
+            Node::start(id, 100 + id, &dir.path().join(id.to_string()), l, &voters)
+        })
+        .collect();
+    wait_for_state(
+        &nodes,
+        "three registered brokers",
+        Duration::from_secs(20),
+        |s| registered(s, 3),
+    );
+    const TOPICS: usize = 40;
+    for i in 0..TOPICS {
+        nodes[0]
+            .block_on(nodes[0].controller.execute(Command::CreateTopic(NewTopic {
+                name: format!("topic-{i:02}"),
+                partitions: 3,
+                replication_factor: 3,
+                ..NewTopic::default()
+            })))
+            .expect("create");
+    }
+    let written = nodes[0].controller.current();
+    assert_eq!(written.topics.len(), TOPICS);
+
+    // Every node has applied a checkpoint and removed the log before it.
+    for node in &nodes {
+        let replica = Arc::clone(node.controller.replica());
+        let compacted = wait_until(Duration::from_secs(10), || {
+            replica.reader().start_offset() > 0
+        });
+        assert!(
+            compacted,
+            "node {} never compacted its metadata log: {}..{}",
+            node.id,
+            replica.reader().start_offset(),
+            replica.reader().next_offset()
+        );
+        let reader = replica.reader();
+        assert!(
+            reader.next_offset() - reader.start_offset() < written.offset,
+            "node {}: log {}..{} not shorter than the history",
+            node.id,
+            reader.start_offset(),
+            reader.next_offset()
+        );
+    }
+
+    // A broker joining now gets the state through a snapshot and the log after it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let newcomer = Node::start(4, 104, &dir.path().join("4"), listener, &voters);
+    wait_for_state(
+        [&newcomer],
+        "the newcomer's metadata rebuilt from a checkpoint",
+        Duration::from_secs(20),
+        |s| s.topics == written.topics && s.brokers.contains_key(&4),
+    );
+    assert!(newcomer.controller.replica().reader().start_offset() > 0);
+
+    // A voter restarted on its compacted log rebuilds the same state.
+    let restarted = nodes
+        .iter()
+        .position(|n| !n.controller.is_leader())
+        .expect("a follower");
+    let old = nodes.remove(restarted);
+    let (id, address) = (old.id, addresses[restarted].clone());
+    old.kill();
+    let listener = rebind(&address);
+    let node = Node::start(
+        id,
+        100 + id,
+        &dir.path().join(id.to_string()),
+        listener,
+        &voters,
+    );
+    assert!(node.controller.replica().reader().start_offset() > 0);
+    wait_for_state(
+        [&node],
+        "the restarted voter's metadata",
+        Duration::from_secs(20),
+        |s| s.topics == written.topics,
+    );
+    newcomer.kill();
+    node.kill();
+    for node in nodes {
+        node.kill();
+    }
+}
+
+/// Binds `address` again once the killed node's listener has let go of it.
+fn rebind(address: &str) -> std::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => return listener,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("waiting to bind {address}: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("could not bind {address}: {error}"),
+        }
+    }
+}
+
+/// Polls `check` until it holds or `deadline` passes: for conditions nothing signals,
+/// such as files removed in the background.
+fn wait_until(deadline: Duration, check: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + deadline;
+    while !check() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }

@@ -95,6 +95,17 @@ impl Log {
         self.purge_leading(count)
     }
 
+    /// Where the log can be cut keeping the record at `offset` and everything after it:
+    /// the base offset and base Raft index of the segment holding that record, when older
+    /// segments precede it.
+    pub fn cut_keeping(&self, offset: i64) -> Option<(i64, u64)> {
+        let segments = self.shared.segments.read();
+        let n = segments.partition_point(|s| s.header.base_offset <= offset);
+        let holding = segments.get(n.checked_sub(1)?)?;
+        (holding.header.base_index > segments[0].header.base_index)
+            .then_some((holding.header.base_offset, holding.header.base_index))
+    }
+
     /// The Raft index of the segment that starts at Kafka offset `base_offset`, if one does.
     pub fn index_of_segment_at(&self, base_offset: i64) -> Option<u64> {
         self.shared

@@ -400,7 +400,28 @@ impl PartitionReplica {
         policy: &RetentionPolicy,
         now_ms: i64,
     ) -> Result<bool, ReplicaError> {
-        let Some(target) = self.retention_target(policy, now_ms) else {
+        let cut = {
+            let log = self.log.lock();
+            log.retention_point(policy, now_ms)
+                .and_then(|offset| Some((offset, log.index_of_segment_at(offset)?)))
+        };
+        self.cut_before(cut).await
+    }
+
+    /// Removes the whole segments before the one holding the record at `offset`, once
+    /// that record is applied: the log then starts at most one segment before it. A state
+    /// machine built on the log (the controller's) calls this after writing its whole
+    /// state at `offset`, so that the log stays bounded.
+    pub async fn compact_before(&self, offset: i64) -> Result<bool, ReplicaError> {
+        let cut = self.log.lock().cut_keeping(offset);
+        self.cut_before(cut).await
+    }
+
+    /// Snapshots at the entry before the segment starting at `(base_offset, base_index)`
+    /// and purges up to it, if that entry is applied.
+    async fn cut_before(&self, segment: Option<(i64, u64)>) -> Result<bool, ReplicaError> {
+        let Some(target) = segment.and_then(|(offset, index)| self.snapshot_target(offset, index))
+        else {
             return Ok(false);
         };
         *self.snapshot_target.lock() = Some(target);
@@ -416,14 +437,10 @@ impl PartitionReplica {
         Ok(true)
     }
 
-    /// The retention point, if it is applied already: the entry just before the first
-    /// segment retention keeps.
-    fn retention_target(&self, policy: &RetentionPolicy, now_ms: i64) -> Option<SnapshotTarget> {
-        let log = self.log.lock();
-        let offset = log.retention_point(policy, now_ms)?;
-        let segment_index = log.index_of_segment_at(offset)?;
-        drop(log);
-        let last_index = segment_index.checked_sub(1)?;
+    /// The entry just before the segment starting at `(base_offset, base_index)`, if it is
+    /// applied already.
+    fn snapshot_target(&self, base_offset: i64, base_index: u64) -> Option<SnapshotTarget> {
+        let last_index = base_index.checked_sub(1)?;
         let term = self
             .reader
             .read_entries(last_index, last_index + 1, 1)
@@ -434,7 +451,7 @@ impl PartitionReplica {
         let target = log_id(term, last_index);
         (Some(target) <= applied).then_some(SnapshotTarget {
             last_log_id: target,
-            next_offset: offset,
+            next_offset: base_offset,
         })
     }
 }

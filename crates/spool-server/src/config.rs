@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub broker_session_timeout_ms: u64,
     /// ms between a broker's heartbeats to the controller (default 500).
     pub broker_heartbeat_ms: u64,
+    /// Bytes of metadata records after which the controller writes a checkpoint and the
+    /// log before it is removed (default 16 MiB).
+    pub metadata_checkpoint_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             default_replication_factor: 0,
             broker_session_timeout_ms: 6000,
             broker_heartbeat_ms: 500,
+            metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
         }
     }
 }
