@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::applier::{Applier, LogProgress};
+use crate::bootstrap;
 use crate::error::ControllerError;
 use crate::records::{MetadataRecord, encode_batch};
 use crate::remote::Peers;
@@ -126,6 +127,12 @@ impl Controller {
             Some(_) => true,
             None => false,
         };
+        // Decided before the replica opens, which creates the log's directory.
+        let joining = voter && bootstrap::must_join(&options.dir, options.voters.len());
+        if joining {
+            bootstrap::write_marker(&options.dir)?;
+            raft.withhold_votes(METADATA_GROUP, true);
+        }
         let replica = raft
             .create_replica(ReplicaSpec {
                 group: METADATA_GROUP,
@@ -135,7 +142,7 @@ impl Controller {
                     flush: options.flush,
                     ..LogConfig::default()
                 },
-                initial_members: if voter {
+                initial_members: if voter && !joining {
                     options.voters.clone()
                 } else {
                     BTreeMap::new()
@@ -162,6 +169,14 @@ impl Controller {
         );
         let leader = tokio::spawn(crate::leader::run(Arc::downgrade(&controller)));
         *controller.tasks.lock() = vec![applier, leader];
+        if joining {
+            controller.replica.set_elect(false);
+            let join = tokio::spawn(bootstrap::join(
+                Arc::downgrade(&controller),
+                Arc::downgrade(raft),
+            ));
+            controller.tasks.lock().push(join);
+        }
         Ok(controller)
     }
 

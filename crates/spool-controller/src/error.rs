@@ -38,6 +38,8 @@ pub enum ControllerError {
     Encode { reason: String },
     #[error("corrupt metadata record: {reason}")]
     CorruptRecord { reason: String },
+    #[error("controller storage: {reason}")]
+    Storage { reason: String },
     #[error("timed out waiting for {what}")]
     TimedOut { what: &'static str },
     #[error("the controller is shutting down")]
@@ -80,6 +82,7 @@ impl ControllerError {
             Self::Remote { code, .. } => *code,
             Self::Replica(spool_raft::ReplicaError::NotLeader { .. }) => ErrorCode::NotController,
             Self::CorruptRecord { .. }
+            | Self::Storage { .. }
             | Self::ShuttingDown
             | Self::Unreachable { .. }
             | Self::Replica(_) => ErrorCode::StorageError,

@@ -10,6 +10,7 @@
 
 mod api;
 mod applier;
+mod bootstrap;
 mod commands;
 mod controller;
 mod error;

@@ -9,6 +9,7 @@ use spool_proto::v1::controller_client::ControllerClient;
 use spool_proto::v1::replica_admin_client::ReplicaAdminClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::bootstrap::VoterStatus;
 use crate::commands::{Command, HeartbeatReply, Registration};
 use crate::error::ControllerError;
 use crate::state::{BrokerId, LeaderReport};
@@ -182,6 +183,26 @@ impl Peers {
         Ok(HeartbeatReply {
             register: response.register,
             metadata_offset: response.metadata_offset,
+        })
+    }
+}
+
+impl Peers {
+    /// Where a voter's replica of the metadata log stands (see `bootstrap`).
+    pub(crate) async fn voter_status(
+        &self,
+        address: &str,
+        asking: BrokerId,
+    ) -> Result<VoterStatus, ControllerError> {
+        let response = self
+            .controller(address)?
+            .voter_status(v1::VoterStatusRequest { broker_id: asking })
+            .await
+            .map_err(|s| status(address, s))?
+            .into_inner();
+        Ok(VoterStatus {
+            has_log: response.has_log,
+            leader_committed: response.leader_ready.then_some(response.committed_index),
         })
     }
 }

@@ -183,4 +183,16 @@ impl controller_server::Controller for ControllerService {
         })
         .await
     }
+
+    async fn voter_status(
+        &self,
+        _request: Request<v1::VoterStatusRequest>,
+    ) -> Result<Response<v1::VoterStatusResponse>, Status> {
+        let status = self.controller.voter_status();
+        Ok(Response::new(v1::VoterStatusResponse {
+            has_log: status.has_log,
+            leader_ready: status.leader_committed.is_some(),
+            committed_index: status.leader_committed.unwrap_or(0),
+        }))
+    }
 }

@@ -171,24 +171,36 @@ fn registered(state: &ClusterState, brokers: usize) -> bool {
         && state.brokers.values().all(|b| !b.fenced)
 }
 
-#[test]
-fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (listeners, voters) = listeners(3);
-    let mut nodes: Vec<Node> = listeners
+/// Starts one voter per listener (ids from 1, in the voters' order) and waits until all
+/// are registered.
+fn start_voters(
+    dir: &std::path::Path,
+    listeners: Vec<std::net::TcpListener>,
+    voters: &BTreeMap<u64, String>,
+) -> Vec<Node> {
+    let count = listeners.len();
+    let nodes: Vec<Node> = listeners
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
             let id = i as u64 + 1;
-            Node::start(id, 100 + id, &dir.path().join(id.to_string()), l, &voters)
+            Node::start(id, 100 + id, &dir.join(id.to_string()), l, voters)
         })
         .collect();
     wait_for_state(
         &nodes,
-        "three registered brokers",
+        "every voter registered",
         Duration::from_secs(20),
-        |s| registered(s, 3),
+        |s| registered(s, count),
     );
+    nodes
+}
+
+#[test]
+fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listeners, voters) = listeners(3);
+    let mut nodes = start_voters(dir.path(), listeners, &voters);
 
     // Created through a follower: forwarded to the leader, then visible locally.
     let follower = nodes
@@ -359,20 +371,7 @@ fn checkpoints_bound_the_metadata_log_and_rebuild_restarted_and_new_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (listeners, voters) = listeners(3);
     let addresses: Vec<String> = voters.values().cloned().collect();
-    let mut nodes: Vec<Node> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let id = i as u64 + 1;
-            Node::start(id, 100 + id, &dir.path().join(id.to_string()), l, &voters)
-        })
-        .collect();
-    wait_for_state(
-        &nodes,
-        "three registered brokers",
-        Duration::from_secs(20),
-        |s| registered(s, 3),
-    );
+    let mut nodes = start_voters(dir.path(), listeners, &voters);
     const TOPICS: usize = 40;
     for i in 0..TOPICS {
         nodes[0]
@@ -477,4 +476,84 @@ fn wait_until(deadline: Duration, check: impl Fn() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+#[test]
+fn a_wiped_voter_rebuilds_its_metadata_log_before_it_votes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listeners, voters) = listeners(3);
+    let addresses: Vec<String> = voters.values().cloned().collect();
+    let mut nodes = start_voters(dir.path(), listeners, &voters);
+    for i in 0..10 {
+        nodes[0]
+            .block_on(nodes[0].controller.execute(Command::CreateTopic(NewTopic {
+                name: format!("before-{i}"),
+                partitions: 2,
+                replication_factor: 3,
+                ..NewTopic::default()
+            })))
+            .expect("create");
+    }
+    let written = nodes[0].controller.current();
+
+    // A follower voter loses its whole data directory and comes back as a new life.
+    let at = nodes
+        .iter()
+        .position(|n| !n.controller.is_leader())
+        .expect("a follower");
+    let old = nodes.remove(at);
+    let id = old.id;
+    old.kill();
+    let node_dir = dir.path().join(id.to_string());
+    std::fs::remove_dir_all(&node_dir).expect("wipe");
+    let node = Node::start(id, 900 + id, &node_dir, rebind(&addresses[at]), &voters);
+    let marker = node_dir.join("__controller.joining");
+    assert!(marker.exists(), "a wiped voter starts by joining");
+    wait_for_state(
+        [&node],
+        "the wiped voter's metadata rebuilt",
+        Duration::from_secs(20),
+        |s| {
+            written
+                .topics
+                .iter()
+                .all(|(name, t)| s.topics.get(name) == Some(t))
+        },
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !marker.exists()),
+        "the rebuilt voter never finished joining"
+    );
+
+    // It votes again: with the leader killed, it and the other survivor elect a new one
+    // that has every topic.
+    let leader_at = nodes
+        .iter()
+        .position(|n| n.controller.is_leader())
+        .expect("a leader");
+    nodes.remove(leader_at).kill();
+    node.block_on(node.controller.execute(Command::CreateTopic(NewTopic {
+        name: "after".into(),
+        partitions: 1,
+        replication_factor: 2,
+        ..NewTopic::default()
+    })))
+    .expect("a new controller elected with the rebuilt voter");
+    let survivors = [&node, &nodes[0]];
+    wait_for_state(
+        survivors,
+        "every topic after the failover",
+        Duration::from_secs(10),
+        |s| {
+            s.topics.contains_key("after")
+                && written
+                    .topics
+                    .keys()
+                    .all(|name| s.topics.contains_key(name))
+        },
+    );
+    node.kill();
+    for node in nodes {
+        node.kill();
+    }
 }

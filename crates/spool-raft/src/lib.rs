@@ -30,7 +30,7 @@ pub use codec::{decode_membership, encode_membership};
 pub use error::{CodecError, ReplicaError};
 pub use flusher::Flusher;
 pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec};
-pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica, ReplicaChanges};
+pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica, RaftProgress, ReplicaChanges};
 pub use storage::{GroupStorage, open_group_storage};
 pub use types::{
     AppendNotice, Appended, Entry, GroupId, LogId, Membership, NodeId, PartitionRaft, ProduceBatch,

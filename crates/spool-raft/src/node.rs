@@ -75,6 +75,8 @@ pub struct RaftNode {
     flusher: Arc<Flusher>,
     pool: Arc<PeerPool>,
     replicas: RwLock<HashMap<GroupId, Arc<PartitionReplica>>>,
+    /// Groups whose vote requests this node turns away (see `withhold_votes`).
+    withheld: parking_lot::Mutex<std::collections::HashSet<GroupId>>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     liveness: Liveness,
     /// Changes with every start, so that peers can tell a restart.
@@ -123,6 +125,7 @@ impl RaftNode {
             store,
             flusher,
             replicas: RwLock::new(HashMap::new()),
+            withheld: parking_lot::Mutex::new(std::collections::HashSet::new()),
             tasks: parking_lot::Mutex::new(Vec::new()),
             liveness: Liveness::default(),
             boot_id: boot_id(),
@@ -190,6 +193,20 @@ impl RaftNode {
 
     pub fn replicas(&self) -> Vec<Arc<PartitionReplica>> {
         self.replicas.read().values().cloned().collect()
+    }
+
+    /// Turns away vote requests of `group` (the candidate sees this node as unreachable),
+    /// or takes them again. A replica whose durable Raft state was lost (a wiped data
+    /// directory) must not vote until its log holds everything committed before it came
+    /// back: an empty log would grant votes its lost log would have refused, and could
+    /// elect a leader missing committed entries. Set before the replica is created.
+    pub fn withhold_votes(&self, group: GroupId, withhold: bool) {
+        let mut withheld = self.withheld.lock();
+        if withhold {
+            withheld.insert(group);
+        } else {
+            withheld.remove(&group);
+        }
     }
 
     /// Groups this node has Raft state for (replicas to reopen after a restart).
@@ -335,6 +352,10 @@ impl GroupDirectory for RaftNode {
 
     fn boot_id(&self) -> u64 {
         self.boot_id
+    }
+
+    fn withholds_votes(&self, group: GroupId) -> bool {
+        self.withheld.lock().contains(&group)
     }
 
     fn leader_contact(&self, group: GroupId) {

@@ -364,6 +364,47 @@ impl PartitionReplica {
         }
     }
 
+    /// Creates the group with these voters, if this replica has no membership yet (a
+    /// group whose first voters decide when to start it). `false`: it had one already.
+    pub async fn initialize(&self, members: &Members) -> Result<bool, ReplicaError> {
+        let raft_error = |e: &dyn std::fmt::Display| ReplicaError::Raft(e.to_string());
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| raft_error(&e))?
+        {
+            return Ok(false);
+        }
+        let members: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            // Entries arrived from a leader meanwhile: the group exists.
+            Err(RaftError::APIError(_)) => Ok(false),
+            Err(RaftError::Fatal(f)) => Err(raft_error(&f)),
+        }
+    }
+
+    /// Stops (or restarts) this replica's election timeouts: it will not campaign.
+    pub fn set_elect(&self, enabled: bool) {
+        self.raft.runtime_config().elect(enabled);
+    }
+
+    /// Where this replica's log stands: its last entry, the commit point it knows, and
+    /// the last entry applied (Raft indexes).
+    pub fn progress(&self) -> RaftProgress {
+        let m = self.raft.metrics().borrow_watched().clone();
+        RaftProgress {
+            last_log_index: m.last_log_index,
+            committed: m.cluster_committed.map(|id| id.index),
+            applied: m.last_applied.map(|id| id.index),
+            purged: m.purged.map(|id| id.index),
+        }
+    }
+
     /// Starts an election now instead of waiting for a timeout (a new group's preferred
     /// leader). Raft decides as always: a replica behind the others is not elected.
     pub fn campaign(&self) {
@@ -475,6 +516,15 @@ impl ReplicaChanges {
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
     }
+}
+
+/// See [`PartitionReplica::progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaftProgress {
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub purged: Option<u64>,
 }
 
 /// Who is in a group when it is created.

@@ -18,6 +18,8 @@ pub trait GroupDirectory: Send + Sync + 'static {
     fn raft(&self, group: GroupId) -> Option<Raft>;
     /// Changes with every start of the node.
     fn boot_id(&self) -> u64;
+    /// This node's replica of `group` may not vote yet.
+    fn withholds_votes(&self, group: GroupId) -> bool;
     /// The group's leader was heard from (after its message was handled).
     fn leader_contact(&self, group: GroupId);
     /// `leader` asks these groups to stop their timers; returns those that did.
@@ -62,6 +64,12 @@ impl<D: GroupDirectory> RaftTransportService<D> {
         pre: bool,
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
         let raft = self.lookup(request.group, request.target)?;
+        if self.directory.withholds_votes(request.group) {
+            return Err(Status::unavailable(format!(
+                "group {}: this replica is rebuilding its log and does not vote yet",
+                request.group
+            )));
+        }
         let rpc = vote_request_from_pb(request)?;
         let response = if pre {
             raft.pre_vote(rpc).await
