@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use spool_client::{Acks, PartitionBatches};
-use spool_testkit::{ClusterOptions, TestCluster};
+use spool_testkit::load::{Load, check_acknowledged};
+use spool_testkit::{ClusterOptions, TestCluster, wait_for};
 
 #[derive(Parser)]
 struct Args {
@@ -43,6 +44,18 @@ enum Command {
     Failover {
         #[arg(long, default_value_t = 10)]
         kills: usize,
+    },
+    /// Kill nodes with SIGKILL under acks=all load, the controller leader and partition
+    /// leaders in turn, restart them, then check that every acknowledged record is at its
+    /// offset on every replica. Exits non-zero if one is not.
+    Chaos {
+        #[arg(long, default_value_t = 6)]
+        kills: usize,
+        #[arg(long, default_value_t = 6)]
+        partitions: u32,
+        /// Records acknowledged between one kill and the next.
+        #[arg(long, default_value_t = 2000)]
+        acked_between: usize,
     },
     /// Measure the idle cost of many replicated partitions.
     Idle {
@@ -91,6 +104,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Failover { kills } => failover(&mut cluster, kills).await?,
+        Command::Chaos {
+            kills,
+            partitions,
+            acked_between,
+        } => chaos(&mut cluster, kills, partitions, acked_between).await?,
         Command::Idle {
             partitions,
             seconds,
@@ -162,6 +180,80 @@ async fn failover(
         times.len(),
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1])
+    );
+    Ok(())
+}
+
+async fn chaos(
+    cluster: &mut TestCluster,
+    kills: usize,
+    partitions: u32,
+    acked_between: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const TOPIC: &str = "chaos";
+    cluster.create_topic(TOPIC, partitions, 3).await?;
+    for p in 0..partitions {
+        cluster.leader(TOPIC, p, Duration::from_secs(30)).await?;
+    }
+    let load = Load::start(cluster.client().await?, TOPIC, partitions, Acks::All, 2, 64);
+    let progress = |load: &Load, from: usize| {
+        let target = from + acked_between;
+        let load_count = load.acked_count();
+        (load_count >= target).then_some(load_count)
+    };
+    let mut acked = wait_for(Duration::from_secs(60), "load to start", || async {
+        progress(&load, 0)
+    })
+    .await?;
+    for round in 0..kills {
+        let client = cluster.client().await?;
+        let victim = if round % 2 == 0 {
+            client.describe_cluster().await?.controller_leader
+        } else {
+            let partition = (round / 2) as u32 % partitions;
+            Some(
+                cluster
+                    .leader(TOPIC, partition, Duration::from_secs(30))
+                    .await?,
+            )
+        };
+        let Some(victim) = victim else {
+            return Err("no controller leader is known".into());
+        };
+        let role = if round % 2 == 0 {
+            "controller leader"
+        } else {
+            "partition leader"
+        };
+        cluster.kill(victim).await?;
+        let killed = Instant::now();
+        acked = wait_for(Duration::from_secs(60), "writes after the kill", || async {
+            progress(&load, acked)
+        })
+        .await?;
+        println!(
+            "kill {}: node {victim} ({role}); {acked_between} more records acknowledged after {:?}",
+            round + 1,
+            killed.elapsed()
+        );
+        cluster.restart(victim).await?;
+        cluster.wait_registered(Duration::from_secs(60)).await?;
+    }
+    let report = load.finish().await;
+    let described = cluster.client().await?.describe_topic(TOPIC).await?;
+    let replicas: Vec<Vec<u64>> = described
+        .partitions
+        .iter()
+        .map(|p| p.replicas.clone())
+        .collect();
+    let stored =
+        check_acknowledged(cluster, TOPIC, &replicas, &report, Duration::from_secs(120)).await?;
+    println!(
+        "{} records acknowledged, every one at its offset on all {} replicas of its \
+         partition; {} deliveries failed (never acknowledged); {stored} records stored",
+        report.acked.len(),
+        replicas.first().map_or(0, Vec::len),
+        report.failed
     );
     Ok(())
 }
