@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::json;
-use spool_client::NewTopic;
+use spool_client::{Client, NewTopic, TopicDescription};
 
 use crate::output::table;
 use crate::{Context, Output};
@@ -57,6 +58,23 @@ pub fn parse_pair(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// How long `topic create` waits for the new partitions' leaders.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Describes a new topic once every partition has a leader, or as it is after
+/// `LEADER_WAIT`: a topic is ready for producers only once it is led.
+async fn with_leaders(client: &Client, name: &str) -> anyhow::Result<TopicDescription> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let described = client.describe_topic(name).await?;
+        let led = described.partitions.iter().all(|p| p.leader != 0);
+        if led || tokio::time::Instant::now() >= deadline {
+            return Ok(described);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn run(command: TopicCommand, context: &Context) -> anyhow::Result<ExitCode> {
     let client = context.connect().await?;
     match command {
@@ -75,10 +93,15 @@ pub async fn run(command: TopicCommand, context: &Context) -> anyhow::Result<Exi
                     ..NewTopic::default()
                 })
                 .await?;
-            let described = client.describe_topic(&name).await?;
+            let described = with_leaders(&client, &name).await?;
+            let led = described.partitions.iter().all(|p| p.leader != 0);
             match context.output {
+                Output::Text if led => crate::say!(
+                    "created topic {name} with {} partition(s), every one led",
+                    described.partitions.len()
+                ),
                 Output::Text => crate::say!(
-                    "created topic {name} with {} partition(s)",
+                    "created topic {name} with {} partition(s); leaders are still being elected",
                     described.partitions.len()
                 ),
                 Output::Json => crate::say!(

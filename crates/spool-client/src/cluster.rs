@@ -106,11 +106,6 @@ impl Cluster {
         epoch > self.state.read().epoch
     }
 
-    /// Forgets what is cached of `topic`, so the next use asks the cluster.
-    pub fn invalidate(&self, topic: &str) {
-        self.state.write().leaders.remove(topic);
-    }
-
     /// Records the leader a NOT_LEADER answer named.
     pub fn follow_leader(&self, topic: &str, partition: u32, node: u64, address: &str) {
         let mut state = self.state.write();

@@ -53,6 +53,14 @@ impl Controller {
     }
 }
 
+/// How a joining voter came to vote.
+enum Joined {
+    /// No voter had a log: a new cluster.
+    Created,
+    /// Its log was rebuilt from the leader's.
+    Rebuilt,
+}
+
 /// The marker whose presence means the voter has not finished joining.
 pub(crate) fn marker_path(controller_dir: &std::path::Path) -> std::path::PathBuf {
     controller_dir.with_extension("joining")
@@ -80,7 +88,7 @@ pub(crate) async fn join(controller: Weak<Controller>, raft: Weak<RaftNode>) {
             return;
         };
         match controller.join_round().await {
-            Ok(true) => {
+            Ok(Some(joined)) => {
                 if let Some(raft) = raft.upgrade() {
                     raft.withhold_votes(METADATA_GROUP, false);
                 }
@@ -89,10 +97,15 @@ pub(crate) async fn join(controller: Weak<Controller>, raft: Weak<RaftNode>) {
                 if let Err(error) = std::fs::remove_file(&marker) {
                     tracing::warn!(%error, path = %marker.display(), "could not remove the marker");
                 }
-                tracing::info!("controller voter joined the metadata group; it votes now");
+                match joined {
+                    Joined::Created => tracing::debug!("the metadata group starts here"),
+                    Joined::Rebuilt => {
+                        tracing::info!("metadata log rebuilt from the other voters; voting again")
+                    }
+                }
                 return;
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(error) => tracing::debug!(%error, "controller voter still joining"),
         }
         drop(controller);
@@ -102,8 +115,8 @@ pub(crate) async fn join(controller: Weak<Controller>, raft: Weak<RaftNode>) {
 
 impl Controller {
     /// One round: asks every other voter, then creates the group, or waits for the log up
-    /// to the leader's commit point. `true` once the voter may vote.
-    async fn join_round(&self) -> Result<bool, ControllerError> {
+    /// to the leader's commit point. `Some` once the voter may vote.
+    async fn join_round(&self) -> Result<Option<Joined>, ControllerError> {
         let me = self.options.broker_id;
         let asks = self.options.voters.iter().filter(|(id, _)| **id != me).map(
             |(_, address)| async move {
@@ -120,20 +133,17 @@ impl Controller {
             .collect();
         if answers.iter().any(|a| a.has_log) {
             let Some(committed) = answers.iter().find_map(|a| a.leader_committed) else {
-                return Ok(false);
+                return Ok(None);
             };
-            return self.wait_applied_index(committed).await;
+            let rebuilt = self.wait_applied_index(committed).await?;
+            return Ok(rebuilt.then_some(Joined::Rebuilt));
         }
         let majority = self.options.voters.len() / 2 + 1;
         if answers.len() + 1 < majority {
-            return Ok(false);
+            return Ok(None);
         }
-        let created = self.replica.initialize(&self.options.voters).await?;
-        tracing::info!(
-            created,
-            "no controller voter has a log yet: the group starts here"
-        );
-        Ok(true)
+        self.replica.initialize(&self.options.voters).await?;
+        Ok(Some(Joined::Created))
     }
 
     /// Waits a while for this replica to apply the entry at `index`.

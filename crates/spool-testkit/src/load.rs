@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,12 +19,26 @@ use crate::{TestCluster, TestkitError};
 #[derive(Debug, Default)]
 struct Acked(std::sync::Mutex<Vec<(u32, i64, String)>>);
 
+/// Failed deliveries counted by reason.
+#[derive(Debug, Default)]
+struct Failures(std::sync::Mutex<BTreeMap<String, u64>>);
+
+impl Failures {
+    fn add(&self, reason: impl std::fmt::Display) {
+        // Node addresses and ids vary; the first words say what went wrong.
+        let reason: String = reason.to_string().chars().take(60).collect();
+        if let Ok(mut counts) = self.0.lock() {
+            *counts.entry(reason).or_default() += 1;
+        }
+    }
+}
+
 /// A producer sending `prefix-N` values round-robin over partitions until stopped.
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Acked>,
-    failed: Arc<AtomicU64>,
+    failed: Arc<Failures>,
     tasks: JoinSet<()>,
 }
 
@@ -35,6 +49,8 @@ pub struct LoadReport {
     pub acked: BTreeMap<(u32, i64), String>,
     /// Records whose delivery failed (never acknowledged; they may or may not be stored).
     pub failed: u64,
+    /// The same, by the start of the error's message.
+    pub failures: BTreeMap<String, u64>,
 }
 
 impl Load {
@@ -58,7 +74,7 @@ impl Load {
         ));
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Acked::default());
-        let failed = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Failures::default());
         let mut tasks = JoinSet::new();
         for sender in 0..senders {
             let (producer, stop, acked, failed) = (
@@ -80,9 +96,12 @@ impl Load {
                     n += 1;
                     let record = ProducerRecord::new(topic.clone(), Bytes::from(value.clone()))
                         .partition(partition);
-                    let Ok(delivery) = producer.send(record).await else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    let delivery = match producer.send(record).await {
+                        Ok(delivery) => delivery,
+                        Err(error) => {
+                            failed.add(error);
+                            continue;
+                        }
                     };
                     let (acked, failed) = (Arc::clone(&acked), Arc::clone(&failed));
                     pending.spawn(async move {
@@ -92,9 +111,7 @@ impl Load {
                                     acked.push((meta.partition, meta.offset, value));
                                 }
                             }
-                            Err(_) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
+                            Err(error) => failed.add(error),
                         }
                     });
                 }
@@ -128,9 +145,11 @@ impl Load {
                     .collect::<BTreeMap<_, _>>()
             })
             .unwrap_or_default();
+        let failures = self.failed.0.lock().map(|f| f.clone()).unwrap_or_default();
         LoadReport {
             acked,
-            failed: self.failed.load(Ordering::Relaxed),
+            failed: failures.values().sum(),
+            failures,
         }
     }
 }

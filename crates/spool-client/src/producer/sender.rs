@@ -189,15 +189,15 @@ async fn retry(shared: &Shared, mut shipment: Shipment, reason: String) {
     });
     let attempt = attempts.max().unwrap_or(1);
     // Leadership may have moved: ask again before the next attempt, unless the last
-    // answer named the new leader.
+    // answer named the new leader. What is cached stays until a newer answer replaces
+    // it: a node that cannot answer, or lags, must not leave the topic unknown, which
+    // would fail new records at once.
     if !shared
         .cluster
         .leader_just_learned(&shipment.topic, shipment.partition)
+        && let Err(error) = shared.cluster.refresh(&shipment.topic).await
     {
-        shared.cluster.invalidate(&shipment.topic);
-        if let Err(error) = shared.cluster.refresh(&shipment.topic).await {
-            tracing::debug!(%error, "metadata refresh failed; retrying with what is known");
-        }
+        tracing::debug!(%error, "metadata refresh failed; retrying with what is known");
     }
     let exponent = attempt.saturating_sub(1).min(16);
     let base = config

@@ -201,7 +201,7 @@ async fn chaos(
         let load_count = load.acked_count();
         (load_count >= target).then_some(load_count)
     };
-    let mut acked = wait_for(Duration::from_secs(60), "load to start", || async {
+    wait_for(Duration::from_secs(60), "load to start", || async {
         progress(&load, 0)
     })
     .await?;
@@ -227,8 +227,9 @@ async fn chaos(
         };
         cluster.kill(victim).await?;
         let killed = Instant::now();
-        acked = wait_for(Duration::from_secs(60), "writes after the kill", || async {
-            progress(&load, acked)
+        let at_kill = load.acked_count();
+        wait_for(Duration::from_secs(60), "writes after the kill", || async {
+            progress(&load, at_kill)
         })
         .await?;
         println!(
@@ -255,6 +256,9 @@ async fn chaos(
         replicas.first().map_or(0, Vec::len),
         report.failed
     );
+    for (reason, count) in &report.failures {
+        println!("  {count} failed: {reason}");
+    }
     Ok(())
 }
 
