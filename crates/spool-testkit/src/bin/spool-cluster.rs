@@ -91,9 +91,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("bootstrap={}", cluster.addresses().join(","));
             // Run until stdin closes (Ctrl-D, or the parent goes away), Ctrl-C or SIGTERM;
             // the nodes and their data directories go with the cluster.
-            let stdin_closed = tokio::task::spawn_blocking(|| {
+            // A plain thread, not `spawn_blocking`: the runtime would wait for it at exit,
+            // and stdin may never close.
+            let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
                 let mut sink = Vec::new();
                 let _ = std::io::stdin().read_to_end(&mut sink);
+                let _ = closed.send(());
             });
             let mut terminate =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
