@@ -1,11 +1,13 @@
 //! Order under injected faults: a proxy in front of a real node answers some produce calls
-//! with NOT_LEADER for every partition and fails others as a dropped connection would.
-//! The producer retries; every record must still land once, in send order.
+//! with NOT_LEADER for every partition and fails others as a dropped connection would,
+//! and once it has answered NOT_LEADER, fails every metadata call. The producer retries
+//! with the leaders it knows; every record must still be taken by `send` and land once, in
+//! send order.
 #![allow(clippy::unwrap_used)]
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use spool_client::{
@@ -26,6 +28,8 @@ struct Flaky {
     address: String,
     produce_calls: AtomicU32,
     injected: Arc<AtomicU32>,
+    /// Set with the first NOT_LEADER: metadata calls fail from then on.
+    metadata_down: AtomicBool,
 }
 
 #[tonic::async_trait]
@@ -34,6 +38,10 @@ impl Broker for Flaky {
         &self,
         request: Request<v1::MetadataRequest>,
     ) -> Result<Response<v1::MetadataResponse>, Status> {
+        if self.metadata_down.load(Ordering::SeqCst) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::unavailable("metadata unavailable"));
+        }
         let mut response = self
             .upstream
             .clone()
@@ -54,6 +62,7 @@ impl Broker for Flaky {
         let request = request.into_inner();
         if call % 3 == 1 {
             self.injected.fetch_add(1, Ordering::SeqCst);
+            self.metadata_down.store(true, Ordering::SeqCst);
             let topics = request
                 .topics
                 .iter()
@@ -147,6 +156,7 @@ async fn order_survives_injected_not_leader_and_dropped_calls() {
         address: address.clone(),
         produce_calls: AtomicU32::new(0),
         injected: Arc::clone(&injected),
+        metadata_down: AtomicBool::new(false),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
