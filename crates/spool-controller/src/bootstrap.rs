@@ -97,6 +97,7 @@ pub(crate) async fn join(controller: Weak<Controller>, raft: Weak<RaftNode>) {
                 if let Err(error) = std::fs::remove_file(&marker) {
                     tracing::warn!(%error, path = %marker.display(), "could not remove the marker");
                 }
+                controller.voting.send_replace(true);
                 match joined {
                     Joined::Created => tracing::debug!("the metadata group starts here"),
                     Joined::Rebuilt => {

@@ -101,6 +101,9 @@ pub struct Controller {
     pub(crate) leases: parking_lot::Mutex<Leases>,
     /// Serialises the leader's decisions: each reads the applied state and writes.
     pub(crate) decide: tokio::sync::Mutex<()>,
+    /// This node votes in the metadata group: false while a voter that started without
+    /// a metadata log is still joining (see `bootstrap`).
+    pub(crate) voting: watch::Sender<bool>,
     /// How much of the log the state has applied since the last checkpoint.
     pub(crate) progress: Arc<parking_lot::Mutex<LogProgress>>,
     pub(crate) peers: Peers,
@@ -156,6 +159,7 @@ impl Controller {
             leases: parking_lot::Mutex::new(Leases::default()),
             decide: tokio::sync::Mutex::new(()),
             progress: Arc::default(),
+            voting: watch::Sender::new(!joining),
             peers: Peers::default(),
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
@@ -199,6 +203,12 @@ impl Controller {
 
     pub fn replica(&self) -> &Arc<PartitionReplica> {
         &self.replica
+    }
+
+    /// Whether this node votes in the metadata group: false while a voter that started
+    /// without a metadata log rebuilds it (learners never vote, and read true).
+    pub fn voting(&self) -> watch::Receiver<bool> {
+        self.voting.subscribe()
     }
 
     pub fn is_leader(&self) -> bool {

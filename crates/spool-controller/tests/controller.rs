@@ -33,6 +33,8 @@ struct Node {
     agent: watch::Receiver<AgentStatus>,
     runtime: Option<tokio::runtime::Runtime>,
     _source: Arc<dyn LeaderSource>,
+    /// The listening socket, kept so that a restart takes the same port at once.
+    listener: std::net::TcpListener,
 }
 
 impl Node {
@@ -49,6 +51,7 @@ impl Node {
             .build()
             .expect("runtime");
         let address = listener.local_addr().expect("addr").to_string();
+        let kept = listener.try_clone().expect("clone listener");
         let source: Arc<dyn LeaderSource> = Arc::new(NoPartitions);
         let weak: Weak<dyn LeaderSource> = Arc::downgrade(&source);
         let voters = voters.clone();
@@ -114,6 +117,7 @@ impl Node {
             agent,
             runtime: Some(runtime),
             _source: source,
+            listener: kept,
         }
     }
 
@@ -121,11 +125,13 @@ impl Node {
         self.runtime.as_ref().expect("running").block_on(f)
     }
 
-    /// Drops every task of the node at once, as a crash would.
-    fn kill(mut self) {
+    /// Drops every task of the node at once, as a crash would. Answers with its
+    /// listening socket, for a restart on the same address.
+    fn kill(mut self) -> std::net::TcpListener {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+        self.listener
     }
 }
 
@@ -370,7 +376,6 @@ fn a_second_node_claiming_a_live_id_is_refused() {
 fn checkpoints_bound_the_metadata_log_and_rebuild_restarted_and_new_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (listeners, voters) = listeners(3);
-    let addresses: Vec<String> = voters.values().cloned().collect();
     let mut nodes = start_voters(dir.path(), listeners, &voters);
     const TOPICS: usize = 40;
     for i in 0..TOPICS {
@@ -389,8 +394,17 @@ fn checkpoints_bound_the_metadata_log_and_rebuild_restarted_and_new_nodes() {
     // Every node has applied a checkpoint and removed the log before it.
     for node in &nodes {
         let replica = Arc::clone(node.controller.replica());
-        let compacted = wait_until(Duration::from_secs(10), || {
-            replica.reader().start_offset() > 0
+        // The purge is a Raft metrics change: wait on those.
+        let compacted = node.block_on(async {
+            let mut changes = replica.changes();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while replica.reader().start_offset() == 0 {
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(true) => {}
+                    _ => return false,
+                }
+            }
+            true
         });
         assert!(
             compacted,
@@ -426,9 +440,8 @@ fn checkpoints_bound_the_metadata_log_and_rebuild_restarted_and_new_nodes() {
         .position(|n| !n.controller.is_leader())
         .expect("a follower");
     let old = nodes.remove(restarted);
-    let (id, address) = (old.id, addresses[restarted].clone());
-    old.kill();
-    let listener = rebind(&address);
+    let id = old.id;
+    let listener = old.kill();
     let node = Node::start(
         id,
         100 + id,
@@ -450,39 +463,10 @@ fn checkpoints_bound_the_metadata_log_and_rebuild_restarted_and_new_nodes() {
     }
 }
 
-/// Binds `address` again once the killed node's listener has let go of it.
-fn rebind(address: &str) -> std::net::TcpListener {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match std::net::TcpListener::bind(address) {
-            Ok(listener) => return listener,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("waiting to bind {address}: {error}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(error) => panic!("could not bind {address}: {error}"),
-        }
-    }
-}
-
-/// Polls `check` until it holds or `deadline` passes: for conditions nothing signals,
-/// such as files removed in the background.
-fn wait_until(deadline: Duration, check: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + deadline;
-    while !check() {
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 #[test]
 fn a_wiped_voter_rebuilds_its_metadata_log_before_it_votes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (listeners, voters) = listeners(3);
-    let addresses: Vec<String> = voters.values().cloned().collect();
     let mut nodes = start_voters(dir.path(), listeners, &voters);
     for i in 0..10 {
         nodes[0]
@@ -503,10 +487,10 @@ fn a_wiped_voter_rebuilds_its_metadata_log_before_it_votes() {
         .expect("a follower");
     let old = nodes.remove(at);
     let id = old.id;
-    old.kill();
+    let listener = old.kill();
     let node_dir = dir.path().join(id.to_string());
     std::fs::remove_dir_all(&node_dir).expect("wipe");
-    let node = Node::start(id, 900 + id, &node_dir, rebind(&addresses[at]), &voters);
+    let node = Node::start(id, 900 + id, &node_dir, listener, &voters);
     let marker = node_dir.join("__controller.joining");
     assert!(marker.exists(), "a wiped voter starts by joining");
     wait_for_state(
@@ -520,10 +504,14 @@ fn a_wiped_voter_rebuilds_its_metadata_log_before_it_votes() {
                 .all(|(name, t)| s.topics.get(name) == Some(t))
         },
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || !marker.exists()),
-        "the rebuilt voter never finished joining"
-    );
+    let mut voting = node.controller.voting();
+    let joined = node.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), voting.wait_for(|v| *v))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    });
+    assert!(joined, "the rebuilt voter never finished joining");
+    assert!(!marker.exists(), "the joining marker outlives the join");
 
     // It votes again: with the leader killed, it and the other survivor elect a new one
     // that has every topic.
