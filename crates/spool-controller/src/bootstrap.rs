@@ -26,6 +26,8 @@ use crate::error::ControllerError;
 
 /// Time between two rounds of asking the other voters.
 const ASK_EVERY: Duration = Duration::from_millis(200);
+/// A voter still joining after this long says why it waits.
+const SAY_WAITING_AFTER: Duration = Duration::from_secs(5);
 /// How long one voter gets to answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
@@ -83,6 +85,8 @@ pub(crate) fn write_marker(controller_dir: &std::path::Path) -> Result<(), Contr
 
 /// Runs until the voter votes: the group created, or its log rebuilt.
 pub(crate) async fn join(controller: Weak<Controller>, raft: Weak<RaftNode>) {
+    let started = tokio::time::Instant::now();
+    let mut said_waiting = false;
     loop {
         let Some(controller) = controller.upgrade() else {
             return;
@@ -108,6 +112,14 @@ pub(crate) async fn join(controller: Weak<Controller>, raft: Weak<RaftNode>) {
             }
             Ok(None) => {}
             Err(error) => tracing::debug!(%error, "controller voter still joining"),
+        }
+        if !said_waiting && started.elapsed() >= SAY_WAITING_AFTER {
+            said_waiting = true;
+            tracing::info!(
+                voters = ?controller.options.voters.keys().collect::<Vec<_>>(),
+                "waiting for the other controller voters: the metadata group starts once a \
+                 majority answer, or this voter rebuilds its log once a leader is known"
+            );
         }
         drop(controller);
         tokio::time::sleep(ASK_EVERY).await;
