@@ -276,17 +276,27 @@ impl PartitionReplica {
         }
     }
 
+    /// Submits the batches as consecutive entries of one write. acks=leader answers once
+    /// the last of them is in the leader's log (entries are appended in order, so every
+    /// earlier one is too); acks=all once every one is committed and applied, not only the
+    /// first: a leader can fail between the commits of two entries of one request.
     async fn try_append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, Attempt> {
+        let count = batches.len();
         let mut first_appended = None;
+        let mut last_appended = None;
         let payloads: Vec<ProduceBatch> = batches
             .into_iter()
             .enumerate()
             .map(|(i, batch)| {
                 let mut payload = ProduceBatch::new(batch);
                 payload.verified = true;
-                if i == 0 && acks == AckLevel::Leader {
+                if acks == AckLevel::Leader && (i == 0 || i + 1 == count) {
                     let (notice, appended) = AppendNotice::new();
-                    first_appended = Some(appended);
+                    if i == 0 {
+                        first_appended = Some(appended);
+                    } else {
+                        last_appended = Some(appended);
+                    }
                     payload.notice = Some(notice);
                 }
                 payload
@@ -297,23 +307,38 @@ impl PartitionReplica {
             .client_write_many(payloads)
             .await
             .map_err(|e| Attempt::Failed(ReplicaError::Raft(e.to_string())))?;
-        if let Some(appended) = first_appended
-            && let Ok(appended) = appended.await
-        {
-            return Ok(appended.base_offset);
-        }
-        // acks=all, or the leader did not append: the first answer tells.
-        match results.next().await {
-            Some(Ok(Ok(response))) => Ok(response.response.base_offset),
-            Some(Ok(Err(ClientWriteError::ForwardToLeader(f))))
-                if f.reason == ForwardReason::LeaseExpired && self.is_leader() =>
-            {
-                Err(Attempt::LeaseNotYetValid)
+        if let Some(first) = first_appended {
+            let last_ok = match last_appended {
+                Some(last) => last.await.is_ok(),
+                None => true,
+            };
+            if last_ok && let Ok(appended) = first.await {
+                return Ok(appended.base_offset);
             }
-            Some(Ok(Err(error))) => Err(Attempt::Failed(self.write_error(error))),
-            Some(Err(fatal)) => Err(Attempt::Failed(ReplicaError::Raft(fatal.to_string()))),
-            None => Err(Attempt::Failed(ReplicaError::ShuttingDown)),
         }
+        // acks=all, or the leader did not append: every answer counts, and the first
+        // failure is the request's.
+        let mut base_offset = None;
+        for i in 0..count {
+            match results.next().await {
+                Some(Ok(Ok(response))) => {
+                    base_offset.get_or_insert(response.response.base_offset);
+                }
+                Some(Ok(Err(ClientWriteError::ForwardToLeader(f))))
+                    if i == 0
+                        && f.reason == ForwardReason::LeaseExpired
+                        && self.is_leader() =>
+                {
+                    return Err(Attempt::LeaseNotYetValid);
+                }
+                Some(Ok(Err(error))) => return Err(Attempt::Failed(self.write_error(error))),
+                Some(Err(fatal)) => {
+                    return Err(Attempt::Failed(ReplicaError::Raft(fatal.to_string())));
+                }
+                None => return Err(Attempt::Failed(ReplicaError::ShuttingDown)),
+            }
+        }
+        base_offset.ok_or(Attempt::Failed(ReplicaError::ShuttingDown))
     }
 
     /// Adds a node as a learner; with `wait`, returns once it has caught up.

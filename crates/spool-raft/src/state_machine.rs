@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use parking_lot::Mutex;
 use spool_log::RecordBatch;
@@ -53,6 +53,17 @@ pub struct PartitionStateMachine {
     next_offset: i64,
     high_watermark: watch::Sender<i64>,
     pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
+    /// Producers to answer once the high watermark covers their entries (reused).
+    answers: Answers,
+}
+
+#[derive(Default)]
+struct Answers(Vec<(ApplyResponder<PartitionRaft>, Produced)>);
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Answers({})", self.0.len())
+    }
 }
 
 impl PartitionStateMachine {
@@ -98,6 +109,7 @@ impl PartitionStateMachine {
             next_offset,
             high_watermark: watch::Sender::new(next_offset),
             snapshot_target: Arc::new(Mutex::new(None)),
+            answers: Answers::default(),
         }
     }
 
@@ -176,7 +188,7 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             };
             self.applied = Some(entry.log_id);
             if let Some(responder) = responder {
-                responder.send(Produced { base_offset });
+                self.answers.0.push((responder, Produced { base_offset }));
             }
         }
         // Memberships the snapshot covers are no longer needed, except the last of them.
@@ -193,7 +205,11 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
         if let Some(applied) = self.applied {
             self.shared.recent.lock().trim_through(applied.index);
         }
+        // Published before any producer hears back: an answered record is readable.
         self.high_watermark.send_replace(self.next_offset);
+        for (responder, produced) in self.answers.0.drain(..) {
+            responder.send(produced);
+        }
         self.save_lazily();
         Ok(())
     }

@@ -137,3 +137,72 @@ async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_d
         node.stop().await;
     }
 }
+
+/// A batch of `n` records of `size` bytes each.
+fn big_batch(n: usize, size: usize) -> bytes::Bytes {
+    use spool_log::batch::{BatchBuilder, BatchOptions};
+    let value = vec![7u8; size];
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    for _ in 0..n {
+        builder.append(1_700_000_000_000, None, Some(&value), &[]);
+    }
+    builder.finish()
+}
+
+/// acks=all answers for the whole request: once `append` returns, every batch it carried
+/// is committed (under the high watermark), not just the first. Enough bytes that
+/// replication ships them in several rounds, with one follower slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_answers_once_every_batch_of_the_request_is_committed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, members) = start_nodes(root.path(), 3).await;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        replicas.push(node.open_replica(11, &members).await);
+    }
+    let leader = leader_of(&replicas).await;
+    let leader_node = nodes
+        .iter()
+        .find(|n| n.id == leader.node_id())
+        .expect("leader node");
+    for other in nodes.iter().filter(|n| n.id != leader.node_id()) {
+        leader_node
+            .node
+            .faults()
+            .delay(other.id, Duration::from_millis(5));
+    }
+    let mut end = 0i64;
+    for round in 0..3 {
+        // 40 batches of 512 KiB: 20 MiB, more than one replication read.
+        let batches: Vec<_> = (0..40).map(|_| big_batch(8, 64 * 1024)).collect();
+        let base = leader
+            .append(batches, AckLevel::All)
+            .await
+            .expect("append");
+        assert_eq!(base, end, "round {round}");
+        end += 40 * 8;
+        let hw = *leader.high_watermark().borrow();
+        assert!(
+            hw >= end,
+            "round {round}: acks=all answered with the high watermark at {hw}, below the \
+             request's end {end}"
+        );
+        // acks=leader: every batch is in the leader's log when it answers.
+        let batches: Vec<_> = (0..40).map(|_| big_batch(8, 64 * 1024)).collect();
+        let base = leader
+            .append(batches, AckLevel::Leader)
+            .await
+            .expect("append");
+        assert_eq!(base, end, "round {round}");
+        end += 40 * 8;
+        let appended = leader.reader().next_offset();
+        assert!(
+            appended >= end,
+            "round {round}: acks=leader answered with the log ending at {appended}, below \
+             the request's end {end}"
+        );
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
