@@ -1,7 +1,9 @@
 //! A real log is written from the input (data, blank and membership entries of sizes the
 //! input picks), then its last segment is cut and bits in it are flipped where the input
 //! says. Reopening must either refuse with a typed corruption error, or recover a log
-//! that is a prefix of what was written, reads back whole, and verifies clean.
+//! that is a prefix of what was written, reads back whole, and verifies clean. Recovery
+//! may drop only damaged or torn frames: every frame of the last segment it drops has a
+//! changed byte or runs past the new end. A log that was only cut must open.
 #![no_main]
 
 use std::os::unix::fs::FileExt;
@@ -46,6 +48,9 @@ fuzz_target!(|input: &[u8]| {
     }
     let mut segments = spool_log::verify::segment_files(dir.path()).expect("list");
     let last = segments.pop().expect("a segment");
+    let original = std::fs::read(&last).expect("read the last segment");
+    let spans = frame_spans(&original);
+    let entries_before_last = written.len() - spans.len();
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&last).expect("open");
     let len = file.metadata().expect("stat").len();
     for pair in damage.chunks(3) {
@@ -61,11 +66,20 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     drop(file);
+    let damaged = std::fs::read(&last).expect("read the damaged segment");
+    let intact = |&(start, end): &(usize, usize)| {
+        end <= damaged.len() && damaged[start..end] == original[start..end]
+    };
+    let only_cut = damaged.len() <= original.len() && damaged[..] == original[..damaged.len()];
     let log = match Log::open(dir.path(), config) {
         Ok(log) => log,
-        Err(LogError::Corrupt { .. }) => return,
+        Err(LogError::Corrupt { .. }) if !only_cut => return,
         Err(other) => panic!("unexpected error: {other}"),
     };
+    let kept_in_last = (log.next_index() as usize).saturating_sub(entries_before_last);
+    for (i, span) in spans.iter().enumerate().skip(kept_in_last) {
+        assert!(!intact(span), "recovery dropped frame {i} at {span:?}, which was intact");
+    }
     let reader = log.reader();
     let entries = reader
         .read_entries(reader.first_index(), reader.next_index(), usize::MAX)
@@ -83,3 +97,16 @@ fuzz_target!(|input: &[u8]| {
     let report = spool_log::verify::verify_dir(dir.path()).expect("verify runs");
     assert!(report.is_clean(), "{:?}", report.problems);
 });
+
+/// `(start, end)` of each frame of a segment file, from the headers' payload lengths.
+fn frame_spans(segment: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut at = 64;
+    while at + 44 <= segment.len() {
+        let len = u32::from_le_bytes(segment[at + 36..at + 40].try_into().expect("4 bytes"));
+        let end = at + 44 + len as usize;
+        spans.push((at, end));
+        at = end;
+    }
+    spans
+}

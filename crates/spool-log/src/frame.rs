@@ -131,6 +131,11 @@ impl FrameHeader {
                 len: header.payload_len,
             });
         }
+        if kind == FrameKind::Blank && header.payload_len != 0 {
+            return Err(Corruption::InconsistentFrame {
+                reason: "a blank frame carries a payload",
+            });
+        }
         if kind != FrameKind::Data && header.offset_count != 0 {
             return Err(Corruption::InconsistentFrame {
                 reason: "a non-data frame takes offsets",
@@ -147,6 +152,23 @@ impl FrameHeader {
         }
     }
 
+    /// Checks the frame CRC, given the payload bytes it covers.
+    pub(crate) fn verify_header_crc(
+        &self,
+        header_bytes: &[u8; FRAME_HEADER_LEN],
+        stored_crc: u32,
+        covered_prefix: &[u8],
+    ) -> Result<(), Corruption> {
+        let computed = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..40]), covered_prefix);
+        if computed != stored_crc {
+            return Err(Corruption::FrameCrcMismatch {
+                stored: stored_crc,
+                computed,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks a whole frame: header CRC, and for data frames the batch (framing, CRC) and
     /// its agreement with the header.
     pub(crate) fn verify(
@@ -156,13 +178,7 @@ impl FrameHeader {
         payload: &[u8],
     ) -> Result<(), Corruption> {
         let prefix = &payload[..Self::covered_prefix_len(self.kind, payload.len())];
-        let computed = crc32c::crc32c_append(crc32c::crc32c(&header_bytes[..40]), prefix);
-        if computed != stored_crc {
-            return Err(Corruption::FrameCrcMismatch {
-                stored: stored_crc,
-                computed,
-            });
-        }
+        self.verify_header_crc(header_bytes, stored_crc, prefix)?;
         match self.kind {
             FrameKind::Data => {
                 let batch = RecordBatch::new(payload).map_err(Corruption::Batch)?;

@@ -247,18 +247,20 @@ impl OpenedSegment<'_> {
         let Some(stop) = outcome.stop else {
             return Ok(state);
         };
+        // Whatever stopped the scan, valid frames after it mean the log was written past
+        // it and fsynced: damage, never a torn write, and cutting would lose them. (A
+        // frame whose header CRC cannot be checked, a non-data frame running past the
+        // end, is only trusted as torn this way.)
+        let last_good = outcome.expect.next_index.saturating_sub(1);
+        if let Some(valid) =
+            valid_frame_after(self.file, self.path, stop.position, self.len, last_good)?
+        {
+            tracing::error!(segment = %self.path.display(), position = stop.position, valid_frame_at = valid, "damaged frame followed by valid frames");
+            return Err(self.corrupt(stop.position, stop.kind));
+        }
         let torn = matches!(stop.kind, Corruption::Truncated { .. });
-        if !torn {
-            let last_good = outcome.expect.next_index.saturating_sub(1);
-            if let Some(valid) =
-                valid_frame_after(self.file, self.path, stop.position, self.len, last_good)?
-            {
-                tracing::error!(segment = %self.path.display(), position = stop.position, valid_frame_at = valid, "damaged frame followed by valid frames");
-                return Err(self.corrupt(stop.position, stop.kind));
-            }
-            if self.config.recovery == RecoveryMode::Strict {
-                return Err(self.corrupt(stop.position, stop.kind));
-            }
+        if !torn && self.config.recovery == RecoveryMode::Strict {
+            return Err(self.corrupt(stop.position, stop.kind));
         }
         self.file
             .set_len(outcome.valid_end)

@@ -109,9 +109,25 @@ pub fn scan_frames(
         };
         let frame_len = header.frame_len();
         if let Some(missing) = shortfall(frame_len, to - pos) {
+            // A frame that runs past the end is a torn write only if its header is
+            // authentic: a flipped bit in the length field must not pass for one. The
+            // header CRC covers the payload's first bytes too; check it when they are
+            // here (always, for data frames).
+            let covered = FrameHeader::covered_prefix_len(header.kind, header.payload_len as usize);
+            let present = (to - pos).saturating_sub(FRAME_HEADER_LEN as u64);
+            let kind = if present >= covered as u64 {
+                let at = window.ensure(file, path, pos, to, FRAME_HEADER_LEN + covered)?;
+                let prefix = &window.buf[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + covered];
+                header
+                    .verify_header_crc(&header_bytes, stored_crc, prefix)
+                    .err()
+                    .unwrap_or(Corruption::Truncated { missing })
+            } else {
+                Corruption::Truncated { missing }
+            };
             break Some(ScanStop {
                 position: pos,
-                kind: Corruption::Truncated { missing },
+                kind,
             });
         }
         let at = window.ensure(file, path, pos, to, frame_len as usize)?;

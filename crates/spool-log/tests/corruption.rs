@@ -175,3 +175,81 @@ fn a_stale_index_file_is_detected_and_rebuilt() {
     assert!(verify_dir(dir.path()).unwrap().is_clean());
     let _ = OpenOptions::new();
 }
+
+/// Every single-bit flip in every field of the active segment's last three frames
+/// (membership, blank, data), in both recovery modes. Damage in a frame that valid frames
+/// follow is refused; damage in the last frame is cut only when tolerated, and then only
+/// that frame; `Strict` refuses it. A damaged length is never taken for a torn write.
+#[test]
+fn single_bit_damage_in_the_last_frames_of_the_active_segment_never_cuts_valid_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..4u64 {
+        let b = batch(i, 3, 40, 1_000);
+        log.append([data(1, i, &b)]).unwrap();
+    }
+    log.append([membership(1, 4, &[9u8; 30])]).unwrap();
+    log.append([blank(2, 5)]).unwrap();
+    let b = batch(6, 2, 40, 1_000);
+    log.append([data(2, 6, &b)]).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    assert_eq!(segments(dir.path()).len(), 1);
+    let active = last_segment(dir.path());
+    let original = std::fs::read(&active).unwrap();
+    // Frame spans, from the headers' payload lengths.
+    let mut spans = Vec::new();
+    let mut at = 64usize;
+    while at < original.len() {
+        let payload = u32::from_le_bytes(original[at + 36..at + 40].try_into().unwrap());
+        let end = at + 44 + payload as usize;
+        spans.push((at, end));
+        at = end;
+    }
+    assert_eq!(spans.len(), 7);
+    let strict = LogConfig {
+        recovery: RecoveryMode::Strict,
+        ..small_config()
+    };
+    for (frame, &(start, end)) in spans.iter().enumerate().skip(4) {
+        let last = frame == spans.len() - 1;
+        for byte in start..end {
+            // Every bit of the header's fields, one bit of each payload byte.
+            let bits: Vec<u8> = if byte - start < 44 {
+                (0..8).collect()
+            } else {
+                vec![(byte % 8) as u8]
+            };
+            for bit in bits {
+                let restore = || {
+                    std::fs::write(&active, &original).unwrap();
+                    let _ = std::fs::remove_file(active.with_extension("index"));
+                };
+                restore();
+                flip_bit(&active, byte as u64, bit);
+                let what = format!("frame {frame}, byte {} bit {bit}", byte - start);
+                match Log::open(dir.path(), strict.clone()) {
+                    Err(LogError::Corrupt { .. }) => {}
+                    Ok(log) => panic!("{what}: strict recovery opened at {}", log.next_index()),
+                    Err(other) => panic!("{what}: {other}"),
+                }
+                assert_eq!(
+                    std::fs::metadata(&active).unwrap().len(),
+                    original.len() as u64
+                );
+                match Log::open(dir.path(), small_config()) {
+                    Err(LogError::Corrupt { .. }) => {}
+                    Ok(log) => {
+                        assert!(last, "{what}: damage before valid frames was cut as a tail");
+                        assert_eq!(
+                            log.next_index(),
+                            6,
+                            "{what}: cut more than the damaged frame"
+                        );
+                    }
+                    Err(other) => panic!("{what}: {other}"),
+                }
+            }
+        }
+    }
+}

@@ -325,9 +325,7 @@ impl PartitionReplica {
                     base_offset.get_or_insert(response.response.base_offset);
                 }
                 Some(Ok(Err(ClientWriteError::ForwardToLeader(f))))
-                    if i == 0
-                        && f.reason == ForwardReason::LeaseExpired
-                        && self.is_leader() =>
+                    if i == 0 && f.reason == ForwardReason::LeaseExpired && self.is_leader() =>
                 {
                     return Err(Attempt::LeaseNotYetValid);
                 }

@@ -175,10 +175,7 @@ async fn acks_all_answers_once_every_batch_of_the_request_is_committed() {
     for round in 0..3 {
         // 40 batches of 512 KiB: 20 MiB, more than one replication read.
         let batches: Vec<_> = (0..40).map(|_| big_batch(8, 64 * 1024)).collect();
-        let base = leader
-            .append(batches, AckLevel::All)
-            .await
-            .expect("append");
+        let base = leader.append(batches, AckLevel::All).await.expect("append");
         assert_eq!(base, end, "round {round}");
         end += 40 * 8;
         let hw = *leader.high_watermark().borrow();
