@@ -37,7 +37,7 @@ impl NodeIdentity {
         let io = |op: &'static str, path: PathBuf| {
             move |source| BrokerError::Storage(spool_log::LogError::Io { op, path, source })
         };
-        fs::create_dir_all(data_dir).map_err(io("create directory", data_dir.to_path_buf()))?;
+        spool_log::create_dir_durably(data_dir).map_err(BrokerError::Storage)?;
         let lock_path = data_dir.join(".lock");
         let lock = File::create(&lock_path).map_err(io("create lock file", lock_path))?;
         if lock.try_lock().is_err() {

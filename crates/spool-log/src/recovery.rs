@@ -75,7 +75,7 @@ pub(crate) fn recover(
     config: &LogConfig,
     now_ms: i64,
 ) -> Result<(Vec<Arc<Segment>>, RecoveryReport)> {
-    fs::create_dir_all(dir).map_err(LogError::io("create directory", dir))?;
+    crate::segment::create_dir_durably(dir)?;
     let listing = list_dir(dir)?;
     let mut report = RecoveryReport::default();
     for path in listing.temporary.iter().chain(

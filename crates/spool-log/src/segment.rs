@@ -309,3 +309,59 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(LogError::io("sync directory", dir))
 }
+
+/// Creates `dir` and any missing parents, fsyncing the parent of each directory it creates
+/// (and each new directory itself): a new directory's entry lives in its parent, and
+/// without that fsync a crash can lose the directory with every fsynced file in it.
+/// Returns the directories whose entries it made durable, outermost parent first.
+pub fn create_dir_durably(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || path.exists() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    fs::create_dir_all(dir).map_err(LogError::io("create directory", dir))?;
+    let mut synced = Vec::with_capacity(missing.len() + 1);
+    // Outermost first: each parent, then finally the new leaf itself.
+    for path in missing.iter().rev() {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+        synced.push(parent.to_path_buf());
+    }
+    sync_dir(dir)?;
+    synced.push(dir.to_path_buf());
+    Ok(synced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_is_made_durable_in_every_parent_it_was_created_in() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let leaf = root.path().join("a").join("b");
+        let synced = create_dir_durably(&leaf).expect("create");
+        assert!(leaf.is_dir());
+        assert_eq!(
+            synced,
+            vec![
+                root.path().to_path_buf(),
+                root.path().join("a"),
+                leaf.clone()
+            ]
+        );
+        // An existing directory needs nothing.
+        assert!(create_dir_durably(&leaf).expect("again").is_empty());
+    }
+}

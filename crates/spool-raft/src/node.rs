@@ -86,7 +86,7 @@ pub struct RaftNode {
 
 impl RaftNode {
     pub fn open(options: RaftNodeOptions) -> Result<Arc<Self>, ReplicaError> {
-        std::fs::create_dir_all(&options.state_dir).map_err(|e| ReplicaError::StateFile {
+        spool_log::create_dir_durably(&options.state_dir).map_err(|e| ReplicaError::StateFile {
             path: options.state_dir.clone(),
             reason: e.to_string(),
         })?;
