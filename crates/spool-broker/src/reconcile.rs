@@ -150,7 +150,15 @@ impl Broker {
     ) -> Option<Arc<Partition>> {
         let p = &record.partitions[index as usize];
         let dir = self.partition_dir(&record.name, index);
-        if !self.raft.known_groups().contains(&p.group) && dir.exists() {
+        // A directory naming its group is ours exactly when the group matches (one
+        // whose Raft state was lost is rebuilt, not deleted); an older one without the
+        // name is ours when the node's Raft state knows the group.
+        let stale = dir.exists()
+            && spool_raft::group_of_dir(&dir).map_or_else(
+                || !self.raft.known_groups().contains(&p.group),
+                |group| group != p.group,
+            );
+        if stale {
             // Left by a topic of the same name that is gone: not ours to reuse.
             tracing::warn!(dir = %dir.display(), "removing a stale partition directory");
             let _ = std::fs::remove_dir_all(&dir);

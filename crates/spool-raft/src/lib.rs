@@ -20,6 +20,7 @@ mod liveness;
 pub mod log_store;
 pub mod network;
 mod node;
+mod rebuild;
 mod replica;
 pub mod state_machine;
 pub mod state_store;
@@ -30,6 +31,7 @@ pub use codec::{decode_membership, encode_membership};
 pub use error::{CodecError, ReplicaError};
 pub use flusher::Flusher;
 pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec};
+pub use rebuild::group_of_dir;
 pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica, RaftProgress, ReplicaChanges};
 pub use storage::{GroupStorage, open_group_storage};
 pub use types::{

@@ -17,6 +17,7 @@ use crate::error::ReplicaError;
 use crate::flusher::Flusher;
 use crate::liveness::Liveness;
 use crate::network::{Faults, GroupDirectory, GroupNetworkFactory, PeerPool, RaftTransportService};
+use crate::rebuild;
 use crate::replica::{Members, PartitionReplica};
 use crate::state_store::NodeStateStore;
 use crate::storage::open_group_storage;
@@ -223,6 +224,19 @@ impl RaftNode {
             return Err(ReplicaError::GroupExists { group: spec.group });
         }
         let interval_flush = matches!(spec.log_config.flush, FlushPolicy::Interval(_));
+        let record = self.store.get(spec.group);
+        let had_directory = spec.dir.exists();
+        if record.is_none() && !had_directory {
+            // A new replica's record is durable before its log holds anything, so that a
+            // log without a record always means a lost state file (see `rebuild`).
+            self.store
+                .update_durable(spec.group, |_| {})
+                .await
+                .map_err(|e| ReplicaError::StateFile {
+                    path: self.options.state_dir.join("raft.state"),
+                    reason: e.to_string(),
+                })?;
+        }
         let storage = open_group_storage(
             spec.group,
             &spec.dir,
@@ -230,6 +244,14 @@ impl RaftNode {
             self.store.clone(),
             Arc::clone(&self.flusher),
         )?;
+        rebuild::claim_dir(&spec.dir, spec.group)?;
+        let damage = rebuild::damage(&rebuild::Opened {
+            record: record.as_ref(),
+            had_directory,
+            bounds: storage.reader.bounds(),
+            recovery: storage.log.lock().recovery_report(),
+        })
+        .or_else(|| rebuild::unfinished(&spec.dir));
         let high_watermark = storage.state_machine.high_watermark();
         let snapshot_target = Arc::clone(&storage.state_machine.snapshot_target);
         let network = GroupNetworkFactory::new(spec.group, Arc::clone(&self.pool));
@@ -242,7 +264,16 @@ impl RaftNode {
         )
         .await
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        if !spec.initial_members.is_empty()
+        // A replica that lost its state waits for the group's leader instead of creating
+        // the group afresh.
+        let rebuilding = match &damage {
+            Some(damage) => {
+                self.start_rebuild(spec.group, &spec.dir, &raft, damage, &spec.initial_members)?
+            }
+            None => false,
+        };
+        if !rebuilding
+            && !spec.initial_members.is_empty()
             && !raft
                 .is_initialized()
                 .await
@@ -290,11 +321,52 @@ impl RaftNode {
             last_activity_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
             clock: self.clock,
             interval_flush: std::sync::atomic::AtomicBool::new(interval_flush),
+            rebuilding: Arc::new(std::sync::atomic::AtomicBool::new(rebuilding)),
         });
+        if rebuilding {
+            self.tasks
+                .lock()
+                .push(tokio::spawn(rebuild::release_when_caught_up(Arc::clone(
+                    &replica,
+                ))));
+        }
         self.replicas
             .write()
             .insert(spec.group, Arc::clone(&replica));
         Ok(replica)
+    }
+
+    /// Gates a replica whose durable state was lost (see `rebuild`): no votes, no
+    /// campaigns, until it has caught up with a leader. `false` when there is no one to
+    /// rebuild from (this node is the group's only voter).
+    fn start_rebuild(
+        &self,
+        group: GroupId,
+        dir: &Path,
+        raft: &Raft,
+        damage: &rebuild::Damage,
+        initial_members: &Members,
+    ) -> Result<bool, ReplicaError> {
+        use openraft::async_runtime::WatchReceiver;
+        let mut voters: Vec<NodeId> = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.is_empty() {
+            voters = initial_members.keys().copied().collect();
+        }
+        let me = self.options.node_id;
+        if voters.iter().all(|v| *v == me) && !voters.is_empty() {
+            tracing::error!(group, dir = %dir.display(), %damage, "this replica lost Raft state and is its group's only voter: going on with what its log holds");
+            return Ok(false);
+        }
+        raft.runtime_config().elect(false);
+        rebuild::write_marker(dir)?;
+        tracing::warn!(group, dir = %dir.display(), %damage, "this replica lost Raft state: it withholds its votes and does not stand for election until it has caught up with a leader");
+        Ok(true)
     }
 
     /// Stops a replica; with `delete_data`, removes its log and Raft state for good.
@@ -356,6 +428,11 @@ impl GroupDirectory for RaftNode {
 
     fn withholds_votes(&self, group: GroupId) -> bool {
         self.withheld.lock().contains(&group)
+            || self
+                .replicas
+                .read()
+                .get(&group)
+                .is_some_and(|r| r.is_rebuilding())
     }
 
     fn leader_contact(&self, group: GroupId) {

@@ -67,6 +67,8 @@ pub struct PartitionReplica {
     pub(crate) clock: Instant,
     /// The log syncs on a timer (`FlushPolicy::Interval`): the node's ticker visits it.
     pub(crate) interval_flush: std::sync::atomic::AtomicBool,
+    /// Lost durable Raft state and has not caught up yet: no votes, no campaigns.
+    pub(crate) rebuilding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PartitionReplica {
@@ -413,6 +415,9 @@ impl PartitionReplica {
 
     /// Stops (or restarts) this replica's election timeouts: it will not campaign.
     pub fn set_elect(&self, enabled: bool) {
+        if enabled && self.is_rebuilding() {
+            return;
+        }
         self.raft.runtime_config().elect(enabled);
     }
 
@@ -428,9 +433,19 @@ impl PartitionReplica {
         }
     }
 
+    /// Lost durable Raft state (a wiped directory or state file, a log that went back)
+    /// and has not caught up with a leader yet: it neither votes nor campaigns.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
+    }
+
     /// Starts an election now instead of waiting for a timeout (a new group's preferred
-    /// leader). Raft decides as always: a replica behind the others is not elected.
+    /// leader). Raft decides as always: a replica behind the others is not elected. A
+    /// rebuilding replica does not.
     pub fn campaign(&self) {
+        if self.is_rebuilding() {
+            return;
+        }
         let raft = self.raft.clone();
         tokio::spawn(async move {
             let _ = raft.trigger().elect(false).await;

@@ -35,6 +35,21 @@ const VERSION: u8 = 1;
 /// Lazy changes reach the disk at least this often.
 const LAZY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Renames a damaged state file to `<name>.damaged-<ms>`, durably.
+fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{ms}"));
+    let aside = PathBuf::from(name);
+    std::fs::rename(path, &aside)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(aside)
+}
+
 /// The tiny snapshot of a partition: the point the retained log starts after.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SnapshotRecord {
@@ -95,7 +110,17 @@ impl NodeStateStore {
             reason,
         };
         let groups = match std::fs::read(&path) {
-            Ok(bytes) => decode(&bytes).map_err(|e| fail(e.to_string()))?,
+            Ok(bytes) => match decode(&bytes) {
+                Ok(groups) => groups,
+                // Not a reason to stay down, nor to make the operator delete it: the file
+                // is kept aside for inspection, and every replica with a log is treated
+                // as having lost its state (it rebuilds from its leader before voting).
+                Err(error) => {
+                    let aside = set_aside(&path).map_err(|e| fail(e.to_string()))?;
+                    tracing::error!(path = %path.display(), kept_as = %aside.display(), %error, "the Raft state file is damaged; starting without it: replicas rebuild from their leaders before they vote");
+                    BTreeMap::new()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(fail(e.to_string())),
         };
@@ -384,9 +409,19 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
-        assert!(matches!(
-            NodeStateStore::open(&path),
-            Err(ReplicaError::StateFile { .. })
-        ));
+        // A damaged file is set aside whole, and the node starts knowing no group.
+        let fresh = NodeStateStore::open(&path).expect("open past a damaged file");
+        assert!(fresh.groups().is_empty());
+        fresh.close();
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("raft.state.damaged-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&kept[0])).expect("read"),
+            bytes
+        );
     }
 }

@@ -22,6 +22,9 @@ pub struct TestNode {
     pub node: Arc<RaftNode>,
     pub dir: std::path::PathBuf,
     server: JoinHandle<()>,
+    /// Ends the server gracefully: its open connections are told to go away, so peers
+    /// reconnect to whatever listens on the address next.
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestNode {
@@ -34,11 +37,14 @@ impl TestNode {
         })
         .expect("open node");
         let service = node.service();
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(incoming)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop.await;
+                })
                 .await;
         });
         Self {
@@ -47,6 +53,7 @@ impl TestNode {
             node,
             dir,
             server,
+            shutdown: Some(shutdown),
         }
     }
 
@@ -56,8 +63,13 @@ impl TestNode {
         (self.id, self.dir, self.addr)
     }
 
-    pub async fn stop(self) -> (NodeId, std::path::PathBuf, String) {
+    pub async fn stop(mut self) -> (NodeId, std::path::PathBuf, String) {
         self.node.shutdown().await;
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        // Streams still open hold a graceful stop; they are cut after a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.server).await;
         self.server.abort();
         (self.id, self.dir, self.addr)
     }
