@@ -45,6 +45,16 @@ pub(crate) struct Applier {
     pub replica: Weak<PartitionReplica>,
     pub state: watch::Sender<Arc<ClusterState>>,
     pub progress: Arc<Mutex<LogProgress>>,
+    /// Set, with the reason, when a record cannot be applied.
+    pub halted: Arc<Mutex<Option<String>>>,
+}
+
+/// A committed metadata batch this node cannot read: applying on past it would let nodes
+/// of different versions serve different metadata without anyone knowing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Halt {
+    pub offset: i64,
+    pub reason: String,
 }
 
 impl Applier {
@@ -65,17 +75,18 @@ impl Applier {
                     tokio::task::spawn_blocking(move || r.read(from, upper, READ_BYTES)).await;
                 match read {
                     Ok(Ok(fetched)) => {
-                        let checkpoint = fetched
-                            .batches
-                            .iter()
-                            .filter_map(|batch| current.apply(batch, &self.progress))
-                            .last();
-                        current.state.offset = fetched.next_offset;
+                        let applied = current.apply_all(
+                            &fetched.batches,
+                            fetched.next_offset,
+                            &self.progress,
+                        );
                         if current.based {
                             self.state.send_replace(Arc::new(current.state.clone()));
                         }
-                        if let Some(offset) = checkpoint {
-                            self.compact_before(offset).await;
+                        match applied {
+                            Ok(Some(offset)) => self.compact_before(offset).await,
+                            Ok(None) => {}
+                            Err(halt) => return self.halt(halt).await,
                         }
                         continue;
                     }
@@ -95,6 +106,29 @@ impl Applier {
             }
             if high_watermark.changed().await.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Stops applying for good (until a restart, by a version that reads the record):
+    /// the node keeps serving the metadata before the record, takes no part in electing
+    /// a controller and hands leadership over if it holds it.
+    async fn halt(&self, halt: Halt) {
+        tracing::error!(offset = halt.offset, reason = %halt.reason, "metadata record cannot be applied: this node stops applying metadata, serves what it applied before it, and stays out of controller elections; upgrade it or check the metadata log");
+        *self.halted.lock() = Some(format!(
+            "the metadata record at offset {} cannot be applied here: {}",
+            halt.offset, halt.reason
+        ));
+        let Some(replica) = self.replica.upgrade() else {
+            return;
+        };
+        replica.abstain();
+        if replica.is_leader() {
+            let (voters, _) = replica.members();
+            if let Some(other) = voters.into_iter().find(|v| *v != replica.node_id())
+                && let Err(error) = replica.transfer_leader(other).await
+            {
+                tracing::warn!(%error, "could not hand controller leadership over");
             }
         }
     }
@@ -130,21 +164,47 @@ impl Rebuild {
         }
     }
 
-    /// Applies one batch; answers with its offset if it holds a checkpoint.
-    fn apply(&mut self, batch: &Bytes, progress: &Mutex<LogProgress>) -> Option<i64> {
-        let base_offset = RecordBatch::peek_offsets(batch).map(|(base, _)| base);
-        let records = match decode_batch(batch) {
-            Ok(records) => records,
-            Err(error) => {
-                tracing::error!(%error, ?base_offset, "skipping a metadata batch");
-                return None;
+    /// Applies batches in order up to `next_offset`; answers with the offset of the last
+    /// checkpoint among them. Stops at the first batch it cannot decode, with the state
+    /// standing just before it.
+    fn apply_all(
+        &mut self,
+        batches: &[Bytes],
+        next_offset: i64,
+        progress: &Mutex<LogProgress>,
+    ) -> Result<Option<i64>, Halt> {
+        let mut checkpoint = None;
+        for batch in batches {
+            match self.apply(batch, progress) {
+                Ok(found) => checkpoint = found.or(checkpoint),
+                Err(reason) => {
+                    let offset = RecordBatch::peek_offsets(batch)
+                        .map_or(self.state.offset, |(base, _)| base);
+                    self.state.offset = offset;
+                    return Err(Halt { offset, reason });
+                }
             }
-        };
+            if let Some((_, next)) = RecordBatch::peek_offsets(batch) {
+                self.state.offset = next;
+            }
+        }
+        self.state.offset = next_offset;
+        Ok(checkpoint)
+    }
+
+    /// Applies one batch; answers with its offset if it holds a checkpoint.
+    fn apply(
+        &mut self,
+        batch: &Bytes,
+        progress: &Mutex<LogProgress>,
+    ) -> Result<Option<i64>, String> {
+        let base_offset = RecordBatch::peek_offsets(batch).map(|(base, _)| base);
+        let records = decode_batch(batch).map_err(|e| e.to_string())?;
         let checkpoint = records
             .iter()
             .any(|r| matches!(r, MetadataRecord::Checkpoint { .. }));
         if !self.based && !checkpoint {
-            return None;
+            return Ok(None);
         }
         self.based = true;
         records.iter().for_each(|r| self.state.apply(r));
@@ -154,10 +214,10 @@ impl Rebuild {
                 checkpoint: base_offset.map(|offset| (offset, batch.len() as u64)),
                 bytes_since: 0,
             };
-            base_offset
+            Ok(base_offset)
         } else {
             progress.bytes_since += batch.len() as u64;
-            None
+            Ok(None)
         }
     }
 }
@@ -165,6 +225,51 @@ impl Rebuild {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::encode_batch;
+
+    /// A stored batch of `records` at `base`.
+    fn stored(records: &[MetadataRecord], base: i64) -> Bytes {
+        let bytes = encode_batch(records, 1).expect("encode");
+        let mut bytes = bytes.to_vec();
+        bytes[..8].copy_from_slice(&base.to_be_bytes());
+        Bytes::from(bytes)
+    }
+
+    #[test]
+    fn a_batch_that_does_not_decode_stops_applying_before_it() {
+        let good = MetadataRecord::FenceBroker {
+            id: 7,
+            incarnation: 1,
+        };
+        let first = stored(std::slice::from_ref(&good), 0);
+        // A record of a kind this build does not know (written by a newer version).
+        let unreadable = {
+            let mut builder = spool_log::batch::BatchBuilder::new(Default::default());
+            builder.append(
+                1,
+                Some(b"future_record"),
+                Some(b"{\"from\":\"a newer version\"}"),
+                &[],
+            );
+            let mut bytes = builder.finish().to_vec();
+            bytes[..8].copy_from_slice(&1i64.to_be_bytes());
+            Bytes::from(bytes)
+        };
+        let third = stored(std::slice::from_ref(&good), 2);
+        let mut rebuild = Rebuild::from(0);
+        let progress = Mutex::new(LogProgress::default());
+        let halt = rebuild
+            .apply_all(&[first, unreadable, third], 3, &progress)
+            .expect_err("an unreadable record halts");
+        assert_eq!(halt.offset, 1);
+        assert!(
+            halt.reason.contains("corrupt metadata record"),
+            "{}",
+            halt.reason
+        );
+        // The state stands after the first batch, not past the unreadable one.
+        assert_eq!(rebuild.state.offset, 1);
+    }
 
     #[test]
     fn a_checkpoint_is_due_after_enough_records_and_never_right_after_a_large_one() {

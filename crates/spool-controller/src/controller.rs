@@ -106,6 +106,8 @@ pub struct Controller {
     pub(crate) voting: watch::Sender<bool>,
     /// How much of the log the state has applied since the last checkpoint.
     pub(crate) progress: Arc<parking_lot::Mutex<LogProgress>>,
+    /// Why this node stopped applying metadata, once it has (see `applier`).
+    pub(crate) halted: Arc<parking_lot::Mutex<Option<String>>>,
     pub(crate) peers: Peers,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -159,6 +161,7 @@ impl Controller {
             leases: parking_lot::Mutex::new(Leases::default()),
             decide: tokio::sync::Mutex::new(()),
             progress: Arc::default(),
+            halted: Arc::default(),
             voting: watch::Sender::new(!joining),
             peers: Peers::default(),
             tasks: parking_lot::Mutex::new(Vec::new()),
@@ -168,6 +171,7 @@ impl Controller {
                 replica: Arc::downgrade(&controller.replica),
                 state: controller.state.clone(),
                 progress: Arc::clone(&controller.progress),
+                halted: Arc::clone(&controller.halted),
             }
             .run(),
         );
@@ -258,6 +262,9 @@ impl Controller {
         let mut changes = self.replica.changes();
         let mut state = self.state.subscribe();
         loop {
+            if let Some(reason) = self.halted.lock().clone() {
+                return Err(ControllerError::Halted { reason });
+            }
             if !self.replica.is_leader() {
                 return Err(self.not_controller());
             }

@@ -36,6 +36,8 @@ pub enum ControllerError {
     BrokerNotAvailable { id: BrokerId },
     #[error("could not encode a metadata record: {reason}")]
     Encode { reason: String },
+    #[error("this node stopped applying metadata: {reason}")]
+    Halted { reason: String },
     #[error("corrupt metadata record: {reason}")]
     CorruptRecord { reason: String },
     #[error("controller storage: {reason}")]
@@ -64,7 +66,8 @@ fn hint(leader: &Option<BrokerId>, address: &Option<String>) -> String {
 impl ControllerError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotController { .. } => ErrorCode::NotController,
+            // Another node can decide: the caller retries there.
+            Self::NotController { .. } | Self::Halted { .. } => ErrorCode::NotController,
             Self::InvalidReplicationFactor { .. } | Self::NoBrokers => {
                 ErrorCode::InvalidReplicationFactor
             }

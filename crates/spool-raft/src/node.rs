@@ -322,6 +322,7 @@ impl RaftNode {
             clock: self.clock,
             interval_flush: std::sync::atomic::AtomicBool::new(interval_flush),
             rebuilding: Arc::new(std::sync::atomic::AtomicBool::new(rebuilding)),
+            abstaining: std::sync::atomic::AtomicBool::new(false),
         });
         if rebuilding {
             self.tasks
@@ -432,7 +433,7 @@ impl GroupDirectory for RaftNode {
                 .replicas
                 .read()
                 .get(&group)
-                .is_some_and(|r| r.is_rebuilding())
+                .is_some_and(|r| r.withholds_votes())
     }
 
     fn leader_contact(&self, group: GroupId) {

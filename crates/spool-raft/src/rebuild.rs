@@ -188,7 +188,7 @@ pub(crate) async fn release_when_caught_up(replica: Arc<PartitionReplica>) {
         tracing::warn!(group = replica.group(), %error, "could not remove the rebuild marker");
     }
     replica.rebuilding.store(false, Ordering::Release);
-    replica.raft().runtime_config().elect(true);
+    replica.set_elect(true);
     tracing::info!(
         group = replica.group(),
         "this replica has caught up with its leader: it votes again"

@@ -69,6 +69,8 @@ pub struct PartitionReplica {
     pub(crate) interval_flush: std::sync::atomic::AtomicBool,
     /// Lost durable Raft state and has not caught up yet: no votes, no campaigns.
     pub(crate) rebuilding: Arc<std::sync::atomic::AtomicBool>,
+    /// Stays out of elections for good (see `abstain`).
+    pub(crate) abstaining: std::sync::atomic::AtomicBool,
 }
 
 impl PartitionReplica {
@@ -415,7 +417,7 @@ impl PartitionReplica {
 
     /// Stops (or restarts) this replica's election timeouts: it will not campaign.
     pub fn set_elect(&self, enabled: bool) {
-        if enabled && self.is_rebuilding() {
+        if enabled && self.withholds_votes() {
             return;
         }
         self.raft.runtime_config().elect(enabled);
@@ -439,11 +441,23 @@ impl PartitionReplica {
         self.rebuilding.load(Ordering::Acquire)
     }
 
+    /// Takes this replica out of elections until it is reopened: it neither votes nor
+    /// campaigns (a node that can no longer apply the group's records must not lead it).
+    pub fn abstain(&self) {
+        self.abstaining.store(true, Ordering::Release);
+        self.raft.runtime_config().elect(false);
+    }
+
+    /// Withholds its vote: rebuilding, or abstaining.
+    pub fn withholds_votes(&self) -> bool {
+        self.is_rebuilding() || self.abstaining.load(Ordering::Acquire)
+    }
+
     /// Starts an election now instead of waiting for a timeout (a new group's preferred
     /// leader). Raft decides as always: a replica behind the others is not elected. A
     /// rebuilding replica does not.
     pub fn campaign(&self) {
-        if self.is_rebuilding() {
+        if self.withholds_votes() {
             return;
         }
         let raft = self.raft.clone();
