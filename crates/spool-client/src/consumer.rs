@@ -410,7 +410,7 @@ pub fn decode_batch(
     let records_buffer = match batch.compression() {
         Some(spool_log::batch::Compression::None) => None,
         Some(codec) => {
-            let records = crate::compression::decompress(codec, batch.records_section())
+            let records = spool_log::batch::codec::decompress(codec, batch.records_section())
                 .map_err(|e| fail(batch.base_offset(), e.to_string()))?;
             Some(Bytes::from(records))
         }

@@ -21,6 +21,7 @@
 //! All integers are big-endian. Records are described in [`records`].
 
 mod builder;
+pub mod codec;
 mod records;
 pub(crate) mod varint;
 
@@ -120,6 +121,8 @@ pub enum BatchError {
     },
     #[error("record {record} is malformed: {reason}")]
     MalformedRecord { record: i64, reason: &'static str },
+    #[error("the {codec:?} records section does not decompress: {reason}")]
+    Decompress { codec: Compression, reason: String },
     #[error("the records of a compressed batch cannot be read without decompressing it")]
     Compressed { codec: Compression },
 }
@@ -198,9 +201,9 @@ impl<'a> RecordBatch<'a> {
     }
 
     /// Checks what a producer's batch must satisfy beyond its framing: a known codec, at
-    /// least one record, a last offset delta that matches the record count, and for
-    /// uncompressed batches, records that parse, number exactly `recordCount` and carry
-    /// offset deltas 0, 1, 2, ...
+    /// least one record, a last offset delta that matches the record count, and records
+    /// (decompressed first, for a compressed batch) that parse, number exactly
+    /// `recordCount` and carry offset deltas 0, 1, 2, ...
     pub fn validate_records(&self) -> Result<(), BatchError> {
         let attributes = self.attributes();
         let codec =
@@ -218,10 +221,24 @@ impl<'a> RecordBatch<'a> {
             });
         }
         if codec != Compression::None {
-            return Ok(());
+            // Decompressed and walked like any other: a compressed batch that does not
+            // hold its records whole is refused as a plain one is (Kafka does the same),
+            // instead of being stored for consumers to fail on.
+            let records = codec::decompress(codec, self.records_section()).map_err(|e| {
+                BatchError::Decompress {
+                    codec,
+                    reason: e.to_string(),
+                }
+            })?;
+            return Self::check_records(self.records_from(&records), record_count);
         }
+        Self::check_records(RecordIter::over(self, record_count)?, record_count)
+    }
+
+    /// Records that parse, number exactly `record_count`, use the whole section and carry
+    /// offset deltas 0, 1, 2, ...
+    fn check_records(mut records: RecordIter<'_>, record_count: i32) -> Result<(), BatchError> {
         let mut found = 0i64;
-        let mut records = RecordIter::over(self, record_count)?;
         for record in records.by_ref() {
             let record = record?;
             if i64::from(record.offset_delta()) != found {

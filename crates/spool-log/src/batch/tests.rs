@@ -179,12 +179,19 @@ fn a_record_count_that_disagrees_with_the_records_is_refused() {
 }
 
 #[test]
-fn compressed_batches_are_stored_as_they_are() {
+fn a_batch_flagged_compressed_must_hold_compressed_records() {
     let good = sample_batch();
+    // Plain records under a gzip flag, the CRC recomputed: refused, not stored.
     let gzip = with_field(&good, ATTRIBUTES, &1i16.to_be_bytes());
     let batch = RecordBatch::new(&gzip).unwrap();
     assert_eq!(batch.compression(), Some(Compression::Gzip));
-    batch.validate_records().unwrap();
+    assert!(matches!(
+        batch.validate_records(),
+        Err(BatchError::Decompress {
+            codec: Compression::Gzip,
+            ..
+        })
+    ));
     assert_eq!(
         batch.records().unwrap_err(),
         BatchError::Compressed {
@@ -239,5 +246,72 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// A batch flagged as compressed whose records section is not what it claims, with a
+/// valid CRC (a producer's bug or an attacker): refused on validation, for every codec,
+/// never stored for consumers to fail on. A well-formed compressed batch passes.
+#[test]
+fn compressed_batches_are_validated_record_by_record() {
+    let records = {
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        for i in 0..20u8 {
+            builder.append(1_000, Some(&[i]), Some(&[i; 40]), &[]);
+        }
+        builder
+    };
+    let mut noise = vec![0u8; 300];
+    let mut x = 0x9E37_79B9u32;
+    for byte in &mut noise {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *byte = x as u8;
+    }
+    for codec in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let good = codec::compress(codec, records.records()).expect("compress");
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        for i in 0..20u8 {
+            builder.append(1_000, Some(&[i]), Some(&[i; 40]), &[]);
+        }
+        let batch_bytes = builder.finish_compressed(codec, &good);
+        RecordBatch::new(&batch_bytes)
+            .expect("framing")
+            .validate_records()
+            .expect("a well-formed compressed batch");
+
+        // Random bytes as the records section, the CRC made right.
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        for i in 0..20u8 {
+            builder.append(1_000, Some(&[i]), Some(&[i; 40]), &[]);
+        }
+        let garbage = builder.finish_compressed(codec, &noise);
+        let batch = RecordBatch::new(&garbage).expect("the CRC covers the garbage");
+        assert!(
+            batch.validate_records().is_err(),
+            "{codec:?}: random records section accepted"
+        );
+
+        // Records that decompress fine but are fewer than the header declares.
+        let short = codec::compress(codec, &records.records()[..records.records().len() / 2])
+            .expect("compress");
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        for i in 0..20u8 {
+            builder.append(1_000, Some(&[i]), Some(&[i; 40]), &[]);
+        }
+        let truncated = builder.finish_compressed(codec, &short);
+        assert!(
+            RecordBatch::new(&truncated)
+                .expect("framing")
+                .validate_records()
+                .is_err(),
+            "{codec:?}: a short records section accepted"
+        );
     }
 }
