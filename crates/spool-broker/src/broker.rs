@@ -154,7 +154,16 @@ impl Broker {
     /// the metadata gives this node.
     pub async fn open(mut options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
         let identity = NodeIdentity::open(&options.data_dir, options.node_id)?;
-        crate::topics::remove_deleted_dirs(&options.data_dir);
+        match spool_raft::sweep_deleted(&options.data_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "finished deleting partitions an earlier stop interrupted"
+            ),
+            Err(error) => {
+                tracing::error!(dir = %options.data_dir.display(), %error, "could not finish deleting partitions an earlier stop interrupted")
+            }
+        }
         if options.controller_voters.is_empty() {
             options
                 .controller_voters

@@ -207,7 +207,7 @@ impl Broker {
             .remove_replica(partition.replica.group(), true)
             .await
         {
-            tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "could not remove a replica");
+            tracing::error!(topic = %partition.topic, partition = partition.index, dir = %partition.replica.dir().display(), %error, "could not delete a replica's data: it stays on disk");
         }
     }
 

@@ -191,17 +191,3 @@ impl Broker {
         }
     }
 }
-
-/// Removes partition directories a crash left half-deleted.
-pub(crate) fn remove_deleted_dirs(data_dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".deleted")
-            && let Err(error) = std::fs::remove_dir_all(entry.path())
-        {
-            tracing::warn!(dir = %entry.path().display(), %error, "could not remove a deleted partition");
-        }
-    }
-}

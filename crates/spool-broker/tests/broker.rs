@@ -431,3 +431,34 @@ async fn topics_are_created_described_altered_and_deleted() {
     );
     broker.shutdown().await;
 }
+
+/// A topic with the longest name creation accepts (249 characters) is deleted with its
+/// data: the partition directory's name leaves no room for a suffix, so deletion must not
+/// need one.
+#[tokio::test]
+async fn a_topic_with_the_longest_name_is_deleted_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    let name = "n".repeat(249);
+    broker
+        .create_topic(&name, 2, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    broker
+        .produce(
+            vec![produce(&name, 1, vec![batch(&["a", "b"])])],
+            Acks::All,
+            Duration::from_secs(5),
+        )
+        .await;
+    let partition_dir = dir.path().join(format!("{name}-1"));
+    assert!(partition_dir.is_dir());
+    broker.delete_topic(&name).await.unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("nnnn") || n.contains("deleted"))
+        .collect();
+    assert!(left.is_empty(), "left on disk after the delete: {left:?}");
+    broker.shutdown().await;
+}

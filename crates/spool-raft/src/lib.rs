@@ -30,7 +30,7 @@ mod types;
 pub use codec::{decode_membership, encode_membership};
 pub use error::{CodecError, ReplicaError};
 pub use flusher::Flusher;
-pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec};
+pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec, sweep_deleted};
 pub use rebuild::group_of_dir;
 pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica, RaftProgress, ReplicaChanges};
 pub use storage::{GroupStorage, open_group_storage};

@@ -387,7 +387,7 @@ impl RaftNode {
                 .remove(group)
                 .await
                 .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-            delete_dir(replica.dir())?;
+            delete_dir(replica.dir(), group)?;
         }
         Ok(())
     }
@@ -479,10 +479,10 @@ fn boot_id() -> u64 {
     hasher.finish()
 }
 
-fn delete_dir(dir: &Path) -> Result<(), ReplicaError> {
-    let mut to = dir.as_os_str().to_owned();
-    to.push(".deleted");
-    let to = PathBuf::from(to);
+/// Deletes a replica directory: renamed first to a short name beside it (so a crash
+/// midway never leaves a half-deleted log under the replica's name, and the rename works
+/// for the longest partition name), the rename made durable, then removed.
+fn delete_dir(dir: &Path, group: GroupId) -> Result<(), ReplicaError> {
     let io = |e: std::io::Error| {
         ReplicaError::Storage(spool_log::LogError::Io {
             op: "delete",
@@ -493,6 +493,36 @@ fn delete_dir(dir: &Path) -> Result<(), ReplicaError> {
     if !dir.exists() {
         return Ok(());
     }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let to = parent.join(format!("{DELETED_PREFIX}{group}"));
+    if to.exists() {
+        // Left by an earlier deletion of this group that did not finish.
+        std::fs::remove_dir_all(&to).map_err(io)?;
+    }
     std::fs::rename(dir, &to).map_err(io)?;
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     std::fs::remove_dir_all(&to).map_err(io)
+}
+
+/// Names of replica directories being deleted (see `delete_dir`).
+pub const DELETED_PREFIX: &str = ".deleted-group-";
+
+/// Removes what deletions interrupted by a crash left in `data_dir`.
+pub fn sweep_deleted(data_dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // `.deleted` suffixes were used by earlier versions.
+        if (name.starts_with(DELETED_PREFIX) || name.ends_with(".deleted"))
+            && entry.file_type()?.is_dir()
+        {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
