@@ -286,6 +286,7 @@ impl Broker {
     /// Ends every fetch session, so that servers can drain; writes still work.
     pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);
+        self.raft.begin_shutdown();
     }
 
     /// Stops every replica and writes what is pending.

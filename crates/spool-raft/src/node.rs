@@ -82,6 +82,8 @@ pub struct RaftNode {
     liveness: Liveness,
     /// Changes with every start, so that peers can tell a restart.
     boot_id: u64,
+    /// Set when the node begins to stop (see `begin_shutdown`).
+    closing: tokio::sync::watch::Sender<bool>,
     clock: std::time::Instant,
 }
 
@@ -130,6 +132,7 @@ impl RaftNode {
             tasks: parking_lot::Mutex::new(Vec::new()),
             liveness: Liveness::default(),
             boot_id: boot_id(),
+            closing: tokio::sync::watch::Sender::new(false),
             clock: std::time::Instant::now(),
         });
         let weak = Arc::downgrade(&node);
@@ -392,8 +395,15 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Ends the replication streams peers hold open to this node (they reconnect to it
+    /// as it restarts, or elect without it): the first step of a graceful stop.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// Stops every replica and writes the node's state.
     pub async fn shutdown(&self) {
+        self.begin_shutdown();
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
@@ -434,6 +444,10 @@ impl GroupDirectory for RaftNode {
                 .read()
                 .get(&group)
                 .is_some_and(|r| r.withholds_votes())
+    }
+
+    fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     fn leader_contact(&self, group: GroupId) {

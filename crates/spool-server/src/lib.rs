@@ -9,4 +9,4 @@ mod services;
 
 pub use config::{FlushSetting, ServerConfig};
 pub use error::ServerError;
-pub use node::{Node, NodeHandle};
+pub use node::{Node, NodeHandle, ShutdownReport};

@@ -178,14 +178,16 @@ impl NodeHandle {
     }
 
     /// Stops gracefully; every acknowledged write is flushed before this returns.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+    pub async fn shutdown(mut self) -> Result<ShutdownReport, ServerError> {
         self.ready.store(false, Ordering::Release);
         self.broker.begin_shutdown();
         self.stop.send_replace(true);
+        let mut report = ShutdownReport::default();
         let served = match tokio::time::timeout(self.grace, &mut self.grpc_task).await {
             Ok(joined) => joined.unwrap_or(Ok(())),
             Err(_) => {
                 tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period");
+                report.outlived_grace = true;
                 self.grpc_task.abort();
                 Ok(())
             }
@@ -198,6 +200,14 @@ impl NodeHandle {
             self.http_task.abort();
         }
         tracing::info!("node stopped");
-        served.map_err(ServerError::from)
+        served.map_err(ServerError::from)?;
+        Ok(report)
     }
+}
+
+/// How a graceful stop went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Requests still open when the grace period ended were cut off.
+    pub outlived_grace: bool,
 }

@@ -263,7 +263,25 @@ impl TestCluster {
 
     /// Stops a node cleanly.
     pub async fn stop(&mut self, node: u64) -> Result<(), TestkitError> {
-        self.halt(node, Running::stop).await
+        self.halt(node, |running| {
+            let _ = running.stop();
+        })
+        .await
+    }
+
+    /// Stops a node in process cleanly; answers whether requests outlived its grace
+    /// period (`None` for a process, which does not say).
+    pub async fn stop_reporting(&mut self, node: u64) -> Result<Option<bool>, TestkitError> {
+        let slot = self
+            .slots
+            .get_mut(&node)
+            .ok_or(TestkitError::UnknownNode(node))?;
+        let Some(running) = slot.running.take() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || running.stop())
+            .await
+            .map_err(|e| TestkitError::Start(e.to_string()))
     }
 
     async fn halt(&mut self, node: u64, how: fn(Running)) -> Result<(), TestkitError> {

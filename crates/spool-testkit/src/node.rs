@@ -90,6 +90,8 @@ pub(crate) enum Running {
     InProcess {
         control: Option<oneshot::Sender<Stop>>,
         thread: Option<std::thread::JoinHandle<()>>,
+        /// After a graceful stop: whether requests outlived the grace period.
+        report: std::sync::mpsc::Receiver<bool>,
     },
     Process(Child),
 }
@@ -99,6 +101,7 @@ impl Running {
         let config = spec.config();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (control, stop) = oneshot::channel::<Stop>();
+        let (report_tx, report) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("spool-node-{}", spec.id))
             .spawn(move || {
@@ -120,7 +123,9 @@ impl Running {
                             match stop.await {
                                 Ok(Stop::Crash) => drop(handle),
                                 Ok(Stop::Graceful) | Err(_) => {
-                                    let _ = handle.shutdown().await;
+                                    if let Ok(stopped) = handle.shutdown().await {
+                                        let _ = report_tx.send(stopped.outlived_grace);
+                                    }
                                 }
                             }
                         }
@@ -137,6 +142,7 @@ impl Running {
             Ok(Ok(())) => Ok(Running::InProcess {
                 control: Some(control),
                 thread: Some(thread),
+                report,
             }),
             Ok(Err(reason)) => Err(TestkitError::Start(reason)),
             Err(_) => Err(TestkitError::Start("the node thread ended".into())),
@@ -193,14 +199,15 @@ impl Running {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Running::InProcess { control, thread } => {
-                stop_in_process(control.take(), thread.take(), Stop::Crash)
-            }
+            Running::InProcess {
+                control, thread, ..
+            } => stop_in_process(control.take(), thread.take(), Stop::Crash),
         }
     }
 
-    /// Stops the node cleanly: SIGTERM for a process.
-    pub(crate) fn stop(mut self) {
+    /// Stops the node cleanly: SIGTERM for a process. For a node in process, answers
+    /// whether requests outlived the grace period.
+    pub(crate) fn stop(mut self) -> Option<bool> {
         match &mut self {
             Running::Process(child) => {
                 let terminated = Command::new("kill")
@@ -211,9 +218,15 @@ impl Running {
                     let _ = child.kill();
                 }
                 let _ = child.wait();
+                None
             }
-            Running::InProcess { control, thread } => {
-                stop_in_process(control.take(), thread.take(), Stop::Graceful)
+            Running::InProcess {
+                control,
+                thread,
+                report,
+            } => {
+                stop_in_process(control.take(), thread.take(), Stop::Graceful);
+                report.try_recv().ok()
             }
         }
     }
@@ -239,9 +252,9 @@ impl Drop for Running {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            Running::InProcess { control, thread } => {
-                stop_in_process(control.take(), thread.take(), Stop::Crash)
-            }
+            Running::InProcess {
+                control, thread, ..
+            } => stop_in_process(control.take(), thread.take(), Stop::Crash),
         }
     }
 }

@@ -227,3 +227,32 @@ async fn a_minority_cannot_elect_a_leader() {
         .and_then(|r| r.value);
     assert_eq!(first.as_deref(), Some(&b"x"[..]));
 }
+
+/// A graceful stop of a node of a three-node cluster, with replication streams from its
+/// peers open, ends within the grace period: those streams end as the node begins to
+/// stop instead of holding the server until the grace period cuts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_a_cluster_stops_within_its_grace_period() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    cluster.create_topic("stops", 1, 3).await.expect("topic");
+    let leader = cluster.leader("stops", 0, ELECTION).await.expect("leader");
+    produce(
+        &cluster,
+        leader,
+        "stops",
+        &["a", "b"],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a replicated write");
+    for node in [1, 2] {
+        let outlived = cluster.stop_reporting(node).await.expect("stop");
+        assert_eq!(
+            outlived,
+            Some(false),
+            "node {node}: requests outlived the grace period"
+        );
+    }
+}

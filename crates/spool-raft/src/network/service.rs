@@ -24,7 +24,14 @@ pub trait GroupDirectory: Send + Sync + 'static {
     fn leader_contact(&self, group: GroupId);
     /// `leader` asks these groups to stop their timers; returns those that did.
     fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId>;
+    /// Turns true when the node begins to stop: open replication streams end then, so
+    /// that a graceful stop of the server does not wait on peers that never hang up.
+    fn closing(&self) -> tokio::sync::watch::Receiver<bool>;
 }
+
+/// The largest message the transport takes: one entry (a frame's payload is at most
+/// `MAX_FRAME_PAYLOAD`) or a replication read of several, with room for the envelope.
+const MAX_MESSAGE_BYTES: usize = spool_log::frame::MAX_FRAME_PAYLOAD as usize + 1024 * 1024;
 
 /// The RaftTransport gRPC service.
 #[derive(Debug, Clone)]
@@ -39,7 +46,7 @@ impl<D: GroupDirectory> RaftTransportService<D> {
 
     pub fn into_server(self) -> pb::raft_transport_server::RaftTransportServer<Self> {
         pb::raft_transport_server::RaftTransportServer::new(self)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     fn lookup(&self, group: GroupId, target: NodeId) -> Result<Raft, Status> {
@@ -127,13 +134,20 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
                 |item| async move { item.ok().and_then(|r| append_request_from_pb(r).ok()) },
             );
         let directory = Arc::clone(&self.directory);
-        let output = raft.stream_append(requests).map(move |item| match item {
-            Ok(result) => {
-                directory.leader_contact(group);
-                Ok(stream_result_to_pb(&result))
-            }
-            Err(error) => Err(fatal(error)),
-        });
+        let mut closing = self.directory.closing();
+        let closed = async move {
+            let _ = closing.wait_for(|closing| *closing).await;
+        };
+        let output = raft
+            .stream_append(requests)
+            .take_until(closed)
+            .map(move |item| match item {
+                Ok(result) => {
+                    directory.leader_contact(group);
+                    Ok(stream_result_to_pb(&result))
+                }
+                Err(error) => Err(fatal(error)),
+            });
         Ok(Response::new(Box::pin(output)))
     }
 
