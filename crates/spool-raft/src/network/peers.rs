@@ -93,8 +93,8 @@ impl PeerPool {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let client = RaftTransportClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            .max_decoding_message_size(super::service::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(super::service::MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_heartbeats(client.clone(), rx));
         let peer = Arc::new(Peer {
