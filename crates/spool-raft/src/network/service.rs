@@ -31,7 +31,8 @@ pub trait GroupDirectory: Send + Sync + 'static {
 
 /// The largest message the transport takes: one entry (a frame's payload is at most
 /// `MAX_FRAME_PAYLOAD`) or a replication read of several, with room for the envelope.
-pub(crate) const MAX_MESSAGE_BYTES: usize = spool_log::frame::MAX_FRAME_PAYLOAD as usize + 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize =
+    spool_log::frame::MAX_FRAME_PAYLOAD as usize + 1024 * 1024;
 
 /// The RaftTransport gRPC service.
 #[derive(Debug, Clone)]
