@@ -12,11 +12,19 @@ use spool_log::RecordBatch;
 use spool_types::ErrorCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
+
+mod routing;
 
 use crate::client::Client;
+use crate::cluster::Cluster;
 use crate::error::{ApiError, ClientError};
-use crate::types::{FetchOptions, FetchPosition, OffsetSpec};
+use crate::types::OffsetSpec;
+
+/// How long connecting to a partition's leader may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an offset lookup waits for partitions without a reachable leader.
+const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Where a partition without a position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,7 +121,8 @@ impl Drop for Fetcher {
 /// Reads records of assigned partitions.
 #[derive(Debug)]
 pub struct Consumer {
-    client: Client,
+    /// Leaders and a connection per node: each partition is read from its leader.
+    cluster: Arc<Cluster>,
     config: ConsumerConfig,
     /// The next offset to deliver, per assigned partition.
     positions: BTreeMap<Key, i64>,
@@ -125,7 +134,7 @@ pub struct Consumer {
 impl Consumer {
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
         Self {
-            client,
+            cluster: Arc::new(Cluster::new(client, CONNECT_TIMEOUT)),
             config,
             positions: BTreeMap::new(),
             paused: BTreeSet::new(),
@@ -266,124 +275,112 @@ impl Consumer {
         })
     }
 
+    /// Offsets of partitions, each asked of its leader; a leader that moved or a node
+    /// that is down is waited out (with a metadata refresh between tries) for up to
+    /// `LOOKUP_PATIENCE`.
     async fn lookup(&self, keys: &[Key], spec: OffsetSpec) -> Result<Vec<i64>, ConsumerError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let queries = keys
-            .iter()
-            .map(|(t, p)| (t.to_string(), *p, spec))
-            .collect();
-        let answers = self.client.list_offsets(queries).await?;
-        keys.iter()
-            .zip(answers)
-            .map(|((topic, partition), answer)| {
-                answer.map_err(|error| ConsumerError::Partition {
+        let mut answers: Vec<Option<i64>> = vec![None; keys.len()];
+        let deadline = tokio::time::Instant::now() + LOOKUP_PATIENCE;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let pending: BTreeSet<Key> = keys
+                .iter()
+                .zip(&answers)
+                .filter(|(_, a)| a.is_none())
+                .map(|(k, _)| k.clone())
+                .collect();
+            if pending.is_empty() {
+                return Ok(answers.into_iter().flatten().collect());
+            }
+            let mut last: Option<ConsumerError> = None;
+            for (node, group) in routing::place(&self.cluster, &pending).await {
+                let queries = group
+                    .iter()
+                    .map(|(t, p)| (t.to_string(), *p, spec))
+                    .collect();
+                let asked = match self.cluster.connection(Some(node)).await {
+                    Ok(client) => client.list_offsets(queries).await,
+                    Err(error) => Err(error),
+                };
+                let results = match asked {
+                    Ok(results) => results,
+                    Err(error) if routing::is_routing(&error) => {
+                        last = Some(error.into());
+                        continue;
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                for (key, result) in group.iter().zip(results) {
+                    let error = match result {
+                        Ok(offset) => {
+                            if let Some(i) = keys.iter().position(|k| k == key) {
+                                answers[i] = Some(offset);
+                            }
+                            continue;
+                        }
+                        Err(error) => ConsumerError::Partition {
+                            topic: key.0.to_string(),
+                            partition: key.1,
+                            error,
+                        },
+                    };
+                    match &error {
+                        ConsumerError::Partition { error: api, .. }
+                            if routing::is_routing_code(api.code) =>
+                        {
+                            last = Some(error);
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            }
+            if answers.iter().all(Option::is_some) {
+                continue;
+            }
+            if tokio::time::Instant::now() + backoff > deadline {
+                let (topic, partition) = pending.first().cloned().unwrap_or_default();
+                return Err(last.unwrap_or_else(|| ConsumerError::Partition {
                     topic: topic.to_string(),
-                    partition: *partition,
-                    error,
-                })
-            })
-            .collect()
+                    partition,
+                    error: ApiError {
+                        code: ErrorCode::NotLeader,
+                        message: "no leader is known".into(),
+                        leader: None,
+                    },
+                }));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Starts reading again from the current positions of the unpaused partitions.
     fn restart(&mut self) {
         self.fetcher = None;
         self.buffered.clear();
-        let positions: Vec<FetchPosition> = self
-            .positions
-            .iter()
-            .filter(|(k, _)| !self.paused.contains(*k))
-            .map(|((topic, partition), offset)| FetchPosition {
-                topic: topic.to_string(),
-                partition: *partition,
-                offset: *offset,
-            })
-            .collect();
-        if positions.is_empty() {
-            return;
-        }
         let starts: BTreeMap<Key, i64> = self
             .positions
             .iter()
             .filter(|(k, _)| !self.paused.contains(*k))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
+        if starts.is_empty() {
+            return;
+        }
         let capacity =
             (self.config.prefetch_bytes / self.config.fetch_max_bytes.max(1) as usize).max(1);
         let (tx, rx) = mpsc::channel(capacity);
-        let options = FetchOptions {
-            positions,
+        let settings = routing::SessionSettings {
             max_bytes: self.config.fetch_max_bytes,
-            min_bytes: 1,
             max_wait: self.config.fetch_max_wait,
-            follow: true,
         };
-        let client = self.client.clone();
-        let task = tokio::spawn(fetch(client, options, starts, tx));
+        let task = tokio::spawn(routing::run(
+            Arc::clone(&self.cluster),
+            settings,
+            starts,
+            tx,
+        ));
         self.fetcher = Some(Fetcher { rx, task });
-    }
-}
-
-/// Reads one fetch stream, decodes its batches and hands records over.
-async fn fetch(
-    client: Client,
-    options: FetchOptions,
-    starts: BTreeMap<Key, i64>,
-    tx: mpsc::Sender<Chunk>,
-) {
-    let mut stream = match client.fetch(options).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            let _ = tx.send(Err(error.into())).await;
-            return;
-        }
-    };
-    let topics: BTreeMap<String, Arc<str>> = starts
-        .keys()
-        .map(|(t, _)| (t.to_string(), Arc::clone(t)))
-        .collect();
-    while let Some(response) = stream.next().await {
-        let response = match response {
-            Ok(response) => response,
-            Err(error) => {
-                let _ = tx.send(Err(error.into())).await;
-                return;
-            }
-        };
-        let mut records = Vec::new();
-        for part in response {
-            let topic = topics
-                .get(&part.topic)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(part.topic.as_str()));
-            if let Some(error) = part.error {
-                let chunk = Err(ConsumerError::Partition {
-                    topic: part.topic,
-                    partition: part.partition,
-                    error,
-                });
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            let start = starts
-                .get(&(Arc::clone(&topic), part.partition))
-                .copied()
-                .unwrap_or(0);
-            for batch in &part.batches {
-                if let Err(error) = decode_batch(&topic, part.partition, batch, start, &mut records)
-                {
-                    let _ = tx.send(Err(error)).await;
-                    return;
-                }
-            }
-        }
-        if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
-            return;
-        }
     }
 }
 

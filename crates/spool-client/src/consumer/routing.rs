@@ -1,0 +1,277 @@
+//! Fetching for the consumer: each partition from its leader, one fetch session per node
+//! (on the client's one connection to that node), and leadership changes and dead nodes
+//! followed without stopping.
+//!
+//! A supervisor places every partition on the node the metadata names as its leader and
+//! runs one session per node. A session that meets a routing error (NOT_LEADER, a lost
+//! connection, a stream the node ended) hands its partitions back; the supervisor
+//! refreshes the metadata and places them again after a backoff, while every other node's
+//! session goes on. Each session keeps the next offset of its partitions in a shared map,
+//! so a partition placed again resumes where it stopped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use spool_types::ErrorCode;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+
+use super::{Chunk, ConsumerError, Key, decode_batch};
+use crate::client::Client;
+use crate::cluster::Cluster;
+use crate::error::ClientError;
+use crate::types::{FetchOptions, FetchPosition};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A session that ran this long before it ended was healthy: the backoff starts over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(2);
+
+/// What every session asks of its node.
+#[derive(Debug, Clone)]
+pub(super) struct SessionSettings {
+    pub max_bytes: u32,
+    pub max_wait: Duration,
+}
+
+/// Why a session ended, and which partitions it gives back.
+struct SessionEnd {
+    node: u64,
+    id: u64,
+    partitions: BTreeSet<Key>,
+    lasted: Duration,
+}
+
+/// Next offset to fetch, per partition, shared by the sessions and the supervisor.
+type Positions = Arc<Mutex<BTreeMap<Key, i64>>>;
+
+/// Reads `starts` (partition to first offset) until the consumer goes away.
+pub(super) async fn run(
+    cluster: Arc<Cluster>,
+    settings: SessionSettings,
+    starts: BTreeMap<Key, i64>,
+    tx: mpsc::Sender<Chunk>,
+) {
+    let mut unplaced: BTreeSet<Key> = starts.keys().cloned().collect();
+    let positions: Positions = Arc::new(Mutex::new(starts));
+    let mut sessions: HashMap<u64, (u64, AbortHandle, BTreeSet<Key>)> = HashMap::new();
+    let mut ends: JoinSet<SessionEnd> = JoinSet::new();
+    let mut next_id = 0u64;
+    let mut backoff = FIRST_BACKOFF;
+    let mut place_at = Instant::now();
+    loop {
+        if !unplaced.is_empty() && Instant::now() >= place_at {
+            let placed = place(&cluster, &unplaced).await;
+            for (node, keys) in placed {
+                let Ok(client) = cluster.connection(Some(node)).await else {
+                    continue;
+                };
+                let mut partitions: BTreeSet<Key> = keys.into_iter().collect();
+                for key in &partitions {
+                    unplaced.remove(key);
+                }
+                // A node's session is started over with its partitions and the new ones.
+                if let Some((_, running, held)) = sessions.remove(&node) {
+                    running.abort();
+                    partitions.extend(held);
+                }
+                next_id += 1;
+                let handle = ends.spawn(session(
+                    client,
+                    node,
+                    next_id,
+                    partitions.clone(),
+                    settings.clone(),
+                    Arc::clone(&positions),
+                    tx.clone(),
+                ));
+                sessions.insert(node, (next_id, handle, partitions));
+            }
+            if !unplaced.is_empty() {
+                place_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        let retry = async {
+            if unplaced.is_empty() {
+                std::future::pending::<()>().await;
+            } else {
+                tokio::time::sleep_until(place_at).await;
+            }
+        };
+        tokio::select! {
+            Some(joined) = ends.join_next() => {
+                // An aborted session (started over with more partitions) ends as an error.
+                let Ok(end) = joined else { continue };
+                if sessions.get(&end.node).is_some_and(|(id, _, _)| *id == end.id) {
+                    sessions.remove(&end.node);
+                }
+                if end.partitions.is_empty() {
+                    continue;
+                }
+                if end.lasted >= HEALTHY_SESSION {
+                    backoff = FIRST_BACKOFF;
+                }
+                unplaced.extend(end.partitions);
+                place_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            () = retry => {}
+            () = tx.closed() => {
+                ends.abort_all();
+                return;
+            }
+        }
+    }
+}
+
+/// The partitions of `keys` whose leader is known, by leader, after a metadata refresh of
+/// their topics (a refresh that fails leaves the cache as it was).
+pub(super) async fn place(cluster: &Cluster, keys: &BTreeSet<Key>) -> BTreeMap<u64, Vec<Key>> {
+    let topics: BTreeSet<&str> = keys.iter().map(|(t, _)| &**t).collect();
+    for topic in topics {
+        if let Err(error) = cluster.refresh(topic).await {
+            tracing::debug!(topic, %error, "metadata refresh failed; trying the cache");
+        }
+    }
+    let mut placed: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
+    for key in keys {
+        if let Some(node) = cluster.leader(&key.0, key.1).filter(|n| *n != 0) {
+            placed.entry(node).or_default().push(key.clone());
+        }
+    }
+    placed
+}
+
+/// One node's fetch session. Ends when the node cannot serve one of its partitions or
+/// the stream breaks, giving back every partition it still reads (a partition that failed
+/// for good, reported to the consumer, is not given back).
+async fn session(
+    client: Client,
+    node: u64,
+    id: u64,
+    mut partitions: BTreeSet<Key>,
+    settings: SessionSettings,
+    positions: Positions,
+    tx: mpsc::Sender<Chunk>,
+) -> SessionEnd {
+    let started = Instant::now();
+    let end = |partitions| SessionEnd {
+        node,
+        id,
+        partitions,
+        lasted: started.elapsed(),
+    };
+    let fetch_positions: Vec<FetchPosition> = {
+        let positions = positions.lock();
+        partitions
+            .iter()
+            .map(|key| FetchPosition {
+                topic: key.0.to_string(),
+                partition: key.1,
+                offset: positions.get(key).copied().unwrap_or(0),
+            })
+            .collect()
+    };
+    let options = FetchOptions {
+        positions: fetch_positions,
+        max_bytes: settings.max_bytes,
+        min_bytes: 1,
+        max_wait: settings.max_wait,
+        follow: true,
+    };
+    let mut stream = match client.fetch(options).await {
+        Ok(stream) => stream,
+        Err(error) if is_routing(&error) => return end(partitions),
+        Err(error) => {
+            let _ = tx.send(Err(error.into())).await;
+            return end(BTreeSet::new());
+        }
+    };
+    let topics: BTreeMap<String, Arc<str>> = partitions
+        .iter()
+        .map(|(t, _)| (t.to_string(), Arc::clone(t)))
+        .collect();
+    while let Some(response) = stream.next().await {
+        let response = match response {
+            Ok(response) => response,
+            Err(error) if is_routing(&error) => return end(partitions),
+            Err(error) => {
+                let _ = tx.send(Err(error.into())).await;
+                return end(BTreeSet::new());
+            }
+        };
+        let mut records = Vec::new();
+        let mut advanced = Vec::new();
+        let mut reroute = false;
+        for part in response {
+            let topic = topics
+                .get(&part.topic)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(part.topic.as_str()));
+            let key: Key = (Arc::clone(&topic), part.partition);
+            if let Some(error) = part.error {
+                if is_routing_code(error.code) {
+                    reroute = true;
+                    continue;
+                }
+                // Not this node's to fix (an offset out of range, a deleted topic): the
+                // consumer decides, and this session reads the partition no more.
+                partitions.remove(&key);
+                let chunk = Err(ConsumerError::Partition {
+                    topic: part.topic,
+                    partition: part.partition,
+                    error,
+                });
+                if tx.send(chunk).await.is_err() {
+                    return end(BTreeSet::new());
+                }
+                continue;
+            }
+            let start = positions.lock().get(&key).copied().unwrap_or(0);
+            for batch in &part.batches {
+                if let Err(error) = decode_batch(&topic, part.partition, batch, start, &mut records)
+                {
+                    let _ = tx.send(Err(error)).await;
+                    return end(BTreeSet::new());
+                }
+            }
+            advanced.push((key, part.next_offset.max(start)));
+        }
+        if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
+            return end(BTreeSet::new());
+        }
+        // Only once the records are handed over: a session stopped before that leaves
+        // them to be fetched again, never skipped.
+        positions.lock().extend(advanced);
+        if reroute {
+            return end(partitions);
+        }
+    }
+    // The node ended the stream (it is stopping): read elsewhere, or here once it is back.
+    end(partitions)
+}
+
+/// Errors after which the partition is read elsewhere or later, never given up on.
+pub(super) fn is_routing(error: &ClientError) -> bool {
+    match error {
+        ClientError::Transport(_) | ClientError::Unreachable { .. } => true,
+        ClientError::Api(api) => is_routing_code(api.code),
+        ClientError::NoBootstrap | ClientError::InvalidAddress { .. } => false,
+    }
+}
+
+pub(super) fn is_routing_code(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeader
+            | ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::StorageError
+            | ErrorCode::RequestTimedOut
+            | ErrorCode::NotController
+    )
+}
