@@ -462,3 +462,36 @@ async fn a_topic_with_the_longest_name_is_deleted_with_its_data() {
     assert!(left.is_empty(), "left on disk after the delete: {left:?}");
     broker.shutdown().await;
 }
+
+/// Topic names that look like the names deletions use keep their data across restarts
+/// and other topics' deletions.
+#[tokio::test]
+async fn a_topic_named_like_a_deletion_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    for name in [".deleted-group", "x.deleted", "other"] {
+        broker
+            .create_topic(name, 1, 1, BTreeMap::new(), false)
+            .await
+            .unwrap();
+        broker
+            .produce(
+                vec![produce(name, 0, vec![batch(&["kept"])])],
+                Acks::All,
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+    broker.delete_topic("other").await.unwrap();
+    broker.shutdown().await;
+    drop(broker);
+    let broker = reopen(dir.path()).await;
+    for name in [".deleted-group", "x.deleted"] {
+        assert_eq!(
+            read_all(&broker, name, 1).await,
+            vec![vec!["kept".to_string()]],
+            "{name}"
+        );
+    }
+    broker.shutdown().await;
+}

@@ -520,8 +520,9 @@ fn delete_dir(dir: &Path, group: GroupId) -> Result<(), ReplicaError> {
     std::fs::remove_dir_all(&to).map_err(io)
 }
 
-/// Names of replica directories being deleted (see `delete_dir`).
-pub const DELETED_PREFIX: &str = ".deleted-group-";
+/// Names of replica directories being deleted (see `delete_dir`). `~` is in no topic
+/// name, so no partition directory can ever be taken for one.
+pub const DELETED_PREFIX: &str = "~deleted-group-";
 
 /// Removes what deletions interrupted by a crash left in `data_dir`.
 pub fn sweep_deleted(data_dir: &Path) -> std::io::Result<usize> {
@@ -530,10 +531,12 @@ pub fn sweep_deleted(data_dir: &Path) -> std::io::Result<usize> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        // `.deleted` suffixes were used by earlier versions.
-        if (name.starts_with(DELETED_PREFIX) || name.ends_with(".deleted"))
-            && entry.file_type()?.is_dir()
-        {
+        // `.deleted` suffixes were used by earlier versions; a partition directory always
+        // ends in its partition number.
+        let ours = name
+            .strip_prefix(DELETED_PREFIX)
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+        if (ours || name.ends_with(".deleted")) && entry.file_type()?.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
             removed += 1;
         }
