@@ -19,6 +19,9 @@ use tokio::sync::watch;
 use crate::records::{MetadataRecord, decode_batch};
 use crate::state::ClusterState;
 
+/// How long a halted leader waits for one voter to take leadership over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
 /// Most bytes read from the log at a time.
 const READ_BYTES: usize = 1024 * 1024;
 
@@ -123,13 +126,26 @@ impl Applier {
             return;
         };
         replica.abstain();
-        if replica.is_leader() {
-            let (voters, _) = replica.members();
-            if let Some(other) = voters.into_iter().find(|v| *v != replica.node_id())
-                && let Err(error) = replica.transfer_leader(other).await
-            {
-                tracing::warn!(%error, "could not hand controller leadership over");
+        // Hand leadership to the first voter that takes it (one that halted too refuses).
+        let (voters, _) = replica.members();
+        for other in voters.into_iter().filter(|v| *v != replica.node_id()) {
+            if !replica.is_leader() {
+                return;
             }
+            if let Err(error) = replica.transfer_leader(other).await {
+                tracing::warn!(%error, to = other, "could not hand controller leadership over");
+                continue;
+            }
+            let mut changes = replica.changes();
+            let _ = tokio::time::timeout(HANDOVER_WAIT, async {
+                while replica.is_leader() && changes.changed().await {}
+            })
+            .await;
+        }
+        if replica.is_leader() {
+            tracing::error!(
+                "no other controller voter took leadership: this node still leads and refuses every decision"
+            );
         }
     }
 

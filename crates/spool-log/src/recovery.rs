@@ -89,6 +89,11 @@ pub(crate) fn recover(
         report.removed_files.push(path.clone());
     }
     if listing.segments.is_empty() {
+        // A new log. Its directory may be left from a start that crashed before making it
+        // durable: its entry in the parent is synced again before anything is written.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::segment::sync_dir(parent)?;
+        }
         let header = SegmentHeader {
             base_offset: 0,
             base_index: 0,
@@ -247,14 +252,19 @@ impl OpenedSegment<'_> {
         let Some(stop) = outcome.stop else {
             return Ok(state);
         };
-        // Whatever stopped the scan, valid frames after it mean the log was written past
-        // it and fsynced: damage, never a torn write, and cutting would lose them. (A
+        // Whatever else stopped the scan, valid frames after it mean the log was written
+        // past it and fsynced: damage, never a torn write, and cutting would lose them. (A
         // frame whose header CRC cannot be checked, a non-data frame running past the
         // end, is only trusted as torn this way.)
+        // A torn frame whose header checked out runs to the end of the file: its payload
+        // is the producer's bytes, and looking for frames in it could only mistake them.
         let last_good = outcome.expect.next_index.saturating_sub(1);
-        if let Some(valid) =
+        let followed = if stop.authentic_torn {
+            None
+        } else {
             valid_frame_after(self.file, self.path, stop.position, self.len, last_good)?
-        {
+        };
+        if let Some(valid) = followed {
             tracing::error!(segment = %self.path.display(), position = stop.position, valid_frame_at = valid, "damaged frame followed by valid frames");
             return Err(self.corrupt(stop.position, stop.kind));
         }

@@ -61,6 +61,9 @@ impl Expect {
 pub struct ScanStop {
     pub position: u64,
     pub kind: Corruption,
+    /// A frame cut short by the end whose header CRC checked out: a genuine torn write,
+    /// after which nothing can follow.
+    pub authentic_torn: bool,
 }
 
 /// The result of a scan: the end of the last valid frame, what was expected after it, and
@@ -93,6 +96,7 @@ pub fn scan_frames(
             break Some(ScanStop {
                 position: pos,
                 kind: Corruption::Truncated { missing },
+                authentic_torn: false,
             });
         }
         let at = window.ensure(file, path, pos, to, FRAME_HEADER_LEN)?;
@@ -104,6 +108,7 @@ pub fn scan_frames(
                 break Some(ScanStop {
                     position: pos,
                     kind,
+                    authentic_torn: false,
                 });
             }
         };
@@ -115,19 +120,20 @@ pub fn scan_frames(
             // here (always, for data frames).
             let covered = FrameHeader::covered_prefix_len(header.kind, header.payload_len as usize);
             let present = (to - pos).saturating_sub(FRAME_HEADER_LEN as u64);
-            let kind = if present >= covered as u64 {
+            let (kind, authentic_torn) = if present >= covered as u64 {
                 let at = window.ensure(file, path, pos, to, FRAME_HEADER_LEN + covered)?;
                 let prefix = &window.buf[at + FRAME_HEADER_LEN..at + FRAME_HEADER_LEN + covered];
-                header
-                    .verify_header_crc(&header_bytes, stored_crc, prefix)
-                    .err()
-                    .unwrap_or(Corruption::Truncated { missing })
+                match header.verify_header_crc(&header_bytes, stored_crc, prefix) {
+                    Ok(()) => (Corruption::Truncated { missing }, true),
+                    Err(damage) => (damage, false),
+                }
             } else {
-                Corruption::Truncated { missing }
+                (Corruption::Truncated { missing }, false)
             };
             break Some(ScanStop {
                 position: pos,
                 kind,
+                authentic_torn,
             });
         }
         let at = window.ensure(file, path, pos, to, frame_len as usize)?;
@@ -139,6 +145,7 @@ pub fn scan_frames(
             break Some(ScanStop {
                 position: pos,
                 kind,
+                authentic_torn: false,
             });
         }
         visit(&ScannedFrame {

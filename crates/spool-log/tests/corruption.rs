@@ -253,3 +253,56 @@ fn single_bit_damage_in_the_last_frames_of_the_active_segment_never_cuts_valid_f
         }
     }
 }
+
+/// A crash tears the last frame, whose records happen to hold the bytes of a valid frame
+/// with a later index (a producer may send anything): the torn frame's header checks out,
+/// so it is cut as torn; its payload is not searched for frames.
+#[test]
+fn a_torn_frame_is_cut_even_when_its_payload_holds_a_frame() {
+    // A valid blank frame of index 100, as bytes.
+    let source = tempfile::tempdir().unwrap();
+    let mut other = Log::open(source.path(), LogConfig::default()).unwrap();
+    for i in 0..=100u64 {
+        other.append([blank(1, i)]).unwrap();
+    }
+    other.flush().unwrap();
+    drop(other);
+    let bytes = std::fs::read(last_segment(source.path())).unwrap();
+    let embedded = bytes[bytes.len() - 44..].to_vec();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..3u64 {
+        let b = batch(i, 2, 40, 1_000);
+        log.append([data(1, i, &b)]).unwrap();
+    }
+    let mut builder =
+        spool_log::batch::BatchBuilder::new(spool_log::batch::BatchOptions::default());
+    builder.append(1_000, None, Some(&embedded), &[]);
+    builder.append(1_000, None, Some(&[7u8; 200]), &[]);
+    let b = builder.finish();
+    log.append([data(1, 3, &b)]).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    let active = last_segment(dir.path());
+    assert_eq!(segments(dir.path()).len(), 1);
+    // Cut inside the last frame, after the embedded frame's bytes.
+    let len = std::fs::metadata(&active).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    for mode in [RecoveryMode::TolerateTailCorruption, RecoveryMode::Strict] {
+        let log = Log::open(
+            dir.path(),
+            LogConfig {
+                recovery: mode,
+                ..small_config()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{mode:?}: a torn write refused: {e}"));
+        assert_eq!(log.next_index(), 3);
+    }
+}

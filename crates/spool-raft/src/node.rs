@@ -240,21 +240,52 @@ impl RaftNode {
                     reason: e.to_string(),
                 })?;
         }
-        let storage = open_group_storage(
-            spec.group,
-            &spec.dir,
-            spec.log_config,
-            self.store.clone(),
-            Arc::clone(&self.flusher),
-        )?;
+        let open = || {
+            open_group_storage(
+                spec.group,
+                &spec.dir,
+                spec.log_config.clone(),
+                self.store.clone(),
+                Arc::clone(&self.flusher),
+            )
+        };
+        let mut storage = open()?;
         rebuild::claim_dir(&spec.dir, spec.group)?;
         let damage = rebuild::damage(&rebuild::Opened {
             record: record.as_ref(),
             had_directory,
             bounds: storage.reader.bounds(),
             recovery: storage.log.lock().recovery_report(),
+            fsync_acknowledged: spec.log_config.flush == FlushPolicy::Always,
         })
         .or_else(|| rebuild::unfinished(&spec.dir));
+        let bounds = storage.reader.bounds();
+        if damage == Some(rebuild::Damage::StateLost) {
+            drop(storage);
+            if bounds.first_index > 0 {
+                // The snapshot record went with the state: where the log starts and, if
+                // no membership entry is left in it, who the members are. Without them
+                // the group cannot start right, so they are rebuilt from what is known.
+                self.restore_lost_snapshot(&spec, bounds).await?;
+            }
+            // The vote went too. This replica voted in no term it had not reached, and
+            // its log reached the last entry's term: it votes in later terms only.
+            let floor = crate::codec::make_vote(bounds.last_term, self.options.node_id, false);
+            self.store
+                .update_durable(spec.group, |record| record.vote = Some(floor))
+                .await
+                .map_err(|e| ReplicaError::StateFile {
+                    path: self.options.state_dir.join("raft.state"),
+                    reason: e.to_string(),
+                })?;
+            storage = open()?;
+            rebuild::claim_dir(&spec.dir, spec.group)?;
+        }
+        if damage.is_some() {
+            // Before the group starts and may write anything: a crash from here on must
+            // still find the replica rebuilding.
+            rebuild::write_marker(&spec.dir)?;
+        }
         let high_watermark = storage.state_machine.high_watermark();
         let snapshot_target = Arc::clone(&storage.state_machine.snapshot_target);
         let network = GroupNetworkFactory::new(spec.group, Arc::clone(&self.pool));
@@ -267,16 +298,148 @@ impl RaftNode {
         )
         .await
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        // A replica that lost its state waits for the group's leader instead of creating
-        // the group afresh.
-        let rebuilding = match &damage {
-            Some(damage) => {
-                self.start_rebuild(spec.group, &spec.dir, &raft, damage, &spec.initial_members)?
+        let rebuilding = damage.as_ref().is_some_and(|damage| {
+            self.gate(spec.group, &spec.dir, &raft, damage, &spec.initial_members)
+        });
+        if let Err(error) = self.start_group(&raft, &spec, rebuilding).await {
+            // Nothing may keep running on a log the node does not hold.
+            if let Err(stop) = raft.shutdown().await {
+                tracing::warn!(group = spec.group, %stop, "raft did not stop cleanly");
             }
-            None => false,
-        };
-        if !rebuilding
-            && !spec.initial_members.is_empty()
+            return Err(error);
+        }
+        let replica = Arc::new(PartitionReplica {
+            group: spec.group,
+            node_id: self.options.node_id,
+            raft,
+            reader: storage.reader,
+            high_watermark,
+            log: storage.log,
+            snapshot_target,
+            dir: spec.dir,
+            quiet: tokio::sync::watch::Sender::new(false),
+            last_activity_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
+            clock: self.clock,
+            interval_flush: std::sync::atomic::AtomicBool::new(interval_flush),
+            gate: rebuild::RebuildGate::new(
+                rebuilding,
+                damage.as_ref().map_or(0, rebuild::Damage::floor),
+            ),
+            abstaining: std::sync::atomic::AtomicBool::new(false),
+        });
+        if rebuilding {
+            self.tasks
+                .lock()
+                .push(tokio::spawn(rebuild::release_when_caught_up(Arc::clone(
+                    &replica,
+                ))));
+        }
+        self.replicas
+            .write()
+            .insert(spec.group, Arc::clone(&replica));
+        Ok(replica)
+    }
+
+    /// For a replica whose state record was lost and whose log was purged: a group of one
+    /// (this node alone founds it) gets its snapshot record back from the log's start and
+    /// its one member; any other replica's log is set aside (kept for the operator) and
+    /// it rejoins empty, to receive the leader's snapshot and log.
+    async fn restore_lost_snapshot(
+        &self,
+        spec: &ReplicaSpec,
+        bounds: spool_log::LogBounds,
+    ) -> Result<(), ReplicaError> {
+        let me = self.options.node_id;
+        let alone = spec.initial_members.len() == 1 && spec.initial_members.contains_key(&me);
+        if alone {
+            let last = crate::types::log_id(bounds.prev_term, bounds.first_index - 1);
+            let nodes: BTreeMap<NodeId, BasicNode> = spec
+                .initial_members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            let membership =
+                crate::types::Membership::new(vec![nodes.keys().copied().collect()], nodes)
+                    .map_err(|e| ReplicaError::Membership(e.to_string()))?;
+            let snapshot = crate::state_store::SnapshotRecord {
+                last_log_id: Some(last),
+                membership: crate::types::StoredMembership::new(Some(last), membership),
+                next_offset: bounds.start_offset,
+            };
+            return self
+                .store
+                .update_durable(spec.group, |record| record.snapshot = Some(snapshot))
+                .await
+                .map_err(|e| ReplicaError::StateFile {
+                    path: self.options.state_dir.join("raft.state"),
+                    reason: e.to_string(),
+                });
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let parent = spec.dir.parent().unwrap_or(Path::new("."));
+        let aside = parent.join(format!("~lost-group-{}-{ms}", spec.group));
+        std::fs::rename(&spec.dir, &aside)
+            .and_then(|()| std::fs::File::open(parent)?.sync_all())
+            .map_err(|e| {
+                ReplicaError::Storage(spool_log::LogError::Io {
+                    op: "set aside",
+                    path: spec.dir.clone(),
+                    source: e,
+                })
+            })?;
+        tracing::warn!(group = spec.group, kept_as = %aside.display(), "a replica whose Raft state was lost had a purged log: it is set aside, and the replica is rebuilt from its leader; remove the copy once the group is healthy");
+        Ok(())
+    }
+
+    /// Whether a replica whose durable state was lost (see `rebuild`) must rebuild: no
+    /// votes, no campaigns, until it has caught up with a leader. Not when there is no one
+    /// to rebuild from (this node is the group's only voter).
+    fn gate(
+        &self,
+        group: GroupId,
+        dir: &Path,
+        raft: &Raft,
+        damage: &rebuild::Damage,
+        initial_members: &Members,
+    ) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        let mut voters: Vec<NodeId> = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.is_empty() {
+            voters = initial_members.keys().copied().collect();
+        }
+        let me = self.options.node_id;
+        if voters.iter().all(|v| *v == me) && !voters.is_empty() {
+            tracing::error!(group, dir = %dir.display(), %damage, "this replica lost Raft state and is its group's only voter: going on with what its log holds");
+            if let Err(error) = rebuild::remove_marker(dir) {
+                tracing::warn!(group, %error, "could not remove the rebuild marker");
+            }
+            return false;
+        }
+        raft.runtime_config().elect(false);
+        tracing::warn!(group, dir = %dir.display(), %damage, "this replica lost Raft state: it withholds its votes and does not stand for election until it has caught up with a leader");
+        true
+    }
+
+    /// Creates the group if this replica founds it, and has a group of one elect itself.
+    /// A replica that rebuilds does neither: it waits for the group's leader.
+    async fn start_group(
+        &self,
+        raft: &Raft,
+        spec: &ReplicaSpec,
+        rebuilding: bool,
+    ) -> Result<(), ReplicaError> {
+        if rebuilding {
+            return Ok(());
+        }
+        if !spec.initial_members.is_empty()
             && !raft
                 .is_initialized()
                 .await
@@ -311,66 +474,7 @@ impl RaftNode {
                 tracing::warn!(group = spec.group, %error, "a group of one did not elect itself yet");
             }
         }
-        let replica = Arc::new(PartitionReplica {
-            group: spec.group,
-            node_id: self.options.node_id,
-            raft,
-            reader: storage.reader,
-            high_watermark,
-            log: storage.log,
-            snapshot_target,
-            dir: spec.dir,
-            quiet: tokio::sync::watch::Sender::new(false),
-            last_activity_ms: AtomicU64::new(self.clock.elapsed().as_millis() as u64),
-            clock: self.clock,
-            interval_flush: std::sync::atomic::AtomicBool::new(interval_flush),
-            rebuilding: Arc::new(std::sync::atomic::AtomicBool::new(rebuilding)),
-            abstaining: std::sync::atomic::AtomicBool::new(false),
-        });
-        if rebuilding {
-            self.tasks
-                .lock()
-                .push(tokio::spawn(rebuild::release_when_caught_up(Arc::clone(
-                    &replica,
-                ))));
-        }
-        self.replicas
-            .write()
-            .insert(spec.group, Arc::clone(&replica));
-        Ok(replica)
-    }
-
-    /// Gates a replica whose durable state was lost (see `rebuild`): no votes, no
-    /// campaigns, until it has caught up with a leader. `false` when there is no one to
-    /// rebuild from (this node is the group's only voter).
-    fn start_rebuild(
-        &self,
-        group: GroupId,
-        dir: &Path,
-        raft: &Raft,
-        damage: &rebuild::Damage,
-        initial_members: &Members,
-    ) -> Result<bool, ReplicaError> {
-        use openraft::async_runtime::WatchReceiver;
-        let mut voters: Vec<NodeId> = raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters.is_empty() {
-            voters = initial_members.keys().copied().collect();
-        }
-        let me = self.options.node_id;
-        if voters.iter().all(|v| *v == me) && !voters.is_empty() {
-            tracing::error!(group, dir = %dir.display(), %damage, "this replica lost Raft state and is its group's only voter: going on with what its log holds");
-            return Ok(false);
-        }
-        raft.runtime_config().elect(false);
-        rebuild::write_marker(dir)?;
-        tracing::warn!(group, dir = %dir.display(), %damage, "this replica lost Raft state: it withholds its votes and does not stand for election until it has caught up with a leader");
-        Ok(true)
+        Ok(())
     }
 
     /// Stops a replica; with `delete_data`, removes its log and Raft state for good.
@@ -444,6 +548,19 @@ impl GroupDirectory for RaftNode {
                 .read()
                 .get(&group)
                 .is_some_and(|r| r.withholds_votes())
+    }
+
+    fn leader_commit(&self, group: GroupId, term: u64, index: u64) {
+        if let Some(replica) = self.replicas.read().get(&group) {
+            replica.gate.observe_leader_commit(term, index);
+        }
+    }
+
+    fn may_not_lead(&self, group: GroupId) -> bool {
+        self.replicas
+            .read()
+            .get(&group)
+            .is_some_and(|r| r.may_not_lead())
     }
 
     fn closing(&self) -> tokio::sync::watch::Receiver<bool> {

@@ -5,14 +5,18 @@
 //! Such a replica must not vote as if it still had what it lost: an empty or short log
 //! grants votes its real log would have refused, and can elect a leader missing committed
 //! entries; a forgotten vote can be cast twice in one term. So it withholds its votes and
-//! does not campaign until it follows a leader and has applied an entry of that leader's
-//! term: that leader has committed every entry committed before it, and so does this
-//! replica then. A group whose only voter is this node has no one to rebuild from; it
-//! goes on with what its log holds, with an error in the log.
+//! does not campaign until it has caught up: it follows a leader of its current term, has
+//! applied an entry of that term, and has applied up to the commit index that leader
+//! reported when first heard from after the loss (which covers every entry committed with
+//! this replica's lost acknowledgement) and up to the commit point it had recorded itself.
+//! A group whose only voter is this node has no one to rebuild from; it goes on with what
+//! its log holds, with an error in the log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -74,6 +78,68 @@ impl std::fmt::Display for Damage {
     }
 }
 
+impl Damage {
+    /// Entries the replica had seen committed, if it knows: it must hold them again.
+    pub(crate) fn floor(&self) -> u64 {
+        match self {
+            Damage::LogWentBack { known, .. } => *known,
+            _ => 0,
+        }
+    }
+}
+
+/// Whether a replica rebuilds, and how far it must get.
+#[derive(Debug, Default)]
+pub(crate) struct RebuildGate {
+    active: AtomicBool,
+    /// The first commit index heard from a leader of the newest term seen: (term, index).
+    target: Mutex<Option<(u64, u64)>>,
+    /// Wakes the release task when the target changes.
+    target_changed: tokio::sync::Notify,
+    floor: u64,
+}
+
+impl RebuildGate {
+    pub(crate) fn new(active: bool, floor: u64) -> Self {
+        Self {
+            active: AtomicBool::new(active),
+            target: Mutex::new(None),
+            target_changed: tokio::sync::Notify::new(),
+            floor,
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// A leader of `term` said its log is committed up to `index`. Only the first word of
+    /// each newer term counts: the target must not run ahead forever under load.
+    pub(crate) fn observe_leader_commit(&self, term: u64, index: u64) {
+        if !self.is_active() {
+            return;
+        }
+        let mut target = self.target.lock();
+        if target.is_none_or(|(seen, _)| term > seen) {
+            *target = Some((term, index));
+            self.target_changed.notify_one();
+        }
+    }
+
+    /// Caught up, given the replica's current term and last applied entry.
+    fn caught_up(&self, current_term: u64, applied: Option<LogId>) -> bool {
+        let Some(applied) = applied else {
+            return false;
+        };
+        let Some((term, index)) = *self.target.lock() else {
+            return false;
+        };
+        term == current_term
+            && term_of(&applied) == current_term
+            && applied.index >= index.max(self.floor)
+    }
+}
+
 /// What is known about a replica before its group starts.
 pub(crate) struct Opened<'a> {
     pub record: Option<&'a GroupRecord>,
@@ -81,6 +147,10 @@ pub(crate) struct Opened<'a> {
     pub had_directory: bool,
     pub bounds: LogBounds,
     pub recovery: &'a RecoveryReport,
+    /// Appends are acknowledged only once fsynced (`FlushPolicy::Always`). Otherwise a
+    /// crash may take a tail the replica acknowledged, by the policy's own terms, and a
+    /// log that ends early is no sign of damage.
+    pub fsync_acknowledged: bool,
 }
 
 /// Whether the replica lost durable Raft state it had, and how.
@@ -100,6 +170,9 @@ pub(crate) fn damage(opened: &Opened<'_>) -> Option<Damage> {
         .map(|id: LogId| id.index)
         .max();
     let last = opened.bounds.next_index.checked_sub(1);
+    if !opened.fsync_acknowledged {
+        return None;
+    }
     if let Some(known) = known
         && last.is_none_or(|last| last < known)
     {
@@ -162,8 +235,17 @@ pub(crate) fn write_marker(dir: &Path) -> Result<(), ReplicaError> {
         .map_err(|e| marker_error(path, &e))
 }
 
-/// Waits until the replica follows a leader and has applied an entry of that leader's
-/// term, then lets it vote and campaign again.
+/// Removes the rebuild marker, durably.
+pub(crate) fn remove_marker(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(MARKER)) {
+        Ok(()) => std::fs::File::open(dir)?.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until the replica has caught up (see the module's doc), then lets it vote and
+/// campaign again.
 pub(crate) async fn release_when_caught_up(replica: Arc<PartitionReplica>) {
     let mut metrics = replica.raft().metrics();
     loop {
@@ -171,23 +253,20 @@ pub(crate) async fn release_when_caught_up(replica: Arc<PartitionReplica>) {
             let m = metrics.borrow_watched();
             m.state == ServerState::Follower
                 && m.current_leader.is_some_and(|l| l != replica.node_id())
-                && m.last_applied
-                    .is_some_and(|applied| term_of(&applied) == m.current_term)
+                && replica.gate.caught_up(m.current_term, m.last_applied)
         };
         if caught_up {
             break;
         }
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            () = replica.gate.target_changed.notified() => {}
         }
     }
-    let path = replica.dir().join(MARKER);
-    if let Err(error) =
-        std::fs::remove_file(&path).and_then(|()| std::fs::File::open(replica.dir())?.sync_all())
-    {
+    if let Err(error) = remove_marker(replica.dir()) {
         tracing::warn!(group = replica.group(), %error, "could not remove the rebuild marker");
     }
-    replica.rebuilding.store(false, Ordering::Release);
+    replica.gate.active.store(false, Ordering::Release);
     replica.set_elect(true);
     tracing::info!(
         group = replica.group(),
@@ -222,6 +301,7 @@ mod tests {
             had_directory,
             bounds: bounds(next_index),
             recovery,
+            fsync_acknowledged: true,
         }
     }
 
@@ -252,8 +332,42 @@ mod tests {
                 known: 9
             })
         );
+        // Under a flush policy that acknowledges before fsync, a short log after a crash
+        // is what the policy allows.
+        let mut relaxed = opened(Some(&record), true, 5, &report);
+        relaxed.fsync_acknowledged = false;
+        assert_eq!(damage(&relaxed), None);
         // A record created for a new group, before it ever voted or committed.
         let fresh = GroupRecord::default();
         assert_eq!(damage(&opened(Some(&fresh), false, 0, &report)), None);
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use crate::types::log_id;
+
+    #[test]
+    fn the_gate_opens_only_at_the_commit_point_the_current_leader_first_reported() {
+        let gate = RebuildGate::new(true, 0);
+        // Nothing heard from a leader yet.
+        assert!(!gate.caught_up(3, Some(log_id(3, 500))));
+        gate.observe_leader_commit(3, 100);
+        // Later words of the same leader do not move the target.
+        gate.observe_leader_commit(3, 400);
+        // Applied an entry of the current term, but below what the leader had committed.
+        assert!(!gate.caught_up(3, Some(log_id(3, 60))));
+        assert!(gate.caught_up(3, Some(log_id(3, 100))));
+        // A newer term's leader resets the target; its term must be the replica's.
+        gate.observe_leader_commit(4, 150);
+        assert!(!gate.caught_up(3, Some(log_id(3, 200))));
+        assert!(!gate.caught_up(4, Some(log_id(4, 120))));
+        assert!(gate.caught_up(4, Some(log_id(4, 150))));
+        // The replica's own recorded commit point is a floor.
+        let floored = RebuildGate::new(true, 300);
+        floored.observe_leader_commit(4, 150);
+        assert!(!floored.caught_up(4, Some(log_id(4, 299))));
+        assert!(floored.caught_up(4, Some(log_id(4, 300))));
     }
 }

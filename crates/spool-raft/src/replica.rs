@@ -68,7 +68,7 @@ pub struct PartitionReplica {
     /// The log syncs on a timer (`FlushPolicy::Interval`): the node's ticker visits it.
     pub(crate) interval_flush: std::sync::atomic::AtomicBool,
     /// Lost durable Raft state and has not caught up yet: no votes, no campaigns.
-    pub(crate) rebuilding: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) gate: crate::rebuild::RebuildGate,
     /// Stays out of elections for good (see `abstain`).
     pub(crate) abstaining: std::sync::atomic::AtomicBool,
 }
@@ -417,7 +417,7 @@ impl PartitionReplica {
 
     /// Stops (or restarts) this replica's election timeouts: it will not campaign.
     pub fn set_elect(&self, enabled: bool) {
-        if enabled && self.withholds_votes() {
+        if enabled && self.may_not_lead() {
             return;
         }
         self.raft.runtime_config().elect(enabled);
@@ -438,18 +438,24 @@ impl PartitionReplica {
     /// Lost durable Raft state (a wiped directory or state file, a log that went back)
     /// and has not caught up with a leader yet: it neither votes nor campaigns.
     pub fn is_rebuilding(&self) -> bool {
-        self.rebuilding.load(Ordering::Acquire)
+        self.gate.is_active()
     }
 
-    /// Takes this replica out of elections until it is reopened: it neither votes nor
-    /// campaigns (a node that can no longer apply the group's records must not lead it).
+    /// Keeps this replica from leading until it is reopened: it does not campaign and
+    /// refuses leadership transfers, but still votes (its log is sound; a node that can
+    /// no longer apply the group's records must only not lead it).
     pub fn abstain(&self) {
         self.abstaining.store(true, Ordering::Release);
         self.raft.runtime_config().elect(false);
     }
 
-    /// Withholds its vote: rebuilding, or abstaining.
+    /// Withholds its vote: rebuilding.
     pub fn withholds_votes(&self) -> bool {
+        self.is_rebuilding()
+    }
+
+    /// May not stand for election: rebuilding, or abstaining.
+    pub fn may_not_lead(&self) -> bool {
         self.is_rebuilding() || self.abstaining.load(Ordering::Acquire)
     }
 
@@ -457,7 +463,7 @@ impl PartitionReplica {
     /// leader). Raft decides as always: a replica behind the others is not elected. A
     /// rebuilding replica does not.
     pub fn campaign(&self) {
-        if self.withholds_votes() {
+        if self.may_not_lead() {
             return;
         }
         let raft = self.raft.clone();

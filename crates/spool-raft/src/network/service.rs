@@ -22,6 +22,10 @@ pub trait GroupDirectory: Send + Sync + 'static {
     fn withholds_votes(&self, group: GroupId) -> bool;
     /// The group's leader was heard from (after its message was handled).
     fn leader_contact(&self, group: GroupId);
+    /// A leader of `term` sent its commit index (before its message was handled).
+    fn leader_commit(&self, group: GroupId, term: u64, index: u64);
+    /// This node's replica of `group` may not take leadership now.
+    fn may_not_lead(&self, group: GroupId) -> bool;
     /// `leader` asks these groups to stop their timers; returns those that did.
     fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId>;
     /// Turns true when the node begins to stop: open replication streams end then, so
@@ -90,6 +94,13 @@ impl<D: GroupDirectory> RaftTransportService<D> {
     }
 }
 
+/// Tells the directory the commit index an append request carries.
+fn note_commit<D: GroupDirectory>(directory: &D, request: &pb::RaftAppendRequest) {
+    if let (Some(vote), Some(commit)) = (&request.vote, &request.leader_commit) {
+        directory.leader_commit(request.group, vote.term, commit.index);
+    }
+}
+
 fn fatal(error: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft stopped: {error}"))
 }
@@ -106,6 +117,7 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
         let request = request.into_inner();
         let group = request.group;
         let raft = self.lookup(group, request.target)?;
+        note_commit(&*self.directory, &request);
         let rpc = append_request_from_pb(request)?;
         let response = raft.append_entries(rpc).await.map_err(fatal)?;
         self.directory.leader_contact(group);
@@ -124,12 +136,18 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
         };
         let raft = self.lookup(first.group, first.target)?;
         let group = first.group;
+        let noted = Arc::clone(&self.directory);
         // Requests after the first must stay in the same group; a bad one ends the input.
         let requests = futures_util::stream::once(async move { Ok(first) })
             .chain(input)
             .take_while(move |item| {
                 let ok = matches!(item, Ok(r) if r.group == group);
                 async move { ok }
+            })
+            .inspect(move |item| {
+                if let Ok(request) = item {
+                    note_commit(&*noted, request);
+                }
             })
             .filter_map(
                 |item| async move { item.ok().and_then(|r| append_request_from_pb(r).ok()) },
@@ -188,6 +206,13 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
     ) -> Result<Response<pb::RaftTransferLeaderResponse>, Status> {
         let request = request.into_inner();
         let raft = self.lookup(request.group, request.target)?;
+        if self.directory.may_not_lead(request.group) {
+            // openraft would campaign even with elections switched off.
+            return Err(Status::failed_precondition(format!(
+                "group {}: this replica may not lead now (rebuilding, or stopped applying)",
+                request.group
+            )));
+        }
         let response = raft
             .handle_transfer_leader(transfer_from_pb(request)?)
             .await
@@ -209,6 +234,7 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
                     Ok(raft) => raft,
                     Err(_) => return R::UnknownGroup(pb::RaftEmpty {}),
                 };
+                note_commit(&*self.directory, &request);
                 let Ok(rpc) = append_request_from_pb(request) else {
                     return R::UnknownGroup(pb::RaftEmpty {});
                 };
