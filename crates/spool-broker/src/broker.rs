@@ -144,10 +144,16 @@ pub struct Broker {
     pub(crate) this: std::sync::Weak<Broker>,
     /// Set when shutdown begins; fetch sessions end on it.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Compressed batches being checked at once (each may expand to 256 MiB): bounds the
+    /// memory and keeps the work off the async threads.
+    decompressing: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long a single node waits to have registered with itself before serving.
 const SOLO_REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+
+/// Compressed batches validated at the same time, on the blocking pool.
+const DECOMPRESSING_AT_ONCE: usize = 2;
 
 impl Broker {
     /// Opens the data directory, joins the controller group and reopens every replica
@@ -218,6 +224,7 @@ impl Broker {
                 tasks: parking_lot::Mutex::new(Vec::new()),
                 this: weak.clone(),
                 closing: tokio::sync::watch::Sender::new(false),
+                decompressing: Arc::new(tokio::sync::Semaphore::new(DECOMPRESSING_AT_ONCE)),
                 options,
             }
         });
@@ -427,7 +434,7 @@ impl Broker {
             Acks::Leader | Acks::None => AckLevel::Leader,
         };
         let appends = partitions.into_iter().map(|produce| async move {
-            let (partition, batches) = self.validate(&produce)?;
+            let (partition, batches) = self.validate(&produce).await?;
             let append = {
                 let replica = Arc::clone(&partition.replica);
                 async move { replica.append(batches, level).await }
@@ -459,7 +466,7 @@ impl Broker {
         futures_util::future::join_all(appends).await
     }
 
-    fn validate(
+    async fn validate(
         &self,
         produce: &ProducePartition,
     ) -> Result<(Arc<Partition>, Vec<Bytes>), BrokerError> {
@@ -472,6 +479,7 @@ impl Broker {
         }
         let max = state.config.max_message_bytes as usize;
         let mut batches = Vec::with_capacity(produce.batches.len());
+        let mut to_decompress = Vec::new();
         for bytes in &produce.batches {
             if bytes.len() > max {
                 return Err(BrokerError::RecordTooLarge {
@@ -480,8 +488,30 @@ impl Broker {
                 });
             }
             let batch = ValidBatch::new(bytes.clone())?;
-            batch.view().validate_records()?;
+            let compressed = batch
+                .view()
+                .compression()
+                .is_some_and(|c| c != spool_log::batch::Compression::None);
+            if compressed {
+                to_decompress.push(batch.clone());
+            } else {
+                batch.view().validate_records()?;
+            }
             batches.push(batch.into_bytes());
+        }
+        if !to_decompress.is_empty() {
+            let _permit = self
+                .decompressing
+                .acquire()
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)?;
+            tokio::task::spawn_blocking(move || {
+                to_decompress
+                    .iter()
+                    .try_for_each(|batch| batch.view().validate_records())
+            })
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)??;
         }
         Ok((partition, batches))
     }

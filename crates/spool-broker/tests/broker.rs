@@ -12,7 +12,7 @@ use spool_broker::{
 };
 use spool_log::FlushPolicy;
 use spool_log::RecordBatch;
-use spool_log::batch::{BatchBuilder, BatchOptions};
+use spool_log::batch::{BatchBuilder, BatchOptions, Compression};
 use spool_types::ErrorCode;
 
 fn options(dir: &std::path::Path) -> BrokerOptions {
@@ -204,7 +204,15 @@ async fn bad_batches_are_refused_whole_and_good_partitions_still_succeed() {
     let mut magic = good.to_vec();
     magic[16] = 1;
     let big = batch(&[&"x".repeat(4000)]);
+    // Flagged gzip, records section not gzip; the CRC made right.
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    builder.append(1_000, None, Some(b"ok"), &[]);
+    let fake_gzip = builder.finish_compressed(Compression::Gzip, &[0x1f, 0x8b, 8, 0, 1, 2, 3]);
     let cases: Vec<(ProducePartition, ErrorCode)> = vec![
+        (
+            produce("t", 0, vec![good.clone(), fake_gzip]),
+            ErrorCode::CorruptBatch,
+        ),
         (
             produce("t", 0, vec![Bytes::from(corrupt)]),
             ErrorCode::CorruptBatch,
