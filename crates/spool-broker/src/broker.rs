@@ -79,6 +79,15 @@ pub struct ProducePartition {
     pub topic: String,
     pub partition: u32,
     pub batches: Vec<Bytes>,
+    /// The leader epoch the client believes in; checked when given.
+    pub leader_epoch: Option<u64>,
+}
+
+/// Where a node is reached, and its rack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub address: String,
+    pub rack: Option<String>,
 }
 
 /// A topic as admin calls describe it.
@@ -101,6 +110,8 @@ pub struct PartitionInfo {
     pub leader_address: Option<String>,
     pub replicas: Vec<u64>,
     pub in_sync_replicas: Vec<u64>,
+    /// The leader's Raft term: grows with each new leader (0 when unknown).
+    pub leader_epoch: u64,
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub size_bytes: u64,
@@ -387,17 +398,29 @@ impl Broker {
         }
     }
 
-    /// The live brokers (and this node), by id, with their addresses.
-    pub fn known_nodes(&self) -> BTreeMap<u64, String> {
-        let mut nodes: BTreeMap<u64, String> = self
+    /// The live brokers (and this node), by id, with their addresses and racks.
+    pub fn known_nodes(&self) -> BTreeMap<u64, NodeAddress> {
+        let mut nodes: BTreeMap<u64, NodeAddress> = self
             .controller
             .current()
             .live_brokers()
-            .map(|b| (b.id, b.address.clone()))
+            .map(|b| {
+                let node = NodeAddress {
+                    address: b.address.clone(),
+                    rack: b.rack.clone(),
+                };
+                (b.id, node)
+            })
             .collect();
+        let rack = nodes
+            .get(&self.options.node_id)
+            .and_then(|n| n.rack.clone());
         nodes.insert(
             self.options.node_id,
-            self.options.advertised_address.clone(),
+            NodeAddress {
+                address: self.options.advertised_address.clone(),
+                rack: rack.or_else(|| self.options.rack.clone()),
+            },
         );
         nodes
     }
@@ -472,6 +495,9 @@ impl Broker {
     ) -> Result<(Arc<Partition>, Vec<Bytes>), BrokerError> {
         let state = self.topic(&produce.topic)?;
         let partition = self.partition(&produce.topic, produce.partition)?;
+        if let Some(epoch) = produce.leader_epoch {
+            partition.check_leader_epoch(epoch)?;
+        }
         if produce.batches.is_empty() {
             return Err(BrokerError::InvalidRequest {
                 reason: "a partition in a produce request carries no batch".into(),

@@ -45,6 +45,12 @@ pub enum BrokerError {
         leader: Option<u64>,
         address: Option<String>,
     },
+    #[error("leader epoch {requested} is older than the partition's {current}: refresh metadata")]
+    FencedLeaderEpoch { requested: u64, current: u64 },
+    #[error("leader epoch {requested} is newer than this replica knows ({current})")]
+    UnknownLeaderEpoch { requested: u64, current: u64 },
+    #[error("{reason}")]
+    InvalidTimestamp { reason: String },
     #[error("replication failed: {reason}")]
     Replication { reason: String },
     #[error("the broker is shutting down")]
@@ -77,6 +83,9 @@ impl BrokerError {
             BrokerError::CorruptBatch(_) => ErrorCode::CorruptBatch,
             BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
+            BrokerError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+            BrokerError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
+            BrokerError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             BrokerError::Storage(_)
             | BrokerError::Replication { .. }
             | BrokerError::ShuttingDown

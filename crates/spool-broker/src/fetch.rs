@@ -26,6 +26,8 @@ pub struct FetchPosition {
     pub offset: i64,
     /// Most bytes of this partition per response; `None` for no limit of its own.
     pub max_bytes: Option<usize>,
+    /// The leader epoch the client believes in; checked when given.
+    pub leader_epoch: Option<u64>,
 }
 
 /// What a consumer asks for.
@@ -83,7 +85,13 @@ impl Broker {
         let mut pending = FetchChunk::default();
         let mut cursors = Vec::with_capacity(spec.positions.len());
         for position in &spec.positions {
-            match self.partition(&position.topic, position.partition) {
+            let found = self
+                .partition(&position.topic, position.partition)
+                .and_then(|partition| match position.leader_epoch {
+                    Some(epoch) => partition.check_leader_epoch(epoch).map(|()| partition),
+                    None => Ok(partition),
+                });
+            match found {
                 Ok(partition) => cursors.push(Cursor {
                     high_watermark: partition.high_watermark.clone(),
                     partition,

@@ -17,7 +17,7 @@ mod topic_config;
 mod topics;
 
 pub use broker::{
-    AppendOutcome, Broker, BrokerOptions, NodeInfo, PartitionInfo, PartitionStats,
+    AppendOutcome, Broker, BrokerOptions, NodeAddress, NodeInfo, PartitionInfo, PartitionStats,
     ProducePartition, TopicInfo,
 };
 pub use cluster::{BrokerSummary, ClusterSummary};

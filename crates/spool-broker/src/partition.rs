@@ -34,6 +34,18 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
+    /// Refuses a request made with another leader epoch than this replica's term.
+    pub(crate) fn check_leader_epoch(&self, requested: u64) -> Result<(), BrokerError> {
+        let current = self.replica.term();
+        match requested.cmp(&current) {
+            std::cmp::Ordering::Less => Err(BrokerError::FencedLeaderEpoch { requested, current }),
+            std::cmp::Ordering::Greater => {
+                Err(BrokerError::UnknownLeaderEpoch { requested, current })
+            }
+            std::cmp::Ordering::Equal => Ok(()),
+        }
+    }
+
     pub fn new(
         topic: String,
         index: u32,

@@ -163,6 +163,11 @@ impl Broker {
                             leader_address: hint.address.or_else(|| address(hint.node)),
                             replicas,
                             in_sync_replicas: in_sync,
+                            leader_epoch: if p.replica.is_leader() {
+                                p.replica.term()
+                            } else {
+                                record.leader_term
+                            },
                             log_start_offset: if details { p.reader.start_offset() } else { 0 },
                             high_watermark: p.high_watermark(),
                             size_bytes: if details { p.reader.size_bytes() } else { 0 },
@@ -174,6 +179,7 @@ impl Broker {
                         leader_address: address(record.leader),
                         replicas,
                         in_sync_replicas: record.in_sync.clone(),
+                        leader_epoch: record.leader_term,
                         log_start_offset: -1,
                         high_watermark: -1,
                         size_bytes: 0,

@@ -48,6 +48,7 @@ fn produce(topic: &str, partition: u32, batches: Vec<Bytes>) -> ProducePartition
         topic: topic.into(),
         partition,
         batches,
+        leader_epoch: None,
     }
 }
 
@@ -73,6 +74,7 @@ async fn read_all(broker: &Arc<Broker>, topic: &str, partitions: u32) -> Vec<Vec
                 partition: p,
                 offset: 0,
                 max_bytes: None,
+                leader_epoch: None,
             })
             .collect(),
         max_bytes: 1024 * 1024,
@@ -276,6 +278,7 @@ async fn a_waiting_fetch_wakes_when_a_batch_is_appended() {
             partition: 0,
             offset: 0,
             max_bytes: None,
+            leader_epoch: None,
         }],
         max_bytes: 1024 * 1024,
         min_bytes: 1,
@@ -314,6 +317,7 @@ async fn fetching_outside_the_log_reports_offset_out_of_range() {
                 partition: 0,
                 offset,
                 max_bytes: None,
+                leader_epoch: None,
             }],
             max_bytes: 1024,
             min_bytes: 1,

@@ -114,6 +114,7 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
                 topic: args.topic.clone(),
                 partition,
                 offset,
+                leader_epoch: None,
             })
             .collect(),
         max_bytes: 1024 * 1024,

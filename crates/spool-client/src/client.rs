@@ -99,7 +99,11 @@ impl Client {
             brokers: response
                 .brokers
                 .into_iter()
-                .map(|b| (b.node_id, b.address))
+                .map(|b| MetadataBroker {
+                    node_id: b.node_id,
+                    address: b.address,
+                    rack: (!b.rack.is_empty()).then_some(b.rack),
+                })
                 .collect(),
             topics: response
                 .topics
@@ -110,7 +114,11 @@ impl Client {
                     partitions: t
                         .partitions
                         .into_iter()
-                        .map(|p| (p.partition, p.leader))
+                        .map(|p| PartitionLeader {
+                            partition: p.partition,
+                            leader: p.leader,
+                            leader_epoch: p.leader_epoch,
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -334,6 +342,7 @@ impl Client {
             let data = v1::PartitionProduceData {
                 partition: p.partition,
                 batches: p.batches,
+                leader_epoch: p.leader_epoch,
             };
             match topics.last_mut() {
                 Some(last) if last.topic == p.topic => last.partitions.push(data),
@@ -390,6 +399,7 @@ impl Client {
                     partition: p.partition,
                     offset: p.offset,
                     max_bytes: 0,
+                    leader_epoch: p.leader_epoch,
                 })
                 .collect(),
             max_bytes: options.max_bytes,

@@ -14,6 +14,8 @@ struct State {
     brokers: HashMap<u64, String>,
     /// Leader node id of each partition, by topic.
     leaders: HashMap<String, Vec<u64>>,
+    /// Leader epoch of each partition, by topic (0: unknown, as after a NOT_LEADER hint).
+    epochs: HashMap<String, Vec<u64>>,
     /// Partitions whose leader a NOT_LEADER answer just named (used once).
     hinted: std::collections::HashSet<(String, u32)>,
     /// The metadata epoch of the newest answer taken: an older answer (from a node still
@@ -83,19 +85,24 @@ impl Cluster {
             return Ok(());
         }
         state.epoch = metadata.epoch;
-        for (id, address) in metadata.brokers {
-            state.brokers.insert(id, address);
+        for broker in metadata.brokers {
+            state.brokers.insert(broker.node_id, broker.address);
         }
         for t in metadata.topics {
             if let Some(error) = t.error {
                 return Err(ClientError::Api(ApiError { ..error }));
             }
             let mut leaders = vec![0; t.partitions.len()];
-            for (partition, leader) in t.partitions {
-                if let Some(slot) = leaders.get_mut(partition as usize) {
-                    *slot = leader;
+            let mut epochs = vec![0; t.partitions.len()];
+            for p in t.partitions {
+                if let Some(slot) = leaders.get_mut(p.partition as usize) {
+                    *slot = p.leader;
+                }
+                if let Some(slot) = epochs.get_mut(p.partition as usize) {
+                    *slot = p.leader_epoch;
                 }
             }
+            state.epochs.insert(t.name.clone(), epochs);
             state.leaders.insert(t.name, leaders);
         }
         Ok(())
@@ -121,6 +128,13 @@ impl Cluster {
         {
             *slot = node;
             state.hinted.insert((topic.to_string(), partition));
+            if let Some(epoch) = state
+                .epochs
+                .get_mut(topic)
+                .and_then(|e| e.get_mut(partition as usize))
+            {
+                *epoch = 0;
+            }
         }
     }
 
@@ -139,6 +153,16 @@ impl Cluster {
             .leaders
             .get(topic)
             .and_then(|l| l.get(partition as usize).copied())
+    }
+
+    /// The leader epoch the metadata gives a partition, if known.
+    pub fn leader_epoch(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.state
+            .read()
+            .epochs
+            .get(topic)
+            .and_then(|e| e.get(partition as usize).copied())
+            .filter(|epoch| *epoch > 0)
     }
 
     /// The connection to `node`, opened on first use; the bootstrap connection for a node

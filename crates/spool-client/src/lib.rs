@@ -21,4 +21,5 @@ pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
     DeliveryFuture, Producer, ProducerConfig, ProducerError, ProducerRecord, RecordMetadata,
 };
+pub use spool_types::ErrorCode;
 pub use types::*;

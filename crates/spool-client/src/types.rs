@@ -106,17 +106,34 @@ pub struct ConfigEntry {
 pub struct ClusterMetadata {
     pub cluster_id: String,
     pub epoch: u64,
-    /// (node id, address)
-    pub brokers: Vec<(u64, String)>,
+    pub brokers: Vec<MetadataBroker>,
     pub topics: Vec<TopicMetadata>,
+}
+
+/// A broker as metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataBroker {
+    pub node_id: u64,
+    /// host:port of its client listener.
+    pub address: String,
+    pub rack: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicMetadata {
     pub name: String,
     pub error: Option<ApiError>,
-    /// (partition, leader node id)
-    pub partitions: Vec<(u32, u64)>,
+    pub partitions: Vec<PartitionLeader>,
+}
+
+/// A partition's leader as metadata reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLeader {
+    pub partition: u32,
+    /// The leader's node id; 0 when none is known.
+    pub leader: u64,
+    /// The leader's epoch (Raft term); requests may carry it to be fenced when stale.
+    pub leader_epoch: u64,
 }
 
 /// Batches for one partition of a produce call.
@@ -126,6 +143,9 @@ pub struct PartitionBatches {
     pub partition: u32,
     /// Kafka RecordBatch v2, as `spool_log::batch::BatchBuilder` builds them.
     pub batches: Vec<Bytes>,
+    /// The leader epoch the caller's metadata gives; the leader refuses the batches if
+    /// its own differs (`FENCED_LEADER_EPOCH`, `UNKNOWN_LEADER_EPOCH`).
+    pub leader_epoch: Option<u64>,
 }
 
 /// Where a partition's produced batches landed.
@@ -142,6 +162,8 @@ pub struct FetchPosition {
     pub topic: String,
     pub partition: u32,
     pub offset: i64,
+    /// As `PartitionBatches::leader_epoch`.
+    pub leader_epoch: Option<u64>,
 }
 
 /// A fetch stream's settings.

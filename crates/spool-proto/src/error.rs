@@ -26,6 +26,10 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::NotController => v1::ErrorCode::NotController,
             ErrorCode::BrokerIdInUse => v1::ErrorCode::BrokerIdInUse,
             ErrorCode::BrokerNotAvailable => v1::ErrorCode::BrokerNotAvailable,
+            ErrorCode::FencedLeaderEpoch => v1::ErrorCode::FencedLeaderEpoch,
+            ErrorCode::UnknownLeaderEpoch => v1::ErrorCode::UnknownLeaderEpoch,
+            ErrorCode::InvalidTimestamp => v1::ErrorCode::InvalidTimestamp,
+            ErrorCode::ResourceExhausted => v1::ErrorCode::ResourceExhausted,
             _ => v1::ErrorCode::Unknown,
         }
     }
@@ -60,6 +64,8 @@ fn grpc_code(code: ErrorCode) -> Code {
             Code::Unavailable
         }
         ErrorCode::BrokerIdInUse => Code::AlreadyExists,
+        ErrorCode::FencedLeaderEpoch | ErrorCode::UnknownLeaderEpoch => Code::FailedPrecondition,
+        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
         ErrorCode::BrokerNotAvailable => Code::FailedPrecondition,
         ErrorCode::UnknownTopicOrPartition => Code::NotFound,
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
@@ -71,7 +77,8 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidRequest
         | ErrorCode::InvalidConfig
         | ErrorCode::InvalidPartitions
-        | ErrorCode::InvalidReplicationFactor => Code::InvalidArgument,
+        | ErrorCode::InvalidReplicationFactor
+        | ErrorCode::InvalidTimestamp => Code::InvalidArgument,
         _ => Code::Internal,
     }
 }

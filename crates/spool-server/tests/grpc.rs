@@ -91,7 +91,11 @@ fn produce_request(parts: Vec<(&str, u32, Vec<Bytes>)>) -> v1::ProduceRequest {
             .into_iter()
             .map(|(topic, partition, batches)| v1::TopicProduceData {
                 topic: topic.into(),
-                partitions: vec![v1::PartitionProduceData { partition, batches }],
+                partitions: vec![v1::PartitionProduceData {
+                    partition,
+                    batches,
+                    leader_epoch: None,
+                }],
             })
             .collect(),
     }
@@ -223,6 +227,7 @@ async fn bad_topic_names_and_offsets_get_typed_errors() {
                 partition: 0,
                 offset,
                 max_bytes: 0,
+                leader_epoch: None,
             }],
             follow: true,
             ..Default::default()
@@ -252,6 +257,7 @@ async fn fetch_streams_new_batches_as_they_are_committed() {
             partition: 0,
             offset: 0,
             max_bytes: 0,
+            leader_epoch: None,
         }],
         max_wait_ms: 60_000,
         min_bytes: 1,
@@ -304,6 +310,7 @@ async fn a_graceful_shutdown_ends_open_streams_and_keeps_every_acknowledged_reco
             partition: 0,
             offset: 20,
             max_bytes: 0,
+            leader_epoch: None,
         }],
         follow: true,
         ..Default::default()

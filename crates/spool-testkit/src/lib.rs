@@ -60,6 +60,8 @@ pub struct ClusterOptions {
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     pub retention_check_ms: u64,
+    /// Node `i` (from 1) is in rack `racks[(i - 1) % len]`; empty for no racks.
+    pub racks: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -72,6 +74,7 @@ impl ClusterOptions {
             election_min_ms: 500,
             election_max_ms: 1000,
             retention_check_ms: 200,
+            racks: Vec::new(),
         }
     }
 
@@ -138,6 +141,8 @@ impl TestCluster {
                 election_min_ms: options.election_min_ms,
                 election_max_ms: options.election_max_ms,
                 retention_check_ms: options.retention_check_ms,
+                rack: (!options.racks.is_empty())
+                    .then(|| options.racks[(id as usize - 1) % options.racks.len()].clone()),
             };
             slots.insert(
                 id,
@@ -520,8 +525,8 @@ impl TestCluster {
             .topics
             .into_iter()
             .flat_map(|t| t.partitions)
-            .find(|(p, _)| *p == partition)
-            .map(|(_, leader)| leader)
+            .find(|p| p.partition == partition)
+            .map(|p| p.leader)
             .filter(|leader| *leader != 0))
     }
 
@@ -571,6 +576,7 @@ impl TestCluster {
                     topic: topic.to_string(),
                     partition,
                     offset: start,
+                    leader_epoch: None,
                 }],
                 max_bytes: 16 * 1024 * 1024,
                 min_bytes: 1,

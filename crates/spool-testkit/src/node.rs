@@ -34,6 +34,7 @@ pub struct NodeSpec {
     pub retention_check_ms: u64,
     /// `id@host:port,...` of the controller's voters.
     pub controller_voters: String,
+    pub rack: Option<String>,
 }
 
 impl NodeSpec {
@@ -54,6 +55,7 @@ impl NodeSpec {
             controller_voters: self.controller_voters.clone(),
             broker_session_timeout_ms: 3000,
             broker_heartbeat_ms: 200,
+            rack: self.rack.clone(),
             ..ServerConfig::default()
         }
     }
@@ -69,7 +71,7 @@ impl NodeSpec {
              advertised_address = {:?}\nflush = {flush:?}\nraft_heartbeat_ms = {}\n\
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
              shutdown_grace_secs = 5\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
-             broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n",
+             broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n{}",
             self.id,
             self.data_dir.display().to_string(),
             self.grpc,
@@ -80,6 +82,9 @@ impl NodeSpec {
             self.election_max_ms,
             self.retention_check_ms,
             self.controller_voters,
+            self.rack
+                .as_ref()
+                .map_or(String::new(), |rack| format!("rack = {rack:?}\n")),
         )
     }
 }

@@ -40,6 +40,7 @@ async fn write(cluster: &TestCluster, topic: &str, total: usize) {
                     topic: topic.to_string(),
                     partition: 0,
                     batches,
+                    leader_epoch: None,
                 }],
             )
             .await

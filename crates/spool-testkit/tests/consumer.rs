@@ -27,6 +27,7 @@ async fn produce(cluster: &TestCluster, partition: u32, leader: u64, tag: &str) 
                 topic: TOPIC.to_string(),
                 partition,
                 batches: vec![builder.finish()],
+                leader_epoch: None,
             }],
         )
         .await

@@ -35,6 +35,7 @@ async fn produce(
                 topic: topic.to_string(),
                 partition: 0,
                 batches: vec![batch(values)],
+                leader_epoch: None,
             }],
         )
         .await

@@ -22,10 +22,15 @@ pub enum ErrorCode {
     NotController = 14,
     BrokerIdInUse = 15,
     BrokerNotAvailable = 16,
+    FencedLeaderEpoch = 17,
+    UnknownLeaderEpoch = 18,
+    InvalidTimestamp = 19,
+    /// A limit of the node was reached (streams, partitions, bytes in flight).
+    ResourceExhausted = 20,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -43,6 +48,10 @@ impl ErrorCode {
         ErrorCode::NotController,
         ErrorCode::BrokerIdInUse,
         ErrorCode::BrokerNotAvailable,
+        ErrorCode::FencedLeaderEpoch,
+        ErrorCode::UnknownLeaderEpoch,
+        ErrorCode::InvalidTimestamp,
+        ErrorCode::ResourceExhausted,
     ];
 
     /// The wire number of this code.
@@ -66,6 +75,9 @@ impl ErrorCode {
                 | ErrorCode::StorageError
                 | ErrorCode::RequestTimedOut
                 | ErrorCode::NotController
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::UnknownLeaderEpoch
+                | ErrorCode::ResourceExhausted
         )
     }
 
@@ -89,6 +101,10 @@ impl ErrorCode {
             ErrorCode::NotController => "NOT_CONTROLLER",
             ErrorCode::BrokerIdInUse => "BROKER_ID_IN_USE",
             ErrorCode::BrokerNotAvailable => "BROKER_NOT_AVAILABLE",
+            ErrorCode::FencedLeaderEpoch => "FENCED_LEADER_EPOCH",
+            ErrorCode::UnknownLeaderEpoch => "UNKNOWN_LEADER_EPOCH",
+            ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
+            ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
         }
     }
 }

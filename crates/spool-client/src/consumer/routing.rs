@@ -81,6 +81,7 @@ pub(super) async fn run(
                 }
                 next_id += 1;
                 let handle = ends.spawn(session(
+                    Arc::clone(&cluster),
                     client,
                     node,
                     next_id,
@@ -151,6 +152,7 @@ pub(super) async fn place(cluster: &Cluster, keys: &BTreeSet<Key>) -> BTreeMap<u
 /// the stream breaks, giving back every partition it still reads (a partition that failed
 /// for good, reported to the consumer, is not given back).
 async fn session(
+    cluster: Arc<Cluster>,
     client: Client,
     node: u64,
     id: u64,
@@ -174,6 +176,7 @@ async fn session(
                 topic: key.0.to_string(),
                 partition: key.1,
                 offset: positions.get(key).copied().unwrap_or(0),
+                leader_epoch: cluster.leader_epoch(&key.0, key.1),
             })
             .collect()
     };
@@ -269,6 +272,9 @@ pub(super) fn is_routing_code(code: ErrorCode) -> bool {
     matches!(
         code,
         ErrorCode::NotLeader
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::ResourceExhausted
             | ErrorCode::UnknownTopicOrPartition
             | ErrorCode::StorageError
             | ErrorCode::RequestTimedOut

@@ -70,6 +70,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
         .map(|s| PartitionBatches {
             topic: s.topic.to_string(),
             partition: s.partition,
+            leader_epoch: shared.cluster.leader_epoch(&s.topic, s.partition),
             batches: s
                 .batches
                 .iter()

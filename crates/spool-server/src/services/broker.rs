@@ -71,7 +71,7 @@ impl v1::broker_server::Broker for BrokerService {
                             leader: p.leader.unwrap_or(0),
                             replicas: p.replicas,
                             in_sync_replicas: p.in_sync_replicas,
-                            leader_epoch: 1,
+                            leader_epoch: p.leader_epoch,
                         })
                         .collect(),
                 },
@@ -89,10 +89,10 @@ impl v1::broker_server::Broker for BrokerService {
                 .broker
                 .known_nodes()
                 .into_iter()
-                .map(|(node_id, address)| v1::BrokerInfo {
+                .map(|(node_id, node)| v1::BrokerInfo {
                     node_id,
-                    address,
-                    rack: String::new(),
+                    address: node.address,
+                    rack: node.rack.unwrap_or_default(),
                 })
                 .collect(),
             topics,
@@ -136,6 +136,7 @@ impl v1::broker_server::Broker for BrokerService {
                     topic: topic.topic.clone(),
                     partition: partition.partition,
                     batches: partition.batches,
+                    leader_epoch: partition.leader_epoch,
                 });
             }
             shape.push((topic.topic, indexes));
@@ -212,6 +213,7 @@ impl v1::broker_server::Broker for BrokerService {
                     partition: p.partition,
                     offset: p.offset,
                     max_bytes: (p.max_bytes > 0).then_some(p.max_bytes as usize),
+                    leader_epoch: p.leader_epoch,
                 })
                 .collect(),
             max_bytes: match request.max_bytes {

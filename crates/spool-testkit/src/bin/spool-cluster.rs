@@ -155,6 +155,7 @@ async fn failover(
                             topic: "failover".into(),
                             partition: 0,
                             batches: vec![batch()],
+                            leader_epoch: None,
                         }],
                     )
                     .await;
