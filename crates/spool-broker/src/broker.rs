@@ -457,7 +457,7 @@ impl Broker {
             Acks::Leader | Acks::None => AckLevel::Leader,
         };
         let appends = partitions.into_iter().map(|produce| async move {
-            let (partition, batches) = self.validate(&produce).await?;
+            let (partition, batches) = self.validate(&produce, now_ms).await?;
             let append = {
                 let replica = Arc::clone(&partition.replica);
                 async move { replica.append(batches, level).await }
@@ -492,6 +492,7 @@ impl Broker {
     async fn validate(
         &self,
         produce: &ProducePartition,
+        now_ms: i64,
     ) -> Result<(Arc<Partition>, Vec<Bytes>), BrokerError> {
         let state = self.topic(&produce.topic)?;
         let partition = self.partition(&produce.topic, produce.partition)?;
@@ -513,7 +514,17 @@ impl Broker {
                     max,
                 });
             }
-            let batch = ValidBatch::new(bytes.clone())?;
+            let mut batch = ValidBatch::new(bytes.clone())?;
+            let config = &state.config;
+            if config.timestamp_type == crate::topic_config::TimestampType::LogAppendTime {
+                // The broker's clock: a copy of the batch, stamped (its CRC redone).
+                let mut stamped = batch.view().as_bytes().to_vec();
+                spool_log::batch::set_log_append_time(&mut stamped, now_ms);
+                batch = ValidBatch::new(Bytes::from(stamped))?;
+            } else {
+                let view = batch.view();
+                config.check_timestamps(view.base_timestamp(), view.max_timestamp(), now_ms)?;
+            }
             let compressed = batch
                 .view()
                 .compression()

@@ -20,6 +20,31 @@ pub struct TopicConfig {
     pub segment_ms: i64,
     /// max.message.bytes: the largest batch a producer may send.
     pub max_message_bytes: u32,
+    /// message.timestamp.type: whose clock a record's timestamp is.
+    pub timestamp_type: TimestampType,
+    /// message.timestamp.before.max.ms: how far in the past a CreateTime timestamp may be.
+    pub timestamp_before_max_ms: i64,
+    /// message.timestamp.after.max.ms: how far in the future a CreateTime timestamp may
+    /// be. A far-future timestamp would keep its segment from ever expiring.
+    pub timestamp_after_max_ms: i64,
+}
+
+/// Whose clock stamps records (Kafka's message.timestamp.type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    /// The producer's: checked against the two bounds.
+    CreateTime,
+    /// The leader's, when it appends.
+    LogAppendTime,
+}
+
+impl TimestampType {
+    fn name(self) -> &'static str {
+        match self {
+            TimestampType::CreateTime => "CreateTime",
+            TimestampType::LogAppendTime => "LogAppendTime",
+        }
+    }
 }
 
 /// The broker's defaults for topics that do not set a config.
@@ -33,17 +58,24 @@ impl Default for TopicConfig {
             segment_bytes: 1024 * 1024 * 1024,
             segment_ms: 7 * 24 * 3600 * 1000,
             max_message_bytes: 1024 * 1024 + 12,
+            timestamp_type: TimestampType::CreateTime,
+            // Kafka's defaults (as of 4.0): any past time; at most an hour ahead.
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: 3600 * 1000,
         }
     }
 }
 
 /// Every config a topic accepts.
-pub const CONFIG_NAMES: [&str; 5] = [
+pub const CONFIG_NAMES: [&str; 8] = [
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
     "segment.ms",
     "max.message.bytes",
+    "message.timestamp.type",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
 ];
 
 impl TopicConfig {
@@ -103,6 +135,24 @@ impl TopicConfig {
                 }
                 self.max_message_bytes = v as u32;
             }
+            "message.timestamp.type" => {
+                self.timestamp_type = match value.trim() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(invalid("must be CreateTime or LogAppendTime")),
+                };
+            }
+            "message.timestamp.before.max.ms" | "message.timestamp.after.max.ms" => {
+                let v = number()?;
+                if v < 0 {
+                    return Err(invalid("must be at least 0"));
+                }
+                if name == "message.timestamp.before.max.ms" {
+                    self.timestamp_before_max_ms = v;
+                } else {
+                    self.timestamp_after_max_ms = v;
+                }
+            }
             _ => return Err(invalid("unknown config")),
         }
         Ok(())
@@ -116,12 +166,46 @@ impl TopicConfig {
             self.segment_bytes.to_string(),
             self.segment_ms.to_string(),
             self.max_message_bytes.to_string(),
+            self.timestamp_type.name().to_string(),
+            self.timestamp_before_max_ms.to_string(),
+            self.timestamp_after_max_ms.to_string(),
         ];
         CONFIG_NAMES
             .iter()
             .zip(values)
             .map(|(name, value)| (name.to_string(), value, !overrides.contains_key(*name)))
             .collect()
+    }
+
+    /// Checks a CreateTime batch's first and largest timestamps against the bounds, at
+    /// the broker's time `now_ms`.
+    pub fn check_timestamps(&self, first: i64, max: i64, now_ms: i64) -> Result<(), BrokerError> {
+        if self.timestamp_type == TimestampType::LogAppendTime {
+            return Ok(());
+        }
+        for timestamp in [first, max] {
+            let behind = now_ms.saturating_sub(timestamp);
+            let ahead = timestamp.saturating_sub(now_ms);
+            if behind > self.timestamp_before_max_ms {
+                return Err(BrokerError::InvalidTimestamp {
+                    reason: format!(
+                        "timestamp {timestamp} is {behind} ms before the broker's clock; \
+                         message.timestamp.before.max.ms is {}",
+                        self.timestamp_before_max_ms
+                    ),
+                });
+            }
+            if ahead > self.timestamp_after_max_ms {
+                return Err(BrokerError::InvalidTimestamp {
+                    reason: format!(
+                        "timestamp {timestamp} is {ahead} ms after the broker's clock; \
+                         message.timestamp.after.max.ms is {}",
+                        self.timestamp_after_max_ms
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn log_config(&self, flush: FlushPolicy) -> LogConfig {
@@ -164,6 +248,8 @@ mod tests {
         assert!(entries.contains(&("retention.ms".into(), "60000".into(), false)));
         assert!(entries.contains(&("retention.bytes".into(), "-1".into(), true)));
         for (name, value) in [
+            ("message.timestamp.type", "Whenever"),
+            ("message.timestamp.after.max.ms", "-1"),
             ("retention.ms", "soon"),
             ("segment.bytes", "10"),
             ("max.message.bytes", "-5"),
@@ -172,5 +258,37 @@ mod tests {
             let err = TopicConfig::resolve(&defaults, &map(&[(name, value)])).unwrap_err();
             assert!(matches!(err, BrokerError::InvalidConfig { name: n, .. } if n == name));
         }
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn create_time_timestamps_must_lie_within_the_bounds() {
+        let config = TopicConfig {
+            timestamp_before_max_ms: 1000,
+            timestamp_after_max_ms: 500,
+            ..TopicConfig::default()
+        };
+        let now = 1_000_000;
+        assert!(config.check_timestamps(now - 1000, now + 500, now).is_ok());
+        assert!(config.check_timestamps(now - 1001, now, now).is_err());
+        assert!(config.check_timestamps(now, now + 501, now).is_err());
+        // Far-off values do not overflow.
+        assert!(config.check_timestamps(i64::MIN, i64::MAX, now).is_err());
+        let defaults = TopicConfig::default();
+        assert!(defaults.check_timestamps(0, now, now).is_ok());
+        assert!(
+            defaults
+                .check_timestamps(now, now + 3_600_001, now)
+                .is_err()
+        );
+        let stamped = TopicConfig {
+            timestamp_type: TimestampType::LogAppendTime,
+            ..config
+        };
+        assert!(stamped.check_timestamps(i64::MIN, i64::MAX, now).is_ok());
     }
 }

@@ -507,3 +507,103 @@ async fn a_topic_named_like_a_deletion_keeps_its_data() {
     }
     broker.shutdown().await;
 }
+
+/// message.timestamp.*: a CreateTime batch stamped too far ahead (or, with a bound, too
+/// far behind) is refused whole with INVALID_TIMESTAMP; a LogAppendTime topic stores the
+/// broker's time as every record's timestamp.
+#[tokio::test]
+async fn batch_timestamps_are_checked_or_replaced_as_the_topic_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(options(dir.path())).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let stamped = |ts: i64| {
+        let mut builder = BatchBuilder::new(BatchOptions::default());
+        builder.append(ts, None, Some(b"v"), &[]);
+        builder.finish()
+    };
+    let bounded = BTreeMap::from([(
+        "message.timestamp.before.max.ms".to_string(),
+        "60000".to_string(),
+    )]);
+    broker
+        .create_topic("create", 1, 1, bounded, false)
+        .await
+        .unwrap();
+    let appended = BTreeMap::from([(
+        "message.timestamp.type".to_string(),
+        "LogAppendTime".to_string(),
+    )]);
+    broker
+        .create_topic("append", 1, 1, appended, false)
+        .await
+        .unwrap();
+
+    let results = broker
+        .produce(
+            vec![
+                produce(
+                    "create",
+                    0,
+                    vec![stamped(now), stamped(now + 2 * 3600 * 1000)],
+                ),
+                produce("create", 0, vec![stamped(now - 3600 * 1000)]),
+                produce("create", 0, vec![stamped(now + 1000)]),
+                produce("append", 0, vec![stamped(now + 30 * 24 * 3600 * 1000)]),
+            ],
+            Acks::All,
+            Duration::from_secs(5),
+        )
+        .await;
+    let codes: Vec<Option<ErrorCode>> = results
+        .iter()
+        .map(|r| r.as_ref().err().map(BrokerError::code))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            Some(ErrorCode::InvalidTimestamp),
+            Some(ErrorCode::InvalidTimestamp),
+            None,
+            None
+        ]
+    );
+    assert_eq!(
+        broker
+            .list_offset("create", 0, OffsetQuery::Latest)
+            .await
+            .unwrap(),
+        1,
+        "only the batch within bounds was appended"
+    );
+
+    let spec = FetchSpec {
+        positions: vec![FetchPosition {
+            topic: "append".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: None,
+            leader_epoch: None,
+        }],
+        max_bytes: 1024 * 1024,
+        min_bytes: 1,
+        max_wait: Duration::from_millis(100),
+        follow: false,
+    };
+    let mut rx = broker.fetch(spec, 2);
+    let chunk = rx.recv().await.unwrap();
+    let stored = RecordBatch::new(&chunk.partitions[0].batches[0]).unwrap();
+    assert_eq!(
+        stored.timestamp_type(),
+        spool_log::batch::TimestampType::LogAppendTime
+    );
+    let record = stored.records().unwrap().next().unwrap().unwrap();
+    assert!(
+        (record.timestamp() - now).abs() < 60_000,
+        "the broker's time, not the producer's: {}",
+        record.timestamp()
+    );
+    broker.shutdown().await;
+}

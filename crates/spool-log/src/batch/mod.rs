@@ -409,6 +409,18 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Stamps a batch with the broker's time (Kafka's `LogAppendTime`): the timestamp type
+/// bit set and the max timestamp, which readers then give every record, set to `now_ms`.
+/// Both lie under the CRC, which is computed again: a pass over the batch, paid only by
+/// topics that ask for this.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = read_i16(batch, ATTRIBUTES) | TIMESTAMP_TYPE_BIT;
+    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// The max timestamp of a batch already verified elsewhere (at least a header long).
 pub(crate) fn max_timestamp_unchecked(batch: &[u8]) -> i64 {
     read_i64(batch, MAX_TIMESTAMP)
