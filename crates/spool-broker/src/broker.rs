@@ -158,6 +158,8 @@ pub struct Broker {
     /// Compressed batches being checked at once (each may expand to 256 MiB): bounds the
     /// memory and keeps the work off the async threads.
     decompressing: Arc<tokio::sync::Semaphore>,
+    /// Bytes of acks=none appends in flight (see `ACKS_NONE_BYTES`).
+    acks_none_bytes: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long a single node waits to have registered with itself before serving.
@@ -165,6 +167,11 @@ const SOLO_REGISTRATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Compressed batches validated at the same time, on the blocking pool.
 const DECOMPRESSING_AT_ONCE: usize = 2;
+
+/// Bytes of acks=none batches being appended at once. Nobody waits for their outcome, so
+/// without a bound a flood of them would queue without limit; beyond it, a request waits
+/// for room (back-pressure on the producer's connection).
+const ACKS_NONE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Broker {
     /// Opens the data directory, joins the controller group and reopens every replica
@@ -236,6 +243,7 @@ impl Broker {
                 this: weak.clone(),
                 closing: tokio::sync::watch::Sender::new(false),
                 decompressing: Arc::new(tokio::sync::Semaphore::new(DECOMPRESSING_AT_ONCE)),
+                acks_none_bytes: Arc::new(tokio::sync::Semaphore::new(ACKS_NONE_BYTES)),
                 options,
             }
         });
@@ -463,10 +471,16 @@ impl Broker {
                 async move { replica.append(batches, level).await }
             };
             if acks == Acks::None {
+                let bytes: usize = produce.batches.iter().map(Bytes::len).sum();
+                let room = Arc::clone(&self.acks_none_bytes)
+                    .acquire_many_owned(bytes.clamp(1, ACKS_NONE_BYTES) as u32)
+                    .await
+                    .map_err(|_| BrokerError::ShuttingDown)?;
                 tokio::spawn(async move {
                     if let Err(error) = append.await {
                         tracing::debug!(%error, "an acks=none produce failed");
                     }
+                    drop(room);
                 });
                 return Ok(AppendOutcome {
                     base_offset: -1,

@@ -89,6 +89,11 @@ pub struct ServerConfig {
     /// Bytes of metadata records after which the controller writes a checkpoint and the
     /// log before it is removed (default 16 MiB).
     pub metadata_checkpoint_bytes: u64,
+    /// Fetch sessions (consumer streams) open at once on this node; one more is refused
+    /// with RESOURCE_EXHAUSTED (default 1000).
+    pub max_fetch_sessions: u32,
+    /// Concurrent calls one client connection may have open (HTTP/2 streams; default 256).
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +127,8 @@ impl Default for ServerConfig {
             broker_session_timeout_ms: 6000,
             broker_heartbeat_ms: 500,
             metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
+            max_fetch_sessions: 1000,
+            max_streams_per_connection: 256,
         }
     }
 }

@@ -23,7 +23,9 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
-use crate::services::{AdminService, BrokerService, MAX_MESSAGE_BYTES, ReplicaAdminService};
+use crate::services::{
+    ADMIN_MESSAGE_BYTES, AdminService, BrokerService, MAX_MESSAGE_BYTES, ReplicaAdminService,
+};
 
 /// Starts nodes.
 #[derive(Debug)]
@@ -107,6 +109,9 @@ impl Node {
         let broker_service = BrokerService {
             broker: Arc::clone(&broker),
             metrics: Arc::clone(&metrics),
+            fetch_sessions: Arc::new(tokio::sync::Semaphore::new(
+                config.max_fetch_sessions.max(1) as usize,
+            )),
         };
         let admin_service = AdminService {
             broker: Arc::clone(&broker),
@@ -122,12 +127,17 @@ impl Node {
         let grpc_server = tonic::transport::Server::builder()
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
+            .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
             .add_service(
                 BrokerServer::new(broker_service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(AdminServer::new(admin_service))
+            .add_service(
+                AdminServer::new(admin_service)
+                    .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
             .add_service(broker.raft().service())
             .add_service(ControllerService::new(Arc::clone(broker.controller())))
             .add_service(ReplicaAdminServer::new(ReplicaAdminService {

@@ -49,6 +49,15 @@ struct SessionEnd {
 /// Next offset to fetch, per partition, shared by the sessions and the supervisor.
 type Positions = Arc<Mutex<BTreeMap<Key, i64>>>;
 
+/// What every session of one consumer shares.
+#[derive(Clone)]
+struct Shared {
+    cluster: Arc<Cluster>,
+    settings: SessionSettings,
+    positions: Positions,
+    tx: mpsc::Sender<Chunk>,
+}
+
 /// Reads `starts` (partition to first offset) until the consumer goes away.
 pub(super) async fn run(
     cluster: Arc<Cluster>,
@@ -57,7 +66,12 @@ pub(super) async fn run(
     tx: mpsc::Sender<Chunk>,
 ) {
     let mut unplaced: BTreeSet<Key> = starts.keys().cloned().collect();
-    let positions: Positions = Arc::new(Mutex::new(starts));
+    let shared = Shared {
+        cluster: Arc::clone(&cluster),
+        settings,
+        positions: Arc::new(Mutex::new(starts)),
+        tx: tx.clone(),
+    };
     let mut sessions: HashMap<u64, (u64, AbortHandle, BTreeSet<Key>)> = HashMap::new();
     let mut ends: JoinSet<SessionEnd> = JoinSet::new();
     let mut next_id = 0u64;
@@ -81,14 +95,11 @@ pub(super) async fn run(
                 }
                 next_id += 1;
                 let handle = ends.spawn(session(
-                    Arc::clone(&cluster),
+                    shared.clone(),
                     client,
                     node,
                     next_id,
                     partitions.clone(),
-                    settings.clone(),
-                    Arc::clone(&positions),
-                    tx.clone(),
                 ));
                 sessions.insert(node, (next_id, handle, partitions));
             }
@@ -152,15 +163,18 @@ pub(super) async fn place(cluster: &Cluster, keys: &BTreeSet<Key>) -> BTreeMap<u
 /// the stream breaks, giving back every partition it still reads (a partition that failed
 /// for good, reported to the consumer, is not given back).
 async fn session(
-    cluster: Arc<Cluster>,
+    shared: Shared,
     client: Client,
     node: u64,
     id: u64,
     mut partitions: BTreeSet<Key>,
-    settings: SessionSettings,
-    positions: Positions,
-    tx: mpsc::Sender<Chunk>,
 ) -> SessionEnd {
+    let Shared {
+        cluster,
+        settings,
+        positions,
+        tx,
+    } = shared;
     let started = Instant::now();
     let end = |partitions| SessionEnd {
         node,

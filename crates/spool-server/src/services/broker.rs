@@ -22,11 +22,25 @@ const DEFAULT_FETCH_MAX_BYTES: usize = 1024 * 1024;
 const DEFAULT_FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Responses a fetch session may queue ahead of a slow consumer.
 const FETCH_QUEUE: usize = 2;
+/// Most bytes of one fetch response, and of one partition in it, whatever the client asks:
+/// a response must stay well under the message limit, and a stalled stream holds at most
+/// `FETCH_QUEUE + 1` of them. (The first batch of a response is sent whole regardless.)
+pub(crate) const FETCH_MAX_BYTES_CAP: usize = 64 * 1024 * 1024;
+/// Most partitions one produce or fetch request may name.
+pub(crate) const MAX_PARTITIONS_PER_REQUEST: usize = 10_000;
+/// Most batches one produce request may carry.
+pub(crate) const MAX_BATCHES_PER_REQUEST: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct BrokerService {
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
+    /// Fetch sessions open at once on this node; one more is refused.
+    pub fetch_sessions: Arc<tokio::sync::Semaphore>,
+}
+
+fn too_many(what: String) -> Status {
+    spool_proto::error_to_status(v1::Error::new(ErrorCode::InvalidRequest, what))
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
@@ -124,6 +138,21 @@ impl v1::broker_server::Broker for BrokerService {
             0 => DEFAULT_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
         };
+        let named: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+        let batches: usize = request
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.batches.len())
+            .sum();
+        if named > MAX_PARTITIONS_PER_REQUEST || batches > MAX_BATCHES_PER_REQUEST {
+            self.metrics.produce.record(start, true);
+            return Err(too_many(format!(
+                "a produce request may name at most {MAX_PARTITIONS_PER_REQUEST} partitions \
+                 and carry at most {MAX_BATCHES_PER_REQUEST} batches; this one has {named} \
+                 and {batches}"
+            )));
+        }
         let mut partitions = Vec::new();
         let mut shape = Vec::with_capacity(request.topics.len());
         for topic in request.topics {
@@ -204,6 +233,21 @@ impl v1::broker_server::Broker for BrokerService {
                 "a fetch names no partition",
             )));
         }
+        if request.partitions.len() > MAX_PARTITIONS_PER_REQUEST {
+            self.metrics.fetch.record(start, true);
+            return Err(too_many(format!(
+                "a fetch may name at most {MAX_PARTITIONS_PER_REQUEST} partitions; this one \
+                 names {}",
+                request.partitions.len()
+            )));
+        }
+        let Ok(session) = Arc::clone(&self.fetch_sessions).try_acquire_owned() else {
+            self.metrics.fetch.record(start, true);
+            return Err(spool_proto::error_to_status(v1::Error::new(
+                ErrorCode::ResourceExhausted,
+                "this node has as many fetch sessions open as it takes; retry later",
+            )));
+        };
         let spec = FetchSpec {
             positions: request
                 .partitions
@@ -212,13 +256,14 @@ impl v1::broker_server::Broker for BrokerService {
                     topic: p.topic,
                     partition: p.partition,
                     offset: p.offset,
-                    max_bytes: (p.max_bytes > 0).then_some(p.max_bytes as usize),
+                    max_bytes: (p.max_bytes > 0)
+                        .then_some((p.max_bytes as usize).min(FETCH_MAX_BYTES_CAP)),
                     leader_epoch: p.leader_epoch,
                 })
                 .collect(),
             max_bytes: match request.max_bytes {
                 0 => DEFAULT_FETCH_MAX_BYTES,
-                n => n as usize,
+                n => (n as usize).min(FETCH_MAX_BYTES_CAP),
             },
             min_bytes: request.min_bytes as usize,
             max_wait: match request.max_wait_ms {
@@ -229,7 +274,11 @@ impl v1::broker_server::Broker for BrokerService {
         };
         let chunks = self.broker.fetch(spec, FETCH_QUEUE);
         let metrics = Arc::clone(&self.metrics);
-        let stream = ReceiverStream::new(chunks).map(move |chunk| Ok(to_wire(chunk, &metrics)));
+        let stream = ReceiverStream::new(chunks).map(move |chunk| {
+            // The session's place is held as long as its stream lives.
+            let _held = &session;
+            Ok(to_wire(chunk, &metrics))
+        });
         self.metrics.fetch.record(start, false);
         Ok(Response::new(Box::pin(stream)))
     }

@@ -30,3 +30,6 @@ pub(crate) fn wire_error(error: &BrokerError) -> v1::Error {
 
 /// Largest gRPC message accepted or sent: a produce request may carry many batches.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest admin request accepted (a topic creation with explicit assignments of
+/// thousands of partitions fits); answers may be as large as any message.
+pub(crate) const ADMIN_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
