@@ -28,8 +28,11 @@ use crate::topic_config::TopicConfig;
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
     pub node_id: u64,
-    /// host:port clients and peers use to reach this node's gRPC listener.
+    /// host:port clients use to reach this node's client listener.
     pub advertised_address: String,
+    /// host:port other nodes use to reach its cluster listener (Raft, the controller,
+    /// ReplicaAdmin).
+    pub cluster_address: String,
     pub data_dir: PathBuf,
     pub flush: FlushPolicy,
     pub topic_defaults: TopicConfig,
@@ -191,7 +194,7 @@ impl Broker {
         if options.controller_voters.is_empty() {
             options
                 .controller_voters
-                .insert(options.node_id, options.advertised_address.clone());
+                .insert(options.node_id, options.cluster_address.clone());
         }
         let raft = RaftNode::open(RaftNodeOptions {
             node_id: options.node_id,
@@ -205,7 +208,8 @@ impl Broker {
             ControllerOptions {
                 broker_id: options.node_id,
                 incarnation: identity.incarnation,
-                address: options.advertised_address.clone(),
+                address: options.cluster_address.clone(),
+                client_address: options.advertised_address.clone(),
                 rack: options.rack.clone(),
                 voters: options.controller_voters.clone(),
                 dir: options.data_dir.join("__controller"),
@@ -335,6 +339,25 @@ impl Broker {
         }
     }
 
+    /// An error as a client should see it: a NOT_LEADER hint names the leader's client
+    /// address, not the cluster address Raft knows it by.
+    pub(crate) fn for_clients(&self, error: BrokerError) -> BrokerError {
+        match error {
+            BrokerError::NotLeader {
+                leader: Some(leader),
+                ..
+            } => BrokerError::NotLeader {
+                leader: Some(leader),
+                address: self
+                    .controller
+                    .current()
+                    .client_address_of(leader)
+                    .map(str::to_string),
+            },
+            other => other,
+        }
+    }
+
     pub fn cluster_id(&self) -> String {
         self.controller.current().cluster_id.clone()
     }
@@ -396,7 +419,8 @@ impl Broker {
                     .and_then(|p| p.leader.or_else(|| p.preferred_leader()));
                 Err(BrokerError::NotLeader {
                     leader,
-                    address: leader.and_then(|id| metadata.address_of(id).map(str::to_string)),
+                    address: leader
+                        .and_then(|id| metadata.client_address_of(id).map(str::to_string)),
                 })
             }
             None => Err(BrokerError::UnknownPartition {
@@ -414,7 +438,7 @@ impl Broker {
             .live_brokers()
             .map(|b| {
                 let node = NodeAddress {
-                    address: b.address.clone(),
+                    address: b.client_address().to_string(),
                     rack: b.rack.clone(),
                 };
                 (b.id, node)
@@ -465,7 +489,10 @@ impl Broker {
             Acks::Leader | Acks::None => AckLevel::Leader,
         };
         let appends = partitions.into_iter().map(|produce| async move {
-            let (partition, batches) = self.validate(&produce, now_ms).await?;
+            let (partition, batches) = self
+                .validate(&produce, now_ms)
+                .await
+                .map_err(|e| self.for_clients(e))?;
             let append = {
                 let replica = Arc::clone(&partition.replica);
                 async move { replica.append(batches, level).await }
@@ -494,7 +521,7 @@ impl Broker {
                     log_append_time_ms: now_ms,
                     log_start_offset: partition.reader.start_offset(),
                 }),
-                Ok(Err(error)) => Err(BrokerError::from(error)),
+                Ok(Err(error)) => Err(self.for_clients(BrokerError::from(error))),
                 Err(_) => Err(BrokerError::TimedOut {
                     ms: timeout.as_millis() as u64,
                 }),

@@ -52,7 +52,7 @@ impl Broker {
                     let l = load.get(&b.id).copied().unwrap_or_default();
                     BrokerSummary {
                         id: b.id,
-                        address: b.address.clone(),
+                        address: b.client_address().to_string(),
                         rack: b.rack.clone(),
                         fenced: b.fenced,
                         draining: b.draining,

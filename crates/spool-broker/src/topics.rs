@@ -147,8 +147,9 @@ impl Broker {
             .enumerate()
             .map(|(index, (record, local))| {
                 let replicas: Vec<u64> = record.target().iter().map(|r| r.broker).collect();
-                let address =
-                    |id: Option<u64>| id.and_then(|id| metadata.address_of(id).map(str::to_string));
+                let address = |id: Option<u64>| {
+                    id.and_then(|id| metadata.client_address_of(id).map(str::to_string))
+                };
                 match local {
                     Some(p) => {
                         let hint = p.replica.leader();
@@ -160,7 +161,9 @@ impl Broker {
                         PartitionInfo {
                             partition: index as u32,
                             leader: hint.node,
-                            leader_address: hint.address.or_else(|| address(hint.node)),
+                            // Raft knows the leader by its cluster address; clients
+                            // need its client address.
+                            leader_address: address(hint.node),
                             replicas,
                             in_sync_replicas: in_sync,
                             leader_epoch: if p.replica.is_leader() {

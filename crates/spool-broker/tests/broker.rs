@@ -19,6 +19,7 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
     BrokerOptions {
         node_id: 1,
         advertised_address: "127.0.0.1:0".into(),
+        cluster_address: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         flush: FlushPolicy::Always,
         topic_defaults: TopicConfig::default(),

@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// host:port clients should use to reach this node.
     #[arg(long, env = "SPOOL_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
+    /// gRPC listener for other nodes (Raft, the controller), host:port; clients never
+    /// need it.
+    #[arg(long, env = "SPOOL_CLUSTER_LISTEN")]
+    cluster_listen: Option<String>,
+    /// host:port other nodes should use to reach this node's cluster listener.
+    #[arg(long, env = "SPOOL_CLUSTER_ADVERTISED_ADDRESS")]
+    cluster_advertised_address: Option<String>,
     /// When partition logs fsync.
     #[arg(long, env = "SPOOL_FLUSH", value_enum)]
     flush: Option<FlushArg>,
@@ -44,8 +51,8 @@ pub struct ServeArgs {
     /// Partitions of topics created without a count.
     #[arg(long, env = "SPOOL_DEFAULT_PARTITIONS")]
     default_partitions: Option<u32>,
-    /// The controller's voters, the same on every node: 1@host:port,2@host:port,3@host:port
-    /// (default: this node alone).
+    /// The controller's voters with their cluster addresses, the same on every node:
+    /// 1@host:port,2@host:port,3@host:port (default: this node alone).
     #[arg(long, env = "SPOOL_CONTROLLER_VOTERS")]
     controller_voters: Option<String>,
     /// This node's rack, for spreading replicas.
@@ -73,6 +80,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.advertised_address {
             config.advertised_address = Some(v);
+        }
+        if let Some(v) = self.cluster_listen {
+            config.cluster_listen = v;
+        }
+        if let Some(v) = self.cluster_advertised_address {
+            config.cluster_advertised_address = Some(v);
         }
         if let Some(v) = self.flush {
             config.flush = match v {
@@ -102,9 +115,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let node = Node::start(config).await?;
     // One line scripts can read to learn the ports (useful with port 0).
     crate::say!(
-        "spool serving grpc={} http={}",
+        "spool serving grpc={} http={} cluster={}",
         node.grpc_addr(),
-        node.http_addr()
+        node.http_addr(),
+        node.cluster_addr()
     );
     let mut agent = node.broker().agent_status();
     let refused = async move {
@@ -137,19 +151,20 @@ pub struct DevArgs {
     /// Host the nodes listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// Node 1's gRPC port; node N listens on this + 2(N-1), its HTTP port one above.
+    /// Node 1's gRPC port; node N listens on this + 3(N-1), its HTTP port one above and
+    /// its cluster port two above.
     #[arg(long, default_value_t = 7070)]
     base_port: u16,
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     let port = |node: u64, offset: u64| -> anyhow::Result<u16> {
-        u16::try_from(u64::from(args.base_port) + 2 * (node - 1) + offset)
+        u16::try_from(u64::from(args.base_port) + 3 * (node - 1) + offset)
             .context("--base-port leaves no room for every node's ports")
     };
     let mut voters = Vec::new();
     for node in 1..=args.nodes {
-        voters.push(format!("{node}@{}:{}", args.host, port(node, 0)?));
+        voters.push(format!("{node}@{}:{}", args.host, port(node, 2)?));
     }
     let voters = voters.join(",");
     let mut configs = Vec::new();
@@ -159,6 +174,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             data_dir: args.data_dir.join(format!("node-{node}")),
             listen: format!("{}:{}", args.host, port(node, 0)?),
             http_listen: format!("{}:{}", args.host, port(node, 1)?),
+            cluster_listen: format!("{}:{}", args.host, port(node, 2)?),
             controller_voters: voters.clone(),
             // Peers' replication streams stay open until their nodes stop too: a short
             // grace keeps Ctrl-C quick.

@@ -140,7 +140,13 @@ async fn a_deleted_topic_name_can_be_reused_and_a_duplicate_id_is_refused() {
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(SPOOL)
             .args(["serve", "--node-id", "2", "--listen", "127.0.0.1:0"])
-            .args(["--http-listen", "127.0.0.1:0", "--controller-voters"])
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--cluster-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--controller-voters")
             .arg(&spec.controller_voters)
             .arg("--data-dir")
             .arg(dir.path())

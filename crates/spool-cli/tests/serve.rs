@@ -21,6 +21,7 @@ impl Server {
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--cluster-listen", "127.0.0.1:0"])
             .env("SPOOL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -129,6 +129,7 @@ async fn order_survives_injected_not_leader_and_dropped_calls() {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
+        cluster_listen: "127.0.0.1:0".into(),
         ..ServerConfig::default()
     })
     .await

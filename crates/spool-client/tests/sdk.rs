@@ -16,6 +16,7 @@ async fn node(dir: &std::path::Path, listen: &str) -> NodeHandle {
         data_dir: dir.to_path_buf(),
         listen: listen.into(),
         http_listen: "127.0.0.1:0".into(),
+        cluster_listen: "127.0.0.1:0".into(),
         ..ServerConfig::default()
     })
     .await

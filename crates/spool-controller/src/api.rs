@@ -172,6 +172,7 @@ impl Controller {
                         broker: controller.options.broker_id,
                         incarnation: controller.options.incarnation,
                         address: controller.options.address.clone(),
+                        client_address: controller.options.client_address.clone(),
                         rack: controller.options.rack.clone(),
                     };
                     match controller.register(registration).await {

@@ -66,7 +66,10 @@ pub enum Command {
 pub struct Registration {
     pub broker: BrokerId,
     pub incarnation: Incarnation,
+    /// Its cluster listener's address.
     pub address: String,
+    /// Its client listener's address.
+    pub client_address: String,
     pub rack: Option<String>,
 }
 
@@ -166,6 +169,7 @@ impl Controller {
             let unchanged = existing.incarnation == registration.incarnation
                 && !existing.fenced
                 && existing.address == registration.address
+                && existing.client_address == registration.client_address
                 && existing.rack == registration.rack;
             if unchanged {
                 self.renew_lease(registration.broker);
@@ -182,6 +186,7 @@ impl Controller {
                     id: registration.broker,
                     incarnation: registration.incarnation,
                     address: registration.address,
+                    client_address: registration.client_address,
                     rack: registration.rack,
                     fenced: false,
                     draining,

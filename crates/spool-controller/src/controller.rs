@@ -56,8 +56,11 @@ pub struct TopicDefaults {
 pub struct ControllerOptions {
     pub broker_id: BrokerId,
     pub incarnation: Incarnation,
-    /// host:port of this node's gRPC listener.
+    /// host:port of this node's cluster listener (Raft, Controller, ReplicaAdmin): what
+    /// the voters list and peers use.
     pub address: String,
+    /// host:port clients reach this node at.
+    pub client_address: String,
     pub rack: Option<String>,
     /// The controller's voters, by id, with their addresses.
     pub voters: BTreeMap<BrokerId, String>,

@@ -147,6 +147,7 @@ mod tests {
                     id: 2,
                     incarnation: 77,
                     address: "127.0.0.1:9000".into(),
+                    client_address: "127.0.0.1:9001".into(),
                     rack: Some("a".into()),
                     fenced: false,
                     draining: false,
@@ -161,6 +162,15 @@ mod tests {
         assert_eq!(decode_batch(&bytes).unwrap(), records);
     }
 
+    /// Records written before brokers had a client address of their own read as before:
+    /// clients are sent to the one address.
+    #[test]
+    fn a_broker_record_without_a_client_address_reads_as_one_listener() {
+        let old = br#"{"id":3,"incarnation":9,"address":"h:7070","fenced":false}"#;
+        let broker: BrokerRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!(broker.client_address(), "h:7070");
+    }
+
     #[test]
     fn a_checkpoint_round_trips_and_replaces_the_state() {
         let mut state = ClusterState::default();
@@ -173,6 +183,7 @@ mod tests {
                     id: 7,
                     incarnation: 70,
                     address: "h:1".into(),
+                    client_address: String::new(),
                     rack: None,
                     fenced: false,
                     draining: true,

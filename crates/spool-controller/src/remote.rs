@@ -155,6 +155,7 @@ impl Peers {
                 incarnation: registration.incarnation,
                 address: registration.address.clone(),
                 rack: registration.rack.clone().unwrap_or_default(),
+                client_address: registration.client_address.clone(),
             })
             .await
             .map_err(|s| status(address, s))?

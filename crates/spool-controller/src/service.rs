@@ -53,6 +53,11 @@ impl controller_server::Controller for ControllerService {
             .register_local(Registration {
                 broker: r.broker_id,
                 incarnation: r.incarnation,
+                client_address: if r.client_address.is_empty() {
+                    r.address.clone()
+                } else {
+                    r.client_address
+                },
                 address: r.address,
                 rack: (!r.rack.is_empty()).then_some(r.rack),
             })

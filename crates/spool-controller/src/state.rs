@@ -28,8 +28,12 @@ pub struct ReplicaRef {
 pub struct BrokerRecord {
     pub id: BrokerId,
     pub incarnation: Incarnation,
-    /// host:port of the broker's gRPC listener.
+    /// host:port of the broker's cluster listener: Raft, the controller, ReplicaAdmin.
     pub address: String,
+    /// host:port clients reach it at; empty in records written before the two listeners
+    /// were apart, when it was `address`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rack: Option<String>,
     /// Its lease lapsed: it gets no new replicas and no leadership until it registers
@@ -147,6 +151,17 @@ pub struct ClusterState {
     /// The offset after the last record applied: the metadata epoch clients see.
     #[serde(skip)]
     pub offset: i64,
+}
+
+impl BrokerRecord {
+    /// The address clients reach this broker at.
+    pub fn client_address(&self) -> &str {
+        if self.client_address.is_empty() {
+            &self.address
+        } else {
+            &self.client_address
+        }
+    }
 }
 
 impl ClusterState {
@@ -308,6 +323,11 @@ impl ClusterState {
 
     pub fn address_of(&self, broker: BrokerId) -> Option<&str> {
         self.brokers.get(&broker).map(|b| b.address.as_str())
+    }
+
+    /// The address clients reach a broker at.
+    pub fn client_address_of(&self, broker: BrokerId) -> Option<&str> {
+        self.brokers.get(&broker).map(BrokerRecord::client_address)
     }
 
     /// Every partition, with its topic.

@@ -73,6 +73,7 @@ impl Node {
                 ControllerOptions {
                     broker_id: id,
                     incarnation,
+                    client_address: address.clone(),
                     address,
                     rack: None,
                     voters,

@@ -38,6 +38,12 @@ pub struct ServerConfig {
     pub http_listen: String,
     /// host:port clients should use to reach this node (default: the bound gRPC address).
     pub advertised_address: Option<String>,
+    /// gRPC listener for other nodes: Raft, the controller, ReplicaAdmin (default
+    /// `127.0.0.1:7072`; port 0 picks a free one). Clients never need it: firewall it.
+    pub cluster_listen: String,
+    /// host:port other nodes should use to reach this node's cluster listener (default:
+    /// the bound cluster address). `controller_voters` names these addresses.
+    pub cluster_advertised_address: Option<String>,
     /// `always` (default), `interval` or `os`.
     pub flush: FlushSetting,
     /// With `flush = "interval"`: ms between fsyncs (default 1000).
@@ -72,8 +78,9 @@ pub struct ServerConfig {
     /// Lets `ReplicaAdmin.SetLinkFaults` cut this node's Raft links (tests only; default
     /// false).
     pub fault_injection: bool,
-    /// The controller's voters as `id@host:port,...` (default empty: this node alone is
-    /// the controller). Every node of a cluster is given the same list.
+    /// The controller's voters as `id@host:port,...`, with each voter's cluster address
+    /// (default empty: this node alone is the controller). Every node of a cluster is
+    /// given the same list.
     pub controller_voters: String,
     /// This node's rack; placement spreads a partition's replicas over racks (default
     /// none).
@@ -105,6 +112,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7070".into(),
             http_listen: "127.0.0.1:7071".into(),
             advertised_address: None,
+            cluster_listen: "127.0.0.1:7072".into(),
+            cluster_advertised_address: None,
             flush: FlushSetting::Always,
             flush_interval_ms: 1000,
             default_partitions: 1,

@@ -36,10 +36,12 @@ pub struct Node;
 pub struct NodeHandle {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    cluster_addr: SocketAddr,
     broker: Arc<Broker>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    cluster_task: JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: JoinHandle<std::io::Result<()>>,
     grace: Duration,
 }
@@ -62,6 +64,7 @@ impl Node {
     pub async fn start(config: ServerConfig) -> Result<NodeHandle, ServerError> {
         let grpc = bind(&config.listen).await?;
         let http = bind(&config.http_listen).await?;
+        let cluster = bind(&config.cluster_listen).await?;
         let local = |listener: &TcpListener, address: &str| {
             listener.local_addr().map_err(|source| ServerError::Bind {
                 address: address.to_string(),
@@ -70,12 +73,17 @@ impl Node {
         };
         let grpc_addr = local(&grpc, &config.listen)?;
         let http_addr = local(&http, &config.http_listen)?;
+        let cluster_addr = local(&cluster, &config.cluster_listen)?;
         let options = BrokerOptions {
             node_id: config.node_id,
             advertised_address: config
                 .advertised_address
                 .clone()
                 .unwrap_or_else(|| grpc_addr.to_string()),
+            cluster_address: config
+                .cluster_advertised_address
+                .clone()
+                .unwrap_or_else(|| cluster_addr.to_string()),
             data_dir: config.data_dir.clone(),
             flush: config.flush_policy(),
             topic_defaults: config.topic_defaults()?,
@@ -138,6 +146,19 @@ impl Node {
                     .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
+            .add_service(health_service.clone())
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        let grpc_task = tokio::spawn(grpc_server);
+        // What only nodes call, on a listener of its own.
+        let cluster_incoming = TcpListenerStream::new(cluster).map(|stream| {
+            stream.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let cluster_server = tonic::transport::Server::builder()
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
             .add_service(broker.raft().service())
             .add_service(ControllerService::new(Arc::clone(broker.controller())))
             .add_service(ReplicaAdminServer::new(ReplicaAdminService {
@@ -145,9 +166,8 @@ impl Node {
                 fault_injection: config.fault_injection,
             }))
             .add_service(health_service)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-        let grpc_task = tokio::spawn(grpc_server);
+            .serve_with_incoming_shutdown(cluster_incoming, stopped(stop_rx.clone()));
+        let cluster_task = tokio::spawn(cluster_server);
 
         let app = router(HttpState {
             broker: Arc::clone(&broker),
@@ -160,14 +180,16 @@ impl Node {
                 .await
         });
         ready.store(true, Ordering::Release);
-        tracing::info!(%grpc_addr, %http_addr, node_id = config.node_id, "node serving");
+        tracing::info!(%grpc_addr, %http_addr, %cluster_addr, node_id = config.node_id, "node serving");
         Ok(NodeHandle {
             grpc_addr,
             http_addr,
+            cluster_addr,
             broker,
             ready,
             stop,
             grpc_task,
+            cluster_task,
             http_task,
             grace: Duration::from_secs(config.shutdown_grace_secs),
         })
@@ -183,6 +205,11 @@ impl NodeHandle {
         self.http_addr
     }
 
+    /// The bound cluster listener (Raft, Controller, ReplicaAdmin).
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster_addr
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
@@ -193,15 +220,22 @@ impl NodeHandle {
         self.broker.begin_shutdown();
         self.stop.send_replace(true);
         let mut report = ShutdownReport::default();
-        let served = match tokio::time::timeout(self.grace, &mut self.grpc_task).await {
-            Ok(joined) => joined.unwrap_or(Ok(())),
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period");
-                report.outlived_grace = true;
-                self.grpc_task.abort();
-                Ok(())
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let mut served = Ok(());
+        for task in [&mut self.grpc_task, &mut self.cluster_task] {
+            match tokio::time::timeout_at(deadline, &mut *task).await {
+                Ok(joined) => {
+                    if let Ok(Err(error)) = joined {
+                        served = Err(error);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period");
+                    report.outlived_grace = true;
+                    task.abort();
+                }
             }
-        };
+        }
         self.broker.shutdown().await;
         if tokio::time::timeout(self.grace, &mut self.http_task)
             .await

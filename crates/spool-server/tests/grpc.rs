@@ -27,6 +27,7 @@ async fn start_in(
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
+        cluster_listen: "127.0.0.1:0".into(),
         ..ServerConfig::default()
     };
     let node = Node::start(config).await.unwrap();
@@ -363,4 +364,57 @@ async fn metrics_health_and_readiness_are_served_over_http() {
     assert!(metrics.contains("spool_produce_bytes_total"), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"));
     s.node.shutdown().await.unwrap();
+}
+
+/// Clients reach Broker and Admin only: the services nodes call among themselves
+/// (Controller, RaftTransport, ReplicaAdmin) answer on the cluster listener and nowhere
+/// else, and fault injection stays off unless configured.
+#[tokio::test]
+async fn inter_node_services_are_served_on_the_cluster_listener_only() {
+    use spool_proto::v1::controller_client::ControllerClient;
+    use spool_proto::v1::replica_admin_client::ReplicaAdminClient;
+    let running = start().await;
+    let client_port = format!("http://{}", running.node.grpc_addr());
+    let cluster_port = format!("http://{}", running.node.cluster_addr());
+    assert_ne!(client_port, cluster_port);
+
+    let register = v1::RegisterBrokerRequest {
+        broker_id: 99,
+        incarnation: 1,
+        address: "127.0.0.1:1".into(),
+        rack: String::new(),
+        client_address: String::new(),
+    };
+    let mut on_client_port = ControllerClient::connect(client_port.clone())
+        .await
+        .unwrap();
+    let refused = on_client_port
+        .register_broker(register.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let status = ControllerClient::connect(cluster_port.clone())
+        .await
+        .unwrap()
+        .voter_status(v1::VoterStatusRequest { broker_id: 1 })
+        .await;
+    assert!(status.is_ok(), "{status:?}");
+
+    let mut admin = ReplicaAdminClient::connect(client_port).await.unwrap();
+    let faults = v1::SetLinkFaultsRequest {
+        cut: vec![2],
+        heal_all: false,
+    };
+    assert_eq!(
+        admin
+            .set_link_faults(faults.clone())
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unimplemented
+    );
+    let mut admin = ReplicaAdminClient::connect(cluster_port).await.unwrap();
+    let refused = admin.set_link_faults(faults).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    running.node.shutdown().await.unwrap();
 }

@@ -18,6 +18,7 @@ async fn start(dir: &std::path::Path, max_fetch_sessions: u32) -> (NodeHandle, C
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
+        cluster_listen: "127.0.0.1:0".into(),
         max_fetch_sessions,
         ..ServerConfig::default()
     };

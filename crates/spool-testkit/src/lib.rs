@@ -113,27 +113,25 @@ impl TestCluster {
     pub async fn start(options: ClusterOptions) -> Result<Self, TestkitError> {
         let root = tempfile::tempdir()?;
         let mut slots = BTreeMap::new();
-        let ports: Vec<(String, String)> = (0..options.nodes)
-            .map(|_| {
-                Ok((
-                    format!("127.0.0.1:{}", reserve_port()?),
-                    format!("127.0.0.1:{}", reserve_port()?),
-                ))
-            })
+        let address =
+            || -> std::io::Result<String> { Ok(format!("127.0.0.1:{}", reserve_port()?)) };
+        let ports: Vec<(String, String, String)> = (0..options.nodes)
+            .map(|_| Ok((address()?, address()?, address()?)))
             .collect::<std::io::Result<_>>()?;
         // The first three nodes are the controller's voters, as in a real deployment.
         let controller_voters = ports
             .iter()
             .take(3)
             .enumerate()
-            .map(|(i, (grpc, _))| format!("{}@{grpc}", i + 1))
+            .map(|(i, (_, _, cluster))| format!("{}@{cluster}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        for (id, (grpc, http)) in (1..=options.nodes as u64).zip(ports) {
+        for (id, (grpc, http, cluster)) in (1..=options.nodes as u64).zip(ports) {
             let spec = NodeSpec {
                 id,
                 grpc,
                 http,
+                cluster,
                 controller_voters: controller_voters.clone(),
                 data_dir: root.path().join(format!("node-{id}")),
                 flush: options.flush,
@@ -336,7 +334,8 @@ impl TestCluster {
         &self,
         node: u64,
     ) -> Result<ReplicaAdminClient<tonic::transport::Channel>, TestkitError> {
-        ReplicaAdminClient::connect(format!("http://{}", self.address(node)?))
+        // ReplicaAdmin is served on the cluster listener only.
+        ReplicaAdminClient::connect(format!("http://{}", self.spec(node)?.cluster))
             .await
             .map_err(|e| TestkitError::Call {
                 node,

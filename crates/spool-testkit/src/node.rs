@@ -26,6 +26,8 @@ pub struct NodeSpec {
     pub id: u64,
     pub grpc: String,
     pub http: String,
+    /// The cluster listener (Raft, Controller, ReplicaAdmin).
+    pub cluster: String,
     pub data_dir: PathBuf,
     pub flush: FlushSetting,
     pub heartbeat_ms: u64,
@@ -45,6 +47,8 @@ impl NodeSpec {
             listen: self.grpc.clone(),
             http_listen: self.http.clone(),
             advertised_address: Some(self.grpc.clone()),
+            cluster_listen: self.cluster.clone(),
+            cluster_advertised_address: Some(self.cluster.clone()),
             flush: self.flush,
             raft_heartbeat_ms: self.heartbeat_ms,
             raft_election_min_ms: self.election_min_ms,
@@ -68,6 +72,7 @@ impl NodeSpec {
         };
         format!(
             "node_id = {}\ndata_dir = {:?}\nlisten = {:?}\nhttp_listen = {:?}\n\
+             cluster_listen = {:?}\ncluster_advertised_address = {:?}\n\
              advertised_address = {:?}\nflush = {flush:?}\nraft_heartbeat_ms = {}\n\
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
              shutdown_grace_secs = 5\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
@@ -76,6 +81,8 @@ impl NodeSpec {
             self.data_dir.display().to_string(),
             self.grpc,
             self.http,
+            self.cluster,
+            self.cluster,
             self.grpc,
             self.heartbeat_ms,
             self.election_min_ms,
