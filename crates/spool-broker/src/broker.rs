@@ -40,6 +40,8 @@ pub struct BrokerOptions {
     pub default_partitions: u32,
     /// Most partitions one topic may have.
     pub max_partitions: u32,
+    /// Most partition replicas one broker may hold.
+    pub max_replicas_per_broker: u32,
     /// Heartbeat and election timing of partition groups.
     pub raft_timing: RaftTiming,
     /// Time between retention passes over every partition.
@@ -220,6 +222,7 @@ impl Broker {
                     partitions: options.default_partitions,
                     replication_factor: options.default_replication_factor,
                     max_partitions: options.max_partitions,
+                    max_replicas_per_broker: options.max_replicas_per_broker,
                 },
                 checkpoint_bytes: options.metadata_checkpoint_bytes,
                 validate_configs: Arc::new(move |configs| {

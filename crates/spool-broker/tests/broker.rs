@@ -20,6 +20,7 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
         node_id: 1,
         advertised_address: "127.0.0.1:0".into(),
         cluster_address: "127.0.0.1:0".into(),
+        max_replicas_per_broker: 20_000,
         data_dir: dir.to_path_buf(),
         flush: FlushPolicy::Always,
         topic_defaults: TopicConfig::default(),

@@ -307,6 +307,7 @@ impl Controller {
             self.check_partition_count(topic.assignments.len() as u32)?;
             topic.assignments.clone()
         };
+        self.check_broker_capacity(state, &placed)?;
         let replication_factor = placed.first().map_or(1, |r| r.len() as u32);
         let partitions = self.partition_records(state, state.next_group.max(1), &placed);
         Ok(TopicRecord {
@@ -375,6 +376,30 @@ impl Controller {
         Ok(())
     }
 
+    /// Refuses new replicas that would put more than `max_replicas_per_broker` on a broker.
+    fn check_broker_capacity(
+        &self,
+        state: &ClusterState,
+        placed: &[Vec<BrokerId>],
+    ) -> Result<(), ControllerError> {
+        let max = self.options.topic_defaults.max_replicas_per_broker;
+        let mut load = state.load();
+        for broker in placed.iter().flatten() {
+            load.entry(*broker).or_default().replicas += 1;
+        }
+        match load.iter().find(|(_, l)| l.replicas > max) {
+            Some((broker, l)) => Err(ControllerError::InvalidPartitions {
+                requested: placed.len() as u32,
+                reason: format!(
+                    "broker {broker} would hold {} partition replicas; a broker holds at most \
+                     {max} (max_replicas_per_broker)",
+                    l.replicas
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn check_partition_count(&self, count: u32) -> Result<(), ControllerError> {
         let max = self.options.topic_defaults.max_partitions;
         if count == 0 || count > max {
@@ -407,6 +432,7 @@ impl Controller {
             total - current,
             topic.replication_factor,
         )?;
+        self.check_broker_capacity(state, &placed)?;
         Ok(MetadataRecord::AddPartitions {
             name: name.to_string(),
             id: topic.id.clone(),

@@ -50,6 +50,9 @@ pub struct TopicDefaults {
     /// 0: three, or fewer when fewer brokers are live.
     pub replication_factor: u32,
     pub max_partitions: u32,
+    /// Most partition replicas one broker may hold; a creation or growth that would put
+    /// more on any broker is refused.
+    pub max_replicas_per_broker: u32,
 }
 
 #[derive(Clone)]

@@ -17,6 +17,8 @@ use tokio::sync::watch;
 
 /// Small, so that every test here writes checkpoints and compacts the metadata log.
 const CHECKPOINT_BYTES: u64 = 8 * 1024;
+/// Replicas a broker may hold in these tests: enough for every topic they create.
+const MAX_REPLICAS_PER_BROKER: u32 = 200;
 
 /// A broker that leads no partition: it reports nothing.
 struct NoPartitions;
@@ -85,6 +87,7 @@ impl Node {
                         partitions: 1,
                         replication_factor: 0,
                         max_partitions: 1000,
+                        max_replicas_per_broker: MAX_REPLICAS_PER_BROKER,
                     },
                     checkpoint_bytes: CHECKPOINT_BYTES,
                     validate_configs: Arc::new(|configs| {
@@ -263,6 +266,21 @@ fn three_controllers_place_topics_survive_a_leader_kill_and_fence_the_dead() {
         spool_types::ErrorCode::InvalidReplicationFactor,
         "{err}"
     );
+    // More replicas than brokers may hold: refused, nothing created.
+    let err = follower
+        .block_on(follower.controller.execute(Command::CreateTopic(NewTopic {
+            name: "huge".into(),
+            partitions: MAX_REPLICAS_PER_BROKER + 1,
+            replication_factor: 3,
+            ..NewTopic::default()
+        })))
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        spool_types::ErrorCode::InvalidPartitions,
+        "{err}"
+    );
+    assert!(!follower.controller.current().topics.contains_key("huge"));
 
     // Kill the controller leader: the others elect a new one that serves the metadata.
     let leader_at = nodes

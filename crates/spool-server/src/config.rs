@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub default_partitions: u32,
     /// Most partitions per topic (default 10000).
     pub max_partitions_per_topic: u32,
+    /// Most partition replicas one broker may hold: a topic creation or growth that
+    /// would put more on any broker is refused (default 20000).
+    pub max_replicas_per_broker: u32,
     /// Default retention.ms of topics (default 7 days; -1 keeps data forever).
     pub retention_ms: i64,
     /// Default retention.bytes of topics (default -1: no limit).
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             flush_interval_ms: 1000,
             default_partitions: 1,
             max_partitions_per_topic: 10_000,
+            max_replicas_per_broker: 20_000,
             retention_ms: topic.retention_ms,
             retention_bytes: topic.retention_bytes,
             segment_bytes: topic.segment_bytes,

@@ -89,6 +89,7 @@ impl Node {
             topic_defaults: config.topic_defaults()?,
             default_partitions: config.default_partitions.max(1),
             max_partitions: config.max_partitions_per_topic.max(1),
+            max_replicas_per_broker: config.max_replicas_per_broker.max(1),
             raft_timing: config.raft_timing()?,
             retention_check: Duration::from_millis(config.retention_check_ms.max(10)),
             default_replication_factor: config.default_replication_factor,
