@@ -454,6 +454,13 @@ impl Log {
 
     /// Under `Interval`, fsyncs if data is waiting and the interval has passed: a timer
     /// calls this so that idle logs are synced too. Does nothing under other policies.
+    /// Whether an interval flush is due: unsynced data and the interval passed. The fsync
+    /// itself can then run outside the log's lock (`begin_sync`).
+    pub fn sync_due(&self) -> bool {
+        matches!(self.config.flush, FlushPolicy::Interval(every)
+            if !self.unsynced.is_empty() && self.last_sync.elapsed() >= every)
+    }
+
     pub fn sync_if_due(&mut self) -> Result<()> {
         if let FlushPolicy::Interval(every) = self.config.flush
             && !self.unsynced.is_empty()

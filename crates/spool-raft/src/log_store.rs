@@ -333,7 +333,7 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 batches.push(batch.map_err(io_error)?);
             }
         }
-        let flush = {
+        let (log, first_offset, counts) = blocking(|| {
             let mut log = self.log.lock();
             if let Some(first) = entries.first()
                 && log.first_index() == log.next_index()
@@ -367,13 +367,17 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 .iter()
                 .map(|b| i64::from(b.offset_count()))
                 .collect();
-            drop(batches);
-            let mut recent = self.shared.recent.lock();
-            for entry in stored_entries(entries, counts, appended.first_offset) {
-                recent.push(entry);
-            }
-            log.config().flush
-        };
+            Ok::<_, std::io::Error>((log, appended.first_offset, counts))
+        })?;
+        // Still under the log's lock: the cache never lags what the log holds.
+        drop(batches);
+        let mut recent = self.shared.recent.lock();
+        for entry in stored_entries(entries, counts, first_offset) {
+            recent.push(entry);
+        }
+        drop(recent);
+        let flush = log.config().flush;
+        drop(log);
         match flush {
             FlushPolicy::Always => self.flusher.flush(Arc::clone(&self.log), callback),
             FlushPolicy::Interval(_) | FlushPolicy::Os => callback.io_completed(Ok(())),
@@ -382,21 +386,23 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
-        let mut log = self.log.lock();
-        let first_removed = match last_log_id {
-            Some(id) => id.index + 1,
-            None => log.first_index(),
-        };
-        if first_removed < log.next_index() {
-            self.shared.recent.lock().truncate_from(first_removed);
-            log.truncate_from(first_removed).map_err(io_error)?;
-        }
-        Ok(())
+        blocking(|| {
+            let mut log = self.log.lock();
+            let first_removed = match last_log_id {
+                Some(id) => id.index + 1,
+                None => log.first_index(),
+            };
+            if first_removed < log.next_index() {
+                self.shared.recent.lock().truncate_from(first_removed);
+                log.truncate_from(first_removed).map_err(io_error)?;
+            }
+            Ok(())
+        })
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), std::io::Error> {
         self.shared.recent.lock().trim_through(upto.index);
-        {
+        blocking(|| -> Result<(), std::io::Error> {
             let mut log = self.log.lock();
             if upto.index >= log.next_index() {
                 // Purging past the end (a snapshot installed beyond this log): start afresh
@@ -410,12 +416,25 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             } else {
                 log.purge_through_index(upto.index).map_err(io_error)?;
             }
-        }
+            Ok(())
+        })?;
         let mut purged = self.shared.purged.lock();
         if Some(upto) > *purged {
             *purged = Some(upto);
         }
         Ok(())
+    }
+}
+
+/// Runs file work (writes, a segment roll's fsync, truncation, deletion) without holding
+/// up an async worker: on a multi-threaded runtime the worker hands its other tasks over
+/// while this one blocks. (A current-thread runtime, as in some tests, runs it in place.)
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
