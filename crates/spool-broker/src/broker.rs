@@ -204,6 +204,9 @@ impl Broker {
             timing: options.raft_timing,
         })
         .map_err(BrokerError::from)?;
+        // The voters are where the configuration says, whatever an older membership of
+        // the metadata group recorded.
+        raft.set_peer_addresses(options.controller_voters.clone());
         let defaults = options.topic_defaults;
         let controller = Controller::start(
             &raft,
@@ -541,7 +544,7 @@ impl Broker {
         let state = self.topic(&produce.topic)?;
         let partition = self.partition(&produce.topic, produce.partition)?;
         if let Some(epoch) = produce.leader_epoch {
-            partition.check_leader_epoch(epoch)?;
+            partition.check_leader_epoch(epoch, true)?;
         }
         if produce.batches.is_empty() {
             return Err(BrokerError::InvalidRequest {
@@ -581,15 +584,18 @@ impl Broker {
             batches.push(batch.into_bytes());
         }
         if !to_decompress.is_empty() {
-            let _permit = self
-                .decompressing
-                .acquire()
+            // Owned and moved into the work: a request dropped meanwhile (the client went
+            // away) does not free its place while the decompression still runs.
+            let permit = Arc::clone(&self.decompressing)
+                .acquire_owned()
                 .await
                 .map_err(|_| BrokerError::ShuttingDown)?;
             tokio::task::spawn_blocking(move || {
-                to_decompress
+                let checked = to_decompress
                     .iter()
-                    .try_for_each(|batch| batch.view().validate_records())
+                    .try_for_each(|batch| batch.view().validate_records());
+                drop(permit);
+                checked
             })
             .await
             .map_err(|_| BrokerError::ShuttingDown)??;

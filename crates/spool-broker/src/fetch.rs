@@ -18,6 +18,9 @@ use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::partition::Partition;
 
+/// How often a session whose cursors name a leader epoch checks the replica's term.
+const EPOCH_RECHECK: Duration = Duration::from_secs(1);
+
 /// Where to read one partition from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchPosition {
@@ -67,6 +70,9 @@ struct Cursor {
     next: i64,
     max_bytes: Option<usize>,
     high_watermark: watch::Receiver<i64>,
+    /// The leader epoch the client fetches in: once the replica's term moves on (a new
+    /// leader), the client is told to look for it.
+    epoch: Option<u64>,
     done: bool,
 }
 
@@ -88,12 +94,15 @@ impl Broker {
             let found = self
                 .partition(&position.topic, position.partition)
                 .and_then(|partition| match position.leader_epoch {
-                    Some(epoch) => partition.check_leader_epoch(epoch).map(|()| partition),
+                    Some(epoch) => partition
+                        .check_leader_epoch(epoch, false)
+                        .map(|()| partition),
                     None => Ok(partition),
                 });
             match found {
                 Ok(partition) => cursors.push(Cursor {
                     high_watermark: partition.high_watermark.clone(),
+                    epoch: position.leader_epoch,
                     partition,
                     next: position.offset,
                     max_bytes: position.max_bytes,
@@ -120,6 +129,19 @@ impl Broker {
             for k in 0..count {
                 let cursor = &mut cursors[(rotate + k) % count];
                 if cursor.done {
+                    continue;
+                }
+                if let Some(epoch) = cursor.epoch
+                    && let Err(error) = cursor.partition.check_leader_epoch(epoch, false)
+                {
+                    cursor.done = true;
+                    failed_now = true;
+                    pending.partitions.push(failed(
+                        &cursor.partition.topic,
+                        cursor.partition.index,
+                        error,
+                        cursor.next,
+                    ));
                     continue;
                 }
                 let high_watermark = *cursor.high_watermark.borrow_and_update();
@@ -182,13 +204,23 @@ impl Broker {
                 return;
             }
             let active: Vec<usize> = (0..cursors.len()).filter(|&i| !cursors[i].done).collect();
+            // A leader that lost its group without hearing of it keeps a frozen high
+            // watermark: cursors pinned to an epoch look at the term now and then.
+            let recheck = cursors
+                .iter()
+                .any(|c| !c.done && c.epoch.is_some())
+                .then(|| Instant::now() + EPOCH_RECHECK);
             let woken = {
                 let changes = cursors
                     .iter_mut()
                     .filter(|c| !c.done)
                     .map(|c| Box::pin(c.high_watermark.changed()));
+                let wake = match (deadline, recheck) {
+                    (Some(d), Some(r)) => Some(d.min(r)),
+                    (d, r) => d.or(r),
+                };
                 let sleep = async {
-                    match deadline {
+                    match wake {
                         Some(d) => tokio::time::sleep_until(d).await,
                         None => std::future::pending().await,
                     }

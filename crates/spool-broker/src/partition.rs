@@ -34,8 +34,21 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    /// Refuses a request made with another leader epoch than this replica's term.
-    pub(crate) fn check_leader_epoch(&self, requested: u64) -> Result<(), BrokerError> {
+    /// Refuses a request made with another leader epoch than this replica's term. With
+    /// `must_lead`, a replica that does not lead answers NOT_LEADER with its hint first:
+    /// that tells the client more than an epoch mismatch.
+    pub(crate) fn check_leader_epoch(
+        &self,
+        requested: u64,
+        must_lead: bool,
+    ) -> Result<(), BrokerError> {
+        if must_lead && !self.replica.is_leader() {
+            let hint = self.replica.leader();
+            return Err(BrokerError::NotLeader {
+                leader: hint.node,
+                address: None,
+            });
+        }
         let current = self.replica.term();
         match requested.cmp(&current) {
             std::cmp::Ordering::Less => Err(BrokerError::FencedLeaderEpoch { requested, current }),

@@ -48,6 +48,11 @@ impl Broker {
         if *self.closing.borrow() {
             return;
         }
+        // Raft reaches each node at its registered cluster address, even in groups whose
+        // membership recorded another (a node that moved, or a cluster upgraded from one
+        // listener to two).
+        self.raft
+            .set_peer_addresses(state.brokers.values().map(|b| (b.id, b.address.clone())));
         // Deleting data on the word of stale metadata could lose a replica that a newer
         // record placed here: removals wait until this node has caught up.
         let current = {

@@ -166,10 +166,12 @@ impl Broker {
                             leader_address: address(hint.node),
                             replicas,
                             in_sync_replicas: in_sync,
-                            leader_epoch: if p.replica.is_leader() {
+                            // A replica that knows the leader is in its term; the
+                            // controller's report may lag a failover.
+                            leader_epoch: if hint.node.is_some() {
                                 p.replica.term()
                             } else {
-                                record.leader_term
+                                0
                             },
                             log_start_offset: if details { p.reader.start_offset() } else { 0 },
                             high_watermark: p.high_watermark(),

@@ -12,6 +12,8 @@ use crate::error::{ApiError, ClientError};
 use crate::types::*;
 
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// The largest admin request a node takes.
+const ADMIN_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// A connection to a Spool cluster. Cheap to clone; clones share one HTTP/2 connection.
 #[derive(Debug, Clone)]
@@ -58,7 +60,9 @@ impl Client {
                         broker: BrokerClient::new(channel.clone())
                             .max_decoding_message_size(MAX_MESSAGE_BYTES)
                             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                        admin: AdminClient::new(channel),
+                        admin: AdminClient::new(channel)
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(ADMIN_REQUEST_BYTES),
                         address: address.clone(),
                         timeout: timeout.max(Duration::from_secs(30)),
                     });

@@ -180,7 +180,10 @@ impl Cluster {
             Some(address) if address != self.bootstrap.address() => {
                 Client::connect(&[address], self.timeout).await?
             }
-            _ => self.bootstrap.clone(),
+            Some(_) => self.bootstrap.clone(),
+            // Not known yet: the bootstrap node answers (or names the leader) this time,
+            // and is not remembered as that node.
+            None => return Ok(self.bootstrap.clone()),
         };
         connections.insert(node, client.clone());
         Ok(client)

@@ -387,7 +387,14 @@ impl Controller {
         for broker in placed.iter().flatten() {
             load.entry(*broker).or_default().replicas += 1;
         }
-        match load.iter().find(|(_, l)| l.replicas > max) {
+        // Only brokers taking new replicas: one already past the limit (after moves, or a
+        // lowered limit) must not block what goes elsewhere.
+        let taking: std::collections::BTreeSet<BrokerId> =
+            placed.iter().flatten().copied().collect();
+        match load
+            .iter()
+            .find(|(id, l)| taking.contains(id) && l.replicas > max)
+        {
             Some((broker, l)) => Err(ControllerError::InvalidPartitions {
                 requested: placed.len() as u32,
                 reason: format!(

@@ -229,10 +229,15 @@ impl Controller {
     pub fn leader(&self) -> Option<(BrokerId, String)> {
         let hint = self.replica.leader();
         let id = hint.node?;
-        let address = hint
-            .address
-            .or_else(|| self.options.voters.get(&id).cloned())
-            .or_else(|| self.current().address_of(id).map(str::to_string))?;
+        // The configuration and the metadata know where a node is now; the group's
+        // membership may hold an older address.
+        let address = self
+            .options
+            .voters
+            .get(&id)
+            .cloned()
+            .or_else(|| self.current().address_of(id).map(str::to_string))
+            .or(hint.address)?;
         Some((id, address))
     }
 

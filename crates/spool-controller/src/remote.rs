@@ -39,7 +39,9 @@ impl Peers {
     }
 
     fn controller(&self, address: &str) -> Result<ControllerClient<Channel>, ControllerError> {
-        Ok(ControllerClient::new(self.channel(address)?))
+        Ok(ControllerClient::new(self.channel(address)?)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024))
     }
 
     pub(crate) async fn transfer_leader(

@@ -12,6 +12,9 @@ use crate::controller::Controller;
 use crate::error::ControllerError;
 use crate::remote::{from_wire_report, to_wire};
 
+/// Largest controller message either way.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct ControllerService {
     controller: Arc<Controller>,
@@ -19,7 +22,11 @@ pub struct ControllerService {
 
 impl ControllerService {
     pub fn new(controller: Arc<Controller>) -> ControllerServer<Self> {
+        // As large as the Admin requests it forwards (explicit assignments of thousands of
+        // partitions).
         ControllerServer::new(Self { controller })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     async fn run(&self, command: Command) -> Result<Response<v1::ControllerResponse>, Status> {

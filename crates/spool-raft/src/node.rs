@@ -187,6 +187,12 @@ impl RaftNode {
         RaftTransportService::new(Arc::clone(self)).into_server()
     }
 
+    /// Where other nodes are now, by the cluster's metadata: Raft messages go there
+    /// rather than to an older address a group's membership may hold.
+    pub fn set_peer_addresses(&self, addresses: impl IntoIterator<Item = (NodeId, String)>) {
+        self.pool.set_addresses(addresses);
+    }
+
     pub fn faults(&self) -> &Arc<Faults> {
         self.pool.faults()
     }

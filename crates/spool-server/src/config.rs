@@ -102,7 +102,8 @@ pub struct ServerConfig {
     /// Fetch sessions (consumer streams) open at once on this node; one more is refused
     /// with RESOURCE_EXHAUSTED (default 1000).
     pub max_fetch_sessions: u32,
-    /// Concurrent calls one client connection may have open (HTTP/2 streams; default 256).
+    /// Concurrent calls one client connection may have open (HTTP/2 streams; default
+    /// 1024). SDK consumers and producers built from one client share its connection.
     pub max_streams_per_connection: u32,
 }
 
@@ -141,7 +142,7 @@ impl Default for ServerConfig {
             broker_heartbeat_ms: 500,
             metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
             max_fetch_sessions: 1000,
-            max_streams_per_connection: 256,
+            max_streams_per_connection: 1024,
         }
     }
 }

@@ -293,7 +293,15 @@ impl Consumer {
                 return Ok(answers.into_iter().flatten().collect());
             }
             let mut last: Option<ConsumerError> = None;
-            for (node, group) in routing::place(&self.cluster, &pending).await {
+            let (placed, gone) = routing::place(&self.cluster, &pending).await;
+            if let Some((key, error)) = gone.into_iter().next() {
+                return Err(ConsumerError::Partition {
+                    topic: key.0.to_string(),
+                    partition: key.1,
+                    error,
+                });
+            }
+            for (node, group) in placed {
                 let queries = group
                     .iter()
                     .map(|(t, p)| (t.to_string(), *p, spec))

@@ -56,6 +56,41 @@ struct Shared {
     settings: SessionSettings,
     positions: Positions,
     tx: mpsc::Sender<Chunk>,
+    /// Partitions a session gives back while it goes on with the others: (session id,
+    /// partition).
+    returns: mpsc::UnboundedSender<(u64, Key)>,
+}
+
+/// Which session reads each placed partition: only that session may give it back, so a
+/// partition is never read by two sessions at once.
+#[derive(Default)]
+struct Placement {
+    owner: HashMap<Key, u64>,
+    /// The current session of each node: (id, handle).
+    sessions: HashMap<u64, (u64, AbortHandle)>,
+}
+
+impl Placement {
+    /// The partitions `session` still owns.
+    fn owned_by(&self, session: u64) -> BTreeSet<Key> {
+        self.owner
+            .iter()
+            .filter(|(_, owner)| **owner == session)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Takes back whichever of `keys` `session` owns; the others belong to a newer session.
+    fn release(&mut self, session: u64, keys: impl IntoIterator<Item = Key>) -> Vec<Key> {
+        let mut back = Vec::new();
+        for key in keys {
+            if self.owner.get(&key) == Some(&session) {
+                self.owner.remove(&key);
+                back.push(key);
+            }
+        }
+        back
+    }
 }
 
 /// Reads `starts` (partition to first offset) until the consumer goes away.
@@ -66,20 +101,33 @@ pub(super) async fn run(
     tx: mpsc::Sender<Chunk>,
 ) {
     let mut unplaced: BTreeSet<Key> = starts.keys().cloned().collect();
+    let (returns, mut returned) = mpsc::unbounded_channel();
     let shared = Shared {
         cluster: Arc::clone(&cluster),
         settings,
         positions: Arc::new(Mutex::new(starts)),
         tx: tx.clone(),
+        returns,
     };
-    let mut sessions: HashMap<u64, (u64, AbortHandle, BTreeSet<Key>)> = HashMap::new();
+    let mut placement = Placement::default();
     let mut ends: JoinSet<SessionEnd> = JoinSet::new();
     let mut next_id = 0u64;
     let mut backoff = FIRST_BACKOFF;
     let mut place_at = Instant::now();
     loop {
         if !unplaced.is_empty() && Instant::now() >= place_at {
-            let placed = place(&cluster, &unplaced).await;
+            let (placed, gone) = place(&cluster, &unplaced).await;
+            for (key, error) in gone {
+                unplaced.remove(&key);
+                let chunk = Err(ConsumerError::Partition {
+                    topic: key.0.to_string(),
+                    partition: key.1,
+                    error,
+                });
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
             for (node, keys) in placed {
                 let Ok(client) = cluster.connection(Some(node)).await else {
                     continue;
@@ -89,19 +137,16 @@ pub(super) async fn run(
                     unplaced.remove(key);
                 }
                 // A node's session is started over with its partitions and the new ones.
-                if let Some((_, running, held)) = sessions.remove(&node) {
+                if let Some((old, running)) = placement.sessions.remove(&node) {
                     running.abort();
-                    partitions.extend(held);
+                    partitions.extend(placement.owned_by(old));
                 }
                 next_id += 1;
-                let handle = ends.spawn(session(
-                    shared.clone(),
-                    client,
-                    node,
-                    next_id,
-                    partitions.clone(),
-                ));
-                sessions.insert(node, (next_id, handle, partitions));
+                for key in &partitions {
+                    placement.owner.insert(key.clone(), next_id);
+                }
+                let handle = ends.spawn(session(shared.clone(), client, node, next_id, partitions));
+                placement.sessions.insert(node, (next_id, handle));
             }
             if !unplaced.is_empty() {
                 place_at = Instant::now() + backoff;
@@ -119,18 +164,27 @@ pub(super) async fn run(
             Some(joined) = ends.join_next() => {
                 // An aborted session (started over with more partitions) ends as an error.
                 let Ok(end) = joined else { continue };
-                if sessions.get(&end.node).is_some_and(|(id, _, _)| *id == end.id) {
-                    sessions.remove(&end.node);
+                if placement.sessions.get(&end.node).is_some_and(|(id, _)| *id == end.id) {
+                    placement.sessions.remove(&end.node);
                 }
-                if end.partitions.is_empty() {
+                let back = placement.release(end.id, end.partitions);
+                if back.is_empty() {
                     continue;
                 }
                 if end.lasted >= HEALTHY_SESSION {
                     backoff = FIRST_BACKOFF;
                 }
-                unplaced.extend(end.partitions);
-                place_at = Instant::now() + backoff;
+                unplaced.extend(back);
+                place_at = place_at.max(Instant::now() + backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Some((id, key)) = returned.recv() => {
+                let back = placement.release(id, [key]);
+                if !back.is_empty() {
+                    unplaced.extend(back);
+                    place_at = place_at.max(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
             () = retry => {}
             () = tx.closed() => {
@@ -142,21 +196,35 @@ pub(super) async fn run(
 }
 
 /// The partitions of `keys` whose leader is known, by leader, after a metadata refresh of
-/// their topics (a refresh that fails leaves the cache as it was).
-pub(super) async fn place(cluster: &Cluster, keys: &BTreeSet<Key>) -> BTreeMap<u64, Vec<Key>> {
+/// their topics (a refresh that fails leaves the cache as it was), and those whose topic
+/// the cluster says is gone, with why.
+pub(super) async fn place(
+    cluster: &Cluster,
+    keys: &BTreeSet<Key>,
+) -> (BTreeMap<u64, Vec<Key>>, Vec<(Key, crate::error::ApiError)>) {
     let topics: BTreeSet<&str> = keys.iter().map(|(t, _)| &**t).collect();
+    let mut missing: HashMap<&str, crate::error::ApiError> = HashMap::new();
     for topic in topics {
-        if let Err(error) = cluster.refresh(topic).await {
-            tracing::debug!(topic, %error, "metadata refresh failed; trying the cache");
+        match cluster.refresh(topic).await {
+            Ok(()) => {}
+            Err(ClientError::Api(api)) if api.code == ErrorCode::UnknownTopicOrPartition => {
+                missing.insert(topic, api);
+            }
+            Err(error) => {
+                tracing::debug!(topic, %error, "metadata refresh failed; trying the cache");
+            }
         }
     }
     let mut placed: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
+    let mut gone = Vec::new();
     for key in keys {
-        if let Some(node) = cluster.leader(&key.0, key.1).filter(|n| *n != 0) {
+        if let Some(api) = missing.get(&*key.0) {
+            gone.push((key.clone(), api.clone()));
+        } else if let Some(node) = cluster.leader(&key.0, key.1).filter(|n| *n != 0) {
             placed.entry(node).or_default().push(key.clone());
         }
     }
-    placed
+    (placed, gone)
 }
 
 /// One node's fetch session. Ends when the node cannot serve one of its partitions or
@@ -174,6 +242,7 @@ async fn session(
         settings,
         positions,
         tx,
+        returns,
     } = shared;
     let started = Instant::now();
     let end = |partitions| SessionEnd {
@@ -224,7 +293,6 @@ async fn session(
         };
         let mut records = Vec::new();
         let mut advanced = Vec::new();
-        let mut reroute = false;
         for part in response {
             let topic = topics
                 .get(&part.topic)
@@ -233,7 +301,9 @@ async fn session(
             let key: Key = (Arc::clone(&topic), part.partition);
             if let Some(error) = part.error {
                 if is_routing_code(error.code) {
-                    reroute = true;
+                    // The node reads this partition no more; the others go on here.
+                    partitions.remove(&key);
+                    let _ = returns.send((id, key));
                     continue;
                 }
                 // Not this node's to fix (an offset out of range, a deleted topic): the
@@ -265,7 +335,7 @@ async fn session(
         // Only once the records are handed over: a session stopped before that leaves
         // them to be fetched again, never skipped.
         positions.lock().extend(advanced);
-        if reroute {
+        if partitions.is_empty() {
             return end(partitions);
         }
     }

@@ -57,6 +57,10 @@ impl Peer {
 pub struct PeerPool {
     local: NodeId,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    /// Where each node is now, from the cluster's metadata: it overrides the address a
+    /// group's membership recorded, which may be older (a node that moved, or one whose
+    /// Raft port changed).
+    book: Mutex<HashMap<NodeId, String>>,
     faults: Arc<Faults>,
 }
 
@@ -65,6 +69,7 @@ impl PeerPool {
         Arc::new(Self {
             local,
             peers: Mutex::new(HashMap::new()),
+            book: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
         })
     }
@@ -78,8 +83,19 @@ impl PeerPool {
         &self.faults
     }
 
-    /// The peer at `addr`, connecting lazily; a node that moved gets a new channel.
+    /// Records where nodes are now (see `book`).
+    pub fn set_addresses(&self, addresses: impl IntoIterator<Item = (NodeId, String)>) {
+        let mut book = self.book.lock();
+        for (node, address) in addresses {
+            book.insert(node, address);
+        }
+    }
+
+    /// The peer `node`, at the address the book has for it or else `addr`, connecting
+    /// lazily; a node that moved gets a new channel.
     pub(crate) fn peer(&self, node: NodeId, addr: &str) -> Result<Arc<Peer>, Status> {
+        let booked = self.book.lock().get(&node).cloned();
+        let addr = booked.as_deref().unwrap_or(addr);
         let mut peers = self.peers.lock();
         if let Some(peer) = peers.get(&node)
             && peer.addr == addr
