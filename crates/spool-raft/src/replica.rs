@@ -251,8 +251,11 @@ impl PartitionReplica {
     }
 
     /// Appends batches (Kafka record batches whose CRC the caller has checked) as
-    /// consecutive entries and answers with the offset of the first record. All or none:
-    /// they are submitted together.
+    /// consecutive entries and answers with the offset of the first record, once every one
+    /// of them is committed (acks=all) or appended (acks=leader). They are submitted
+    /// together, so validation refuses all or none; a leader failing midway may still
+    /// leave a committed prefix behind an error answer (the client's retry then writes
+    /// those batches again).
     pub async fn append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, ReplicaError> {
         if batches.is_empty() {
             return Err(ReplicaError::Raft("nothing to append".into()));

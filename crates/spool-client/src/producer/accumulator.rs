@@ -23,7 +23,7 @@ pub(crate) enum Payload {
 /// Bytes of batches of one partition shipped in one request at most.
 const MAX_SHIPMENT_BYTES: usize = 4 * 1024 * 1024;
 
-/// Batches of one partition shipped together: appended all or none, in order.
+/// Batches of one partition shipped together: validated all or none, appended in order.
 #[derive(Debug)]
 pub(crate) struct Shipment {
     pub topic: Arc<str>,

@@ -5,9 +5,11 @@
 //! **Ordering.** Records of one partition are acknowledged in the order `send` was
 //! called, retries included: at most one request per partition is in flight; the batches
 //! it carries for that partition (all that closed while the previous one was out, up to
-//! 4 MiB) form one entry the broker appends all or none; and a shipment that must be
-//! retried goes back to the front of its partition's queue, ahead of everything sent
-//! after it. Different partitions proceed in parallel.
+//! 4 MiB) travel as one partition entry, which the broker validates all or none and
+//! appends as consecutive entries; and a shipment that must be retried goes back to the
+//! front of its partition's queue, ahead of everything sent after it. (A leader failing
+//! midway can leave a committed prefix of a shipment behind the error: its retry stores
+//! those records twice, at-least-once, until the idempotent producer.) Different partitions proceed in parallel.
 //!
 //! **Back-pressure.** Records wait in a buffer of `buffer_bytes`. When it is full, `send`
 //! waits for room and `try_send` returns [`ProducerError::BufferFull`].

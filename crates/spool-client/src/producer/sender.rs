@@ -1,7 +1,7 @@
 //! The background task of a producer: ships ready batches, one request per leader, at most
 //! one shipment per partition in flight; completes or retries them as the cluster answers.
-//! A shipment's batches travel as one partition entry, which the broker appends all or
-//! none, so order within a partition holds through retries.
+//! A shipment's batches travel as one partition entry, which the broker validates all or
+//! none and appends in order, so order within a partition holds through retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
