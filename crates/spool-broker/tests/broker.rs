@@ -68,8 +68,9 @@ fn values(batches: &[Bytes]) -> Vec<String> {
         .collect()
 }
 
-async fn read_all(broker: &Arc<Broker>, topic: &str, partitions: u32) -> Vec<Vec<String>> {
-    let spec = FetchSpec {
+/// A fetch of every partition of `topic` from offset 0 that ends once caught up.
+fn from_start(topic: &str, partitions: u32) -> FetchSpec {
+    FetchSpec {
         positions: (0..partitions)
             .map(|p| FetchPosition {
                 topic: topic.into(),
@@ -83,8 +84,11 @@ async fn read_all(broker: &Arc<Broker>, topic: &str, partitions: u32) -> Vec<Vec
         min_bytes: 1,
         max_wait: Duration::from_millis(100),
         follow: false,
-    };
-    let mut rx = broker.fetch(spec, 2);
+    }
+}
+
+async fn read_all(broker: &Arc<Broker>, topic: &str, partitions: u32) -> Vec<Vec<String>> {
+    let mut rx = broker.fetch(from_start(topic, partitions), 2);
     let mut out = vec![Vec::new(); partitions as usize];
     while let Some(chunk) = rx.recv().await {
         for p in chunk.partitions {
@@ -581,20 +585,7 @@ async fn batch_timestamps_are_checked_or_replaced_as_the_topic_says() {
         "only the batch within bounds was appended"
     );
 
-    let spec = FetchSpec {
-        positions: vec![FetchPosition {
-            topic: "append".into(),
-            partition: 0,
-            offset: 0,
-            max_bytes: None,
-            leader_epoch: None,
-        }],
-        max_bytes: 1024 * 1024,
-        min_bytes: 1,
-        max_wait: Duration::from_millis(100),
-        follow: false,
-    };
-    let mut rx = broker.fetch(spec, 2);
+    let mut rx = broker.fetch(from_start("append", 1), 2);
     let chunk = rx.recv().await.unwrap();
     let stored = RecordBatch::new(&chunk.partitions[0].batches[0]).unwrap();
     assert_eq!(

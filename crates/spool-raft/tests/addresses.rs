@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use spool_raft::AckLevel;
 
@@ -41,11 +39,7 @@ async fn raft_follows_the_address_book_over_the_membership() {
         + 4;
     // Node 3, reachable only through the book, has every record.
     let third = replicas.iter().find(|r| r.node_id() == 3).expect("node 3");
-    let mut hw = third.high_watermark();
-    tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw == end))
-        .await
-        .expect("node 3 replicated")
-        .expect("watch open");
+    wait_high_watermark(third, end, "node 3 to have every record").await;
     for node in nodes {
         node.stop().await;
     }

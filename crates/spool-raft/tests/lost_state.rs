@@ -82,19 +82,14 @@ async fn a_group_of_one_goes_on_after_its_state_file_is_lost() {
     let (id, dir, addr) = nodes.remove(0).stop().await;
     std::fs::remove_file(dir.join("raft.state")).expect("lose the state file");
 
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("rebind");
-    let node = TestNode::start(id, dir, listener).await;
+    let node = restart(id, dir, &addr).await;
     let replica = open(&node, 3, &members).await;
     assert!(
         !replica.is_rebuilding(),
         "a group of one has no one to rebuild from"
     );
     assert_eq!(replica.reader().start_offset(), start);
-    let mut hw = replica.high_watermark();
-    tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw == end))
-        .await
-        .expect("every record committed again")
-        .expect("watch open");
+    wait_high_watermark(&replica, end, "every record committed again").await;
     let next = replica
         .append(vec![batch("after", 1)], AckLevel::All)
         .await
@@ -119,11 +114,7 @@ async fn a_follower_that_lost_its_state_file_is_rebuilt_from_its_leader() {
         max_bytes: Some(4096),
     };
     for replica in &replicas {
-        let mut hw = replica.high_watermark();
-        tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw == end))
-            .await
-            .expect("replicated")
-            .expect("watch open");
+        wait_high_watermark(replica, end, "replication").await;
         replica
             .apply_retention(&policy, 0)
             .await
@@ -139,8 +130,7 @@ async fn a_follower_that_lost_its_state_file_is_rebuilt_from_its_leader() {
     let (id, dir, addr) = nodes[follower_at].take().expect("node").stop().await;
     std::fs::remove_file(dir.join("raft.state")).expect("lose the state file");
 
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("rebind");
-    let node = TestNode::start(id, dir.clone(), listener).await;
+    let node = restart(id, dir.clone(), &addr).await;
     let rebuilt = open(&node, 4, &members).await;
     nodes[follower_at] = Some(node);
     assert!(rebuilt.is_rebuilding());
@@ -150,18 +140,13 @@ async fn a_follower_that_lost_its_state_file_is_rebuilt_from_its_leader() {
         .expect("a write while it rebuilds");
     assert_eq!(next, end);
     replicas.push(rebuilt.clone());
-    wait_for(
-        &replicas,
-        Duration::from_secs(20),
-        "the rebuild to finish",
-        || (!rebuilt.is_rebuilding()).then_some(()),
+    wait_rebuilt(&replicas, &rebuilt).await;
+    wait_high_watermark(
+        &rebuilt,
+        end + 1,
+        "the rebuilt replica to have every record",
     )
     .await;
-    let mut hw = rebuilt.high_watermark();
-    tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw > end))
-        .await
-        .expect("the rebuilt replica has every record")
-        .expect("watch open");
     // The purged log was kept aside for the operator.
     let kept = std::fs::read_dir(&dir)
         .expect("list")

@@ -131,8 +131,7 @@ async fn a_replica_that_lost_its_log_withholds_its_vote_until_it_has_caught_up()
     let (id, dir, addr) = nodes[at(wiped)].take().expect("wiped").stop().await;
     std::fs::remove_dir_all(dir.join("g2")).expect("wipe the partition directory");
     isolate(&nodes, l, 3);
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("rebind");
-    let restarted = TestNode::start(id, dir, listener).await;
+    let restarted = restart(id, dir, &addr).await;
     restarted.node.faults().cut(l);
     let rebuilt = restarted.open_replica(2, &members).await;
     nodes[at(wiped)] = Some(restarted);
@@ -143,15 +142,8 @@ async fn a_replica_that_lost_its_log_withholds_its_vote_until_it_has_caught_up()
 
     let lagging_replica = replicas[at(lagging)].clone();
     let survivors = vec![lagging_replica.clone(), rebuilt.clone()];
-    let elected = tokio::time::timeout(
-        Duration::from_secs(4),
-        wait_for(&survivors, Duration::from_secs(60), "a leader", || {
-            survivors.iter().find(|r| r.is_leader()).cloned()
-        }),
-    )
-    .await;
     assert!(
-        elected.is_err(),
+        !elected_within(&survivors, Duration::from_secs(4)).await,
         "a replica missing acknowledged records was elected with a wiped replica's vote"
     );
 
@@ -177,18 +169,8 @@ async fn a_replica_that_lost_its_log_withholds_its_vote_until_it_has_caught_up()
         }
     };
     assert_eq!(next, end, "E was lost");
-    wait_for(
-        &everyone,
-        Duration::from_secs(15),
-        "the rebuild to finish",
-        || (!rebuilt.is_rebuilding()).then_some(()),
-    )
-    .await;
-    let mut hw = rebuilt.high_watermark();
-    tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw > end))
-        .await
-        .expect("the rebuilt replica has E")
-        .expect("watch open");
+    wait_rebuilt(&everyone, &rebuilt).await;
+    wait_high_watermark(&rebuilt, end + 1, "the rebuilt replica to have E").await;
     assert!(!rebuilt.dir().join("raft.rebuilding").exists());
     for node in nodes.into_iter().flatten() {
         node.stop().await;

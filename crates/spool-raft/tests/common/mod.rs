@@ -179,3 +179,42 @@ pub fn batch(tag: &str, n: usize) -> Bytes {
     }
     builder.finish()
 }
+
+/// Waits until the replica's high watermark reaches at least `at_least`.
+pub async fn wait_high_watermark(replica: &PartitionReplica, at_least: i64, what: &str) {
+    let mut hw = replica.high_watermark();
+    tokio::time::timeout(Duration::from_secs(10), hw.wait_for(|hw| *hw >= at_least))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("watch open");
+}
+
+/// Waits until `replica` no longer rebuilds (it votes again), re-checking whenever any
+/// of `replicas` changes.
+pub async fn wait_rebuilt(replicas: &[Arc<PartitionReplica>], replica: &Arc<PartitionReplica>) {
+    wait_for(
+        replicas,
+        Duration::from_secs(20),
+        "the rebuild to finish",
+        || (!replica.is_rebuilding()).then_some(()),
+    )
+    .await;
+}
+
+/// Whether any of `replicas` is elected leader within `within`.
+pub async fn elected_within(replicas: &[Arc<PartitionReplica>], within: Duration) -> bool {
+    tokio::time::timeout(
+        within,
+        wait_for(replicas, Duration::from_secs(60), "a leader", || {
+            replicas.iter().find(|r| r.is_leader()).cloned()
+        }),
+    )
+    .await
+    .is_ok()
+}
+
+/// Starts a node again on the address it had.
+pub async fn restart(id: NodeId, dir: std::path::PathBuf, addr: &str) -> TestNode {
+    let listener = TcpListener::bind(addr).await.expect("rebind");
+    TestNode::start(id, dir, listener).await
+}
