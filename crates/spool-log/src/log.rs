@@ -454,6 +454,14 @@ impl Log {
 
     /// Under `Interval`, fsyncs if data is waiting and the interval has passed: a timer
     /// calls this so that idle logs are synced too. Does nothing under other policies.
+    /// Whether appending `bytes` more (frames included) may roll the active segment, which
+    /// seals and fsyncs it: work a caller on an async runtime should keep off its workers.
+    pub fn may_roll(&self, bytes: u64) -> bool {
+        let now = self.clock.now_ms();
+        self.write_pos + bytes > self.config.segment_bytes
+            || now - self.active.header.created_ms >= self.config.segment_age.as_millis() as i64
+    }
+
     /// Whether an interval flush is due: unsynced data and the interval passed. The fsync
     /// itself can then run outside the log's lock (`begin_sync`).
     pub fn sync_due(&self) -> bool {

@@ -333,8 +333,15 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 batches.push(batch.map_err(io_error)?);
             }
         }
-        let (log, first_offset, counts) = blocking(|| {
-            let mut log = self.log.lock();
+        let frame_bytes: u64 = batches
+            .iter()
+            .map(|b| b.as_bytes().len())
+            .chain(memberships.iter().map(Vec::len))
+            .map(|len| len as u64)
+            .sum::<u64>()
+            + (entries.len() as u64) * spool_log::frame::FRAME_HEADER_LEN as u64;
+        let mut log = self.log.lock();
+        let write = |log: &mut spool_log::Log| {
             if let Some(first) = entries.first()
                 && log.first_index() == log.next_index()
                 && first.log_id.index > log.next_index()
@@ -367,8 +374,16 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 .iter()
                 .map(|b| i64::from(b.offset_count()))
                 .collect();
-            Ok::<_, std::io::Error>((log, appended.first_offset, counts))
-        })?;
+            Ok::<_, std::io::Error>((appended.first_offset, counts))
+        };
+        // Writes to the page cache stay on this task: they are quick, and handing the
+        // worker over for each would cost more than it saves. One that may roll the
+        // segment (an fsync) is done with the worker handed over.
+        let (first_offset, counts) = if log.may_roll(frame_bytes) {
+            blocking(|| write(&mut log))?
+        } else {
+            write(&mut log)?
+        };
         // Still under the log's lock: the cache never lags what the log holds.
         drop(batches);
         let mut recent = self.shared.recent.lock();
