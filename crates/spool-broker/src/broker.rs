@@ -42,6 +42,8 @@ pub struct BrokerOptions {
     pub max_partitions: u32,
     /// Most partition replicas one broker may hold.
     pub max_replicas_per_broker: u32,
+    /// Bytes of fetched batches all fetch sessions may hold at once (queued for consumers).
+    pub fetch_memory_bytes: usize,
     /// Heartbeat and election timing of partition groups.
     pub raft_timing: RaftTiming,
     /// Time between retention passes over every partition.
@@ -165,6 +167,8 @@ pub struct Broker {
     decompressing: Arc<tokio::sync::Semaphore>,
     /// Bytes of acks=none appends in flight (see `ACKS_NONE_BYTES`).
     acks_none_bytes: Arc<tokio::sync::Semaphore>,
+    /// Bytes fetch sessions hold (see `fetch::FETCH_MEMORY_BYTES`).
+    pub(crate) fetch_memory: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long a single node waits to have registered with itself before serving.
@@ -254,6 +258,9 @@ impl Broker {
                 closing: tokio::sync::watch::Sender::new(false),
                 decompressing: Arc::new(tokio::sync::Semaphore::new(DECOMPRESSING_AT_ONCE)),
                 acks_none_bytes: Arc::new(tokio::sync::Semaphore::new(ACKS_NONE_BYTES)),
+                fetch_memory: Arc::new(tokio::sync::Semaphore::new(
+                    options.fetch_memory_bytes.clamp(1024 * 1024, 1 << 40),
+                )),
                 options,
             }
         });

@@ -18,6 +18,13 @@ use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::partition::Partition;
 
+/// The default of `BrokerOptions::fetch_memory_bytes`: bytes of fetched batches all fetch
+/// sessions of a node may hold at once. Queued responses of consumers that read slowly
+/// (or never) count until sent, so they slow fetches down instead of exhausting memory.
+pub const FETCH_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+/// A read waiting for fetch memory asks for at least this much.
+const MIN_FETCH_GRANT: usize = 1024 * 1024;
+
 /// How often a session whose cursors name a leader epoch checks the replica's term.
 const EPOCH_RECHECK: Duration = Duration::from_secs(1);
 
@@ -51,6 +58,9 @@ pub struct FetchSpec {
 #[derive(Debug, Default)]
 pub struct FetchChunk {
     pub partitions: Vec<FetchPartitionData>,
+    /// The node's fetch memory this response holds (see `FETCH_MEMORY_BYTES`): keep it
+    /// until the response is on its way.
+    pub memory: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug)]
@@ -153,13 +163,43 @@ impl Broker {
                     break;
                 }
                 let limit = cursor.max_bytes.map_or(budget, |m| m.min(budget)).max(1);
+                // What this read may hold of the node's fetch memory: what it asks for if
+                // that much is free, else what is free, waiting for some if none is.
+                let want = limit
+                    .min(self.options.fetch_memory_bytes)
+                    .min(u32::MAX as usize);
+                let memory = Arc::clone(&self.fetch_memory);
+                let grant = match Arc::clone(&memory).try_acquire_many_owned(want as u32) {
+                    Ok(grant) => grant,
+                    Err(_) => {
+                        let some = memory
+                            .available_permits()
+                            .clamp(MIN_FETCH_GRANT.min(want), want);
+                        tokio::select! {
+                            grant = memory.acquire_many_owned(some as u32) => match grant {
+                                Ok(grant) => grant,
+                                Err(_) => return,
+                            },
+                            () = tx.closed() => return,
+                            _ = closing.changed() => return,
+                        }
+                    }
+                };
+                let limit = grant.num_permits().max(1);
                 let partition = &cursor.partition;
                 match partition.read(cursor.next, limit).await {
                     Ok(fetched) => {
                         if fetched.batches.is_empty() {
                             continue;
                         }
-                        pending_bytes += fetched.total_bytes();
+                        let used = fetched.total_bytes();
+                        pending_bytes += used;
+                        let mut grant = grant;
+                        if used < grant.num_permits() {
+                            // Give back what the read did not take.
+                            drop(grant.split(grant.num_permits() - used));
+                        }
+                        pending.memory.push(grant);
                         cursor.next = fetched.next_offset;
                         deadline.get_or_insert_with(|| Instant::now() + spec.max_wait);
                         pending.partitions.push(FetchPartitionData {

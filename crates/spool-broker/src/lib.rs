@@ -22,7 +22,7 @@ pub use broker::{
 };
 pub use cluster::{BrokerSummary, ClusterSummary};
 pub use error::BrokerError;
-pub use fetch::{FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
+pub use fetch::{FETCH_MEMORY_BYTES, FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
 pub use partition::Acks;
 pub use spool_controller::{
     AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,

@@ -21,6 +21,7 @@ fn options(dir: &std::path::Path) -> BrokerOptions {
         advertised_address: "127.0.0.1:0".into(),
         cluster_address: "127.0.0.1:0".into(),
         max_replicas_per_broker: 20_000,
+        fetch_memory_bytes: spool_broker::FETCH_MEMORY_BYTES,
         data_dir: dir.to_path_buf(),
         flush: FlushPolicy::Always,
         topic_defaults: TopicConfig::default(),
@@ -598,5 +599,54 @@ async fn batch_timestamps_are_checked_or_replaced_as_the_topic_says() {
         "the broker's time, not the producer's: {}",
         record.timestamp()
     );
+    broker.shutdown().await;
+}
+
+/// Fetch sessions share a bounded amount of memory: one whose consumer never reads holds
+/// at most that much, others wait for it rather than the node buffering without bound, and
+/// all of it comes back when the stalled consumer goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_sessions_share_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerOptions {
+        fetch_memory_bytes: 1024 * 1024,
+        ..options(dir.path())
+    })
+    .await
+    .unwrap();
+    broker
+        .create_topic("mem", 1, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let value = "x".repeat(400 * 1024);
+    for _ in 0..6 {
+        let results = broker
+            .produce(
+                vec![produce("mem", 0, vec![batch(&[&value])])],
+                Acks::All,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(results[0].is_ok());
+    }
+    // A consumer that never reads: its session takes what memory there is.
+    let mut stalled = from_start("mem", 1);
+    stalled.follow = true;
+    stalled.max_bytes = 8 * 1024 * 1024;
+    let stalled = broker.fetch(stalled, 2);
+    // Another consumer waits for memory instead of the node buffering more.
+    let mut reader = tokio::spawn({
+        let broker = Arc::clone(&broker);
+        async move { read_all(&broker, "mem", 1).await }
+    });
+    let waited = tokio::time::timeout(Duration::from_secs(1), &mut reader).await;
+    assert!(waited.is_err(), "a fetch went past the node's fetch memory");
+    // The stalled consumer goes away: its memory comes back and the other reads it all.
+    drop(stalled);
+    let values = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the waiting fetch finished")
+        .unwrap();
+    assert_eq!(values[0].len(), 6);
     broker.shutdown().await;
 }

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     /// Fetch sessions (consumer streams) open at once on this node; one more is refused
     /// with RESOURCE_EXHAUSTED (default 1000).
     pub max_fetch_sessions: u32,
+    /// Bytes of fetched batches all fetch sessions may hold at once, queued for consumers
+    /// (default 512 MiB). Consumers that read slowly hold their share until they read;
+    /// beyond it, fetches wait.
+    pub fetch_memory_bytes: u64,
     /// Concurrent calls one client connection may have open (HTTP/2 streams; default
     /// 1024). SDK consumers and producers built from one client share its connection.
     pub max_streams_per_connection: u32,
@@ -142,6 +146,7 @@ impl Default for ServerConfig {
             broker_heartbeat_ms: 500,
             metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
             max_fetch_sessions: 1000,
+            fetch_memory_bytes: spool_broker::FETCH_MEMORY_BYTES as u64,
             max_streams_per_connection: 1024,
         }
     }

@@ -90,6 +90,7 @@ impl Node {
             default_partitions: config.default_partitions.max(1),
             max_partitions: config.max_partitions_per_topic.max(1),
             max_replicas_per_broker: config.max_replicas_per_broker.max(1),
+            fetch_memory_bytes: usize::try_from(config.fetch_memory_bytes).unwrap_or(usize::MAX),
             raft_timing: config.raft_timing()?,
             retention_check: Duration::from_millis(config.retention_check_ms.max(10)),
             default_replication_factor: config.default_replication_factor,

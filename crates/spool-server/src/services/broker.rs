@@ -274,9 +274,13 @@ impl v1::broker_server::Broker for BrokerService {
         };
         let chunks = self.broker.fetch(spec, FETCH_QUEUE);
         let metrics = Arc::clone(&self.metrics);
-        let stream = ReceiverStream::new(chunks).map(move |chunk| {
+        // A response's share of the node's fetch memory is held until the next one is
+        // asked for: by then the transport has taken it.
+        let mut sending: Option<Vec<tokio::sync::OwnedSemaphorePermit>> = None;
+        let stream = ReceiverStream::new(chunks).map(move |mut chunk| {
             // The session's place is held as long as its stream lives.
             let _held = &session;
+            drop(sending.replace(std::mem::take(&mut chunk.memory)));
             Ok(to_wire(chunk, &metrics))
         });
         self.metrics.fetch.record(start, false);
