@@ -70,59 +70,43 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
         Some(p) => anyhow::bail!("topic {} has no partition {p} (it has {count})", args.topic),
         None => (0..count).collect(),
     };
-    let starts: Vec<i64> = match (args.offset, args.from_beginning, args.timestamp) {
-        (Some(offset), _, _) => vec![offset; partitions.len()],
-        (None, from_beginning, timestamp) => {
-            let spec = match (from_beginning, timestamp) {
-                (true, _) => OffsetSpec::Earliest,
-                (false, Some(ts)) => OffsetSpec::Timestamp(ts),
-                (false, None) => OffsetSpec::Latest,
-            };
-            let queries = partitions
-                .iter()
-                .map(|&p| (args.topic.clone(), p, spec))
-                .collect();
-            let found = client.list_offsets(queries).await?;
-            let mut starts = Vec::with_capacity(found.len());
-            for (i, offset) in found.into_iter().enumerate() {
-                let offset = offset?;
-                starts.push(if offset >= 0 {
-                    offset
-                } else {
-                    // No record that recent: start at the end.
-                    client
-                        .list_offsets(vec![(
-                            args.topic.clone(),
-                            partitions[i],
-                            OffsetSpec::Latest,
-                        )])
-                        .await?
-                        .remove(0)?
-                });
+    // Each partition is read from (and its offsets asked of) its leader.
+    let groups = by_leader(&client, &args.topic, &partitions).await?;
+    let mut starts: Vec<i64> = vec![0; partitions.len()];
+    for (leader, group) in &groups {
+        let group_starts = start_offsets(leader, &args, group).await?;
+        for (partition, start) in group.iter().zip(group_starts) {
+            if let Some(i) = partitions.iter().position(|p| p == partition) {
+                starts[i] = start;
             }
-            starts
         }
-    };
+    }
     if args.max_messages == Some(0) {
         return Ok(ExitCode::SUCCESS);
     }
-    let options = FetchOptions {
-        positions: partitions
-            .iter()
-            .zip(&starts)
-            .map(|(&partition, &offset)| FetchPosition {
-                topic: args.topic.clone(),
-                partition,
-                offset,
-                leader_epoch: None,
-            })
-            .collect(),
-        max_bytes: 1024 * 1024,
-        min_bytes: 1,
-        max_wait: Duration::from_millis(100),
-        follow: args.follow,
-    };
-    let mut stream = client.fetch(options).await?;
+    let mut streams = Vec::with_capacity(groups.len());
+    for (leader, group) in &groups {
+        let options = FetchOptions {
+            positions: group
+                .iter()
+                .map(|&partition| FetchPosition {
+                    topic: args.topic.clone(),
+                    partition,
+                    offset: partitions
+                        .iter()
+                        .position(|&p| p == partition)
+                        .map_or(0, |i| starts[i]),
+                    leader_epoch: None,
+                })
+                .collect(),
+            max_bytes: 1024 * 1024,
+            min_bytes: 1,
+            max_wait: Duration::from_millis(100),
+            follow: args.follow,
+        };
+        streams.push(leader.fetch(options).await?);
+    }
+    let mut stream = futures_util::stream::select_all(streams);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(256 * 1024, stdout.lock());
     let mut printed = 0u64;
@@ -198,4 +182,89 @@ fn broken_pipe_is_fine(error: std::io::Error) -> anyhow::Result<ExitCode> {
     } else {
         Err(error.into())
     }
+}
+
+/// The partitions of `topic` grouped by their leader, each with a connection to it (the
+/// bootstrap connection for a leader not known yet).
+pub(crate) async fn by_leader(
+    client: &spool_client::Client,
+    topic: &str,
+    partitions: &[u32],
+) -> anyhow::Result<Vec<(spool_client::Client, Vec<u32>)>> {
+    // A node may not know a new leader for a moment: ask again for a little while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (metadata, leaders) = loop {
+        let metadata = client.metadata(&[topic.to_string()]).await?;
+        let leaders: std::collections::HashMap<u32, u64> = metadata
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| p.leader != 0)
+            .map(|p| (p.partition, p.leader))
+            .collect();
+        let all_led = partitions.iter().all(|p| leaders.contains_key(p));
+        if all_led || tokio::time::Instant::now() >= deadline {
+            break (metadata, leaders);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<u32>> = Default::default();
+    for &partition in partitions {
+        let address = leaders.get(&partition).and_then(|leader| {
+            metadata
+                .brokers
+                .iter()
+                .find(|b| b.node_id == *leader)
+                .map(|b| b.address.clone())
+        });
+        groups.entry(address).or_default().push(partition);
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for (address, group) in groups {
+        let leader = match address {
+            Some(address) if address != client.address() => {
+                spool_client::Client::connect(&[address], Duration::from_secs(5)).await?
+            }
+            _ => client.clone(),
+        };
+        out.push((leader, group));
+    }
+    Ok(out)
+}
+
+/// Where reading starts in each of `partitions`, asked of their leader.
+async fn start_offsets(
+    leader: &spool_client::Client,
+    args: &ConsumeArgs,
+    partitions: &[u32],
+) -> anyhow::Result<Vec<i64>> {
+    let spec = match (args.offset, args.from_beginning, args.timestamp) {
+        (Some(offset), _, _) => return Ok(vec![offset; partitions.len()]),
+        (None, true, _) => OffsetSpec::Earliest,
+        (None, false, Some(ts)) => OffsetSpec::Timestamp(ts),
+        (None, false, None) => OffsetSpec::Latest,
+    };
+    let queries = partitions
+        .iter()
+        .map(|&p| (args.topic.clone(), p, spec))
+        .collect();
+    let found = leader.list_offsets(queries).await?;
+    let mut starts = Vec::with_capacity(found.len());
+    for (i, offset) in found.into_iter().enumerate() {
+        let offset = offset?;
+        starts.push(if offset >= 0 {
+            offset
+        } else {
+            // No record that recent: start at the end.
+            leader
+                .list_offsets(vec![(
+                    args.topic.clone(),
+                    partitions[i],
+                    OffsetSpec::Latest,
+                )])
+                .await?
+                .remove(0)?
+        });
+    }
+    Ok(starts)
 }

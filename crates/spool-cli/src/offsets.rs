@@ -16,22 +16,26 @@ pub struct OffsetsArgs {
 
 pub async fn run(args: OffsetsArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let client = context.connect().await?;
-    let partitions = client.describe_topic(&args.topic).await?.partitions.len() as u32;
-    let queries = (0..partitions)
-        .flat_map(|p| {
-            [
-                (args.topic.clone(), p, OffsetSpec::Earliest),
-                (args.topic.clone(), p, OffsetSpec::Latest),
-            ]
-        })
-        .collect();
-    let offsets = client.list_offsets(queries).await?;
+    let count = client.describe_topic(&args.topic).await?.partitions.len() as u32;
+    let partitions: Vec<u32> = (0..count).collect();
+    // Each partition's offsets are asked of its leader.
     let mut rows = Vec::new();
-    for (p, pair) in offsets.chunks(2).enumerate() {
-        let earliest = pair[0].clone()?;
-        let latest = pair[1].clone()?;
-        rows.push((p, earliest, latest));
+    for (leader, group) in crate::consume::by_leader(&client, &args.topic, &partitions).await? {
+        let queries = group
+            .iter()
+            .flat_map(|&p| {
+                [
+                    (args.topic.clone(), p, OffsetSpec::Earliest),
+                    (args.topic.clone(), p, OffsetSpec::Latest),
+                ]
+            })
+            .collect();
+        let offsets = leader.list_offsets(queries).await?;
+        for (&p, pair) in group.iter().zip(offsets.chunks(2)) {
+            rows.push((p, pair[0].clone()?, pair[1].clone()?));
+        }
     }
+    rows.sort_unstable_by_key(|(p, _, _)| *p);
     match context.output {
         Output::Text => {
             let cells: Vec<Vec<String>> = rows
