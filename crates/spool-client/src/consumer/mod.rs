@@ -343,7 +343,7 @@ impl Consumer {
                 }
             }
             if answers.iter().all(Option::is_some) {
-                continue;
+                return Ok(answers.into_iter().flatten().collect());
             }
             if tokio::time::Instant::now() + backoff > deadline {
                 let (topic, partition) = pending.first().cloned().unwrap_or_default();

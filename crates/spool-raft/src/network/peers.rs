@@ -94,8 +94,9 @@ impl PeerPool {
     /// The peer `node`, at the address the book has for it or else `addr`, connecting
     /// lazily; a node that moved gets a new channel.
     pub(crate) fn peer(&self, node: NodeId, addr: &str) -> Result<Arc<Peer>, Status> {
-        let booked = self.book.lock().get(&node).cloned();
-        let addr = booked.as_deref().unwrap_or(addr);
+        // Both locks, book first (the only order taken): no copy of the address per call.
+        let book = self.book.lock();
+        let addr = book.get(&node).map_or(addr, String::as_str);
         let mut peers = self.peers.lock();
         if let Some(peer) = peers.get(&node)
             && peer.addr == addr
