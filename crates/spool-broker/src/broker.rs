@@ -187,6 +187,8 @@ impl Broker {
     /// the metadata gives this node.
     pub async fn open(mut options: BrokerOptions) -> Result<Arc<Self>, BrokerError> {
         let identity = NodeIdentity::open(&options.data_dir, options.node_id)?;
+        // Writes an earlier process made but never synced must not pass for durable.
+        spool_log::sync_filesystem(&options.data_dir).map_err(BrokerError::from)?;
         match spool_raft::sweep_deleted(&options.data_dir) {
             Ok(0) => {}
             Ok(n) => tracing::info!(

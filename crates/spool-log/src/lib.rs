@@ -31,6 +31,6 @@ pub use frame::{FrameHeader, FrameKind};
 pub use log::{Appended, Entry, EntryPayload, Log, LogEnd, Purged};
 pub use reader::{FetchedBatches, LogBounds, LogReader, StoredEntry};
 pub use recovery::{RecoveryReport, TailTruncation};
-pub use segment::create_dir_durably;
+pub use segment::{create_dir_durably, sync_filesystem};
 pub use segment_header::{SegmentHeader, index_file_name, segment_file_name};
 pub use sync::SyncJob;

@@ -262,14 +262,16 @@ impl<'s> FrameCursor<'s> {
     }
 }
 
-/// Writes an index file through a temporary file and a rename, so it is whole or absent.
+/// Writes an index file through a temporary file and a rename. It is not fsynced: an index
+/// is a cache that recovery trusts only when its CRCs check out and it covers its segment
+/// exactly (otherwise the segment is scanned), and it is written only after the frames it
+/// describes are durable, so a crash can lose it but never make it lie.
 pub(crate) fn write_index_file(path: &Path, state: &SegmentState) -> Result<()> {
     let bytes = state.index.encode(&state.checkpoint());
     let tmp = path.with_extension("index.tmp");
     let mut file = File::create(&tmp).map_err(LogError::io("create", &tmp))?;
     file.write_all(&bytes)
         .map_err(LogError::io("write", &tmp))?;
-    file.sync_all().map_err(LogError::io("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(LogError::io("rename", &tmp))
 }
 
@@ -308,6 +310,19 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(LogError::io("sync directory", dir))
+}
+
+/// Flushes everything written to the filesystem holding `dir` (syncfs). A process that
+/// crashed leaves its unsynced writes in the page cache, where recovery would read them as
+/// if they were on disk; a node calls this before opening its logs so that what it finds
+/// there, and then reports to its peers as durable, is.
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    let handle = File::open(dir).map_err(LogError::io("open", dir))?;
+    rustix::fs::syncfs(&handle).map_err(|errno| LogError::Io {
+        op: "sync filesystem",
+        path: dir.to_path_buf(),
+        source: errno.into(),
+    })
 }
 
 /// Creates `dir` and any missing parents, fsyncing the parent of each directory it creates

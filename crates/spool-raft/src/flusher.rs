@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use openraft::storage::IOFlushed;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use spool_log::Log;
 
 use crate::types::PartitionRaft;
@@ -34,9 +35,10 @@ pub struct Flusher {
 impl Flusher {
     pub fn start(name: &str) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel();
+        let pool_name = name.to_string();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(&rx))?;
+            .spawn(move || run(&rx, &SyncPool::start(&pool_name)))?;
         Ok(Arc::new(Self {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -81,7 +83,7 @@ impl Drop for Flusher {
 /// several about as fast as one.
 const PARALLEL_SYNCS: usize = 4;
 
-fn run(rx: &mpsc::Receiver<Request>) {
+fn run(rx: &mpsc::Receiver<Request>, pool: &SyncPool) {
     let mut round: Vec<Request> = Vec::with_capacity(256);
     while let Ok(first) = rx.recv() {
         round.push(first);
@@ -104,8 +106,8 @@ fn run(rx: &mpsc::Receiver<Request>) {
             });
             logs[slot].1.extend(done);
         }
-        let targets: Vec<&SharedLog> = logs.iter().map(|(log, _)| log).collect();
-        let outcomes = sync_all(&targets);
+        let targets: Vec<SharedLog> = logs.iter().map(|(log, _)| Arc::clone(log)).collect();
+        let outcomes = pool.sync_all(targets);
         for ((_, waiting), outcome) in logs.into_iter().zip(outcomes) {
             for done in waiting {
                 done.io_completed(match &outcome {
@@ -117,32 +119,111 @@ fn run(rx: &mpsc::Receiver<Request>) {
     }
 }
 
-/// Syncs every log, up to `PARALLEL_SYNCS` at once; outcomes in the same order.
-fn sync_all(logs: &[&SharedLog]) -> Vec<Result<(), spool_log::LogError>> {
-    if logs.len() <= 1 {
-        return logs.iter().map(|log| sync(log)).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<Mutex<Option<Result<(), spool_log::LogError>>>> =
-        logs.iter().map(|_| Mutex::new(None)).collect();
-    let work = || {
+/// A round's logs, shared with the helpers: whoever is free takes the next one.
+struct Round {
+    logs: Vec<SharedLog>,
+    next: AtomicUsize,
+    outcomes: Vec<Mutex<Option<SyncOutcome>>>,
+    /// Logs not yet synced; the flusher waits for zero.
+    remaining: Mutex<usize>,
+    all_done: Condvar,
+}
+
+type SyncOutcome = Result<(), spool_log::LogError>;
+
+impl Round {
+    /// Syncs logs of the round until none is left to take.
+    fn work(&self) {
         loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(log) = logs.get(i) else { return };
-            *outcomes[i].lock() = Some(sync(log));
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(log) = self.logs.get(i) else { return };
+            *self.outcomes[i].lock() = Some(sync(log));
+            let mut remaining = self.remaining.lock();
+            *remaining -= 1;
+            if *remaining == 0 {
+                self.all_done.notify_all();
+            }
         }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..PARALLEL_SYNCS.min(logs.len()) {
-            scope.spawn(work);
+    }
+}
+
+/// Threads that help the flusher sync the logs of a round, started once: a round with one
+/// log needs none of them, and a busy node would otherwise start threads hundreds of times
+/// a second.
+struct SyncPool {
+    tx: Option<mpsc::Sender<Arc<Round>>>,
+    helpers: Vec<JoinHandle<()>>,
+}
+
+impl SyncPool {
+    fn start(name: &str) -> Self {
+        let (tx, rx) = mpsc::channel::<Arc<Round>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let helpers = (1..PARALLEL_SYNCS)
+            .filter_map(|i| {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || {
+                        loop {
+                            // One helper waits on the channel at a time, the others on its
+                            // lock; the lock is let go before the work.
+                            let next = rx.lock().recv();
+                            let Ok(round) = next else { return };
+                            round.work();
+                        }
+                    })
+                    // Without helpers the flusher syncs every log itself: slower, not wrong.
+                    .inspect_err(|error| tracing::warn!(%error, "no flusher helper thread"))
+                    .ok()
+            })
+            .collect();
+        Self {
+            tx: Some(tx),
+            helpers,
         }
-        work();
-    });
-    outcomes
-        .into_iter()
-        // Every slot is filled; were one not, it must not pass for synced.
-        .map(|o| o.into_inner().unwrap_or(Err(spool_log::LogError::Failed)))
-        .collect()
+    }
+
+    /// Syncs every log, up to `PARALLEL_SYNCS` at once; outcomes in the same order.
+    fn sync_all(&self, logs: Vec<SharedLog>) -> Vec<SyncOutcome> {
+        if logs.len() <= 1 || self.helpers.is_empty() {
+            return logs.iter().map(sync).collect();
+        }
+        let count = logs.len();
+        let round = Arc::new(Round {
+            outcomes: logs.iter().map(|_| Mutex::new(None)).collect(),
+            logs,
+            next: AtomicUsize::new(0),
+            remaining: Mutex::new(count),
+            all_done: Condvar::new(),
+        });
+        if let Some(tx) = &self.tx {
+            for _ in 0..self.helpers.len().min(count - 1) {
+                let _ = tx.send(Arc::clone(&round));
+            }
+        }
+        round.work();
+        let mut remaining = round.remaining.lock();
+        while *remaining > 0 {
+            round.all_done.wait(&mut remaining);
+        }
+        drop(remaining);
+        round
+            .outcomes
+            .iter()
+            // Every slot is filled; were one not, it must not pass for synced.
+            .map(|o| o.lock().take().unwrap_or(Err(spool_log::LogError::Failed)))
+            .collect()
+    }
+}
+
+impl Drop for SyncPool {
+    fn drop(&mut self) {
+        self.tx.take();
+        for helper in self.helpers.drain(..) {
+            let _ = helper.join();
+        }
+    }
 }
 
 fn sync(log: &SharedLog) -> Result<(), spool_log::LogError> {
@@ -199,8 +280,8 @@ mod tests {
                 let log = log.lock();
                 assert!(log.durable().next_index < log.end().next_index);
             }
-            let targets: Vec<&SharedLog> = logs.iter().collect();
-            let outcomes = sync_all(&targets);
+            let pool = SyncPool::start("test-sync");
+            let outcomes = pool.sync_all(logs.clone());
             assert_eq!(outcomes.len(), count);
             assert!(outcomes.iter().all(Result::is_ok));
             for log in &logs {

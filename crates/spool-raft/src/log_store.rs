@@ -380,6 +380,16 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
         // worker over for each would cost more than it saves. One that may roll the
         // segment (an fsync) is done with the worker handed over.
         let (first_offset, counts) = if log.may_roll(frame_bytes) {
+            // A roll seals the segment with an fsync under the log's lock, which the flusher
+            // then waits on for every other log too. Sync first with the lock let go (only
+            // this task appends, so the end cannot move meanwhile): the roll's own fsync
+            // then finds nothing left to write.
+            let job = log.begin_sync().map_err(io_error)?;
+            drop(log);
+            let outcome = blocking(|| job.run());
+            log = self.log.lock();
+            log.finish_sync(&job, &outcome);
+            outcome.map_err(io_error)?;
             blocking(|| write(&mut log))?
         } else {
             write(&mut log)?

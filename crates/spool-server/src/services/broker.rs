@@ -274,13 +274,17 @@ impl v1::broker_server::Broker for BrokerService {
         };
         let chunks = self.broker.fetch(spec, FETCH_QUEUE);
         let metrics = Arc::clone(&self.metrics);
-        // A response's share of the node's fetch memory is held until the next one is
-        // asked for: by then the transport has taken it.
-        let mut sending: Option<Vec<tokio::sync::OwnedSemaphorePermit>> = None;
+        // A response's share of the node's fetch memory is held until the response after
+        // the next is asked for. Asking for the next only means the transport has taken
+        // this one's encoded copy into its send buffer, where it waits for the client's
+        // flow-control window: a client that stops reading holds it there, so it counts
+        // until the transport asks again.
+        let mut sending: [Vec<tokio::sync::OwnedSemaphorePermit>; 2] = Default::default();
         let stream = ReceiverStream::new(chunks).map(move |mut chunk| {
             // The session's place is held as long as its stream lives.
             let _held = &session;
-            drop(sending.replace(std::mem::take(&mut chunk.memory)));
+            sending.rotate_left(1);
+            sending[1] = std::mem::take(&mut chunk.memory);
             Ok(to_wire(chunk, &metrics))
         });
         self.metrics.fetch.record(start, false);
