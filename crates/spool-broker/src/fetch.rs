@@ -135,6 +135,7 @@ impl Broker {
                 return;
             }
             let mut failed_now = false;
+            let mut starved = false;
             let count = cursors.len();
             for k in 0..count {
                 let cursor = &mut cursors[(rotate + k) % count];
@@ -169,21 +170,29 @@ impl Broker {
                     .min(self.options.fetch_memory_bytes)
                     .min(u32::MAX as usize);
                 let memory = Arc::clone(&self.fetch_memory);
+                let some = memory
+                    .available_permits()
+                    .clamp(MIN_FETCH_GRANT.min(want), want);
                 let grant = match Arc::clone(&memory).try_acquire_many_owned(want as u32) {
                     Ok(grant) => grant,
-                    Err(_) => {
-                        let some = memory
-                            .available_permits()
-                            .clamp(MIN_FETCH_GRANT.min(want), want);
-                        tokio::select! {
+                    Err(_) => match Arc::clone(&memory).try_acquire_many_owned(some as u32) {
+                        Ok(grant) => grant,
+                        // Never wait for memory while holding some: sessions that each
+                        // hold a part and wait for more could wait on each other forever.
+                        // Send what is gathered; that gives it back.
+                        Err(_) if !pending.memory.is_empty() => {
+                            starved = true;
+                            break;
+                        }
+                        Err(_) => tokio::select! {
                             grant = memory.acquire_many_owned(some as u32) => match grant {
                                 Ok(grant) => grant,
                                 Err(_) => return,
                             },
                             () = tx.closed() => return,
                             _ = closing.changed() => return,
-                        }
-                    }
+                        },
+                    },
                 };
                 let limit = grant.num_permits().max(1);
                 let partition = &cursor.partition;
@@ -231,7 +240,11 @@ impl Broker {
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             let has_errors = failed_now || pending.partitions.iter().any(|p| p.error.is_some());
             if !pending.partitions.is_empty()
-                && (pending_bytes >= min_bytes || due || has_errors || (!spec.follow && caught_up))
+                && (pending_bytes >= min_bytes
+                    || due
+                    || has_errors
+                    || starved
+                    || (!spec.follow && caught_up))
             {
                 if tx.send(std::mem::take(&mut pending)).await.is_err() {
                     return;

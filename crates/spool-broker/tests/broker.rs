@@ -650,3 +650,62 @@ async fn fetch_sessions_share_bounded_memory() {
     assert_eq!(values[0].len(), 6);
     broker.shutdown().await;
 }
+
+/// Sessions that each gather several partitions before answering never wait for memory
+/// while holding some: otherwise, with the fetch memory shared out among them, each would
+/// wait for the others' share and none would ever answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_gathering_several_partitions_do_not_wait_on_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerOptions {
+        fetch_memory_bytes: 1024 * 1024,
+        ..options(dir.path())
+    })
+    .await
+    .unwrap();
+    broker
+        .create_topic("gather", 3, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let value = "x".repeat(400 * 1024);
+    for partition in 0..3 {
+        for _ in 0..3 {
+            let results = broker
+                .produce(
+                    vec![produce("gather", partition, vec![batch(&[&value])])],
+                    Acks::All,
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert!(results[0].is_ok());
+        }
+    }
+    let sessions: Vec<_> = (0..4)
+        .map(|_| {
+            let mut spec = from_start("gather", 3);
+            // Gather as much as possible before answering.
+            spec.max_bytes = 8 * 1024 * 1024;
+            spec.min_bytes = 8 * 1024 * 1024;
+            spec.max_wait = Duration::from_secs(60);
+            let mut rx = broker.fetch(spec, 2);
+            tokio::spawn(async move {
+                let mut batches = 0;
+                while let Some(chunk) = rx.recv().await {
+                    for p in chunk.partitions {
+                        assert!(p.error.is_none(), "{:?}", p.error);
+                        batches += p.batches.len();
+                    }
+                }
+                batches
+            })
+        })
+        .collect();
+    for session in sessions {
+        let batches = tokio::time::timeout(Duration::from_secs(20), session)
+            .await
+            .expect("every session answered and finished")
+            .unwrap();
+        assert_eq!(batches, 9);
+    }
+    broker.shutdown().await;
+}

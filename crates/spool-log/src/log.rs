@@ -139,6 +139,8 @@ impl Log {
             dir: dir.to_path_buf(),
             segments: parking_lot::RwLock::new(segments),
             index_interval_bytes: config.index_interval_bytes,
+            sync_gate: parking_lot::Mutex::new(()),
+            sync_failed: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Self {
             shared,
@@ -415,10 +417,10 @@ impl Log {
 
     /// Seals the active segment (synced, index written) and starts a new one.
     fn roll(&mut self, now_ms: i64) -> Result<()> {
-        self.active
-            .file
-            .sync_data()
-            .map_err(LogError::io("sync", &self.active.path))?;
+        if let Err(error) = self.shared.sync_segments([&self.active]) {
+            self.failed = true;
+            return Err(error);
+        }
         self.unsynced.retain(|s| !Arc::ptr_eq(s, &self.active));
         self.active.write_index_file()?;
         if self.config.page_cache_window.is_some() {
@@ -492,16 +494,10 @@ impl Log {
         if self.failed {
             return Err(LogError::Failed);
         }
-        for segment in &self.unsynced {
-            if let Err(source) = segment.file.sync_data() {
-                // After a failed fsync the page cache can no longer be trusted.
-                self.failed = true;
-                return Err(LogError::Io {
-                    op: "sync",
-                    path: segment.path.clone(),
-                    source,
-                });
-            }
+        if let Err(error) = self.shared.sync_segments(&self.unsynced) {
+            // After a failed fsync the page cache can no longer be trusted.
+            self.failed = true;
+            return Err(error);
         }
         self.unsynced.clear();
         self.last_sync = Instant::now();

@@ -24,6 +24,42 @@ pub(crate) struct Shared {
     /// Ordered by base offset and by base index; never empty.
     pub segments: RwLock<Vec<Arc<Segment>>>,
     pub index_interval_bytes: u64,
+    /// Held across every fsync of this log's files: two fsyncs of one file must not run
+    /// at once, because the kernel reports a writeback error to only one of them and the
+    /// other would pass for a success.
+    pub sync_gate: parking_lot::Mutex<()>,
+    /// Set by the first failed fsync; every later one fails too (the page cache can no
+    /// longer be trusted to hold what was written).
+    pub sync_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// fsyncs the data of `segments`, one fsync of this log at a time.
+    pub fn sync_segments<'a>(
+        &self,
+        segments: impl IntoIterator<Item = &'a Arc<Segment>>,
+    ) -> crate::error::Result<()> {
+        use std::sync::atomic::Ordering;
+        let _gate = self.sync_gate.lock();
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(crate::error::LogError::Failed);
+        }
+        for segment in segments {
+            if let Err(source) = segment.file.sync_data() {
+                self.sync_failed.store(true, Ordering::Release);
+                return Err(crate::error::LogError::Io {
+                    op: "sync",
+                    path: segment.path.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sync_has_failed(&self) -> bool {
+        self.sync_failed.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl Shared {

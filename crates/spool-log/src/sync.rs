@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use crate::error::{LogError, Result};
 use crate::log::{Log, LogEnd, Purged};
+use crate::reader::Shared;
 use crate::segment::Segment;
 
 /// Files to fsync and the end they make durable.
 #[derive(Debug)]
 pub struct SyncJob {
+    shared: Arc<Shared>,
     segments: Vec<Arc<Segment>>,
     end: LogEnd,
     /// (segment, file position) below which synced pages may leave the page cache.
@@ -27,14 +29,15 @@ impl SyncJob {
         self.end
     }
 
-    /// fsyncs the files. Safe to run on any thread while the log takes appends.
+    /// Whether the job has no file to sync (everything appended was synced already).
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// fsyncs the files. Safe to run on any thread while the log takes appends; waits
+    /// for any other fsync of the same log to finish first.
     pub fn run(&self) -> Result<()> {
-        for segment in &self.segments {
-            segment
-                .file
-                .sync_data()
-                .map_err(LogError::io("sync", &segment.path))?;
-        }
+        self.shared.sync_segments(&self.segments)?;
         if let Some((segment, upto)) = &self.release {
             segment.release_cache(*upto);
         }
@@ -49,18 +52,36 @@ impl Log {
             return Err(LogError::Failed);
         }
         Ok(SyncJob {
+            shared: Arc::clone(&self.shared),
             segments: std::mem::take(&mut self.unsynced),
             end: self.end(),
             release: self.cache_release_point(),
         })
     }
 
+    /// Like `begin_sync`, but the files stay listed as unsynced, so that a concurrent
+    /// `begin_sync` (the flusher's) still syncs them itself instead of answering for them
+    /// before this job's fsync has finished. For a sync ahead of a segment roll.
+    pub fn begin_sync_ahead(&self) -> Result<SyncJob> {
+        if self.failed {
+            return Err(LogError::Failed);
+        }
+        Ok(SyncJob {
+            shared: Arc::clone(&self.shared),
+            segments: self.unsynced.clone(),
+            end: self.end(),
+            release: None,
+        })
+    }
+
     /// Records how a `SyncJob` went. After a failed fsync the page cache can no longer be
     /// trusted, so the log stops taking writes.
-    pub fn finish_sync(&mut self, job: &SyncJob, outcome: &Result<()>) {
-        if outcome.is_err() {
+    /// The result is an error if this job failed or any fsync of the log has: a job whose
+    /// fsync raced a failing one cannot be trusted to have made its data durable.
+    pub fn finish_sync(&mut self, job: &SyncJob, outcome: &Result<()>) -> Result<()> {
+        if outcome.is_err() || self.shared.sync_has_failed() {
             self.failed = true;
-            return;
+            return Err(LogError::Failed);
         }
         self.last_sync = Instant::now();
         // A truncation while the job ran may have cut the log below the job's end.
@@ -73,6 +94,7 @@ impl Log {
         if synced.next_index > self.durable.next_index {
             self.durable = synced;
         }
+        Ok(())
     }
 
     /// Where the page-cache window of the active segment begins. Sealed segments release

@@ -424,3 +424,26 @@ fn readers_on_other_threads_see_appends_as_they_land() {
         assert_eq!(reader.join().unwrap(), total as usize);
     }
 }
+
+#[test]
+fn a_sync_ahead_of_a_roll_leaves_the_flush_of_earlier_appends_its_own_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    let b = batch(1, 1, 10, 1);
+    log.append([data(1, 0, &b)]).unwrap();
+    // The appender syncs ahead of a roll while the flusher's job for the same appends
+    // begins: the flusher must still sync the files itself, or it would answer for them
+    // before the other fsync finished (or failed).
+    let ahead = log.begin_sync_ahead().unwrap();
+    let flush = log.begin_sync().unwrap();
+    assert!(!ahead.is_empty());
+    assert!(
+        !flush.is_empty(),
+        "the flusher's job must sync the files too"
+    );
+    let ran = flush.run();
+    log.finish_sync(&flush, &ran).unwrap();
+    let ran = ahead.run();
+    log.finish_sync(&ahead, &ran).unwrap();
+    assert_eq!(log.durable(), log.end());
+}

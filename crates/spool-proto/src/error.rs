@@ -30,6 +30,18 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::UnknownLeaderEpoch => v1::ErrorCode::UnknownLeaderEpoch,
             ErrorCode::InvalidTimestamp => v1::ErrorCode::InvalidTimestamp,
             ErrorCode::ResourceExhausted => v1::ErrorCode::ResourceExhausted,
+            ErrorCode::CoordinatorNotAvailable => v1::ErrorCode::CoordinatorNotAvailable,
+            ErrorCode::NotCoordinator => v1::ErrorCode::NotCoordinator,
+            ErrorCode::CoordinatorLoadInProgress => v1::ErrorCode::CoordinatorLoadInProgress,
+            ErrorCode::UnknownMemberId => v1::ErrorCode::UnknownMemberId,
+            ErrorCode::FencedMemberEpoch => v1::ErrorCode::FencedMemberEpoch,
+            ErrorCode::StaleMemberEpoch => v1::ErrorCode::StaleMemberEpoch,
+            ErrorCode::InvalidGroupId => v1::ErrorCode::InvalidGroupId,
+            ErrorCode::GroupIdNotFound => v1::ErrorCode::GroupIdNotFound,
+            ErrorCode::NonEmptyGroup => v1::ErrorCode::NonEmptyGroup,
+            ErrorCode::UnreleasedInstanceId => v1::ErrorCode::UnreleasedInstanceId,
+            ErrorCode::OffsetMetadataTooLarge => v1::ErrorCode::OffsetMetadataTooLarge,
+            ErrorCode::UnsupportedAssignor => v1::ErrorCode::UnsupportedAssignor,
             _ => v1::ErrorCode::Unknown,
         }
     }
@@ -60,9 +72,17 @@ impl v1::Error {
 /// The gRPC status code that fits an error code.
 fn grpc_code(code: ErrorCode) -> Code {
     match code {
-        ErrorCode::NotLeader | ErrorCode::StorageError | ErrorCode::NotController => {
-            Code::Unavailable
-        }
+        ErrorCode::NotLeader
+        | ErrorCode::StorageError
+        | ErrorCode::NotController
+        | ErrorCode::CoordinatorNotAvailable
+        | ErrorCode::NotCoordinator
+        | ErrorCode::CoordinatorLoadInProgress => Code::Unavailable,
+        ErrorCode::UnknownMemberId | ErrorCode::GroupIdNotFound => Code::NotFound,
+        ErrorCode::FencedMemberEpoch
+        | ErrorCode::StaleMemberEpoch
+        | ErrorCode::NonEmptyGroup
+        | ErrorCode::UnreleasedInstanceId => Code::FailedPrecondition,
         ErrorCode::BrokerIdInUse => Code::AlreadyExists,
         ErrorCode::FencedLeaderEpoch | ErrorCode::UnknownLeaderEpoch => Code::FailedPrecondition,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
@@ -78,7 +98,10 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidConfig
         | ErrorCode::InvalidPartitions
         | ErrorCode::InvalidReplicationFactor
-        | ErrorCode::InvalidTimestamp => Code::InvalidArgument,
+        | ErrorCode::InvalidTimestamp
+        | ErrorCode::InvalidGroupId
+        | ErrorCode::OffsetMetadataTooLarge
+        | ErrorCode::UnsupportedAssignor => Code::InvalidArgument,
         _ => Code::Internal,
     }
 }

@@ -228,8 +228,9 @@ impl Drop for SyncPool {
 
 fn sync(log: &SharedLog) -> Result<(), spool_log::LogError> {
     let job = log.lock().begin_sync()?;
-    let outcome = job.run();
-    log.lock().finish_sync(&job, &outcome);
+    let ran = job.run();
+    let finished = log.lock().finish_sync(&job, &ran);
+    let outcome = ran.and(finished);
     if let Err(error) = &outcome {
         tracing::error!(%error, "fsync failed; the partition log stops taking writes");
     }

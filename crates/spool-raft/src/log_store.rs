@@ -383,12 +383,14 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             // A roll seals the segment with an fsync under the log's lock, which the flusher
             // then waits on for every other log too. Sync first with the lock let go (only
             // this task appends, so the end cannot move meanwhile): the roll's own fsync
-            // then finds nothing left to write.
-            let job = log.begin_sync().map_err(io_error)?;
+            // then finds little left to write. The segments stay listed as unsynced: a
+            // flush of earlier appends running meanwhile must sync them itself, not take
+            // this job's word for it before the fsync is done.
+            let job = log.begin_sync_ahead().map_err(io_error)?;
             drop(log);
             let outcome = blocking(|| job.run());
             log = self.log.lock();
-            log.finish_sync(&job, &outcome);
+            log.finish_sync(&job, &outcome).map_err(io_error)?;
             outcome.map_err(io_error)?;
             blocking(|| write(&mut log))?
         } else {

@@ -27,10 +27,34 @@ pub enum ErrorCode {
     InvalidTimestamp = 19,
     /// A limit of the node was reached (streams, partitions, bytes in flight).
     ResourceExhausted = 20,
+    /// No coordinator for the group can answer now (its partition has no leader yet): retry.
+    CoordinatorNotAvailable = 21,
+    /// This node is not the group's coordinator: find the coordinator again.
+    NotCoordinator = 22,
+    /// The coordinator is still loading its groups from the log: retry shortly.
+    CoordinatorLoadInProgress = 23,
+    /// The group has no member with this id (it left or its session expired): rejoin with epoch 0.
+    UnknownMemberId = 24,
+    /// The member's epoch is not the group's view of it: the member must give up its partitions and rejoin.
+    FencedMemberEpoch = 25,
+    /// An offset commit carried an old member epoch: heartbeat, then commit again.
+    StaleMemberEpoch = 26,
+    /// The group id is empty or too long.
+    InvalidGroupId = 27,
+    /// No group has this id.
+    GroupIdNotFound = 28,
+    /// The group still has members: the operation needs an empty group.
+    NonEmptyGroup = 29,
+    /// Another live member holds this instance id.
+    UnreleasedInstanceId = 30,
+    /// Offset commit metadata is longer than the limit (4 KiB).
+    OffsetMetadataTooLarge = 31,
+    /// The named server assignor does not exist.
+    UnsupportedAssignor = 32,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -52,6 +76,18 @@ impl ErrorCode {
         ErrorCode::UnknownLeaderEpoch,
         ErrorCode::InvalidTimestamp,
         ErrorCode::ResourceExhausted,
+        ErrorCode::CoordinatorNotAvailable,
+        ErrorCode::NotCoordinator,
+        ErrorCode::CoordinatorLoadInProgress,
+        ErrorCode::UnknownMemberId,
+        ErrorCode::FencedMemberEpoch,
+        ErrorCode::StaleMemberEpoch,
+        ErrorCode::InvalidGroupId,
+        ErrorCode::GroupIdNotFound,
+        ErrorCode::NonEmptyGroup,
+        ErrorCode::UnreleasedInstanceId,
+        ErrorCode::OffsetMetadataTooLarge,
+        ErrorCode::UnsupportedAssignor,
     ];
 
     /// The wire number of this code.
@@ -78,6 +114,10 @@ impl ErrorCode {
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch
                 | ErrorCode::ResourceExhausted
+                | ErrorCode::CoordinatorNotAvailable
+                | ErrorCode::NotCoordinator
+                | ErrorCode::CoordinatorLoadInProgress
+                | ErrorCode::StaleMemberEpoch
         )
     }
 
@@ -105,6 +145,18 @@ impl ErrorCode {
             ErrorCode::UnknownLeaderEpoch => "UNKNOWN_LEADER_EPOCH",
             ErrorCode::InvalidTimestamp => "INVALID_TIMESTAMP",
             ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorCode::CoordinatorNotAvailable => "COORDINATOR_NOT_AVAILABLE",
+            ErrorCode::NotCoordinator => "NOT_COORDINATOR",
+            ErrorCode::CoordinatorLoadInProgress => "COORDINATOR_LOAD_IN_PROGRESS",
+            ErrorCode::UnknownMemberId => "UNKNOWN_MEMBER_ID",
+            ErrorCode::FencedMemberEpoch => "FENCED_MEMBER_EPOCH",
+            ErrorCode::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
+            ErrorCode::InvalidGroupId => "INVALID_GROUP_ID",
+            ErrorCode::GroupIdNotFound => "GROUP_ID_NOT_FOUND",
+            ErrorCode::NonEmptyGroup => "NON_EMPTY_GROUP",
+            ErrorCode::UnreleasedInstanceId => "UNRELEASED_INSTANCE_ID",
+            ErrorCode::OffsetMetadataTooLarge => "OFFSET_METADATA_TOO_LARGE",
+            ErrorCode::UnsupportedAssignor => "UNSUPPORTED_ASSIGNOR",
         }
     }
 }

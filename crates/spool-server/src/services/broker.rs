@@ -10,7 +10,6 @@ use spool_broker::{
 use spool_proto::v1;
 use spool_types::ErrorCode;
 use tokio_stream::Stream;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -273,20 +272,12 @@ impl v1::broker_server::Broker for BrokerService {
             follow: request.follow,
         };
         let chunks = self.broker.fetch(spec, FETCH_QUEUE);
-        let metrics = Arc::clone(&self.metrics);
-        // A response's share of the node's fetch memory is held until the response after
-        // the next is asked for. Asking for the next only means the transport has taken
-        // this one's encoded copy into its send buffer, where it waits for the client's
-        // flow-control window: a client that stops reading holds it there, so it counts
-        // until the transport asks again.
-        let mut sending: [Vec<tokio::sync::OwnedSemaphorePermit>; 2] = Default::default();
-        let stream = ReceiverStream::new(chunks).map(move |mut chunk| {
-            // The session's place is held as long as its stream lives.
-            let _held = &session;
-            sending.rotate_left(1);
-            sending[1] = std::mem::take(&mut chunk.memory);
-            Ok(to_wire(chunk, &metrics))
-        });
+        let stream = MeteredFetch {
+            chunks: ReceiverStream::new(chunks),
+            sent: Vec::new(),
+            _session: session,
+            metrics: Arc::clone(&self.metrics),
+        };
         self.metrics.fetch.record(start, false);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -332,6 +323,38 @@ impl v1::broker_server::Broker for BrokerService {
         Ok(Response::new(v1::ListOffsetsResponse {
             partitions: results,
         }))
+    }
+}
+
+/// A fetch session's responses on their way out. A response's share of the node's fetch
+/// memory is held until the transport asks for the next one: by then it has taken this
+/// one (HTTP/2 keeps at most a few hundred KiB of it buffered per stream), so a consumer
+/// that stops reading holds its last response's share, and one that reads gives it back
+/// even when no next response is ready. Released on receipt of the next response instead,
+/// sessions waiting for memory held by their own sent responses could all wait forever.
+struct MeteredFetch {
+    chunks: ReceiverStream<FetchChunk>,
+    sent: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// The session's place among the node's fetch sessions, held while the stream lives.
+    _session: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Stream for MeteredFetch {
+    type Item = Result<v1::FetchResponse, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.sent.clear();
+        Pin::new(&mut this.chunks).poll_next(cx).map(|next| {
+            next.map(|mut chunk| {
+                this.sent = std::mem::take(&mut chunk.memory);
+                Ok(to_wire(chunk, &this.metrics))
+            })
+        })
     }
 }
 
