@@ -62,6 +62,8 @@ pub struct BrokerOptions {
     pub heartbeat_interval: Duration,
     /// Bytes of metadata records between the controller's checkpoints.
     pub metadata_checkpoint_bytes: u64,
+    /// Consumer group coordination.
+    pub groups: crate::groups::GroupOptions,
 }
 
 /// This node as clients see it.
@@ -169,6 +171,8 @@ pub struct Broker {
     acks_none_bytes: Arc<tokio::sync::Semaphore>,
     /// Bytes fetch sessions hold (see `fetch::FETCH_MEMORY_BYTES`).
     pub(crate) fetch_memory: Arc<tokio::sync::Semaphore>,
+    /// The consumer groups this node coordinates.
+    pub(crate) groups: crate::groups::Groups,
 }
 
 /// How long a single node waits to have registered with itself before serving.
@@ -263,6 +267,7 @@ impl Broker {
                 fetch_memory: Arc::new(tokio::sync::Semaphore::new(
                     options.fetch_memory_bytes.clamp(1024 * 1024, 1 << 40),
                 )),
+                groups: crate::groups::Groups::default(),
                 options,
             }
         });
@@ -278,7 +283,8 @@ impl Broker {
             broker.controller.state(),
         ));
         let retention = tokio::spawn(retention_ticker(Arc::downgrade(&broker)));
-        *broker.tasks.lock() = vec![reconciler, retention];
+        let coordinators = tokio::spawn(crate::groups::watch(Arc::downgrade(&broker)));
+        *broker.tasks.lock() = vec![reconciler, retention, coordinators];
         if solo {
             broker.wait_registered(SOLO_REGISTRATION_WAIT).await?;
             broker.reconcile(&broker.controller.current()).await;
@@ -550,6 +556,7 @@ impl Broker {
         produce: &ProducePartition,
         now_ms: i64,
     ) -> Result<(Arc<Partition>, Vec<Bytes>), BrokerError> {
+        crate::topics::refuse_internal(&produce.topic, "write to")?;
         let state = self.topic(&produce.topic)?;
         let partition = self.partition(&produce.topic, produce.partition)?;
         if let Some(epoch) = produce.leader_epoch {

@@ -60,6 +60,17 @@ pub enum BrokerError {
     /// A metadata change the controller refused or could not make; its code is kept.
     #[error(transparent)]
     Controller(#[from] spool_controller::ControllerError),
+    /// A group operation the group's state machine refused; its code is kept.
+    #[error(transparent)]
+    Group(#[from] spool_group::GroupError),
+    #[error("this node is not the coordinator of group {group:?}")]
+    NotCoordinator { group: String },
+    #[error("no coordinator is available for group {group:?} yet: {reason}")]
+    CoordinatorNotAvailable { group: String, reason: String },
+    #[error("the coordinator of group {group:?} is loading its groups")]
+    CoordinatorLoading { group: String },
+    #[error("topic {topic:?} is internal: clients cannot {action} it")]
+    InternalTopic { topic: String, action: &'static str },
     #[error("data directory {dir} belongs to node {found}, not node {expected}")]
     WrongNode {
         dir: String,
@@ -94,6 +105,11 @@ impl BrokerError {
             BrokerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
             BrokerError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
             BrokerError::Controller(e) => e.code(),
+            BrokerError::Group(e) => e.code(),
+            BrokerError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            BrokerError::CoordinatorNotAvailable { .. } => ErrorCode::CoordinatorNotAvailable,
+            BrokerError::CoordinatorLoading { .. } => ErrorCode::CoordinatorLoadInProgress,
+            BrokerError::InternalTopic { .. } => ErrorCode::InvalidTopic,
         }
     }
 }

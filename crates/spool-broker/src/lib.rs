@@ -9,6 +9,7 @@ mod broker;
 mod cluster;
 mod error;
 mod fetch;
+mod groups;
 mod identity;
 mod partition;
 mod reconcile;
@@ -23,6 +24,9 @@ pub use broker::{
 pub use cluster::{BrokerSummary, ClusterSummary};
 pub use error::BrokerError;
 pub use fetch::{FETCH_MEMORY_BYTES, FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
+pub use groups::{
+    GroupDescription, GroupListing, GroupOptions, MemberDescription, OFFSETS_TOPIC, OffsetEntry,
+};
 pub use partition::Acks;
 pub use spool_controller::{
     AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,

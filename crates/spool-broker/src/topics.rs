@@ -47,6 +47,28 @@ impl Broker {
         assignments: Vec<Vec<u64>>,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
+        refuse_internal(name, "create")?;
+        self.create_any_topic(
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            assignments,
+            validate_only,
+        )
+        .await
+    }
+
+    /// Creates a topic, internal ones included.
+    pub(crate) async fn create_any_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: BTreeMap<String, String>,
+        assignments: Vec<Vec<u64>>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
         TopicConfig::resolve(&self.options.topic_defaults, &configs)?;
         self.controller
             .execute(Command::CreateTopic(NewTopic {
@@ -66,6 +88,7 @@ impl Broker {
 
     /// Deletes a topic: every node removes its replicas and their data.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        refuse_internal(name, "delete")?;
         self.controller
             .execute(Command::DeleteTopic {
                 name: name.to_string(),
@@ -77,6 +100,7 @@ impl Broker {
 
     /// Grows a topic to `total` partitions.
     pub async fn create_partitions(&self, name: &str, total: u32) -> Result<(), BrokerError> {
+        refuse_internal(name, "add partitions to")?;
         self.controller
             .execute(Command::CreatePartitions {
                 name: name.to_string(),
@@ -95,6 +119,7 @@ impl Broker {
         reset: Vec<String>,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
+        refuse_internal(name, "change the configs of")?;
         let state = self.topic(name)?;
         let mut configs = state.record.configs.clone();
         for key in &reset {
@@ -201,4 +226,16 @@ impl Broker {
             configs: state.config.entries(&state.record.configs),
         }
     }
+}
+
+/// Topics whose names start with `__` are Spool's own (`__consumer_offsets`): clients may
+/// read and describe them, not create, write, grow, reconfigure or delete them.
+pub(crate) fn refuse_internal(name: &str, action: &'static str) -> Result<(), BrokerError> {
+    if name.starts_with("__") {
+        return Err(BrokerError::InternalTopic {
+            topic: name.to_string(),
+            action,
+        });
+    }
+    Ok(())
 }

@@ -8,35 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use spool_broker::{
     Acks, Broker, BrokerError, BrokerOptions, FetchPosition, FetchSpec, OffsetQuery,
-    ProducePartition, TopicConfig,
+    ProducePartition,
 };
-use spool_log::FlushPolicy;
 use spool_log::RecordBatch;
 use spool_log::batch::{BatchBuilder, BatchOptions, Compression};
 use spool_types::ErrorCode;
 
-fn options(dir: &std::path::Path) -> BrokerOptions {
-    BrokerOptions {
-        node_id: 1,
-        advertised_address: "127.0.0.1:0".into(),
-        cluster_address: "127.0.0.1:0".into(),
-        max_replicas_per_broker: 20_000,
-        fetch_memory_bytes: spool_broker::FETCH_MEMORY_BYTES,
-        data_dir: dir.to_path_buf(),
-        flush: FlushPolicy::Always,
-        topic_defaults: TopicConfig::default(),
-        default_partitions: 1,
-        max_partitions: 1000,
-        raft_timing: spool_broker::RaftTiming::default(),
-        retention_check: std::time::Duration::from_secs(30),
-        default_replication_factor: 0,
-        rack: None,
-        controller_voters: Default::default(),
-        session_timeout: std::time::Duration::from_secs(6),
-        heartbeat_interval: std::time::Duration::from_millis(500),
-        metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
-    }
-}
+mod common;
+use common::options;
 
 fn batch(values: &[&str]) -> Bytes {
     let mut builder = BatchBuilder::new(BatchOptions::default());

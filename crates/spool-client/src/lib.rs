@@ -7,7 +7,6 @@ mod cluster;
 mod compression;
 mod consumer;
 mod error;
-mod partitioner;
 mod producer;
 mod types;
 
@@ -17,9 +16,9 @@ pub use consumer::{
     Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo, decode_batch,
 };
 pub use error::{ApiError, ClientError};
-pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
     DeliveryFuture, Producer, ProducerConfig, ProducerError, ProducerRecord, RecordMetadata,
 };
 pub use spool_types::ErrorCode;
+pub use spool_types::{murmur2, partition_for_key};
 pub use types::*;

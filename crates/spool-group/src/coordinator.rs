@@ -340,7 +340,8 @@ pub(crate) fn check_id(what: &'static str, id: &str) -> Result<(), GroupError> {
     Ok(())
 }
 
-pub(crate) fn check_group_id(id: &str) -> Result<(), GroupError> {
+/// Checks a group id: not empty, at most `MAX_ID_BYTES`, no control characters.
+pub fn check_group_id(id: &str) -> Result<(), GroupError> {
     if id.is_empty() {
         return Err(GroupError::InvalidGroupId("empty"));
     }

@@ -22,7 +22,7 @@ pub use assignment::Assignment;
 pub use assignor::{AssignorKind, MemberSpec};
 pub use coordinator::{
     Coordinator, CoordinatorConfig, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_PATTERN_BYTES,
-    MAX_SUBSCRIBED_TOPICS, Outcome,
+    MAX_SUBSCRIBED_TOPICS, Outcome, check_group_id,
 };
 pub use error::{GroupError, RecordError};
 pub use group::{ConsumerGroup, GroupState, LEAVE_EPOCH, Member, STATIC_LEFT_EPOCH};

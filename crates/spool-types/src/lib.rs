@@ -3,8 +3,10 @@
 
 mod error_code;
 mod ids;
+mod partitioner;
 mod topic;
 
 pub use error_code::ErrorCode;
 pub use ids::{NodeId, PartitionId};
+pub use partitioner::{murmur2, partition_for_key};
 pub use topic::{InvalidTopicName, TopicName};

@@ -29,8 +29,8 @@ use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::compression::Compression;
 use crate::error::{ApiError, ClientError};
-use crate::partitioner::partition_for_key;
 use accumulator::Accumulator;
+use spool_types::partition_for_key;
 
 /// How a producer batches, acknowledges and retries.
 #[derive(Debug, Clone)]

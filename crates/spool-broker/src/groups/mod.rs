@@ -1,0 +1,248 @@
+//! Consumer group coordination on this node.
+//!
+//! Groups live in the internal topic `__consumer_offsets`, created on first use. The
+//! coordinator of group G is the leader of partition murmur2(G) mod N of that topic: the
+//! node leading it runs a `Shard` (its groups in memory, changed by one task that writes
+//! every change through the partition's Raft group before answering). A watcher starts a
+//! shard when this node takes the lead of such a partition and drops it when the lead
+//! moves; the new leader replays the partition and carries on.
+
+mod api;
+mod shard;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use spool_group::{CoordinatorConfig, TopicInfo, TopicsSnapshot};
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+
+pub use api::{GroupDescription, GroupListing, MemberDescription, OffsetEntry};
+pub(crate) use shard::Shard;
+
+/// The internal topic holding consumer groups and their offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// How often the watcher looks for coordinator partitions this node started or stopped
+/// leading (besides every metadata change).
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// How groups are coordinated on this node.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Partitions of `__consumer_offsets` when it is created (it never changes after).
+    pub offsets_topic_partitions: u32,
+    /// Its replication factor; 0 for three, or fewer when fewer brokers are live.
+    pub offsets_topic_replication_factor: u32,
+    pub coordinator: CoordinatorConfig,
+    /// Records written after which a coordinator writes its whole state and lets the log
+    /// drop what came before.
+    pub checkpoint_records: usize,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        Self {
+            offsets_topic_partitions: 16,
+            offsets_topic_replication_factor: 0,
+            coordinator: CoordinatorConfig::default(),
+            checkpoint_records: 100_000,
+        }
+    }
+}
+
+/// This node's coordinator partitions and what they need from the broker.
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    shards: Mutex<HashMap<u32, Arc<Shard>>>,
+    /// The topics as assignment sees them, rebuilt when the metadata changes.
+    topics: Mutex<(i64, Arc<TopicsSnapshot>)>,
+}
+
+/// What a shard's task reads from the broker; holds it weakly so that a shard never
+/// keeps a stopped broker alive.
+struct Host {
+    broker: Weak<Broker>,
+    checkpoint_records: usize,
+}
+
+impl shard::ShardHost for Host {
+    fn topics(&self) -> Arc<TopicsSnapshot> {
+        match self.broker.upgrade() {
+            Some(broker) => broker.topics_snapshot(),
+            None => Arc::new(TopicsSnapshot::new()),
+        }
+    }
+
+    fn checkpoint_records(&self) -> usize {
+        self.checkpoint_records
+    }
+}
+
+impl Broker {
+    /// The topics as the assignors see them: partition counts and replica racks.
+    pub(crate) fn topics_snapshot(&self) -> Arc<TopicsSnapshot> {
+        let metadata = self.controller.current();
+        let mut cached = self.groups.topics.lock();
+        if cached.0 == metadata.offset && metadata.offset != 0 {
+            return Arc::clone(&cached.1);
+        }
+        let mut snapshot = TopicsSnapshot::new();
+        for topic in metadata.topics.values() {
+            let racks = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    p.target()
+                        .iter()
+                        .filter_map(|r| metadata.brokers.get(&r.broker)?.rack.clone())
+                        .collect::<BTreeSet<String>>()
+                })
+                .collect::<Vec<_>>();
+            let racks = if racks.iter().all(BTreeSet::is_empty) {
+                Vec::new()
+            } else {
+                racks
+            };
+            snapshot.insert(
+                topic.name.clone(),
+                TopicInfo {
+                    partitions: topic.partitions.len() as u32,
+                    racks,
+                },
+            );
+        }
+        let snapshot = Arc::new(snapshot);
+        *cached = (metadata.offset, Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// The coordinator partition of `group`, if `__consumer_offsets` exists.
+    pub(crate) fn coordinator_partition(&self, group: &str) -> Option<u32> {
+        let topics = self.topics.read();
+        let n = topics.get(OFFSETS_TOPIC)?.record.partitions.len() as u32;
+        (n > 0).then(|| spool_types::partition_for_key(group.as_bytes(), n))
+    }
+
+    /// The running shard that coordinates `group` here, or why there is none.
+    pub(crate) fn shard_for(&self, group: &str) -> Result<Arc<Shard>, BrokerError> {
+        let index = self.coordinator_partition(group).ok_or_else(|| {
+            BrokerError::CoordinatorNotAvailable {
+                group: group.to_string(),
+                reason: format!("{OFFSETS_TOPIC} does not exist yet"),
+            }
+        })?;
+        if let Some(shard) = self.groups.shards.lock().get(&index)
+            && !shard.is_stopped()
+        {
+            return Ok(Arc::clone(shard));
+        }
+        let leads = self
+            .partition(OFFSETS_TOPIC, index)
+            .is_ok_and(|p| p.replica.is_leader());
+        if leads {
+            Err(BrokerError::CoordinatorLoading {
+                group: group.to_string(),
+            })
+        } else {
+            Err(BrokerError::NotCoordinator {
+                group: group.to_string(),
+            })
+        }
+    }
+
+    /// Starts shards for the coordinator partitions this node leads (once it has applied
+    /// an entry of its own term: everything committed before is then in the log it
+    /// replays) and drops those it no longer leads.
+    pub(crate) fn watch_coordinators(&self) {
+        let local: BTreeMap<u32, Arc<crate::partition::Partition>> = self
+            .topics
+            .read()
+            .get(OFFSETS_TOPIC)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.index, Arc::clone(p)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut shards = self.groups.shards.lock();
+        shards.retain(|index, shard| {
+            let keep = local
+                .get(index)
+                .is_some_and(|p| p.replica.is_leader() && p.replica.term() == shard.term)
+                && !shard.is_stopped();
+            if !keep {
+                tracing::info!(
+                    partition = index,
+                    term = shard.term,
+                    "coordinator partition handed over"
+                );
+            }
+            keep
+        });
+        for (index, partition) in local {
+            if shards.contains_key(&index) || !partition.replica.leads_and_applied_own_term() {
+                continue;
+            }
+            let term = partition.replica.term();
+            let host = Arc::new(Host {
+                broker: self.this.clone(),
+                checkpoint_records: self.options.groups.checkpoint_records,
+            });
+            let shard = Shard::start(partition, term, self.options.groups.coordinator, host);
+            shards.insert(index, shard);
+        }
+    }
+
+    /// Creates `__consumer_offsets` if it does not exist yet.
+    pub(crate) async fn ensure_offsets_topic(&self) -> Result<(), BrokerError> {
+        if self.topics.read().contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        let options = &self.options.groups;
+        let configs = BTreeMap::from([
+            // Group state must outlive any retention: it is kept short by checkpoints.
+            ("retention.ms".to_string(), "-1".to_string()),
+            ("retention.bytes".to_string(), "-1".to_string()),
+        ]);
+        match self
+            .create_any_topic(
+                OFFSETS_TOPIC,
+                options.offsets_topic_partitions.max(1),
+                options.offsets_topic_replication_factor,
+                configs,
+                Vec::new(),
+                false,
+            )
+            .await
+        {
+            Ok(()) | Err(BrokerError::TopicExists { .. }) => Ok(()),
+            Err(error) if error.code() == spool_types::ErrorCode::TopicAlreadyExists => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Runs the watcher until the broker goes away.
+pub(crate) async fn watch(broker: Weak<Broker>) {
+    loop {
+        let Some(strong) = broker.upgrade() else {
+            return;
+        };
+        if *strong.closing.borrow() {
+            return;
+        }
+        strong.watch_coordinators();
+        let mut metadata = strong.controller.state();
+        drop(strong);
+        tokio::select! {
+            _ = metadata.changed() => {}
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! One coordinator partition led by this node: its groups in memory, and the one task
+//! that changes them.
+//!
+//! The task first replays the partition (everything committed before this node took the
+//! lead) into a `Coordinator`, then takes operations in order. It runs every operation
+//! queued meanwhile, appends all their records as one write (acks=all), and answers them
+//! only once that write is committed; an operation that only reads is answered after the
+//! writes queued before it, so nobody reads what might still be lost. If a write fails or
+//! the leadership moves, the task stops and nothing more is answered from this state: the
+//! next leader rebuilds it from what was committed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use spool_group::{Coordinator, CoordinatorConfig, GroupRecord, Outcome, TopicsSnapshot};
+use spool_log::RecordBatch;
+use spool_log::batch::{BatchBuilder, BatchOptions};
+use spool_raft::AckLevel;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::BrokerError;
+use crate::partition::Partition;
+
+/// Operations queued for one coordinator partition; more are refused as "loading".
+const QUEUE: usize = 8192;
+/// Operations run and written together at most.
+const OPERATIONS_PER_WRITE: usize = 2048;
+/// Most record bytes in one batch of the coordinator's writes.
+const BATCH_BYTES: usize = 512 * 1024;
+/// How often sessions are checked for expiry.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// Bytes read at once while replaying.
+const REPLAY_READ: usize = 4 * 1024 * 1024;
+
+/// What every operation sees besides the groups.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub now_ms: i64,
+    pub topics: Arc<TopicsSnapshot>,
+}
+
+type Reply = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Coordinator, &Context) -> (Vec<GroupRecord>, Reply) + Send>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Loading,
+    Active,
+    /// Stopped: leadership moved, a write failed, or the log could not be replayed.
+    Stopped(String),
+}
+
+/// A coordinator partition this node leads, at one Raft term.
+pub(crate) struct Shard {
+    pub index: u32,
+    pub term: u64,
+    jobs: mpsc::Sender<Job>,
+    phase: watch::Receiver<Phase>,
+    /// Per group: a counter that moves when its membership or assignments change, for
+    /// heartbeats that wait for their assignment to change.
+    changes: Arc<Mutex<std::collections::HashMap<String, watch::Sender<u64>>>>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("phase", &*self.phase.borrow())
+            .finish()
+    }
+}
+
+/// Where a shard's task gets what it needs from the broker.
+pub(crate) trait ShardHost: Send + Sync + 'static {
+    /// The cluster's topics as assignment needs them.
+    fn topics(&self) -> Arc<TopicsSnapshot>;
+    /// Records since the last checkpoint after which the state is written whole.
+    fn checkpoint_records(&self) -> usize;
+}
+
+impl Shard {
+    /// Starts the task for `partition`, led by this node at `term`.
+    pub fn start(
+        partition: Arc<Partition>,
+        term: u64,
+        config: CoordinatorConfig,
+        host: Arc<dyn ShardHost>,
+    ) -> Arc<Self> {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let (phase_tx, phase) = watch::channel(Phase::Loading);
+        let changes = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let shard = Arc::new(Self {
+            index: partition.index,
+            term,
+            jobs,
+            phase,
+            changes: Arc::clone(&changes),
+        });
+        let task = Task {
+            partition,
+            term,
+            coordinator: Coordinator::new(config),
+            host,
+            phase: phase_tx,
+            changes,
+            since_checkpoint: 0,
+        };
+        tokio::spawn(task.run(rx));
+        shard
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Stopped(_))
+    }
+
+    /// Runs `operation` in order with the others and answers once its records (and those
+    /// of every operation before it) are committed.
+    pub async fn run<T, F>(&self, group: &str, operation: F) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Coordinator, &Context) -> Result<Outcome<T>, spool_group::GroupError>
+            + Send
+            + 'static,
+    {
+        match self.phase() {
+            Phase::Active | Phase::Loading => {}
+            Phase::Stopped(reason) => {
+                return Err(BrokerError::CoordinatorNotAvailable {
+                    group: group.to_string(),
+                    reason,
+                });
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job =
+            Box::new(
+                move |coordinator, context| match operation(coordinator, context) {
+                    Ok(outcome) => {
+                        let value = outcome.value;
+                        let reply: Reply = Box::new(move |written| {
+                            let _ = tx.send(written.map(|()| value));
+                        });
+                        (outcome.records, reply)
+                    }
+                    Err(error) => {
+                        let reply: Reply = Box::new(move |_| {
+                            let _ = tx.send(Err(BrokerError::Group(error)));
+                        });
+                        (Vec::new(), reply)
+                    }
+                },
+            );
+        self.jobs
+            .try_send(job)
+            .map_err(|_| BrokerError::CoordinatorLoading {
+                group: group.to_string(),
+            })?;
+        rx.await.map_err(|_| BrokerError::NotCoordinator {
+            group: group.to_string(),
+        })?
+    }
+
+    /// A watch that moves when `group`'s membership or assignments change.
+    pub fn watch_group(&self, group: &str) -> watch::Receiver<u64> {
+        self.changes
+            .lock()
+            .entry(group.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+struct Task {
+    partition: Arc<Partition>,
+    term: u64,
+    coordinator: Coordinator,
+    host: Arc<dyn ShardHost>,
+    phase: watch::Sender<Phase>,
+    changes: Arc<Mutex<std::collections::HashMap<String, watch::Sender<u64>>>>,
+    since_checkpoint: usize,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let stopped = match self.replay().await {
+            Ok(records) => {
+                tracing::info!(
+                    partition = self.partition.index,
+                    term = self.term,
+                    records,
+                    groups = self.coordinator.groups().count(),
+                    "coordinator partition loaded"
+                );
+                self.coordinator.start_sessions(now_ms());
+                let _ = self.phase.send(Phase::Active);
+                self.serve(&mut rx).await
+            }
+            Err(error) => {
+                tracing::error!(partition = self.partition.index, %error, "coordinator partition could not be replayed; its groups are unavailable here");
+                format!("the coordinator could not replay its log: {error}")
+            }
+        };
+        let _ = self.phase.send(Phase::Stopped(stopped));
+        // Whatever is still queued is answered: not by this coordinator.
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            let context = Context {
+                now_ms: now_ms(),
+                topics: self.host.topics(),
+            };
+            let (_, reply) = job(&mut Coordinator::default(), &context);
+            reply(Err(BrokerError::Replication {
+                reason: "the coordinator stopped".into(),
+            }));
+        }
+    }
+
+    /// Applies every committed record of the partition; returns how many.
+    async fn replay(&mut self) -> Result<usize, BrokerError> {
+        let mut offset = self.partition.reader.start_offset();
+        let end = self.partition.high_watermark();
+        let mut count = 0;
+        while offset < end {
+            let fetched = self.partition.read(offset, REPLAY_READ).await?;
+            if fetched.batches.is_empty() {
+                break;
+            }
+            for bytes in &fetched.batches {
+                let batch = RecordBatch::new(bytes)?;
+                if batch.is_control() {
+                    continue;
+                }
+                for record in batch.records()? {
+                    let record = record?;
+                    if record.offset() < offset {
+                        continue;
+                    }
+                    let key = record.key().ok_or_else(|| BrokerError::InvalidRequest {
+                        reason: format!("group record at offset {} has no key", record.offset()),
+                    })?;
+                    let decoded = GroupRecord::decode(key, record.value()).map_err(|e| {
+                        BrokerError::InvalidRequest {
+                            reason: format!("group record at offset {}: {e}", record.offset()),
+                        }
+                    })?;
+                    self.coordinator.apply(&decoded);
+                    count += 1;
+                }
+            }
+            offset = fetched.next_offset;
+        }
+        self.since_checkpoint = count;
+        Ok(count)
+    }
+
+    /// Takes operations until leadership moves or a write fails; returns why it stopped.
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Job>) -> String {
+        let mut tick = tokio::time::interval(EXPIRY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leadership = self.partition.replica.changes();
+        let mut jobs: Vec<Job> = Vec::new();
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => jobs.push(job),
+                    None => return "the coordinator was closed".into(),
+                },
+                _ = tick.tick() => jobs.push(Box::new(|c: &mut Coordinator, ctx: &Context| {
+                    let outcome = c.expire(ctx.now_ms);
+                    for (group, member) in &outcome.value {
+                        tracing::info!(group, member, "member removed: its session or revocation time ran out");
+                    }
+                    (outcome.records, Box::new(|_| {}) as Reply)
+                })),
+                alive = leadership.changed() => if !alive {
+                    return "the partition replica stopped".into();
+                },
+            }
+            if !self.still_leads() {
+                fail(jobs.drain(..), &mut self.coordinator, &self.host);
+                return "this node no longer leads the coordinator partition".into();
+            }
+            while jobs.len() < OPERATIONS_PER_WRITE {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            if let Err(reason) = self.run_jobs(&mut jobs).await {
+                return reason;
+            }
+            if self.since_checkpoint >= self.host.checkpoint_records()
+                && let Err(reason) = self.checkpoint().await
+            {
+                return reason;
+            }
+        }
+    }
+
+    fn still_leads(&self) -> bool {
+        self.partition.replica.is_leader() && self.partition.replica.term() == self.term
+    }
+
+    async fn run_jobs(&mut self, jobs: &mut Vec<Job>) -> Result<(), String> {
+        let context = Context {
+            now_ms: now_ms(),
+            topics: self.host.topics(),
+        };
+        let mut records = Vec::new();
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            let (written, reply) = job(&mut self.coordinator, &context);
+            records.extend(written);
+            replies.push(reply);
+        }
+        let touched: BTreeSet<String> = records
+            .iter()
+            .filter(|r| !matches!(r, GroupRecord::Offset { .. }))
+            .map(|r| r.group().to_string())
+            .collect();
+        if !records.is_empty() {
+            let count = records.len();
+            if let Err(error) = self.write(&records, context.now_ms).await {
+                for reply in replies {
+                    reply(Err(BrokerError::Replication {
+                        reason: error.to_string(),
+                    }));
+                }
+                return Err(format!("a coordinator write failed: {error}"));
+            }
+            self.since_checkpoint += count;
+        }
+        for reply in replies {
+            reply(Ok(()));
+        }
+        let changes = self.changes.lock();
+        for group in touched {
+            if let Some(tx) = changes.get(&group) {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `records` and waits until they are committed; returns the first offset.
+    async fn write(&self, records: &[GroupRecord], now_ms: i64) -> Result<i64, BrokerError> {
+        let batches = encode(records, now_ms);
+        self.partition
+            .replica
+            .append(batches, AckLevel::All)
+            .await
+            .map_err(|e| BrokerError::Replication {
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes the whole state, then lets the log drop what came before it, so a replay
+    /// stays short however long the groups live.
+    async fn checkpoint(&mut self) -> Result<(), String> {
+        let records = self.coordinator.snapshot_records();
+        let start = self
+            .write(&records, now_ms())
+            .await
+            .map_err(|e| format!("a coordinator checkpoint failed: {e}"))?;
+        self.since_checkpoint = 0;
+        if let Err(error) = self.partition.replica.compact_before(start).await {
+            tracing::warn!(partition = self.partition.index, %error, "coordinator log not compacted after a checkpoint");
+        }
+        Ok(())
+    }
+}
+
+/// Answers jobs without running them: this coordinator no longer speaks for the groups.
+fn fail(jobs: impl Iterator<Item = Job>, coordinator: &mut Coordinator, host: &Arc<dyn ShardHost>) {
+    let context = Context {
+        now_ms: now_ms(),
+        topics: host.topics(),
+    };
+    // A scratch copy runs them (their replies need an outcome), and is thrown away.
+    let mut scratch = Coordinator::new(*coordinator.config());
+    for job in jobs {
+        let (_, reply) = job(&mut scratch, &context);
+        reply(Err(BrokerError::Replication {
+            reason: "the coordinator partition lost its leader".into(),
+        }));
+    }
+}
+
+/// The records as Kafka batches of at most `BATCH_BYTES` each.
+fn encode(records: &[GroupRecord], now_ms: i64) -> Vec<Bytes> {
+    let mut batches = Vec::new();
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    for record in records {
+        key.clear();
+        value.clear();
+        let has_value = record.encode_into(&mut key, &mut value);
+        let value = has_value.then_some(value.as_slice());
+        if !builder.is_empty()
+            && builder.size() + builder.record_size(now_ms, Some(&key), value, &[]) > BATCH_BYTES
+        {
+            let full = std::mem::replace(&mut builder, BatchBuilder::new(BatchOptions::default()));
+            batches.push(full.finish());
+        }
+        builder.append(now_ms, Some(&key), value, &[]);
+    }
+    if !builder.is_empty() {
+        batches.push(builder.finish());
+    }
+    batches
+}
+
+pub(crate) fn now_ms() -> i64 {
+    crate::broker::now_ms()
+}

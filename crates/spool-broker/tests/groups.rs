@@ -1,0 +1,213 @@
+//! Consumer groups on one broker: the coordinator found and loaded, members joining and
+//! sharing partitions without overlap, commits fenced by epoch, and the state surviving a
+//! restart (replayed from `__consumer_offsets`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::options;
+use spool_broker::{Broker, BrokerError, OFFSETS_TOPIC};
+use spool_group::{Assignment, HeartbeatRequest, HeartbeatResponse, OffsetCommit};
+use spool_types::ErrorCode;
+use tokio::time::Instant;
+
+async fn open(dir: &std::path::Path) -> Arc<Broker> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Broker::open(options(dir)).await {
+            Ok(broker) => return broker,
+            Err(BrokerError::DirectoryInUse { .. }) if Instant::now() < deadline => {
+                tokio::task::yield_now().await;
+            }
+            Err(error) => panic!("open failed: {error}"),
+        }
+    }
+}
+
+/// Retries what the coordinator answers while it is being created or loaded.
+async fn until_ready<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(error)
+                if error.code().is_retriable()
+                    && error.code() != ErrorCode::StaleMemberEpoch
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+}
+
+fn join(member: &str) -> HeartbeatRequest {
+    HeartbeatRequest {
+        group: "payments".into(),
+        member: member.into(),
+        epoch: 0,
+        topics: Some(vec!["orders".into()]),
+        rebalance_timeout_ms: Some(30_000),
+        owned: Some(Assignment::new()),
+        ..HeartbeatRequest::default()
+    }
+}
+
+fn next(member: &str, last: &HeartbeatResponse) -> HeartbeatRequest {
+    HeartbeatRequest {
+        epoch: last.epoch,
+        topics: None,
+        owned: Some(last.assignment.clone()),
+        ..join(member)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_share_partitions_commit_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path()).await;
+    broker
+        .create_topic("orders", 4, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let (node, _) = until_ready(|| broker.find_coordinator("payments")).await;
+    assert_eq!(node, 1);
+    assert!(
+        broker
+            .list_topics(true)
+            .iter()
+            .any(|t| t.name == OFFSETS_TOPIC && t.internal)
+    );
+
+    let a = until_ready(|| broker.group_heartbeat(join("a"), Duration::ZERO)).await;
+    assert_eq!(a.assignment.len(), 4, "the only member takes everything");
+    // b joins: it gets nothing until a has given its share up.
+    let b = until_ready(|| broker.group_heartbeat(join("b"), Duration::ZERO)).await;
+    assert!(b.assignment.is_empty());
+    let a2 = broker
+        .group_heartbeat(next("a", &a), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(a2.assignment.len(), 2, "a is asked to give two up");
+    assert_eq!(a2.epoch, a.epoch, "its epoch waits for the revocation");
+    // a heartbeats owning only what it kept: it moves on, and b (waiting in a long poll)
+    // is answered as soon as the partitions are free.
+    let waiting_b = {
+        let broker = Arc::clone(&broker);
+        let request = next("b", &b);
+        tokio::spawn(async move {
+            broker
+                .group_heartbeat(request, Duration::from_secs(5))
+                .await
+        })
+    };
+    let a3 = broker
+        .group_heartbeat(next("a", &a2), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(a3.epoch > a.epoch);
+    let started = Instant::now();
+    let b2 = waiting_b.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the long poll answered on the change"
+    );
+    assert_eq!(b2.assignment.len(), 2);
+    assert!(!b2.assignment.overlaps(&a3.assignment));
+
+    // Commits: fenced by epoch, all or nothing.
+    let commit = |partition, offset| OffsetCommit {
+        topic: "orders".into(),
+        partition,
+        offset,
+        leader_epoch: -1,
+        metadata: "m".into(),
+    };
+    let mine: Vec<OffsetCommit> = a3
+        .assignment
+        .iter()
+        .map(|(_, p)| commit(p, 10 + i64::from(p)))
+        .collect();
+    broker
+        .commit_offsets("payments", "a", a3.epoch, mine)
+        .await
+        .unwrap();
+    let stale = broker
+        .commit_offsets("payments", "a", a3.epoch - 1, vec![commit(0, 99)])
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), ErrorCode::StaleMemberEpoch);
+    let zombie = broker
+        .commit_offsets("payments", "nobody", 1, vec![commit(0, 99)])
+        .await
+        .unwrap_err();
+    assert_eq!(zombie.code(), ErrorCode::UnknownMemberId);
+    let fetched = broker.fetch_offsets("payments", None).await.unwrap();
+    assert_eq!(fetched.len(), 2);
+    assert!(
+        fetched
+            .iter()
+            .all(|e| e.offset == 10 + i64::from(e.partition))
+    );
+
+    // Internal topics are not for clients to write or delete.
+    assert_eq!(
+        broker.delete_topic(OFFSETS_TOPIC).await.unwrap_err().code(),
+        ErrorCode::InvalidTopic
+    );
+
+    // A restart: the new coordinator replays the partition and knows it all.
+    let described = broker.describe_group("payments").await.unwrap();
+    broker.shutdown().await;
+    drop(broker);
+    let broker = open(dir.path()).await;
+    let again = until_ready(|| broker.describe_group("payments")).await;
+    assert_eq!(again.epoch, described.epoch);
+    assert_eq!(again.members, described.members);
+    assert_eq!(again.offsets, described.offsets);
+    // Members carry on at their epochs.
+    let a4 = until_ready(|| broker.group_heartbeat(next("a", &a3), Duration::ZERO)).await;
+    assert_eq!(a4.epoch, a3.epoch);
+    assert_eq!(a4.assignment, a3.assignment);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_heartbeating_is_removed_and_its_partitions_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.groups.coordinator.session_timeout_ms = 1_000;
+    opts.groups.coordinator.heartbeat_interval_ms = 200;
+    let broker = Broker::open(opts).await.unwrap();
+    broker
+        .create_topic("orders", 2, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    until_ready(|| broker.find_coordinator("payments")).await;
+    let a = until_ready(|| broker.group_heartbeat(join("a"), Duration::ZERO)).await;
+    let mut b = until_ready(|| broker.group_heartbeat(join("b"), Duration::ZERO)).await;
+    // a goes silent; b keeps heartbeating (each a long poll) until it owns everything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.assignment.len() < 2 {
+        assert!(Instant::now() < deadline, "b never got a's partitions");
+        b = broker
+            .group_heartbeat(next("b", &b), Duration::from_millis(200))
+            .await
+            .unwrap();
+    }
+    let gone = broker
+        .group_heartbeat(next("a", &a), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), ErrorCode::UnknownMemberId);
+    broker.shutdown().await;
+}
