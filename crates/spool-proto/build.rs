@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: [&str; 6] = [
+const PROTOS: [&str; 7] = [
     "spool/v1/common.proto",
     "spool/v1/broker.proto",
     "spool/v1/admin.proto",
+    "spool/v1/group.proto",
     "spool/v1/raft.proto",
     "spool/v1/cluster.proto",
     "spool/v1/controller.proto",

@@ -5,6 +5,7 @@ use std::time::Duration;
 use spool_proto::v1;
 use spool_proto::v1::admin_client::AdminClient;
 use spool_proto::v1::broker_client::BrokerClient;
+use spool_proto::v1::groups_client::GroupsClient;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
@@ -20,6 +21,7 @@ const ADMIN_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 pub struct Client {
     broker: BrokerClient<Channel>,
     admin: AdminClient<Channel>,
+    pub(crate) groups: GroupsClient<Channel>,
     address: String,
     /// Deadline of every unary call (fetch streams run until closed).
     timeout: Duration,
@@ -60,6 +62,9 @@ impl Client {
                         broker: BrokerClient::new(channel.clone())
                             .max_decoding_message_size(MAX_MESSAGE_BYTES)
                             .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                        groups: GroupsClient::new(channel.clone())
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(ADMIN_REQUEST_BYTES),
                         admin: AdminClient::new(channel)
                             .max_decoding_message_size(MAX_MESSAGE_BYTES)
                             .max_encoding_message_size(ADMIN_REQUEST_BYTES),
@@ -77,7 +82,7 @@ impl Client {
     }
 
     /// A request carrying this client's deadline (sent as `grpc-timeout`).
-    fn call<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn call<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         request

@@ -42,6 +42,11 @@ impl Cluster {
         }
     }
 
+    /// The connection the client was made with.
+    pub fn bootstrap(&self) -> &Client {
+        &self.bootstrap
+    }
+
     /// The number of partitions of `topic`, from the cache or the cluster.
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
         if let Some(leaders) = self.state.read().leaders.get(topic) {

@@ -7,15 +7,21 @@ mod cluster;
 mod compression;
 mod consumer;
 mod error;
+mod groups;
 mod producer;
 mod types;
 
 pub use client::Client;
 pub use compression::Compression;
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, OffsetReset, SeekTo, decode_batch,
+    Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, GroupConfig, GroupConsumer,
+    GroupEvent, OffsetReset, SeekTo, decode_batch,
 };
 pub use error::{ApiError, ClientError};
+pub use groups::{
+    CommittedOffset, GroupDescription, GroupMemberInfo, GroupSummary, Heartbeat, HeartbeatAnswer,
+    MemberState, OffsetToCommit, PartitionSet,
+};
 pub use producer::{
     DeliveryFuture, Producer, ProducerConfig, ProducerError, ProducerRecord, RecordMetadata,
 };

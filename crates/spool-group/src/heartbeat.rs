@@ -41,6 +41,8 @@ pub struct HeartbeatResponse {
     pub member: String,
     pub epoch: i32,
     pub heartbeat_interval_ms: i32,
+    /// The member's session: with no answer for this long, it is out of the group.
+    pub session_timeout_ms: i32,
     /// The partitions the member may own: any it owns outside this set it must give up.
     pub assignment: Assignment,
     pub state: MemberState,
@@ -247,6 +249,7 @@ impl Coordinator {
                     member: member_id.to_string(),
                     epoch: member.current.epoch,
                     heartbeat_interval_ms: heartbeat_interval(&coordinator.config, g),
+                    session_timeout_ms: session_timeout(&coordinator.config, g),
                     assignment: member.current.assigned.clone(),
                     state: member.current.state,
                 })
@@ -267,9 +270,18 @@ impl Coordinator {
                 group: request.group.clone(),
                 member: request.member.clone(),
             })?;
-        let interval = group.map_or(self.config.heartbeat_interval_ms, |g| {
-            heartbeat_interval(&self.config, g)
-        });
+        let (interval, session) = group.map_or(
+            (
+                self.config.heartbeat_interval_ms,
+                self.config.session_timeout_ms,
+            ),
+            |g| {
+                (
+                    heartbeat_interval(&self.config, g),
+                    session_timeout(&self.config, g),
+                )
+            },
+        );
         if leaving_statically && member.subscription.instance_id.is_none() {
             return Err(GroupError::InvalidRequest(
                 "only a member with an instance id can leave meaning to come back".into(),
@@ -296,6 +308,7 @@ impl Coordinator {
             member: request.member.clone(),
             epoch: request.epoch,
             heartbeat_interval_ms: interval,
+            session_timeout_ms: session,
             assignment: Assignment::new(),
             state: MemberState::Stable,
         }))

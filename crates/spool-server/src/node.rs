@@ -12,6 +12,7 @@ use std::time::Duration;
 use spool_broker::{Broker, BrokerOptions, ControllerService};
 use spool_proto::v1::admin_server::AdminServer;
 use spool_proto::v1::broker_server::BrokerServer;
+use spool_proto::v1::groups_server::GroupsServer;
 use spool_proto::v1::replica_admin_server::ReplicaAdminServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,7 +25,8 @@ use crate::error::ServerError;
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
 use crate::services::{
-    ADMIN_MESSAGE_BYTES, AdminService, BrokerService, MAX_MESSAGE_BYTES, ReplicaAdminService,
+    ADMIN_MESSAGE_BYTES, AdminService, BrokerService, GroupsService, MAX_MESSAGE_BYTES,
+    ReplicaAdminService,
 };
 
 /// Starts nodes.
@@ -148,6 +150,13 @@ impl Node {
                 AdminServer::new(admin_service)
                     .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                GroupsServer::new(GroupsService {
+                    broker: Arc::clone(&broker),
+                })
+                .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(health_service.clone())
             .add_service(reflection)

@@ -14,7 +14,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
+mod group;
+mod membership;
 mod routing;
+
+pub use group::{GroupConfig, GroupConsumer, GroupEvent};
 
 use crate::client::Client;
 use crate::cluster::Cluster;

@@ -3,10 +3,12 @@
 
 mod admin;
 mod broker;
+mod groups;
 mod replica_admin;
 
 pub(crate) use admin::AdminService;
 pub(crate) use broker::BrokerService;
+pub(crate) use groups::GroupsService;
 pub(crate) use replica_admin::ReplicaAdminService;
 
 use spool_broker::BrokerError;

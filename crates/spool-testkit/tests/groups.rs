@@ -1,0 +1,166 @@
+//! Consumer groups through the SDK on a three-node cluster: two groups on one topic each
+//! see every record; members of one group share its partitions without ever reading one
+//! at the same time; a member that leaves hands its partitions over at their committed
+//! offsets; and the coordinator's node can die without losing a committed offset.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use spool_client::{
+    Consumer, ConsumerConfig, GroupConfig, GroupConsumer, GroupEvent, OffsetReset, Producer,
+    ProducerConfig, ProducerRecord,
+};
+use spool_testkit::{ClusterOptions, TestCluster};
+
+const TOPIC: &str = "orders";
+
+async fn produce(cluster: &TestCluster, from: usize, count: usize) {
+    let client = cluster.client().await.expect("client");
+    let producer = Producer::new(client, ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in from..from + count {
+        let record = ProducerRecord::new(TOPIC, format!("v{i}").into_bytes())
+            .key(format!("k{i}").into_bytes());
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered");
+    }
+}
+
+async fn member(cluster: &TestCluster, group: &str) -> GroupConsumer {
+    let client = cluster.client().await.expect("client");
+    let config = ConsumerConfig {
+        offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut settings = GroupConfig::new(group, &[TOPIC]);
+    settings.auto_commit = Some(Duration::from_millis(200));
+    Consumer::new(client, config).subscribe(settings)
+}
+
+/// Reads until `want` distinct values are seen; returns them with how often each came.
+async fn read_values(
+    consumer: &mut GroupConsumer,
+    seen: &mut BTreeMap<String, usize>,
+    want: usize,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < want {
+        match tokio::time::timeout_at(deadline, consumer.next_event()).await {
+            Ok(Ok(GroupEvent::Record(record))) => {
+                let value =
+                    String::from_utf8(record.value.expect("value").to_vec()).expect("utf-8");
+                *seen.entry(value).or_default() += 1;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("the consumer failed: {error}"),
+            Err(_) => panic!("timed out with {} of {want} values", seen.len()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_each_see_every_record_and_members_share_without_overlap() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    cluster.create_topic(TOPIC, 4, 3).await.expect("topic");
+    produce(&cluster, 0, 200).await;
+
+    // Pub/sub: two groups, each reads everything.
+    for group in ["payments", "email"] {
+        let mut consumer = member(&cluster, group).await;
+        let mut seen = BTreeMap::new();
+        read_values(&mut consumer, &mut seen, 200).await;
+        assert!(
+            seen.values().all(|n| *n == 1),
+            "{group} read a record twice"
+        );
+        consumer.close().await.expect("close");
+    }
+
+    // Two members of one group split the partitions; neither reads what the other holds.
+    let mut a = member(&cluster, "inventory").await;
+    let mut b = member(&cluster, "inventory").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (mut seen_a, mut seen_b) = (BTreeMap::new(), BTreeMap::new());
+    loop {
+        let owned_a: BTreeSet<_> = a.assignment().into_iter().collect();
+        let owned_b: BTreeSet<_> = b.assignment().into_iter().collect();
+        assert!(
+            owned_a.is_disjoint(&owned_b),
+            "a partition read by two members"
+        );
+        if owned_a.len() == 2 && owned_b.len() == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group never settled"
+        );
+        tokio::select! {
+            event = a.next_event() => if let GroupEvent::Record(r) = event.expect("a") {
+                *seen_a.entry(r.offset).or_insert(0) += 1;
+            },
+            event = b.next_event() => if let GroupEvent::Record(r) = event.expect("b") {
+                *seen_b.entry(r.offset).or_insert(0) += 1;
+            },
+        }
+    }
+    // a leaves: b takes everything over, from the committed offsets.
+    a.close().await.expect("close a");
+    produce(&cluster, 200, 100).await;
+    let mut after = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(200..300).all(|i| after.contains_key(&format!("v{i}"))) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b did not take over"
+        );
+        if let Ok(Ok(GroupEvent::Record(r))) =
+            tokio::time::timeout_at(deadline, b.next_event()).await
+        {
+            let value = String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8");
+            *after.entry(value).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(b.assignment().len(), 4);
+    b.close().await.expect("close b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_the_coordinators_death_and_a_restart_resumes_there() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    cluster.create_topic(TOPIC, 2, 3).await.expect("topic");
+    produce(&cluster, 0, 50).await;
+    let mut consumer = member(&cluster, "billing").await;
+    let mut seen = BTreeMap::new();
+    read_values(&mut consumer, &mut seen, 50).await;
+    consumer.commit().await.expect("commit");
+    let committed = consumer.committed().await.expect("committed");
+    assert_eq!(committed.iter().map(|(_, _, o)| o).sum::<i64>(), 50);
+    consumer.close().await.expect("close");
+
+    // The coordinator's node dies; a new coordinator replays the group.
+    let client = cluster.client().await.expect("client");
+    let (coordinator, _) = client
+        .find_coordinator("billing")
+        .await
+        .expect("coordinator");
+    cluster.kill(coordinator).await.expect("kill");
+    produce(&cluster, 50, 20).await;
+    // A new member resumes at the committed offsets: it reads only the new records.
+    let mut resumed = member(&cluster, "billing").await;
+    let mut after = BTreeMap::new();
+    read_values(&mut resumed, &mut after, 20).await;
+    assert!(
+        after
+            .keys()
+            .all(|v| v[1..].parse::<usize>().expect("number") >= 50),
+        "records before the committed offsets came again: {after:?}"
+    );
+    resumed.close().await.expect("close");
+}
