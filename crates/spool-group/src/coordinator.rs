@@ -63,6 +63,19 @@ pub struct Coordinator {
     /// Changes applied to each group, so waiting heartbeats can tell that something moved.
     versions: HashMap<String, u64>,
     patterns: HashMap<String, Regex>,
+    /// Each group's subscribed topics, resolved against the topics at a version, for the
+    /// subscriptions at a version: most heartbeats change neither.
+    resolved: HashMap<String, Resolved>,
+}
+
+/// Subscribed topics per member.
+pub(crate) type Subscribed = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+#[derive(Debug)]
+struct Resolved {
+    topics_version: u64,
+    subscriptions_version: u64,
+    subscribed: std::sync::Arc<Subscribed>,
 }
 
 impl Coordinator {
@@ -83,6 +96,8 @@ impl Coordinator {
         *self.versions.entry(id.to_string()).or_default() += 1;
         if let GroupRecord::Group { value: None, .. } = record {
             self.groups.remove(id);
+            self.versions.remove(id);
+            self.resolved.remove(id);
             return;
         }
         self.groups
@@ -205,10 +220,18 @@ impl Coordinator {
         &mut self,
         group: &str,
         topics: &TopicsSnapshot,
-    ) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    ) -> std::sync::Arc<Subscribed> {
         let Some(g) = self.groups.get(group) else {
-            return BTreeMap::new();
+            return std::sync::Arc::default();
         };
+        let subscriptions_version = g.subscriptions_version;
+        if let Some(cached) = self.resolved.get(group)
+            && topics.version() != 0
+            && cached.topics_version == topics.version()
+            && cached.subscriptions_version == subscriptions_version
+        {
+            return std::sync::Arc::clone(&cached.subscribed);
+        }
         let subscriptions: Vec<(String, Vec<String>, Option<String>)> = g
             .members
             .values()
@@ -220,7 +243,7 @@ impl Coordinator {
                 )
             })
             .collect();
-        let mut out = BTreeMap::new();
+        let mut out = Subscribed::new();
         for (member, names, pattern) in subscriptions {
             let mut set: std::collections::BTreeSet<String> = names
                 .into_iter()
@@ -238,7 +261,16 @@ impl Coordinator {
             }
             out.insert(member, set);
         }
-        out
+        let subscribed = std::sync::Arc::new(out);
+        self.resolved.insert(
+            group.to_string(),
+            Resolved {
+                topics_version: topics.version(),
+                subscriptions_version,
+                subscribed: std::sync::Arc::clone(&subscribed),
+            },
+        );
+        subscribed
     }
 }
 

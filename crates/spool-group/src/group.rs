@@ -79,6 +79,8 @@ pub struct ConsumerGroup {
     owners: HashMap<(String, u32), String>,
     /// Member id of each static instance id, derived from the members.
     instances: HashMap<String, String>,
+    /// Moves with every subscription record (runtime only: a cache key).
+    pub(crate) subscriptions_version: u64,
 }
 
 impl ConsumerGroup {
@@ -145,31 +147,10 @@ impl ConsumerGroup {
                     self.metadata_digest = v.metadata_digest;
                 }
             }
-            GroupRecord::Member { member, value, .. } => match value {
-                Some(v) => {
-                    let entry = self
-                        .members
-                        .entry(member.clone())
-                        .or_insert_with(|| Member::new(member));
-                    if let Some(old) = &entry.subscription.instance_id {
-                        self.instances.remove(old);
-                    }
-                    entry.subscription = v.clone();
-                    if let Some(instance) = &v.instance_id {
-                        self.instances.insert(instance.clone(), member.clone());
-                    }
-                }
-                None => {
-                    if let Some(old) = self.members.remove(member) {
-                        self.release(&old.current, member);
-                        if let Some(instance) = &old.subscription.instance_id
-                            && self.instances.get(instance) == Some(member)
-                        {
-                            self.instances.remove(instance);
-                        }
-                    }
-                }
-            },
+            GroupRecord::Member { member, value, .. } => {
+                self.subscriptions_version += 1;
+                self.apply_member(member, value.as_ref());
+            }
             GroupRecord::Target { member, value, .. } => match value {
                 Some(v) => {
                     self.targets.insert(member.clone(), v.clone());
@@ -206,6 +187,34 @@ impl ConsumerGroup {
             }
             GroupRecord::Settings { value, .. } => {
                 self.settings = value.unwrap_or_default();
+            }
+        }
+    }
+
+    fn apply_member(&mut self, member: &str, value: Option<&MemberValue>) {
+        match value {
+            Some(v) => {
+                let entry = self
+                    .members
+                    .entry(member.to_string())
+                    .or_insert_with(|| Member::new(member));
+                if let Some(old) = &entry.subscription.instance_id {
+                    self.instances.remove(old);
+                }
+                entry.subscription = v.clone();
+                if let Some(instance) = &v.instance_id {
+                    self.instances.insert(instance.clone(), member.to_string());
+                }
+            }
+            None => {
+                if let Some(old) = self.members.remove(member) {
+                    self.release(&old.current, member);
+                    if let Some(instance) = &old.subscription.instance_id
+                        && self.instances.get(instance).map(String::as_str) == Some(member)
+                    {
+                        self.instances.remove(instance);
+                    }
+                }
             }
         }
     }

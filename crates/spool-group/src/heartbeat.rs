@@ -199,9 +199,18 @@ impl Coordinator {
         let group_id = request.group.as_str();
         let member_id = request.member.as_str();
         let mut tx = Tx::new(self);
-        if request.epoch == 0 {
+        let joined;
+        let request = if request.epoch == 0 {
             join(&mut tx, request);
-        }
+            // A member that joins owns nothing it has not said it owns.
+            joined = HeartbeatRequest {
+                owned: Some(request.owned.clone().unwrap_or_default()),
+                ..request.clone()
+            };
+            &joined
+        } else {
+            request
+        };
         // The subscription, with what the request changes.
         let old = tx
             .group(group_id)
@@ -228,7 +237,9 @@ impl Coordinator {
             return Err(GroupError::GroupIdNotFound(group_id.to_string()));
         };
         if bump || digest != group.metadata_digest {
-            let epoch = group.epoch + 1;
+            let epoch = group.epoch.checked_add(1).ok_or_else(|| {
+                GroupError::InvalidRequest("the group's epoch is exhausted: delete it".into())
+            })?;
             tx.write(GroupRecord::Group {
                 group: group_id.to_string(),
                 value: Some(GroupValue {
@@ -512,7 +523,7 @@ fn reconcile(tx: &mut Tx<'_>, request: &HeartbeatRequest, now_ms: i64) {
                 .is_some_and(|o| o != member_id)
         },
     );
-    let was_revoking = member.current.state == MemberState::UnrevokedPartitions;
+    let revoking_before = member.current.revoking.clone();
     let session = session_timeout(&tx.coordinator.config, group);
     let rebalance = member.subscription.rebalance_timeout_ms;
     if next != member.current {
@@ -529,11 +540,13 @@ fn reconcile(tx: &mut Tx<'_>, request: &HeartbeatRequest, now_ms: i64) {
         .and_then(|g| g.members.get_mut(member_id))
     {
         member.session_deadline_ms = now_ms.saturating_add(i64::from(session));
+        // Each set of partitions to give up gets the whole rebalance timeout.
         let revoking = member.current.state == MemberState::UnrevokedPartitions;
-        member.revoke_deadline_ms = match (revoking, was_revoking) {
-            (false, _) => None,
-            (true, false) => Some(now_ms.saturating_add(i64::from(rebalance))),
-            (true, true) => member.revoke_deadline_ms,
+        let same_request = member.current.revoking == revoking_before;
+        member.revoke_deadline_ms = match member.revoke_deadline_ms {
+            _ if !revoking => None,
+            Some(deadline) if same_request => Some(deadline),
+            _ => Some(now_ms.saturating_add(i64::from(rebalance))),
         };
     }
 }

@@ -28,6 +28,9 @@ impl TopicInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicsSnapshot {
     topics: BTreeMap<String, TopicInfo>,
+    /// Moves whenever the topics may have changed (the metadata's epoch); 0: unknown,
+    /// nothing derived from it is cached.
+    version: u64,
 }
 
 impl TopicsSnapshot {
@@ -37,6 +40,17 @@ impl TopicsSnapshot {
 
     pub fn insert(&mut self, name: impl Into<String>, info: TopicInfo) {
         self.topics.insert(name.into(), info);
+        self.version = 0;
+    }
+
+    /// Marks this snapshot as the topics at `version`; a later snapshot with the same
+    /// version must hold the same topics.
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn get(&self, name: &str) -> Option<&TopicInfo> {

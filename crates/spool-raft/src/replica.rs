@@ -250,6 +250,26 @@ impl PartitionReplica {
         }
     }
 
+    /// Confirms with a quorum that this replica still leads (a read index round), so
+    /// that what it answers from state it built as leader is not stale: a leader cut off
+    /// from the others must not keep answering. Errs if it does not lead.
+    pub async fn confirm_leadership(&self, within: Duration) -> Result<(), ReplicaError> {
+        self.touch();
+        let confirmed = tokio::time::timeout(
+            within,
+            self.raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex),
+        )
+        .await;
+        match confirmed {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(ReplicaError::Raft(error.to_string())),
+            Err(_) => Err(ReplicaError::Raft(
+                "no quorum confirmed the leadership in time".into(),
+            )),
+        }
+    }
+
     /// Appends batches (Kafka record batches whose CRC the caller has checked) as
     /// consecutive entries and answers with the offset of the first record, once every one
     /// of them is committed (acks=all) or appended (acks=leader). They are submitted

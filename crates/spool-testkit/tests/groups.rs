@@ -164,3 +164,71 @@ async fn committed_offsets_survive_the_coordinators_death_and_a_restart_resumes_
     );
     resumed.close().await.expect("close");
 }
+
+/// A coordinator cut off from the other nodes must stop answering for its groups, even
+/// heartbeats that change nothing: otherwise its members would carry on while the new
+/// coordinator gives their partitions to others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cut_off_from_its_quorum_stops_answering() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    cluster.create_topic(TOPIC, 2, 3).await.expect("topic");
+    let client = cluster.client().await.expect("client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let coordinator = loop {
+        match client.find_coordinator("audit").await {
+            Ok((node, _)) => break node,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no coordinator: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let direct = cluster.node_client(coordinator).await.expect("client");
+    let join = spool_client::Heartbeat {
+        group: "audit".into(),
+        member_id: "m".into(),
+        member_epoch: 0,
+        topics: Some(vec![TOPIC.into()]),
+        rebalance_timeout_ms: Some(30_000),
+        owned: Some(Default::default()),
+        ..spool_client::Heartbeat::default()
+    };
+    let mut joined = None;
+    while joined.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never joined");
+        match direct.group_heartbeat(join.clone()).await {
+            Ok(answer) => joined = Some(answer),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let joined = joined.expect("joined");
+    let stay = spool_client::Heartbeat {
+        member_epoch: joined.member_epoch,
+        topics: None,
+        owned: Some(joined.assignment.clone()),
+        ..join.clone()
+    };
+    direct
+        .group_heartbeat(stay.clone())
+        .await
+        .expect("a heartbeat while connected");
+    cluster.isolate(coordinator).await.expect("isolate");
+    // Within a few seconds, the cut-off coordinator refuses rather than vouching for the
+    // member.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match direct.group_heartbeat(stay.clone()).await {
+            Err(_) => break,
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "a coordinator without a quorum kept answering"
+            ),
+        }
+    }
+    cluster.heal_all().await.expect("heal");
+}

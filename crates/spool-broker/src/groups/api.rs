@@ -114,20 +114,30 @@ impl Broker {
         request: HeartbeatRequest,
         wait: Duration,
     ) -> Result<HeartbeatResponse, BrokerError> {
+        spool_group::check_group_id(&request.group)?;
         let shard = self.shard_for(&request.group)?;
         let group = request.group.clone();
         let mut changes = shard.watch_group(&group);
         changes.borrow_and_update();
-        let first = request.clone();
+        // A second run after the wait says only "still here": the request's subscription
+        // and owned partitions were taken by the first, and may be stale by then (the
+        // member may have moved on with another heartbeat meanwhile).
+        let owned = request.owned.clone();
+        let again = HeartbeatRequest {
+            group: request.group.clone(),
+            member: request.member.clone(),
+            epoch: request.epoch,
+            ..HeartbeatRequest::default()
+        };
         let response = shard
             .run(&group, move |c, ctx| {
-                c.heartbeat(&first, ctx.now_ms, &ctx.topics)
+                c.heartbeat(&request, ctx.now_ms, &ctx.topics)
             })
             .await?;
-        let quiet = request.epoch > 0
-            && response.epoch == request.epoch
+        let quiet = again.epoch > 0
+            && response.epoch == again.epoch
             && response.state == MemberState::Stable
-            && request.owned.as_ref() == Some(&response.assignment);
+            && owned.as_ref() == Some(&response.assignment);
         let wait = wait.min(Duration::from_millis(
             response.heartbeat_interval_ms.max(0) as u64
         ));
@@ -139,7 +149,7 @@ impl Broker {
         }
         shard
             .run(&group, move |c, ctx| {
-                c.heartbeat(&request, ctx.now_ms, &ctx.topics)
+                c.heartbeat(&again, ctx.now_ms, &ctx.topics)
             })
             .await
     }

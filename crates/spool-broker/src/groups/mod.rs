@@ -115,6 +115,7 @@ impl Broker {
                 },
             );
         }
+        snapshot.set_version(u64::try_from(metadata.offset).unwrap_or(0));
         let snapshot = Arc::new(snapshot);
         *cached = (metadata.offset, Arc::clone(&snapshot));
         snapshot
@@ -172,10 +173,12 @@ impl Broker {
             .unwrap_or_default();
         let mut shards = self.groups.shards.lock();
         shards.retain(|index, shard| {
-            let keep = local
+            let leads = local
                 .get(index)
-                .is_some_and(|p| p.replica.is_leader() && p.replica.term() == shard.term)
-                && !shard.is_stopped();
+                .is_some_and(|p| p.replica.is_leader() && p.replica.term() == shard.term);
+            // A shard that stopped while this node still leads (a write or a leadership
+            // check failed) is replaced after a pause, not in a tight loop.
+            let keep = leads && !(shard.is_stopped() && shard.may_restart());
             if !keep {
                 tracing::info!(
                     partition = index,

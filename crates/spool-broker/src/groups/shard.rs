@@ -28,8 +28,16 @@ use crate::partition::Partition;
 const QUEUE: usize = 8192;
 /// Operations run and written together at most.
 const OPERATIONS_PER_WRITE: usize = 2048;
-/// Most record bytes in one batch of the coordinator's writes.
+/// Record bytes in one batch of the coordinator's writes, beyond which the next
+/// operation starts a new batch. An operation's records always share one batch (one Raft
+/// entry), so a leader failing mid-write never leaves half an operation committed.
 const BATCH_BYTES: usize = 512 * 1024;
+/// How long a read (an operation that writes nothing) waits for a quorum to confirm
+/// that this node still leads.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+/// How long a stopped shard stays stopped before the watcher may start another for the
+/// same term.
+pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// How often sessions are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 /// Bytes read at once while replaying.
@@ -50,7 +58,7 @@ pub(crate) enum Phase {
     Loading,
     Active,
     /// Stopped: leadership moved, a write failed, or the log could not be replayed.
-    Stopped(String),
+    Stopped(String, tokio::time::Instant),
 }
 
 /// A coordinator partition this node leads, at one Raft term.
@@ -108,6 +116,7 @@ impl Shard {
             phase: phase_tx,
             changes,
             since_checkpoint: 0,
+            checkpoint_len: 0,
         };
         tokio::spawn(task.run(rx));
         shard
@@ -117,8 +126,17 @@ impl Shard {
         self.phase.borrow().clone()
     }
 
+    /// Stopped, or its task is gone (it panicked).
     pub fn is_stopped(&self) -> bool {
-        matches!(*self.phase.borrow(), Phase::Stopped(_))
+        self.phase.has_changed().is_err() || matches!(*self.phase.borrow(), Phase::Stopped(..))
+    }
+
+    /// Whether the watcher may start another shard for this partition.
+    pub fn may_restart(&self) -> bool {
+        match &*self.phase.borrow() {
+            Phase::Stopped(_, at) => at.elapsed() >= RESTART_AFTER,
+            _ => self.phase.has_changed().is_err(),
+        }
     }
 
     /// Runs `operation` in order with the others and answers once its records (and those
@@ -132,7 +150,7 @@ impl Shard {
     {
         match self.phase() {
             Phase::Active | Phase::Loading => {}
-            Phase::Stopped(reason) => {
+            Phase::Stopped(reason, _) => {
                 return Err(BrokerError::CoordinatorNotAvailable {
                     group: group.to_string(),
                     reason,
@@ -186,6 +204,8 @@ struct Task {
     phase: watch::Sender<Phase>,
     changes: Arc<Mutex<std::collections::HashMap<String, watch::Sender<u64>>>>,
     since_checkpoint: usize,
+    /// Records in the last checkpoint.
+    checkpoint_len: usize,
 }
 
 impl Task {
@@ -208,7 +228,9 @@ impl Task {
                 format!("the coordinator could not replay its log: {error}")
             }
         };
-        let _ = self.phase.send(Phase::Stopped(stopped));
+        let _ = self
+            .phase
+            .send(Phase::Stopped(stopped, tokio::time::Instant::now()));
         // Whatever is still queued is answered: not by this coordinator.
         rx.close();
         while let Ok(job) = rx.try_recv() {
@@ -273,13 +295,17 @@ impl Task {
                     Some(job) => jobs.push(job),
                     None => return "the coordinator was closed".into(),
                 },
-                _ = tick.tick() => jobs.push(Box::new(|c: &mut Coordinator, ctx: &Context| {
+                _ = tick.tick() => {
+                    // Watches nobody waits on any more go (group ids come from clients).
+                    self.changes.lock().retain(|_, tx| tx.receiver_count() > 0);
+                    jobs.push(Box::new(|c: &mut Coordinator, ctx: &Context| {
                     let outcome = c.expire(ctx.now_ms);
                     for (group, member) in &outcome.value {
                         tracing::info!(group, member, "member removed: its session or revocation time ran out");
                     }
                     (outcome.records, Box::new(|_| {}) as Reply)
-                })),
+                }));
+                }
                 alive = leadership.changed() => if !alive {
                     return "the partition replica stopped".into();
                 },
@@ -300,7 +326,7 @@ impl Task {
             if let Err(reason) = self.run_jobs(&mut jobs).await {
                 return reason;
             }
-            if self.since_checkpoint >= self.host.checkpoint_records()
+            if self.since_checkpoint >= self.host.checkpoint_records().max(self.checkpoint_len)
                 && let Err(reason) = self.checkpoint().await
             {
                 return reason;
@@ -317,30 +343,42 @@ impl Task {
             now_ms: now_ms(),
             topics: self.host.topics(),
         };
-        let mut records = Vec::new();
+        let mut operations: Vec<Vec<GroupRecord>> = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs.drain(..) {
             let (written, reply) = job(&mut self.coordinator, &context);
-            records.extend(written);
+            operations.push(written);
             replies.push(reply);
         }
-        let touched: BTreeSet<String> = records
+        let touched: BTreeSet<String> = operations
             .iter()
+            .flatten()
             .filter(|r| !matches!(r, GroupRecord::Offset { .. }))
             .map(|r| r.group().to_string())
             .collect();
-        if !records.is_empty() {
-            let count = records.len();
-            if let Err(error) = self.write(&records, context.now_ms).await {
-                for reply in replies {
-                    reply(Err(BrokerError::Replication {
-                        reason: error.to_string(),
-                    }));
-                }
-                return Err(format!("a coordinator write failed: {error}"));
+        let count: usize = operations.iter().map(Vec::len).sum();
+        let outcome = if count > 0 {
+            self.write(&operations, context.now_ms).await.map(drop)
+        } else {
+            // Nothing to write, but the answers come from this node's state: only while
+            // a quorum still has it as leader.
+            self.partition
+                .replica
+                .confirm_leadership(CONFIRM_WITHIN)
+                .await
+                .map_err(|e| BrokerError::Replication {
+                    reason: e.to_string(),
+                })
+        };
+        if let Err(error) = outcome {
+            for reply in replies {
+                reply(Err(BrokerError::Replication {
+                    reason: error.to_string(),
+                }));
             }
-            self.since_checkpoint += count;
+            return Err(format!("the coordinator stopped: {error}"));
         }
+        self.since_checkpoint += count;
         for reply in replies {
             reply(Ok(()));
         }
@@ -354,8 +392,12 @@ impl Task {
     }
 
     /// Appends `records` and waits until they are committed; returns the first offset.
-    async fn write(&self, records: &[GroupRecord], now_ms: i64) -> Result<i64, BrokerError> {
-        let batches = encode(records, now_ms);
+    async fn write(
+        &self,
+        operations: &[Vec<GroupRecord>],
+        now_ms: i64,
+    ) -> Result<i64, BrokerError> {
+        let batches = encode(operations, now_ms);
         self.partition
             .replica
             .append(batches, AckLevel::All)
@@ -368,12 +410,23 @@ impl Task {
     /// Writes the whole state, then lets the log drop what came before it, so a replay
     /// stays short however long the groups live.
     async fn checkpoint(&mut self) -> Result<(), String> {
-        let records = self.coordinator.snapshot_records();
+        // Upserts only: a checkpoint cut short by a failover is harmless, so it may span
+        // several batches.
+        let records: Vec<Vec<GroupRecord>> = self
+            .coordinator
+            .snapshot_records()
+            .chunks(1024)
+            .map(<[GroupRecord]>::to_vec)
+            .collect();
+        let written: usize = records.iter().map(Vec::len).sum();
         let start = self
             .write(&records, now_ms())
             .await
             .map_err(|e| format!("a coordinator checkpoint failed: {e}"))?;
+        // The next checkpoint waits at least as long as this one was: writing the whole
+        // state must stay a small share of what the coordinator writes.
         self.since_checkpoint = 0;
+        self.checkpoint_len = written;
         if let Err(error) = self.partition.replica.compact_before(start).await {
             tracing::warn!(partition = self.partition.index, %error, "coordinator log not compacted after a checkpoint");
         }
@@ -397,23 +450,28 @@ fn fail(jobs: impl Iterator<Item = Job>, coordinator: &mut Coordinator, host: &A
     }
 }
 
-/// The records as Kafka batches of at most `BATCH_BYTES` each.
-fn encode(records: &[GroupRecord], now_ms: i64) -> Vec<Bytes> {
+/// The operations' records as Kafka batches: each operation whole in one batch, and a new
+/// batch started once one holds `BATCH_BYTES`.
+fn encode(operations: &[Vec<GroupRecord>], now_ms: i64) -> Vec<Bytes> {
     let mut batches = Vec::new();
     let mut builder = BatchBuilder::new(BatchOptions::default());
     let (mut key, mut value) = (Vec::new(), Vec::new());
-    for record in records {
-        key.clear();
-        value.clear();
-        let has_value = record.encode_into(&mut key, &mut value);
-        let value = has_value.then_some(value.as_slice());
-        if !builder.is_empty()
-            && builder.size() + builder.record_size(now_ms, Some(&key), value, &[]) > BATCH_BYTES
-        {
+    for operation in operations.iter().filter(|op| !op.is_empty()) {
+        if builder.size() >= BATCH_BYTES {
             let full = std::mem::replace(&mut builder, BatchBuilder::new(BatchOptions::default()));
             batches.push(full.finish());
         }
-        builder.append(now_ms, Some(&key), value, &[]);
+        for record in operation {
+            key.clear();
+            value.clear();
+            let has_value = record.encode_into(&mut key, &mut value);
+            builder.append(
+                now_ms,
+                Some(&key),
+                has_value.then_some(value.as_slice()),
+                &[],
+            );
+        }
     }
     if !builder.is_empty() {
         batches.push(builder.finish());
