@@ -22,13 +22,18 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    topic: String,
+    pub(crate) topic: String,
+    /// Read as a member of this consumer group: the group's coordinator assigns the
+    /// partitions, reading resumes at the group's committed offsets, and what is printed
+    /// is committed. Runs until --max-messages or Ctrl-C.
+    #[arg(long, conflicts_with_all = ["partition", "offset", "timestamp"])]
+    pub(crate) group: Option<String>,
     /// Read only this partition (default: all).
     #[arg(long)]
     partition: Option<u32>,
     /// Start at the earliest retained record (default: only records that arrive later).
     #[arg(long, conflicts_with_all = ["offset", "timestamp"])]
-    from_beginning: bool,
+    pub(crate) from_beginning: bool,
     /// Start at this offset (in every partition read).
     #[arg(long, conflicts_with = "timestamp")]
     offset: Option<i64>,
@@ -37,16 +42,16 @@ pub struct ConsumeArgs {
     timestamp: Option<i64>,
     /// Stop after this many records.
     #[arg(long)]
-    max_messages: Option<u64>,
+    pub(crate) max_messages: Option<u64>,
     /// Keep waiting for new records instead of stopping at the end.
     #[arg(long)]
     follow: bool,
     #[arg(long, value_enum, default_value_t = Format::Value)]
-    format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Serialize)]
-struct JsonRecord<'a> {
+pub(crate) struct JsonRecord<'a> {
     topic: &'a str,
     partition: u32,
     offset: i64,
@@ -57,12 +62,15 @@ struct JsonRecord<'a> {
 }
 
 #[derive(Serialize)]
-struct JsonHeader<'a> {
+pub(crate) struct JsonHeader<'a> {
     key: Cow<'a, str>,
     value: Option<Cow<'a, str>>,
 }
 
 pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    if args.group.is_some() {
+        return crate::consume_group::run(args, context).await;
+    }
     let client = context.connect().await?;
     let count = client.describe_topic(&args.topic).await?.partitions.len() as u32;
     let partitions: Vec<u32> = match args.partition {
@@ -127,33 +135,7 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
                 decoded.clear();
                 spool_client::decode_batch(&topic, fetched.partition, bytes, start, &mut decoded)?;
                 for record in &decoded {
-                    let written = match args.format {
-                        Format::Value => out
-                            .write_all(record.value.as_deref().unwrap_or_default())
-                            .and_then(|()| out.write_all(b"\n")),
-                        Format::Json => {
-                            let json = JsonRecord {
-                                topic: &fetched.topic,
-                                partition: fetched.partition,
-                                offset: record.offset,
-                                timestamp: record.timestamp,
-                                key: record.key.as_deref().map(String::from_utf8_lossy),
-                                value: record.value.as_deref().map(String::from_utf8_lossy),
-                                headers: record
-                                    .headers
-                                    .iter()
-                                    .map(|(k, v)| JsonHeader {
-                                        key: Cow::Borrowed(k.as_str()),
-                                        value: v.as_deref().map(String::from_utf8_lossy),
-                                    })
-                                    .collect(),
-                            };
-                            serde_json::to_writer(&mut out, &json)
-                                .map_err(std::io::Error::other)
-                                .and_then(|()| out.write_all(b"\n"))
-                        }
-                    };
-                    if let Err(error) = written {
+                    if let Err(error) = write_record(&mut out, record, args.format) {
                         return broken_pipe_is_fine(error);
                     }
                     printed += 1;
@@ -175,8 +157,42 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes one record as the format says, with its newline.
+pub(crate) fn write_record(
+    out: &mut impl Write,
+    record: &spool_client::ConsumerRecord,
+    format: Format,
+) -> std::io::Result<()> {
+    match format {
+        Format::Value => out
+            .write_all(record.value.as_deref().unwrap_or_default())
+            .and_then(|()| out.write_all(b"\n")),
+        Format::Json => {
+            let json = JsonRecord {
+                topic: &record.topic,
+                partition: record.partition,
+                offset: record.offset,
+                timestamp: record.timestamp,
+                key: record.key.as_deref().map(String::from_utf8_lossy),
+                value: record.value.as_deref().map(String::from_utf8_lossy),
+                headers: record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| JsonHeader {
+                        key: Cow::Borrowed(k.as_str()),
+                        value: v.as_deref().map(String::from_utf8_lossy),
+                    })
+                    .collect(),
+            };
+            serde_json::to_writer(&mut *out, &json)
+                .map_err(std::io::Error::other)
+                .and_then(|()| out.write_all(b"\n"))
+        }
+    }
+}
+
 /// A reader that went away (`| head`) ends the command quietly.
-fn broken_pipe_is_fine(error: std::io::Error) -> anyhow::Result<ExitCode> {
+pub(crate) fn broken_pipe_is_fine(error: std::io::Error) -> anyhow::Result<ExitCode> {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
         Ok(ExitCode::SUCCESS)
     } else {

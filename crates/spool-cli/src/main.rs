@@ -3,6 +3,8 @@
 mod bench;
 mod cluster;
 mod consume;
+mod consume_group;
+mod group;
 mod log_tools;
 mod node;
 mod offsets;
@@ -75,6 +77,11 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Show the earliest and latest offsets of a topic's partitions.
     Offsets(offsets::OffsetsArgs),
     /// Measure throughput and latency (produce, consume, end to end).
@@ -184,6 +191,7 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
             Command::Produce(args) => produce::run(args, &context).await,
             Command::Consume(args) => consume::run(args, &context).await,
             Command::Offsets(args) => offsets::run(args, &context).await,
+            Command::Group { command } => group::run(command, &context).await,
             Command::Bench { command } => bench::run(command, &context).await,
             Command::Log { .. } => Ok(ExitCode::SUCCESS),
         }
