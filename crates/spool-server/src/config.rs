@@ -109,6 +109,18 @@ pub struct ServerConfig {
     /// Concurrent calls one client connection may have open (HTTP/2 streams; default
     /// 1024). SDK consumers and producers built from one client share its connection.
     pub max_streams_per_connection: u32,
+    /// Partitions of `__consumer_offsets`, fixed when it is first created (default 16).
+    pub offsets_topic_partitions: u32,
+    /// Its replication factor (default 0: three, or fewer when fewer brokers are live).
+    pub offsets_topic_replication_factor: u32,
+    /// A group member that sends no heartbeat for this long is removed and its
+    /// partitions move (default 45000).
+    pub group_session_timeout_ms: i32,
+    /// How often group members heartbeat (default 5000). Assignment changes are answered
+    /// at once (long polls), so this only bounds how soon a silent member is noticed.
+    pub group_heartbeat_interval_ms: i32,
+    /// Members one group may have (default 10000).
+    pub group_max_members: u32,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +160,11 @@ impl Default for ServerConfig {
             max_fetch_sessions: 1000,
             fetch_memory_bytes: spool_broker::FETCH_MEMORY_BYTES as u64,
             max_streams_per_connection: 1024,
+            offsets_topic_partitions: 16,
+            offsets_topic_replication_factor: 0,
+            group_session_timeout_ms: 45_000,
+            group_heartbeat_interval_ms: 5_000,
+            group_max_members: 10_000,
         }
     }
 }
@@ -177,6 +194,38 @@ impl ServerConfig {
             }
             FlushSetting::Os => FlushPolicy::Os,
         }
+    }
+
+    /// Consumer group settings, checked.
+    pub(crate) fn group_options(&self) -> Result<spool_broker::GroupOptions, ServerError> {
+        let (session, interval) = (
+            self.group_session_timeout_ms,
+            self.group_heartbeat_interval_ms,
+        );
+        if interval < 100 || session < 2 * interval {
+            return Err(ServerError::InvalidSetting {
+                name: "group timing",
+                reason: format!(
+                    "need 100 <= group_heartbeat_interval_ms ({interval}) <= \
+                     group_session_timeout_ms / 2 ({session})"
+                ),
+            });
+        }
+        if !(1..=1000).contains(&self.offsets_topic_partitions) {
+            return Err(ServerError::InvalidSetting {
+                name: "offsets_topic_partitions",
+                reason: "between 1 and 1000".into(),
+            });
+        }
+        let mut options = spool_broker::GroupOptions {
+            offsets_topic_partitions: self.offsets_topic_partitions,
+            offsets_topic_replication_factor: self.offsets_topic_replication_factor,
+            ..spool_broker::GroupOptions::default()
+        };
+        options.coordinator.session_timeout_ms = session;
+        options.coordinator.heartbeat_interval_ms = interval;
+        options.coordinator.max_members = self.group_max_members.max(1) as usize;
+        Ok(options)
     }
 
     /// Timing of partition groups, checked: elections must wait well past heartbeats.

@@ -101,7 +101,7 @@ impl Node {
             session_timeout: Duration::from_millis(config.broker_session_timeout_ms.max(100)),
             heartbeat_interval: Duration::from_millis(config.broker_heartbeat_ms.max(10)),
             metadata_checkpoint_bytes: config.metadata_checkpoint_bytes.max(4096),
-            groups: spool_broker::GroupOptions::default(),
+            groups: config.group_options()?,
         };
         if config.node_id == 0 {
             return Err(ServerError::InvalidSetting {
