@@ -24,6 +24,51 @@ use crate::partition::Partition;
 pub const FETCH_MEMORY_BYTES: usize = 512 * 1024 * 1024;
 /// A read waiting for fetch memory asks for at least this much.
 const MIN_FETCH_GRANT: usize = 1024 * 1024;
+/// One session holds at most this share of the node's fetch memory (1/8: a consumer that
+/// stops reading blocks no one alone; eight of them slow the others down).
+const SESSION_SHARE_DIVISOR: usize = 8;
+
+/// Memory a read may take.
+enum Memory {
+    Granted(tokio::sync::OwnedSemaphorePermit),
+    /// None free, and the session already holds some: it should send what it has.
+    Starved,
+    /// The consumer went away or the node is closing.
+    Stop,
+}
+
+/// Takes up to `want` from `pool`: all of it if free, else what is free (at least
+/// `MIN_FETCH_GRANT`), waiting for that only when the session holds nothing (a session
+/// that holds some and waits for more could wait on others doing the same, forever).
+async fn take_memory(
+    pool: &Arc<tokio::sync::Semaphore>,
+    want: usize,
+    holding: bool,
+    tx: &mpsc::Sender<FetchChunk>,
+    closing: &mut watch::Receiver<bool>,
+) -> Memory {
+    let want = want.clamp(1, u32::MAX as usize);
+    if let Ok(grant) = Arc::clone(pool).try_acquire_many_owned(want as u32) {
+        return Memory::Granted(grant);
+    }
+    let some = pool
+        .available_permits()
+        .clamp(MIN_FETCH_GRANT.min(want), want);
+    if let Ok(grant) = Arc::clone(pool).try_acquire_many_owned(some as u32) {
+        return Memory::Granted(grant);
+    }
+    if holding {
+        return Memory::Starved;
+    }
+    tokio::select! {
+        grant = Arc::clone(pool).acquire_many_owned(some as u32) => match grant {
+            Ok(grant) => Memory::Granted(grant),
+            Err(_) => Memory::Stop,
+        },
+        () = tx.closed() => Memory::Stop,
+        _ = closing.changed() => Memory::Stop,
+    }
+}
 
 /// How often a session whose cursors name a leader epoch checks the replica's term.
 const EPOCH_RECHECK: Duration = Duration::from_secs(1);
@@ -127,6 +172,11 @@ impl Broker {
             }
         }
         let mut closing = self.closing.subscribe();
+        // The most this session holds at once, queued responses included.
+        let session_share = (self.options.fetch_memory_bytes / SESSION_SHARE_DIVISOR)
+            .max(MIN_FETCH_GRANT)
+            .min(self.options.fetch_memory_bytes.max(1));
+        let session_memory = Arc::new(tokio::sync::Semaphore::new(session_share));
         let mut pending_bytes = 0usize;
         let mut deadline: Option<Instant> = None;
         let mut rotate = 0usize;
@@ -164,36 +214,33 @@ impl Broker {
                     break;
                 }
                 let limit = cursor.max_bytes.map_or(budget, |m| m.min(budget)).max(1);
-                // What this read may hold of the node's fetch memory: what it asks for if
-                // that much is free, else what is free, waiting for some if none is.
-                let want = limit
-                    .min(self.options.fetch_memory_bytes)
-                    .min(u32::MAX as usize);
-                let memory = Arc::clone(&self.fetch_memory);
-                let some = memory
-                    .available_permits()
-                    .clamp(MIN_FETCH_GRANT.min(want), want);
-                let grant = match Arc::clone(&memory).try_acquire_many_owned(want as u32) {
-                    Ok(grant) => grant,
-                    Err(_) => match Arc::clone(&memory).try_acquire_many_owned(some as u32) {
-                        Ok(grant) => grant,
-                        // Never wait for memory while holding some: sessions that each
-                        // hold a part and wait for more could wait on each other forever.
-                        // Send what is gathered; that gives it back.
-                        Err(_) if !pending.memory.is_empty() => {
+                // What this read may hold: of the session's share (a consumer that stops
+                // reading holds at most that), then of the node's fetch memory.
+                let holding = !pending.memory.is_empty();
+                let want = limit.min(session_share).min(u32::MAX as usize);
+                let own = match take_memory(&session_memory, want, holding, &tx, &mut closing).await
+                {
+                    Memory::Granted(grant) => grant,
+                    Memory::Starved => {
+                        starved = true;
+                        break;
+                    }
+                    Memory::Stop => return,
+                };
+                let want = own.num_permits();
+                let grant =
+                    match take_memory(&self.fetch_memory, want, holding, &tx, &mut closing).await {
+                        Memory::Granted(grant) => grant,
+                        Memory::Starved => {
                             starved = true;
                             break;
                         }
-                        Err(_) => tokio::select! {
-                            grant = memory.acquire_many_owned(some as u32) => match grant {
-                                Ok(grant) => grant,
-                                Err(_) => return,
-                            },
-                            () = tx.closed() => return,
-                            _ = closing.changed() => return,
-                        },
-                    },
-                };
+                        Memory::Stop => return,
+                    };
+                let mut own = own;
+                if grant.num_permits() < own.num_permits() {
+                    drop(own.split(own.num_permits() - grant.num_permits()));
+                }
                 let limit = grant.num_permits().max(1);
                 let partition = &cursor.partition;
                 match partition.read(cursor.next, limit).await {
@@ -207,8 +254,10 @@ impl Broker {
                         if used < grant.num_permits() {
                             // Give back what the read did not take.
                             drop(grant.split(grant.num_permits() - used));
+                            drop(own.split(own.num_permits().saturating_sub(used)));
                         }
                         pending.memory.push(grant);
+                        pending.memory.push(own);
                         cursor.next = fetched.next_offset;
                         deadline.get_or_insert_with(|| Instant::now() + spec.max_wait);
                         pending.partitions.push(FetchPartitionData {

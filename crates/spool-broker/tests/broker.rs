@@ -688,3 +688,42 @@ async fn sessions_gathering_several_partitions_do_not_wait_on_each_other() {
     }
     broker.shutdown().await;
 }
+
+/// A consumer that stops reading holds at most its session's share of the fetch memory
+/// (an eighth), so another consumer carries on beside it instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_holds_only_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerOptions {
+        fetch_memory_bytes: 8 * 1024 * 1024,
+        ..options(dir.path())
+    })
+    .await
+    .unwrap();
+    broker
+        .create_topic("share", 1, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    let value = "x".repeat(400 * 1024);
+    for _ in 0..30 {
+        let results = broker
+            .produce(
+                vec![produce("share", 0, vec![batch(&[&value])])],
+                Acks::All,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(results[0].is_ok());
+    }
+    // Never read: with no share, it would take all 8 MiB (responses of up to 8 MiB, two
+    // queued and one being gathered).
+    let mut stalled = from_start("share", 1);
+    stalled.follow = true;
+    stalled.max_bytes = 8 * 1024 * 1024;
+    let _stalled = broker.fetch(stalled, 2);
+    let values = tokio::time::timeout(Duration::from_secs(10), read_all(&broker, "share", 1))
+        .await
+        .expect("the other consumer read everything beside the stalled one");
+    assert_eq!(values[0].len(), 30);
+    broker.shutdown().await;
+}
