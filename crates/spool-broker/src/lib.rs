@@ -25,7 +25,8 @@ pub use cluster::{BrokerSummary, ClusterSummary};
 pub use error::BrokerError;
 pub use fetch::{FETCH_MEMORY_BYTES, FetchChunk, FetchPartitionData, FetchPosition, FetchSpec};
 pub use groups::{
-    GroupDescription, GroupListing, GroupOptions, MemberDescription, OFFSETS_TOPIC, OffsetEntry,
+    GroupDescription, GroupListing, GroupOptions, GroupStats, MemberDescription, OFFSETS_TOPIC,
+    OffsetEntry, REBALANCE_BUCKETS, RebalanceSnapshot,
 };
 pub use partition::Acks;
 pub use spool_controller::{

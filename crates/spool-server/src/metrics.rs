@@ -148,7 +148,88 @@ impl Metrics {
                 );
             }
         }
+        render_groups(&mut out, broker, &stats);
         out.push_str("# EOF\n");
         out
     }
+}
+
+/// Group gauges (of the groups coordinated here), lag where this node knows the
+/// partition's high watermark, and the rebalance histogram.
+fn render_groups(out: &mut String, broker: &Broker, partitions: &[PartitionStats]) {
+    let groups = broker.group_stats();
+    let high_watermarks: std::collections::HashMap<(&str, u32), i64> = partitions
+        .iter()
+        .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP spool_groups consumer groups this node coordinates.\n# TYPE spool_groups gauge\nspool_groups {}",
+        groups.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP spool_group_members members of each group coordinated here.\n# TYPE spool_group_members gauge"
+    );
+    for g in &groups {
+        let _ = writeln!(
+            out,
+            "spool_group_members{{group=\"{}\",state=\"{}\"}} {}",
+            escape(&g.group),
+            g.state,
+            g.members
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP spool_group_epoch the group epoch: it moves with every membership or subscription change.\n# TYPE spool_group_epoch gauge"
+    );
+    for g in &groups {
+        let _ = writeln!(
+            out,
+            "spool_group_epoch{{group=\"{}\"}} {}",
+            escape(&g.group),
+            g.epoch
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP spool_group_lag records between a group's committed offset and the high watermark (partitions with a replica on this node).\n# TYPE spool_group_lag gauge"
+    );
+    for g in &groups {
+        for (topic, partition, committed) in &g.committed {
+            if let Some(hw) = high_watermarks.get(&(topic.as_str(), *partition)) {
+                let _ = writeln!(
+                    out,
+                    "spool_group_lag{{group=\"{}\",topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                    escape(&g.group),
+                    (hw - committed).max(0)
+                );
+            }
+        }
+    }
+    let rebalances = broker.rebalance_stats();
+    let _ = writeln!(
+        out,
+        "# HELP spool_group_rebalance_duration_seconds time from a group leaving stable to reaching it again.\n# TYPE spool_group_rebalance_duration_seconds histogram"
+    );
+    for (bound, count) in &rebalances.cumulative {
+        let _ = writeln!(
+            out,
+            "spool_group_rebalance_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "spool_group_rebalance_duration_seconds_bucket{{le=\"+Inf\"}} {}\nspool_group_rebalance_duration_seconds_count {}\nspool_group_rebalance_duration_seconds_sum {}",
+        rebalances.count, rebalances.count, rebalances.sum_seconds
+    );
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

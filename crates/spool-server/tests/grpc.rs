@@ -332,6 +332,109 @@ async fn a_graceful_shutdown_ends_open_streams_and_keeps_every_acknowledged_reco
     node.shutdown().await.unwrap();
 }
 
+async fn http_get(http: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// Group gauges, lag and rebalances reach /metrics.
+#[tokio::test]
+async fn group_members_lag_and_rebalances_are_in_the_metrics() {
+    use spool_proto::v1::groups_client::GroupsClient;
+    let mut s = start().await;
+    create(&mut s.admin, "g-topic", 1).await;
+    s.broker
+        .produce(produce_request(vec![(
+            "g-topic",
+            0,
+            vec![batch(&["a", "b", "c"])],
+        )]))
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", s.node.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut groups = GroupsClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // As the protocol says: find the coordinator first (it creates __consumer_offsets).
+    while let Err(status) = groups
+        .find_coordinator(v1::FindCoordinatorRequest {
+            group: "billing".into(),
+        })
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no coordinator: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let joined = loop {
+        let answer = groups
+            .heartbeat(v1::GroupHeartbeatRequest {
+                group: "billing".into(),
+                member_id: "m1".into(),
+                member_epoch: 0,
+                rebalance_timeout_ms: Some(30_000),
+                topics: Some(v1::SubscribedTopics {
+                    names: vec!["g-topic".into()],
+                }),
+                owned: Some(v1::OwnedPartitions { topics: vec![] }),
+                ..v1::GroupHeartbeatRequest::default()
+            })
+            .await;
+        match answer {
+            Ok(answer) => break answer.into_inner(),
+            Err(status) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no coordinator: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    groups
+        .commit_offsets(v1::CommitOffsetsRequest {
+            group: "billing".into(),
+            member_id: "m1".into(),
+            member_epoch: joined.member_epoch,
+            offsets: vec![v1::OffsetToCommit {
+                topic: "g-topic".into(),
+                partition: 0,
+                offset: 1,
+                leader_epoch: -1,
+                metadata: String::new(),
+            }],
+        })
+        .await
+        .unwrap();
+    // Published within about a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http_get(s.node.http_addr(), "/metrics").await;
+        let wanted = [
+            "spool_groups 1",
+            "spool_group_members{group=\"billing\",state=\"stable\"} 1",
+            "spool_group_lag{group=\"billing\",topic=\"g-topic\",partition=\"0\"} 2",
+            "spool_group_rebalance_duration_seconds_count 1",
+        ];
+        if wanted.iter().all(|w| metrics.contains(w)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.node.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served_over_http() {
     let mut s = start().await;
@@ -341,15 +444,7 @@ async fn metrics_health_and_readiness_are_served_over_http() {
         .await
         .unwrap();
     let http = s.node.http_addr();
-    let get = |path: &'static str| async move {
-        let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    };
+    let get = |path: &'static str| http_get(http, path);
     assert!(get("/health").await.starts_with("HTTP/1.1 200"));
     assert!(get("/ready").await.starts_with("HTTP/1.1 200"));
     let metrics = get("/metrics").await;

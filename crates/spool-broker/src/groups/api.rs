@@ -134,9 +134,12 @@ impl Broker {
                 c.heartbeat(&request, ctx.now_ms, &ctx.topics)
             })
             .await?;
+        // Nothing new: the same epoch and the partitions it owns. A member waiting for
+        // partitions others still hold waits here too, and is answered once they are
+        // free; one asked to give partitions up is answered at once.
         let quiet = again.epoch > 0
             && response.epoch == again.epoch
-            && response.state == MemberState::Stable
+            && response.state != MemberState::UnrevokedPartitions
             && owned.as_ref() == Some(&response.assignment);
         let wait = wait.min(Duration::from_millis(
             response.heartbeat_interval_ms.max(0) as u64

@@ -9,6 +9,7 @@
 
 mod api;
 mod shard;
+mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
@@ -22,6 +23,7 @@ use crate::error::BrokerError;
 
 pub use api::{GroupDescription, GroupListing, MemberDescription, OffsetEntry};
 pub(crate) use shard::Shard;
+pub use stats::{GroupStats, REBALANCE_BUCKETS, RebalanceSnapshot};
 
 /// The internal topic holding consumer groups and their offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -60,6 +62,7 @@ pub(crate) struct Groups {
     shards: Mutex<HashMap<u32, Arc<Shard>>>,
     /// The topics as assignment sees them, rebuilt when the metadata changes.
     topics: Mutex<(i64, Arc<TopicsSnapshot>)>,
+    rebalances: Arc<stats::RebalanceStats>,
 }
 
 /// What a shard's task reads from the broker; holds it weakly so that a shard never
@@ -67,6 +70,7 @@ pub(crate) struct Groups {
 struct Host {
     broker: Weak<Broker>,
     checkpoint_records: usize,
+    rebalances: Arc<stats::RebalanceStats>,
 }
 
 impl shard::ShardHost for Host {
@@ -80,9 +84,25 @@ impl shard::ShardHost for Host {
     fn checkpoint_records(&self) -> usize {
         self.checkpoint_records
     }
+
+    fn rebalances(&self) -> &stats::RebalanceStats {
+        &self.rebalances
+    }
 }
 
 impl Broker {
+    /// The groups this node coordinates, as last published by their shards (at most a
+    /// second old).
+    pub fn group_stats(&self) -> Vec<GroupStats> {
+        let shards: Vec<Arc<Shard>> = self.groups.shards.lock().values().cloned().collect();
+        shards.iter().flat_map(|s| s.stats()).collect()
+    }
+
+    /// Rebalances of groups coordinated here, and how long they took.
+    pub fn rebalance_stats(&self) -> RebalanceSnapshot {
+        self.groups.rebalances.snapshot()
+    }
+
     /// The topics as the assignors see them: partition counts and replica racks.
     pub(crate) fn topics_snapshot(&self) -> Arc<TopicsSnapshot> {
         let metadata = self.controller.current();
@@ -196,6 +216,7 @@ impl Broker {
             let host = Arc::new(Host {
                 broker: self.this.clone(),
                 checkpoint_records: self.options.groups.checkpoint_records,
+                rebalances: Arc::clone(&self.groups.rebalances),
             });
             let shard = Shard::start(partition, term, self.options.groups.coordinator, host);
             shards.insert(index, shard);

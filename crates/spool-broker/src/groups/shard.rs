@@ -15,13 +15,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use spool_group::{Coordinator, CoordinatorConfig, GroupRecord, Outcome, TopicsSnapshot};
+use spool_group::{
+    Coordinator, CoordinatorConfig, GroupRecord, GroupState, Outcome, TopicsSnapshot,
+};
 use spool_log::RecordBatch;
 use spool_log::batch::{BatchBuilder, BatchOptions};
 use spool_raft::AckLevel;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::BrokerError;
+use crate::groups::stats::{GroupStats, RebalanceStats};
 use crate::partition::Partition;
 
 /// Operations queued for one coordinator partition; more are refused as "loading".
@@ -40,6 +43,8 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// How often sessions are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// How often the groups are published for the metrics, at most.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Bytes read at once while replaying.
 const REPLAY_READ: usize = 4 * 1024 * 1024;
 
@@ -70,6 +75,8 @@ pub(crate) struct Shard {
     /// Per group: a counter that moves when its membership or assignments change, for
     /// heartbeats that wait for their assignment to change.
     changes: Arc<Mutex<std::collections::HashMap<String, watch::Sender<u64>>>>,
+    /// The groups as the metrics show them, published by the task now and then.
+    stats: Arc<Mutex<Vec<GroupStats>>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -88,6 +95,8 @@ pub(crate) trait ShardHost: Send + Sync + 'static {
     fn topics(&self) -> Arc<TopicsSnapshot>;
     /// Records since the last checkpoint after which the state is written whole.
     fn checkpoint_records(&self) -> usize;
+    /// Where rebalance durations are counted.
+    fn rebalances(&self) -> &RebalanceStats;
 }
 
 impl Shard {
@@ -101,12 +110,14 @@ impl Shard {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let (phase_tx, phase) = watch::channel(Phase::Loading);
         let changes = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let stats = Arc::new(Mutex::new(Vec::new()));
         let shard = Arc::new(Self {
             index: partition.index,
             term,
             jobs,
             phase,
             changes: Arc::clone(&changes),
+            stats: Arc::clone(&stats),
         });
         let task = Task {
             partition,
@@ -117,6 +128,11 @@ impl Shard {
             changes,
             since_checkpoint: 0,
             checkpoint_len: 0,
+            stats,
+            stats_dirty: true,
+            stats_published: None,
+            rebalancing: std::collections::HashMap::new(),
+            epochs: std::collections::HashMap::new(),
         };
         tokio::spawn(task.run(rx));
         shard
@@ -186,6 +202,11 @@ impl Shard {
         })?
     }
 
+    /// The groups as last published for the metrics.
+    pub fn stats(&self) -> Vec<GroupStats> {
+        self.stats.lock().clone()
+    }
+
     /// A watch that moves when `group`'s membership or assignments change.
     pub fn watch_group(&self, group: &str) -> watch::Receiver<u64> {
         self.changes
@@ -206,6 +227,14 @@ struct Task {
     since_checkpoint: usize,
     /// Records in the last checkpoint.
     checkpoint_len: usize,
+    stats: Arc<Mutex<Vec<GroupStats>>>,
+    /// Something changed since the stats were last published.
+    stats_dirty: bool,
+    stats_published: Option<tokio::time::Instant>,
+    /// Groups rebalancing, since when.
+    rebalancing: std::collections::HashMap<String, tokio::time::Instant>,
+    /// Each group's epoch when last seen, to tell when a new one starts a rebalance.
+    epochs: std::collections::HashMap<String, i32>,
 }
 
 impl Task {
@@ -298,6 +327,7 @@ impl Task {
                 _ = tick.tick() => {
                     // Watches nobody waits on any more go (group ids come from clients).
                     self.changes.lock().retain(|_, tx| tx.receiver_count() > 0);
+                    self.publish_stats();
                     jobs.push(Box::new(|c: &mut Coordinator, ctx: &Context| {
                     let outcome = c.expire(ctx.now_ms);
                     for (group, member) in &outcome.value {
@@ -339,6 +369,7 @@ impl Task {
     }
 
     async fn run_jobs(&mut self, jobs: &mut Vec<Job>) -> Result<(), String> {
+        let began = tokio::time::Instant::now();
         let context = Context {
             now_ms: now_ms(),
             topics: self.host.topics(),
@@ -382,6 +413,8 @@ impl Task {
         for reply in replies {
             reply(Ok(()));
         }
+        self.stats_dirty |= count > 0;
+        self.track_rebalances(&touched, began);
         let changes = self.changes.lock();
         for group in touched {
             if let Some(tx) = changes.get(&group) {
@@ -389,6 +422,67 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// A new group epoch (or leaving `stable`) starts a rebalance; reaching `stable` again
+    /// ends it. `began` is when the operations that changed the groups started.
+    fn track_rebalances(&mut self, touched: &BTreeSet<String>, began: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        for group in touched {
+            let found = self.coordinator.group(group).map(|g| (g.state(), g.epoch));
+            if let Some((_, epoch)) = found
+                && self.epochs.insert(group.clone(), epoch) != Some(epoch)
+            {
+                self.rebalancing.entry(group.clone()).or_insert(began);
+            }
+            match found.map(|(state, _)| state) {
+                Some(GroupState::Stable) => {
+                    if let Some(started) = self.rebalancing.remove(group) {
+                        self.host
+                            .rebalances()
+                            .observe(now.duration_since(started).as_secs_f64());
+                    }
+                }
+                Some(GroupState::Assigning | GroupState::Reconciling) => {
+                    self.rebalancing.entry(group.clone()).or_insert(now);
+                }
+                Some(GroupState::Empty) => {
+                    self.rebalancing.remove(group);
+                }
+                None => {
+                    self.rebalancing.remove(group);
+                    self.epochs.remove(group);
+                }
+            }
+        }
+    }
+
+    /// Publishes the groups for the metrics, at most once a second and only if changed.
+    fn publish_stats(&mut self) {
+        let due = self
+            .stats_published
+            .is_none_or(|at| at.elapsed() >= STATS_EVERY);
+        if !self.stats_dirty || !due {
+            return;
+        }
+        let stats = self
+            .coordinator
+            .groups()
+            .map(|g| GroupStats {
+                group: g.id.clone(),
+                state: g.state().name(),
+                members: g.members.len(),
+                epoch: g.epoch,
+                committed: g
+                    .offsets
+                    .iter()
+                    .map(|((topic, partition), v)| (topic.clone(), *partition, v.offset))
+                    .collect(),
+            })
+            .collect();
+        *self.stats.lock() = stats;
+        self.stats_dirty = false;
+        self.stats_published = Some(tokio::time::Instant::now());
     }
 
     /// Appends `records` and waits until they are committed; returns the first offset.
