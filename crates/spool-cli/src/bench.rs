@@ -33,6 +33,8 @@ pub enum BenchCommand {
     Consume(ConsumeArgs),
     /// Produce at --rate while consuming, and report produce-to-consume latency.
     E2e(LoadArgs),
+    /// How fast a consumer group settles: a cold start, then members joining.
+    Group(crate::bench_group::GroupBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +140,10 @@ impl Report {
 }
 
 pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<ExitCode> {
+    let command = match command {
+        BenchCommand::Group(args) => return crate::bench_group::run(args, context).await,
+        other => other,
+    };
     let client = context.connect().await?;
     let json = matches!(&command, BenchCommand::Produce(a) | BenchCommand::E2e(a) if a.json)
         || matches!(&command, BenchCommand::Consume(a) if a.json)
@@ -152,6 +158,7 @@ pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<Exi
             ensure_topic(&client, &args.topic, args.partitions).await?;
             e2e(client, &args).await?
         }
+        BenchCommand::Group(_) => return Ok(ExitCode::SUCCESS),
     };
     report.print(json);
     Ok(ExitCode::SUCCESS)

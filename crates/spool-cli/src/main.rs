@@ -1,6 +1,7 @@
 //! `spool`: one binary for running and operating Spool.
 
 mod bench;
+mod bench_group;
 mod cluster;
 mod consume;
 mod consume_group;
