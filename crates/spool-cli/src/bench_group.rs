@@ -70,7 +70,14 @@ fn start_member(
                     break;
                 }
             };
-            if delta != 0 && changes.send(Change { member: index, delta }).is_err() {
+            if delta != 0
+                && changes
+                    .send(Change {
+                        member: index,
+                        delta,
+                    })
+                    .is_err()
+            {
                 break;
             }
         }
@@ -90,7 +97,9 @@ async fn wait_for(
     while !done(counts) {
         let change = tokio::time::timeout_at(until, rx.recv())
             .await
-            .map_err(|_| anyhow::anyhow!("the group did not settle within {deadline:?}: {counts:?}"))?
+            .map_err(|_| {
+                anyhow::anyhow!("the group did not settle within {deadline:?}: {counts:?}")
+            })?
             .ok_or_else(|| anyhow::anyhow!("the members stopped"))?;
         *counts.entry(change.member).or_default() += change.delta;
     }
@@ -99,7 +108,10 @@ async fn wait_for(
 
 /// Every partition owned once, and counts differing by at most one among `members`.
 fn settled(counts: &BTreeMap<usize, i64>, members: &[usize], partitions: i64) -> bool {
-    let owned: Vec<i64> = members.iter().map(|m| counts.get(m).copied().unwrap_or(0)).collect();
+    let owned: Vec<i64> = members
+        .iter()
+        .map(|m| counts.get(m).copied().unwrap_or(0))
+        .collect();
     let total: i64 = counts.values().sum();
     let (min, max) = (
         owned.iter().min().copied().unwrap_or(0),
