@@ -35,6 +35,8 @@ pub enum BenchCommand {
     E2e(LoadArgs),
     /// How fast a consumer group settles: a cold start, then members joining.
     Group(crate::bench_group::GroupBenchArgs),
+    /// Offset commits to one group coordinator: throughput and latency.
+    Commits(crate::bench_group::CommitBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -142,6 +144,7 @@ impl Report {
 pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<ExitCode> {
     let command = match command {
         BenchCommand::Group(args) => return crate::bench_group::run(args, context).await,
+        BenchCommand::Commits(args) => return crate::bench_group::commits(args, context).await,
         other => other,
     };
     let client = context.connect().await?;
@@ -158,7 +161,7 @@ pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<Exi
             ensure_topic(&client, &args.topic, args.partitions).await?;
             e2e(client, &args).await?
         }
-        BenchCommand::Group(_) => return Ok(ExitCode::SUCCESS),
+        BenchCommand::Group(_) | BenchCommand::Commits(_) => return Ok(ExitCode::SUCCESS),
     };
     report.print(json);
     Ok(ExitCode::SUCCESS)

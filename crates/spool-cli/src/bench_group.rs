@@ -208,3 +208,119 @@ pub async fn run(args: GroupBenchArgs, context: &Context) -> anyhow::Result<Exit
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Args)]
+pub struct CommitBenchArgs {
+    /// The topic whose offsets are committed (created with --partitions if missing).
+    #[arg(long)]
+    topic: String,
+    /// Partitions whose offsets each commit carries.
+    #[arg(long, default_value_t = 100)]
+    partitions: u32,
+    /// Commits in flight at once, each from a group of its own (all coordinated by the
+    /// same node).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `spool bench commits`: offset commits to one coordinator, as many as it takes.
+pub async fn commits(args: CommitBenchArgs, context: &Context) -> anyhow::Result<ExitCode> {
+    let client = context.connect().await?;
+    if client.describe_topic(&args.topic).await.is_err() {
+        client
+            .create_topic(spool_client::NewTopic {
+                name: args.topic.clone(),
+                partitions: args.partitions,
+                ..spool_client::NewTopic::default()
+            })
+            .await?;
+    }
+    let partitions = client.describe_topic(&args.topic).await?.partitions.len() as u32;
+    // Groups that all belong to the first one's coordinator partition.
+    let first = format!("bench-commits-{}", std::process::id());
+    let coordinator = crate::group::coordinator(&client, &first).await?;
+    let shards = client
+        .describe_topic("__consumer_offsets")
+        .await?
+        .partitions
+        .len() as u32;
+    let target = spool_client::partition_for_key(first.as_bytes(), shards);
+    let mut groups = vec![first];
+    let mut n = 0u64;
+    while groups.len() < args.concurrency {
+        n += 1;
+        let name = format!("bench-commits-{}-{n}", std::process::id());
+        if spool_client::partition_for_key(name.as_bytes(), shards) == target {
+            groups.push(name);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for group in groups {
+        let mut coordinator = coordinator.clone();
+        let client = client.clone();
+        let topic = args.topic.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut round = 0i64;
+            while Instant::now() < deadline {
+                round += 1;
+                let offsets = (0..partitions)
+                    .map(|p| spool_client::OffsetToCommit {
+                        topic: topic.clone(),
+                        partition: p,
+                        offset: round,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                    })
+                    .collect();
+                let sent = Instant::now();
+                match coordinator.commit_offsets(&group, "", -1, offsets).await {
+                    Ok(()) => latencies.record(sent.elapsed().as_micros() as u64)?,
+                    // The coordinator moved (leaders settle after a topic is created).
+                    Err(error)
+                        if error
+                            .code()
+                            .is_some_and(spool_client::ErrorCode::is_retriable) =>
+                    {
+                        coordinator = crate::group::coordinator(&client, &group).await?;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        all.add(task.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let offsets_per_sec = all.len() as f64 * f64::from(partitions) / elapsed;
+    let ms = |us: u64| us as f64 / 1000.0;
+    if args.json || context.output == Output::Json {
+        say!(
+            "{}",
+            json!({
+                "commits": all.len(),
+                "offsets_per_commit": partitions,
+                "offsets_per_sec": offsets_per_sec,
+                "p50_ms": ms(all.value_at_quantile(0.5)),
+                "p99_ms": ms(all.value_at_quantile(0.99)),
+            })
+        );
+    } else {
+        say!(
+            "{} commits of {partitions} offsets: {offsets_per_sec:.0} offsets/s, latency p50 {:.2} ms, p99 {:.2} ms",
+            all.len(),
+            ms(all.value_at_quantile(0.5)),
+            ms(all.value_at_quantile(0.99)),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

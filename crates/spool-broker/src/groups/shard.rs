@@ -197,9 +197,14 @@ impl Shard {
             .map_err(|_| BrokerError::CoordinatorLoading {
                 group: group.to_string(),
             })?;
-        rx.await.map_err(|_| BrokerError::NotCoordinator {
-            group: group.to_string(),
-        })?
+        match rx.await {
+            // The write or the leadership check failed: this node may no longer lead the
+            // coordinator partition, and the client should find the coordinator again.
+            Ok(Err(BrokerError::Replication { .. })) | Err(_) => Err(BrokerError::NotCoordinator {
+                group: group.to_string(),
+            }),
+            Ok(answer) => answer,
+        }
     }
 
     /// The groups as last published for the metrics.
