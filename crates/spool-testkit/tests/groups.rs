@@ -139,7 +139,12 @@ async fn committed_offsets_survive_the_coordinators_death_and_a_restart_resumes_
     let mut consumer = member(&cluster, "billing").await;
     let mut seen = BTreeMap::new();
     read_values(&mut consumer, &mut seen, 50).await;
-    consumer.commit().await.expect("commit");
+    // In the background, as an application that keeps reading would.
+    consumer
+        .commit_async()
+        .await
+        .expect("the commit task")
+        .expect("commit");
     let committed = consumer.committed().await.expect("committed");
     assert_eq!(committed.iter().map(|(_, _, o)| o).sum::<i64>(), 50);
     consumer.close().await.expect("close");

@@ -249,7 +249,8 @@ impl GroupConsumer {
             wanted.entry(topic.clone()).or_default().push(*partition);
         }
         let group = self.config.group.clone();
-        let committed = self.with_coordinator(|c| {
+        let coordinated = self.coordinated();
+        let committed = coordinated.with_coordinator(|c| {
             let (group, wanted) = (group.clone(), wanted.clone());
             async move { c.fetch_committed(&group, &wanted).await }
         });
@@ -283,6 +284,38 @@ impl GroupConsumer {
         self.commit_partitions(&keys).await
     }
 
+    /// Commits the positions in the background (the handle tells how it went), so the
+    /// application can go on reading meanwhile.
+    pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<(), ConsumerError>> {
+        let offsets: Vec<OffsetToCommit> = self
+            .consumer
+            .positions
+            .iter()
+            .map(|(k, offset)| OffsetToCommit {
+                topic: k.0.to_string(),
+                partition: k.1,
+                offset: *offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+            })
+            .collect();
+        let coordinated = self.coordinated();
+        tokio::spawn(async move {
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            coordinated.send_commit(offsets).await
+        })
+    }
+
+    fn coordinated(&self) -> Coordinated {
+        Coordinated {
+            bootstrap: self.bootstrap.clone(),
+            shared: Arc::clone(&self.shared),
+            group: self.config.group.clone(),
+        }
+    }
+
     /// Commits these offsets (the next record to process of each partition).
     pub async fn commit_offsets(&self, offsets: &[(&str, u32, i64)]) -> Result<(), ConsumerError> {
         let offsets: Vec<OffsetToCommit> = offsets
@@ -295,7 +328,7 @@ impl GroupConsumer {
                 metadata: String::new(),
             })
             .collect();
-        self.send_commit(offsets).await
+        self.coordinated().send_commit(offsets).await
     }
 
     async fn commit_partitions(&mut self, keys: &[Key]) -> Result<(), ConsumerError> {
@@ -314,35 +347,7 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.send_commit(offsets).await
-    }
-
-    /// Sends a commit to the coordinator; a commit that races an epoch change is sent
-    /// again with the new epoch (the partitions are still this member's until it says
-    /// otherwise).
-    async fn send_commit(&self, offsets: Vec<OffsetToCommit>) -> Result<(), ConsumerError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let epoch = self.member_epoch();
-            let member = self.shared.member_id.clone();
-            let group = self.config.group.clone();
-            let batch = offsets.clone();
-            let result = self
-                .with_coordinator(|c| {
-                    let (group, member, batch) = (group.clone(), member.clone(), batch.clone());
-                    async move { c.commit_offsets(&group, &member, epoch, batch).await }
-                })
-                .await;
-            match result {
-                Err(ConsumerError::Client(error))
-                    if error.code() == Some(ErrorCode::StaleMemberEpoch)
-                        && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => return other,
-            }
-        }
+        self.coordinated().send_commit(offsets).await
     }
 
     /// The group's committed offsets of this member's partitions.
@@ -356,6 +361,7 @@ impl GroupConsumer {
         }
         let group = self.config.group.clone();
         let found = self
+            .coordinated()
             .with_coordinator(|c| {
                 let (group, wanted) = (group.clone(), wanted.clone());
                 async move { c.fetch_committed(&group, &wanted).await }
@@ -405,6 +411,44 @@ impl GroupConsumer {
         let _ = (&mut self.task).await;
         committed
     }
+}
+
+/// What a call to the group's coordinator needs; cheap to clone into a task.
+#[derive(Debug, Clone)]
+struct Coordinated {
+    bootstrap: Client,
+    shared: Arc<Shared>,
+    group: String,
+}
+
+impl Coordinated {
+    /// Sends a commit to the coordinator; a commit that races an epoch change is sent
+    /// again with the new epoch (the partitions are still this member's until it says
+    /// otherwise).
+    async fn send_commit(&self, offsets: Vec<OffsetToCommit>) -> Result<(), ConsumerError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let epoch = self.shared.epoch.load(Ordering::Acquire);
+            let member = self.shared.member_id.clone();
+            let group = self.group.clone();
+            let batch = offsets.clone();
+            let result = self
+                .with_coordinator(|c| {
+                    let (group, member, batch) = (group.clone(), member.clone(), batch.clone());
+                    async move { c.commit_offsets(&group, &member, epoch, batch).await }
+                })
+                .await;
+            match result {
+                Err(ConsumerError::Client(error))
+                    if error.code() == Some(ErrorCode::StaleMemberEpoch)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
 
     /// Runs a call on the coordinator, finding it again when it moved.
     async fn with_coordinator<T, F, Fut>(&self, call: F) -> Result<T, ConsumerError>
@@ -418,7 +462,7 @@ impl GroupConsumer {
             let known = self.shared.coordinator.lock().clone();
             let client = match known {
                 Some(client) => client,
-                None => match self.bootstrap.find_coordinator(&self.config.group).await {
+                None => match self.bootstrap.find_coordinator(&self.group).await {
                     Ok((_, address)) if address == self.bootstrap.address() => {
                         self.bootstrap.clone()
                     }
