@@ -131,7 +131,7 @@ impl Broker {
         };
         let response = shard
             .run(&group, move |c, ctx| {
-                c.heartbeat(&request, ctx.now_ms, &ctx.topics)
+                c.heartbeat(&request, ctx.steady_ms, &ctx.topics)
             })
             .await?;
         // Nothing new: the same epoch and the partitions it owns. A member waiting for
@@ -152,7 +152,7 @@ impl Broker {
         }
         shard
             .run(&group, move |c, ctx| {
-                c.heartbeat(&again, ctx.now_ms, &ctx.topics)
+                c.heartbeat(&again, ctx.steady_ms, &ctx.topics)
             })
             .await
     }

@@ -51,7 +51,10 @@ const REPLAY_READ: usize = 4 * 1024 * 1024;
 /// What every operation sees besides the groups.
 #[derive(Debug)]
 pub(crate) struct Context {
+    /// Wall-clock time, for what is written down (commit times, batch timestamps).
     pub now_ms: i64,
+    /// A clock that never jumps, for session and revocation deadlines.
+    pub steady_ms: i64,
     pub topics: Arc<TopicsSnapshot>,
 }
 
@@ -253,7 +256,7 @@ impl Task {
                     groups = self.coordinator.groups().count(),
                     "coordinator partition loaded"
                 );
-                self.coordinator.start_sessions(now_ms());
+                self.coordinator.start_sessions(steady_ms());
                 let _ = self.phase.send(Phase::Active);
                 self.serve(&mut rx).await
             }
@@ -270,6 +273,7 @@ impl Task {
         while let Ok(job) = rx.try_recv() {
             let context = Context {
                 now_ms: now_ms(),
+                steady_ms: steady_ms(),
                 topics: self.host.topics(),
             };
             let (_, reply) = job(&mut Coordinator::default(), &context);
@@ -334,7 +338,7 @@ impl Task {
                     self.changes.lock().retain(|_, tx| tx.receiver_count() > 0);
                     self.publish_stats();
                     jobs.push(Box::new(|c: &mut Coordinator, ctx: &Context| {
-                    let outcome = c.expire(ctx.now_ms);
+                    let outcome = c.expire(ctx.steady_ms);
                     for (group, member) in &outcome.value {
                         tracing::info!(group, member, "member removed: its session or revocation time ran out");
                     }
@@ -377,6 +381,7 @@ impl Task {
         let began = tokio::time::Instant::now();
         let context = Context {
             now_ms: now_ms(),
+            steady_ms: steady_ms(),
             topics: self.host.topics(),
         };
         let mut operations: Vec<Vec<GroupRecord>> = Vec::with_capacity(jobs.len());
@@ -537,6 +542,7 @@ impl Task {
 fn fail(jobs: impl Iterator<Item = Job>, coordinator: &mut Coordinator, host: &Arc<dyn ShardHost>) {
     let context = Context {
         now_ms: now_ms(),
+        steady_ms: steady_ms(),
         topics: host.topics(),
     };
     // A scratch copy runs them (their replies need an outcome), and is thrown away.
@@ -576,6 +582,14 @@ fn encode(operations: &[Vec<GroupRecord>], now_ms: i64) -> Vec<Bytes> {
         batches.push(builder.finish());
     }
     batches
+}
+
+/// ms on a clock that never jumps (since the first call in this process): deadlines held
+/// in memory only, never compared across nodes or restarts.
+pub(crate) fn steady_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn now_ms() -> i64 {
