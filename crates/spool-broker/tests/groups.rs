@@ -211,3 +211,36 @@ async fn a_member_that_stops_heartbeating_is_removed_and_its_partitions_move() {
     assert_eq!(gone.code(), ErrorCode::UnknownMemberId);
     broker.shutdown().await;
 }
+
+/// A settled member that says nothing new (its owned partitions unset: unchanged) is
+/// held in the long poll until something changes, not answered at once: otherwise every
+/// member would heartbeat back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_member_waits_in_its_long_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.groups.coordinator.heartbeat_interval_ms = 400;
+    let broker = Broker::open(opts).await.unwrap();
+    broker
+        .create_topic("orders", 2, 1, BTreeMap::new(), false)
+        .await
+        .unwrap();
+    until_ready(|| broker.find_coordinator("payments")).await;
+    let a = until_ready(|| broker.group_heartbeat(join("a"), Duration::ZERO)).await;
+    assert_eq!(a.assignment.len(), 2);
+    let steady = HeartbeatRequest {
+        owned: None,
+        ..next("a", &a)
+    };
+    let started = Instant::now();
+    let answer = broker
+        .group_heartbeat(steady, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answer.epoch, a.epoch);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered at once although nothing changed"
+    );
+    broker.shutdown().await;
+}

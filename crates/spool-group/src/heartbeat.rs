@@ -46,6 +46,9 @@ pub struct HeartbeatResponse {
     /// The partitions the member may own: any it owns outside this set it must give up.
     pub assignment: Assignment,
     pub state: MemberState,
+    /// Whether this heartbeat changed the member's epoch or assignment (not sent on the
+    /// wire: a heartbeat that changed nothing may wait for a change before answering).
+    pub changed: bool,
 }
 
 /// Rebalance timeout of a member that names none.
@@ -249,7 +252,7 @@ impl Coordinator {
             });
         }
         assign_if_needed(&mut tx, group_id, &subscribed, topics);
-        reconcile(&mut tx, request, now_ms);
+        let changed = reconcile(&mut tx, request, now_ms) || request.epoch == 0;
         let coordinator = &*tx.coordinator;
         let response = coordinator
             .groups
@@ -263,6 +266,7 @@ impl Coordinator {
                     session_timeout_ms: session_timeout(&coordinator.config, g),
                     assignment: member.current.assigned.clone(),
                     state: member.current.state,
+                    changed,
                 })
             })
             .ok_or_else(|| GroupError::GroupIdNotFound(group_id.to_string()))?;
@@ -322,6 +326,7 @@ impl Coordinator {
             session_timeout_ms: session,
             assignment: Assignment::new(),
             state: MemberState::Stable,
+            changed: true,
         }))
     }
 
@@ -502,14 +507,15 @@ fn assign_if_needed(
     });
 }
 
-/// Moves the member one step toward its target and restarts its session.
-fn reconcile(tx: &mut Tx<'_>, request: &HeartbeatRequest, now_ms: i64) {
+/// Moves the member one step toward its target and restarts its session; returns whether
+/// its epoch or assignment changed.
+fn reconcile(tx: &mut Tx<'_>, request: &HeartbeatRequest, now_ms: i64) -> bool {
     let member_id = request.member.as_str();
     let Some(group) = tx.group(&request.group) else {
-        return;
+        return false;
     };
     let Some(member) = group.members.get(member_id) else {
-        return;
+        return false;
     };
     let target = group.target_of(member_id);
     let next = next_state(
@@ -526,7 +532,8 @@ fn reconcile(tx: &mut Tx<'_>, request: &HeartbeatRequest, now_ms: i64) {
     let revoking_before = member.current.revoking.clone();
     let session = session_timeout(&tx.coordinator.config, group);
     let rebalance = member.subscription.rebalance_timeout_ms;
-    if next != member.current {
+    let changed = next != member.current;
+    if changed {
         tx.write(GroupRecord::Current {
             group: request.group.clone(),
             member: member_id.to_string(),
@@ -549,4 +556,5 @@ fn reconcile(tx: &mut Tx<'_>, request: &HeartbeatRequest, now_ms: i64) {
             _ => Some(now_ms.saturating_add(i64::from(rebalance))),
         };
     }
+    changed
 }

@@ -137,10 +137,15 @@ impl Broker {
         // Nothing new: the same epoch and the partitions it owns. A member waiting for
         // partitions others still hold waits here too, and is answered once they are
         // free; one asked to give partitions up is answered at once.
+        // An unset `owned` means "unchanged since my last heartbeat" (the member's duty to
+        // send it whenever it changed).
         let quiet = again.epoch > 0
+            && !response.changed
             && response.epoch == again.epoch
             && response.state != MemberState::UnrevokedPartitions
-            && owned.as_ref() == Some(&response.assignment);
+            && owned
+                .as_ref()
+                .is_none_or(|owned| *owned == response.assignment);
         let wait = wait.min(Duration::from_millis(
             response.heartbeat_interval_ms.max(0) as u64
         ));

@@ -88,6 +88,8 @@ pub struct GroupConsumer {
     task: JoinHandle<()>,
     /// Events decided but not yet returned.
     pending: std::collections::VecDeque<GroupEvent>,
+    /// A change taken from the membership and not yet fully applied.
+    in_flight: Option<Change>,
     last_commit: Instant,
 }
 
@@ -109,6 +111,7 @@ impl Consumer {
             member_id: membership::new_member_id(),
             epoch: AtomicI32::new(0),
             coordinator: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
             leaving: Mutex::new(None),
         });
         let (leave_tx, leave_rx) = oneshot::channel();
@@ -140,6 +143,7 @@ impl Consumer {
             changes: rx,
             task,
             pending: std::collections::VecDeque::new(),
+            in_flight: None,
             last_commit: Instant::now(),
         }
     }
@@ -160,10 +164,17 @@ impl GroupConsumer {
     }
 
     /// The next record or assignment change. Call it regularly: rebalances wait for it.
+    ///
+    /// Cancel safe: a change being applied when the call is dropped (its commit or offset
+    /// lookup cut short) is applied again by the next call, from the start.
     pub async fn next_event(&mut self) -> Result<GroupEvent, ConsumerError> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
+            }
+            if self.in_flight.is_some() {
+                self.apply_in_flight().await?;
+                continue;
             }
             if let Some(every) = self.config.auto_commit
                 && self.last_commit.elapsed() >= every
@@ -173,17 +184,27 @@ impl GroupConsumer {
                     tracing::warn!(%error, "automatic commit failed; the next one retries");
                 }
             }
+            // A fetch that failed (its error was returned) is started again.
+            if self.consumer.fetcher.is_none() && !self.consumer.positions.is_empty() {
+                self.consumer.restart();
+            }
             let wake = self
                 .config
                 .auto_commit
                 .map(|every| self.last_commit + every);
-            let reading = !self.consumer.positions.is_empty();
+            let reading = self.consumer.fetcher.is_some();
             tokio::select! {
+                // Changes first: records of partitions just lost must not slip through.
+                biased;
                 change = self.changes.recv() => match change {
-                    Some(change) => self.apply(change).await?,
-                    None => return Err(ConsumerError::Client(ClientError::Transport(
-                        "the group membership ended".into(),
-                    ))),
+                    Some(change) => self.in_flight = Some(change),
+                    None => {
+                        let all = self.consumer.assignment();
+                        self.consumer.drop_partitions(&all);
+                        return Err(ConsumerError::Client(ClientError::Transport(
+                            "the group membership ended".into(),
+                        )));
+                    }
                 },
                 record = self.consumer.next(), if reading => match record {
                     Some(Ok(record)) => return Ok(GroupEvent::Record(record)),
@@ -204,9 +225,15 @@ impl GroupConsumer {
         }
     }
 
-    async fn apply(&mut self, change: Change) -> Result<(), ConsumerError> {
+    /// Applies the change taken from the membership. Every await comes before the change
+    /// is taken out of `in_flight`, so a call cut short leaves it to be applied again.
+    async fn apply_in_flight(&mut self) -> Result<(), ConsumerError> {
+        let Some(change) = self.in_flight.as_ref() else {
+            return Ok(());
+        };
         match change {
-            Change::Revoke(partitions, done) => {
+            Change::Revoke(partitions, _) => {
+                let partitions = partitions.clone();
                 if self.config.auto_commit.is_some() {
                     let keys: Vec<Key> = partitions
                         .iter()
@@ -217,23 +244,35 @@ impl GroupConsumer {
                     }
                 }
                 self.consumer.drop_partitions(&partitions);
-                let _ = done.send(());
+                if let Some(Change::Revoke(_, done)) = self.in_flight.take() {
+                    let _ = done.send(());
+                }
                 self.pending.push_back(GroupEvent::Revoked(partitions));
             }
             Change::Assign(partitions) => {
+                let partitions = partitions.clone();
                 let starts = self.starting_offsets(&partitions).await?;
                 self.consumer.add_partitions(starts);
+                self.in_flight = None;
                 self.pending.push_back(GroupEvent::Assigned(partitions));
             }
-            Change::Lost(done) => {
+            Change::Lost(_) => {
                 let lost = self.consumer.assignment();
                 self.consumer.drop_partitions(&lost);
-                let _ = done.send(());
+                if let Some(Change::Lost(done)) = self.in_flight.take() {
+                    let _ = done.send(());
+                }
                 if !lost.is_empty() {
                     self.pending.push_back(GroupEvent::Lost(lost));
                 }
             }
-            Change::Failed(error) => return Err(error.into()),
+            Change::Failed(_) => {
+                let all = self.consumer.assignment();
+                self.consumer.drop_partitions(&all);
+                if let Some(Change::Failed(error)) = self.in_flight.take() {
+                    return Err(error.into());
+                }
+            }
         }
         Ok(())
     }
@@ -287,6 +326,7 @@ impl GroupConsumer {
     /// Commits the positions in the background (the handle tells how it went), so the
     /// application can go on reading meanwhile.
     pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<(), ConsumerError>> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
         let offsets: Vec<OffsetToCommit> = self
             .consumer
             .positions
@@ -304,7 +344,7 @@ impl GroupConsumer {
             if offsets.is_empty() {
                 return Ok(());
             }
-            coordinated.send_commit(offsets).await
+            coordinated.send_commit(offsets, generation).await
         })
     }
 
@@ -328,10 +368,12 @@ impl GroupConsumer {
                 metadata: String::new(),
             })
             .collect();
-        self.coordinated().send_commit(offsets).await
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        self.coordinated().send_commit(offsets, generation).await
     }
 
     async fn commit_partitions(&mut self, keys: &[Key]) -> Result<(), ConsumerError> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
         let offsets: Vec<OffsetToCommit> = keys
             .iter()
             .filter_map(|k| {
@@ -347,7 +389,7 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        self.coordinated().send_commit(offsets).await
+        self.coordinated().send_commit(offsets, generation).await
     }
 
     /// The group's committed offsets of this member's partitions.
@@ -399,6 +441,12 @@ impl GroupConsumer {
             let _ = leave.send(());
         }
         // The loop may be waiting for an answer about a change: give up everything.
+        match self.in_flight.take() {
+            Some(Change::Revoke(_, done) | Change::Lost(done)) => {
+                let _ = done.send(());
+            }
+            Some(Change::Assign(_) | Change::Failed(_)) | None => {}
+        }
         self.changes.close();
         while let Some(change) = self.changes.recv().await {
             match change {
@@ -425,9 +473,22 @@ impl Coordinated {
     /// Sends a commit to the coordinator; a commit that races an epoch change is sent
     /// again with the new epoch (the partitions are still this member's until it says
     /// otherwise).
-    async fn send_commit(&self, offsets: Vec<OffsetToCommit>) -> Result<(), ConsumerError> {
+    async fn send_commit(
+        &self,
+        offsets: Vec<OffsetToCommit>,
+        generation: u64,
+    ) -> Result<(), ConsumerError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            // Offsets taken before the member lost its partitions are not its to commit
+            // any more: their next owner's progress must not be set back.
+            if self.shared.generation.load(Ordering::Acquire) != generation {
+                return Err(ConsumerError::Client(ClientError::Api(crate::ApiError {
+                    code: ErrorCode::FencedMemberEpoch,
+                    message: "the member lost its partitions before the commit was sent".into(),
+                    leader: None,
+                })));
+            }
             let epoch = self.shared.epoch.load(Ordering::Acquire);
             let member = self.shared.member_id.clone();
             let group = self.group.clone();
@@ -532,6 +593,13 @@ impl Consumer {
             let key: Key = (Arc::from(topic.as_str()), *partition);
             self.positions.remove(&key);
             self.paused.remove(&key);
+            if self
+                .reset_pending
+                .as_ref()
+                .is_some_and(|(t, p)| t == topic && p == partition)
+            {
+                self.reset_pending = None;
+            }
         }
         self.restart();
     }

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub member_id: String,
     pub epoch: AtomicI32,
     pub coordinator: Mutex<Option<Client>>,
+    /// Moves each time the member loses its partitions; commits taken before are void.
+    pub generation: std::sync::atomic::AtomicU64,
     /// Set when the consumer closes: the loop leaves the group and ends.
     pub leaving: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -135,6 +137,8 @@ pub(crate) async fn run(
                 backoff = Duration::from_millis(50);
                 member.last_ok_sent = Some(sent);
                 if !member.take(answer).await {
+                    // The consumer is gone: leave rather than make the group wait.
+                    member.leave().await;
                     return;
                 }
             }
@@ -283,7 +287,7 @@ impl Member {
             {
                 return false;
             }
-            if stopped.await.is_err() {
+            if !self.wait_keeping_session(stopped).await {
                 return false;
             }
             for partition in &revoked {
@@ -300,8 +304,29 @@ impl Member {
         true
     }
 
+    /// Waits for the consumer to confirm a revocation, heartbeating meanwhile (reporting
+    /// nothing new: it still owns what it gives up) so that a slow application does not
+    /// lose its session and with it every partition. False once the consumer is gone.
+    async fn wait_keeping_session(&mut self, mut stopped: oneshot::Receiver<()>) -> bool {
+        loop {
+            tokio::select! {
+                answer = &mut stopped => return answer.is_ok(),
+                () = tokio::time::sleep(self.interval) => {
+                    let sent = Instant::now();
+                    match self.beat(Duration::ZERO).await {
+                        Ok(_) => self.last_ok_sent = Some(sent),
+                        Err(error) => {
+                            tracing::debug!(%error, "a heartbeat while giving partitions up failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Out of the group: the consumer drops everything, then the member joins afresh.
     async fn lose(&mut self) -> bool {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
         let (done, stopped) = oneshot::channel();
         if self.changes.send(Change::Lost(done)).await.is_err() || stopped.await.is_err() {
             return false;

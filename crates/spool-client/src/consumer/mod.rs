@@ -133,6 +133,8 @@ pub struct Consumer {
     paused: BTreeSet<Key>,
     buffered: VecDeque<ConsumerRecord>,
     fetcher: Option<Fetcher>,
+    /// A partition whose offset went out of range and awaits its reset.
+    reset_pending: Option<(String, u32)>,
 }
 
 impl Consumer {
@@ -144,6 +146,7 @@ impl Consumer {
             paused: BTreeSet::new(),
             buffered: VecDeque::new(),
             fetcher: None,
+            reset_pending: None,
         }
     }
 
@@ -156,6 +159,13 @@ impl Consumer {
             .collect();
         self.positions.retain(|k, _| wanted.contains(k));
         self.paused.retain(|k| wanted.contains(k));
+        if self
+            .reset_pending
+            .as_ref()
+            .is_some_and(|(t, p)| !wanted.contains(&(Arc::from(t.as_str()), *p)))
+        {
+            self.reset_pending = None;
+        }
         let reset = match self.config.offset_reset {
             OffsetReset::Earliest => OffsetSpec::Earliest,
             OffsetReset::Latest => OffsetSpec::Latest,
@@ -238,6 +248,19 @@ impl Consumer {
     /// The next record; waits for one to arrive. `None` once nothing is assigned.
     pub async fn next(&mut self) -> Option<Result<ConsumerRecord, ConsumerError>> {
         loop {
+            // A reset cut short by a dropped call is done now: its partition is not being
+            // read until it is.
+            if let Some((topic, partition)) = self.reset_pending.clone() {
+                let to = match self.config.offset_reset {
+                    OffsetReset::Earliest => SeekTo::Beginning,
+                    OffsetReset::Latest => SeekTo::End,
+                };
+                if let Err(error) = self.seek(&topic, partition, to).await {
+                    return Some(Err(error));
+                }
+                self.reset_pending = None;
+                continue;
+            }
             if let Some(record) = self.buffered.pop_front() {
                 let key = (Arc::clone(&record.topic), record.partition);
                 self.positions.insert(key, record.offset + 1);
@@ -251,14 +274,9 @@ impl Consumer {
                     partition,
                     error,
                 })) if error.code == ErrorCode::OffsetOutOfRange => {
-                    // Kafka's auto.offset.reset: move to the configured end and go on.
-                    let to = match self.config.offset_reset {
-                        OffsetReset::Earliest => SeekTo::Beginning,
-                        OffsetReset::Latest => SeekTo::End,
-                    };
-                    if let Err(error) = self.seek(&topic, partition, to).await {
-                        return Some(Err(error));
-                    }
+                    // Kafka's auto.offset.reset: move to the configured end and go on
+                    // (at the top of the loop, so that a dropped call resumes it).
+                    self.reset_pending = Some((topic, partition));
                 }
                 Some(Err(error)) => {
                     self.fetcher = None;
