@@ -102,8 +102,37 @@ pub struct TestCluster {
     slots: BTreeMap<u64, Slot>,
 }
 
-/// A port nobody listens on now: bound, read, released. Kept for the node's lifetime.
+/// A port nobody listens on now, for a node to bind later. It is taken below the
+/// kernel's ephemeral range: a port from that range (what binding port 0 gives) can be
+/// handed to any outgoing connection before the node binds it, and the node would then
+/// fail to start. Ports are taken in turn from a random start, checked free as they are.
 pub fn reserve_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span >= 1000 {
+        if NEXT.load(Ordering::Relaxed) == u32::MAX {
+            // A different start in each process, so that test binaries running at once
+            // rarely walk the same ports.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                ^ std::process::id().wrapping_mul(2_654_435_761);
+            let _ =
+                NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        for _ in 0..span {
+            let port = LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return Ok(port as u16);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
