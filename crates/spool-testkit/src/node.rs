@@ -59,6 +59,9 @@ impl NodeSpec {
             controller_voters: self.controller_voters.clone(),
             broker_session_timeout_ms: 3000,
             broker_heartbeat_ms: 200,
+            // Test clusters notice a dead group member within seconds.
+            group_session_timeout_ms: 6000,
+            group_heartbeat_interval_ms: 500,
             rack: self.rack.clone(),
             ..ServerConfig::default()
         }
@@ -76,7 +79,8 @@ impl NodeSpec {
              advertised_address = {:?}\nflush = {flush:?}\nraft_heartbeat_ms = {}\n\
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
              shutdown_grace_secs = 5\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
-             broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n{}",
+             broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n\
+             group_session_timeout_ms = 6000\ngroup_heartbeat_interval_ms = 500\n{}",
             self.id,
             self.data_dir.display().to_string(),
             self.grpc,
