@@ -167,7 +167,11 @@ pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+pub(crate) async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
     if client.describe_topic(topic).await.is_err() {
         client
             .create_topic(NewTopic {

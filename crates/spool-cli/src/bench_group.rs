@@ -122,15 +122,7 @@ fn settled(counts: &BTreeMap<usize, i64>, members: &[usize], partitions: i64) ->
 
 pub async fn run(args: GroupBenchArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let client = context.connect().await?;
-    if client.describe_topic(&args.topic).await.is_err() {
-        client
-            .create_topic(spool_client::NewTopic {
-                name: args.topic.clone(),
-                partitions: args.partitions,
-                ..spool_client::NewTopic::default()
-            })
-            .await?;
-    }
+    crate::bench::ensure_topic(&client, &args.topic, args.partitions).await?;
     let partitions = client.describe_topic(&args.topic).await?.partitions.len() as i64;
     let group = format!(
         "bench-group-{}",
@@ -230,15 +222,7 @@ pub struct CommitBenchArgs {
 /// `spool bench commits`: offset commits to one coordinator, as many as it takes.
 pub async fn commits(args: CommitBenchArgs, context: &Context) -> anyhow::Result<ExitCode> {
     let client = context.connect().await?;
-    if client.describe_topic(&args.topic).await.is_err() {
-        client
-            .create_topic(spool_client::NewTopic {
-                name: args.topic.clone(),
-                partitions: args.partitions,
-                ..spool_client::NewTopic::default()
-            })
-            .await?;
-    }
+    crate::bench::ensure_topic(&client, &args.topic, args.partitions).await?;
     let partitions = client.describe_topic(&args.topic).await?.partitions.len() as u32;
     // Groups that all belong to the first one's coordinator partition.
     let first = format!("bench-commits-{}", std::process::id());

@@ -20,8 +20,43 @@ const TOPIC: &str = "storm";
 const GROUP: &str = "storm-group";
 const RECORDS: usize = 3000;
 
+/// What the members printed, and a count that moves with each new line.
+#[derive(Clone)]
+struct Seen {
+    values: Arc<Mutex<BTreeSet<String>>>,
+    lines: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Seen {
+    fn len(&self) -> usize {
+        self.values.lock().unwrap().len()
+    }
+
+    /// Waits until `done` holds of what was printed, or fails after `within`.
+    async fn wait_until(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&BTreeSet<String>) -> bool,
+    ) {
+        let mut lines = self.lines.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let met = done(&self.values.lock().unwrap());
+            if met {
+                return;
+            }
+            let changed = tokio::time::timeout_at(deadline, lines.changed()).await;
+            assert!(
+                matches!(changed, Ok(Ok(()))),
+                "timed out waiting for {what}"
+            );
+        }
+    }
+}
+
 /// A `spool consume --group` process; what it prints goes into `seen`.
-fn member(bootstrap: &str, seen: &Arc<Mutex<BTreeSet<String>>>) -> Child {
+fn member(bootstrap: &str, seen: &Seen) -> Child {
     let mut child = Command::new(SPOOL)
         .args(["consume", TOPIC, "--group", GROUP, "--from-beginning"])
         .args(["--bootstrap", bootstrap])
@@ -31,11 +66,12 @@ fn member(bootstrap: &str, seen: &Arc<Mutex<BTreeSet<String>>>) -> Child {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let seen = Arc::clone(seen);
+    let seen = seen.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            seen.lock().unwrap().insert(line);
+            seen.values.lock().unwrap().insert(line);
+            seen.lines.send_modify(|n| *n += 1);
         }
     });
     child
@@ -55,7 +91,10 @@ async fn a_group_under_kills_of_members_and_its_coordinator_loses_nothing() {
         .expect("cluster");
     cluster.create_topic(TOPIC, 6, 3).await.expect("topic");
     let bootstraps = cluster.addresses().join(",");
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let seen = Seen {
+        values: Arc::new(Mutex::new(BTreeSet::new())),
+        lines: Arc::new(tokio::sync::watch::Sender::new(0)),
+    };
     let mut members: Vec<Child> = (0..3).map(|_| member(&bootstraps, &seen)).collect();
 
     // The producer writes throughout; it retries through the coordinator's node dying.
@@ -64,7 +103,10 @@ async fn a_group_under_kills_of_members_and_its_coordinator_loses_nothing() {
         tokio::spawn(async move {
             let producer = Producer::new(client, ProducerConfig::default());
             let mut acked = BTreeSet::new();
+            // A steady pace, so that the kills land while records are being written.
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
             for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(100) {
+                pace.tick().await;
                 let mut deliveries = Vec::new();
                 for i in chunk {
                     let record = ProducerRecord::new(TOPIC, format!("v{i}").into_bytes())
@@ -76,7 +118,6 @@ async fn a_group_under_kills_of_members_and_its_coordinator_loses_nothing() {
                         acked.insert(format!("v{i}"));
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             acked
         })
@@ -85,15 +126,11 @@ async fn a_group_under_kills_of_members_and_its_coordinator_loses_nothing() {
     let client = cluster.client().await.expect("client");
     for round in 0..4 {
         // Wait for progress, then kill a member without warning and start another.
-        let before = seen.lock().unwrap().len();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while seen.lock().unwrap().len() < before + 200 && !producer.is_finished() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no progress in round {round}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let before = seen.len();
+        seen.wait_until(Duration::from_secs(60), "progress", |values| {
+            values.len() >= (before + 200).min(RECORDS * 9 / 10)
+        })
+        .await;
         let victim = round % members.len();
         members[victim].kill().unwrap();
         let _ = members[victim].wait();
@@ -111,26 +148,12 @@ async fn a_group_under_kills_of_members_and_its_coordinator_loses_nothing() {
         "only {} acknowledged",
         acked.len()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let missing: Vec<String> = {
-            let seen = seen.lock().unwrap();
-            acked
-                .iter()
-                .filter(|v| !seen.contains(*v))
-                .take(5)
-                .cloned()
-                .collect()
-        };
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "acknowledged records never consumed, for example {missing:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    seen.wait_until(
+        Duration::from_secs(90),
+        "every acknowledged record to be consumed",
+        |values| acked.is_subset(values),
+    )
+    .await;
     // Stopped cleanly, the members commit what they printed: no lag is left.
     for child in &mut members {
         interrupt(child);
