@@ -28,28 +28,6 @@ async fn open(dir: &std::path::Path) -> Arc<Broker> {
     }
 }
 
-/// Retries what the coordinator answers while it is being created or loaded.
-async fn until_ready<T, F, Fut>(mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, BrokerError>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(error)
-                if error.code().is_retriable()
-                    && error.code() != ErrorCode::StaleMemberEpoch
-                    && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("{error}"),
-        }
-    }
-}
-
 fn join(member: &str) -> HeartbeatRequest {
     HeartbeatRequest {
         group: "payments".into(),
@@ -79,7 +57,7 @@ async fn members_share_partitions_commit_and_survive_a_restart() {
         .create_topic("orders", 4, 1, BTreeMap::new(), false)
         .await
         .unwrap();
-    let (node, _) = until_ready(|| broker.find_coordinator("payments")).await;
+    let (node, _) = broker.find_coordinator("payments").await.unwrap();
     assert_eq!(node, 1);
     assert!(
         broker
@@ -88,10 +66,16 @@ async fn members_share_partitions_commit_and_survive_a_restart() {
             .any(|t| t.name == OFFSETS_TOPIC && t.internal)
     );
 
-    let a = until_ready(|| broker.group_heartbeat(join("a"), Duration::ZERO)).await;
+    let a = broker
+        .group_heartbeat(join("a"), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(a.assignment.len(), 4, "the only member takes everything");
     // b joins: it gets nothing until a has given its share up.
-    let b = until_ready(|| broker.group_heartbeat(join("b"), Duration::ZERO)).await;
+    let b = broker
+        .group_heartbeat(join("b"), Duration::ZERO)
+        .await
+        .unwrap();
     assert!(b.assignment.is_empty());
     let a2 = broker
         .group_heartbeat(next("a", &a), Duration::ZERO)
@@ -170,12 +154,15 @@ async fn members_share_partitions_commit_and_survive_a_restart() {
     broker.shutdown().await;
     drop(broker);
     let broker = open(dir.path()).await;
-    let again = until_ready(|| broker.describe_group("payments")).await;
+    let again = broker.describe_group("payments").await.unwrap();
     assert_eq!(again.epoch, described.epoch);
     assert_eq!(again.members, described.members);
     assert_eq!(again.offsets, described.offsets);
     // Members carry on at their epochs.
-    let a4 = until_ready(|| broker.group_heartbeat(next("a", &a3), Duration::ZERO)).await;
+    let a4 = broker
+        .group_heartbeat(next("a", &a3), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(a4.epoch, a3.epoch);
     assert_eq!(a4.assignment, a3.assignment);
     broker.shutdown().await;
@@ -192,9 +179,15 @@ async fn a_member_that_stops_heartbeating_is_removed_and_its_partitions_move() {
         .create_topic("orders", 2, 1, BTreeMap::new(), false)
         .await
         .unwrap();
-    until_ready(|| broker.find_coordinator("payments")).await;
-    let a = until_ready(|| broker.group_heartbeat(join("a"), Duration::ZERO)).await;
-    let mut b = until_ready(|| broker.group_heartbeat(join("b"), Duration::ZERO)).await;
+    broker.find_coordinator("payments").await.unwrap();
+    let a = broker
+        .group_heartbeat(join("a"), Duration::ZERO)
+        .await
+        .unwrap();
+    let mut b = broker
+        .group_heartbeat(join("b"), Duration::ZERO)
+        .await
+        .unwrap();
     // a goes silent; b keeps heartbeating (each a long poll) until it owns everything.
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.assignment.len() < 2 {
@@ -225,8 +218,11 @@ async fn a_steady_member_waits_in_its_long_poll() {
         .create_topic("orders", 2, 1, BTreeMap::new(), false)
         .await
         .unwrap();
-    until_ready(|| broker.find_coordinator("payments")).await;
-    let a = until_ready(|| broker.group_heartbeat(join("a"), Duration::ZERO)).await;
+    broker.find_coordinator("payments").await.unwrap();
+    let a = broker
+        .group_heartbeat(join("a"), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(a.assignment.len(), 2);
     let steady = HeartbeatRequest {
         owned: None,

@@ -23,6 +23,20 @@ pub enum GroupCommand {
     ResetOffsets(ResetArgs),
     /// Delete a group without members, with its committed offsets.
     Delete { group: String },
+    /// Set a group's own session timeout and heartbeat interval (like Kafka's group
+    /// configs); an option left out goes back to the node's setting.
+    Alter(AlterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlterArgs {
+    group: String,
+    /// A member silent this long is removed and its partitions move (1000 to 3600000).
+    #[arg(long)]
+    session_timeout_ms: Option<u64>,
+    /// How often members heartbeat (at least 100, below the session timeout).
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +81,22 @@ pub async fn run(command: GroupCommand, context: &Context) -> anyhow::Result<Exi
         GroupCommand::List => list(&client, context.output).await,
         GroupCommand::Describe { group } => describe(&client, &group, context.output).await,
         GroupCommand::ResetOffsets(args) => reset(&client, args, context.output).await,
+        GroupCommand::Alter(args) => {
+            coordinator(&client, &args.group)
+                .await?
+                .alter_group(
+                    &args.group,
+                    args.session_timeout_ms.map(Duration::from_millis),
+                    args.heartbeat_interval_ms.map(Duration::from_millis),
+                )
+                .await?;
+            if context.output == Output::Json {
+                say!("{}", serde_json::json!({ "altered": args.group }));
+            } else {
+                say!("altered group {}", args.group);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         GroupCommand::Delete { group } => {
             coordinator(&client, &group)
                 .await?
@@ -268,6 +298,8 @@ async fn describe(client: &Client, group: &str, output: Output) -> anyhow::Resul
             "assignment_epoch": d.assignment_epoch,
             "assignor": d.assignor,
             "coordinator": d.coordinator,
+            "session_timeout_ms": d.session_timeout.as_millis() as u64,
+            "heartbeat_interval_ms": d.heartbeat_interval.as_millis() as u64,
             "members": members,
             "partitions": rows,
         });
@@ -275,12 +307,14 @@ async fn describe(client: &Client, group: &str, output: Output) -> anyhow::Resul
         return Ok(ExitCode::SUCCESS);
     }
     say!(
-        "group {}  state {}  epoch {}  assignor {}  coordinator {}",
+        "group {}  state {}  epoch {}  assignor {}  coordinator {}  session {} ms  heartbeat {} ms",
         d.group,
         d.state,
         d.group_epoch,
         d.assignor,
-        d.coordinator
+        d.coordinator,
+        d.session_timeout.as_millis(),
+        d.heartbeat_interval.as_millis()
     );
     let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
     let table_rows: Vec<Vec<String>> = rows

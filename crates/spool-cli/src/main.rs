@@ -5,6 +5,7 @@ mod bench_group;
 mod cluster;
 mod consume;
 mod consume_group;
+mod demo;
 mod group;
 mod log_tools;
 mod node;
@@ -89,6 +90,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+    /// Self-checking demonstrations against a running cluster.
+    Demo {
+        #[command(subcommand)]
+        command: demo::DemoCommand,
     },
     /// Inspect and check partition log directories offline (the node need not run).
     Log {
@@ -194,6 +200,7 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
             Command::Offsets(args) => offsets::run(args, &context).await,
             Command::Group { command } => group::run(command, &context).await,
             Command::Bench { command } => bench::run(command, &context).await,
+            Command::Demo { command } => demo::run(command, &context).await,
             Command::Log { .. } => Ok(ExitCode::SUCCESS),
         }
     })

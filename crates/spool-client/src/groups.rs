@@ -109,6 +109,9 @@ pub struct GroupDescription {
     pub coordinator: u64,
     pub members: Vec<GroupMemberInfo>,
     pub offsets: Vec<CommittedOffset>,
+    /// In effect for the group: its own settings, else the coordinator's.
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
 }
 
 fn to_wire(set: &PartitionSet) -> Vec<v1::TopicPartitions> {
@@ -283,6 +286,8 @@ impl Client {
             assignment_epoch: d.assignment_epoch,
             assignor: d.assignor,
             coordinator: d.coordinator,
+            session_timeout: Duration::from_millis(d.session_timeout_ms.max(0) as u64),
+            heartbeat_interval: Duration::from_millis(d.heartbeat_interval_ms.max(0) as u64),
             members: d
                 .members
                 .into_iter()
@@ -310,6 +315,26 @@ impl Client {
             .clone()
             .delete_group(self.call(v1::DeleteGroupRequest {
                 group: group.to_string(),
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a group's own session timeout and heartbeat interval (`None`: the
+    /// coordinator's settings). Send it to the group's coordinator.
+    pub async fn alter_group(
+        &self,
+        group: &str,
+        session_timeout: Option<Duration>,
+        heartbeat_interval: Option<Duration>,
+    ) -> Result<(), ClientError> {
+        let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        self.groups
+            .clone()
+            .alter_group(self.call(v1::AlterGroupRequest {
+                group: group.to_string(),
+                session_timeout_ms: session_timeout.map(ms),
+                heartbeat_interval_ms: heartbeat_interval.map(ms),
             }))
             .await?;
         Ok(())

@@ -274,6 +274,16 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// A group's session timeout and heartbeat interval in ms: its own, else the node's.
+    pub fn timeouts_of(&self, group: &ConsumerGroup) -> (i32, i32) {
+        (
+            session_timeout(&self.config, group),
+            heartbeat_interval(&self.config, group),
+        )
+    }
+}
+
 pub(crate) fn session_timeout(config: &CoordinatorConfig, group: &ConsumerGroup) -> i32 {
     group
         .settings

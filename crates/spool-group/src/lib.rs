@@ -29,5 +29,5 @@ pub use group::{ConsumerGroup, GroupState, LEAVE_EPOCH, Member, STATIC_LEFT_EPOC
 pub use heartbeat::{HeartbeatRequest, HeartbeatResponse};
 pub use member::{CurrentAssignment, MemberState};
 pub use offsets::{NO_MEMBER_EPOCH, OffsetCommit};
-pub use records::GroupRecord;
+pub use records::{GroupRecord, GroupSettings};
 pub use topics::{TopicInfo, TopicsSnapshot};

@@ -362,45 +362,29 @@ async fn group_members_lag_and_rebalances_are_in_the_metrics() {
         .await
         .unwrap();
     let mut groups = GroupsClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    // As the protocol says: find the coordinator first (it creates __consumer_offsets).
-    while let Err(status) = groups
+    // As the protocol says: find the coordinator first (it creates __consumer_offsets and
+    // waits for its leader), then join.
+    groups
         .find_coordinator(v1::FindCoordinatorRequest {
             group: "billing".into(),
         })
         .await
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no coordinator: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let joined = loop {
-        let answer = groups
-            .heartbeat(v1::GroupHeartbeatRequest {
-                group: "billing".into(),
-                member_id: "m1".into(),
-                member_epoch: 0,
-                rebalance_timeout_ms: Some(30_000),
-                topics: Some(v1::SubscribedTopics {
-                    names: vec!["g-topic".into()],
-                }),
-                owned: Some(v1::OwnedPartitions { topics: vec![] }),
-                ..v1::GroupHeartbeatRequest::default()
-            })
-            .await;
-        match answer {
-            Ok(answer) => break answer.into_inner(),
-            Err(status) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "no coordinator: {status}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+        .unwrap();
+    let joined = groups
+        .heartbeat(v1::GroupHeartbeatRequest {
+            group: "billing".into(),
+            member_id: "m1".into(),
+            member_epoch: 0,
+            rebalance_timeout_ms: Some(30_000),
+            topics: Some(v1::SubscribedTopics {
+                names: vec!["g-topic".into()],
+            }),
+            owned: Some(v1::OwnedPartitions { topics: vec![] }),
+            ..v1::GroupHeartbeatRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     groups
         .commit_offsets(v1::CommitOffsetsRequest {
             group: "billing".into(),

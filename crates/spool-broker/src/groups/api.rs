@@ -6,7 +6,7 @@ use std::time::Duration;
 use spool_group::records::OffsetValue;
 use spool_group::{GroupError, HeartbeatRequest, HeartbeatResponse, MemberState, OffsetCommit};
 
-use super::OFFSETS_TOPIC;
+use super::{COORDINATOR_WAIT, OFFSETS_TOPIC};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
@@ -56,6 +56,9 @@ pub struct GroupDescription {
     pub coordinator: u64,
     pub members: Vec<MemberDescription>,
     pub offsets: Vec<OffsetEntry>,
+    /// In effect: the group's own, else this node's.
+    pub session_timeout_ms: i32,
+    pub heartbeat_interval_ms: i32,
 }
 
 fn entry((topic, partition): (String, u32), value: Option<OffsetValue>) -> OffsetEntry {
@@ -85,10 +88,40 @@ fn pairs(assignment: &spool_group::Assignment) -> Vec<(String, u32)> {
 
 impl Broker {
     /// The node coordinating `group` and its client address. Creates `__consumer_offsets`
-    /// on first use.
+    /// on first use, and waits (at most `COORDINATOR_WAIT`) while the group's partition
+    /// has no leader yet.
     pub async fn find_coordinator(&self, group: &str) -> Result<(u64, String), BrokerError> {
         spool_group::check_group_id(group)?;
         self.ensure_offsets_topic().await?;
+        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
+        let mut metadata = self.controller.state();
+        let mut local = self.groups.changes.subscribe();
+        loop {
+            metadata.borrow_and_update();
+            local.borrow_and_update();
+            let error = match self.coordinator_now(group) {
+                Ok(found) => return Ok(found),
+                Err(error) => error,
+            };
+            let replica_changes = self
+                .coordinator_partition(group)
+                .and_then(|index| self.partition(OFFSETS_TOPIC, index).ok())
+                .map(|p| p.replica.changes());
+            let woke = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    Ok(()) = metadata.changed() => {}
+                    Ok(()) = local.changed() => {}
+                    () = super::replica_changed(replica_changes) => {}
+                }
+            })
+            .await;
+            if woke.is_err() {
+                return Err(error);
+            }
+        }
+    }
+
+    fn coordinator_now(&self, group: &str) -> Result<(u64, String), BrokerError> {
         let index = self.coordinator_partition(group).ok_or_else(|| {
             BrokerError::CoordinatorNotAvailable {
                 group: group.to_string(),
@@ -115,7 +148,7 @@ impl Broker {
         wait: Duration,
     ) -> Result<HeartbeatResponse, BrokerError> {
         spool_group::check_group_id(&request.group)?;
-        let shard = self.shard_for(&request.group)?;
+        let shard = self.shard_for(&request.group).await?;
         let group = request.group.clone();
         let mut changes = shard.watch_group(&group);
         changes.borrow_and_update();
@@ -171,7 +204,7 @@ impl Broker {
         epoch: i32,
         commits: Vec<OffsetCommit>,
     ) -> Result<(), BrokerError> {
-        let shard = self.shard_for(group)?;
+        let shard = self.shard_for(group).await?;
         let (g, m) = (group.to_string(), member.to_string());
         shard
             .run(group, move |c, ctx| {
@@ -187,7 +220,7 @@ impl Broker {
         partitions: Option<Vec<(String, u32)>>,
     ) -> Result<Vec<OffsetEntry>, BrokerError> {
         spool_group::check_group_id(group)?;
-        let shard = self.shard_for(group)?;
+        let shard = self.shard_for(group).await?;
         let g = group.to_string();
         let found = shard
             .run(group, move |c, _| {
@@ -231,7 +264,7 @@ impl Broker {
 
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, BrokerError> {
         spool_group::check_group_id(group)?;
-        let shard = self.shard_for(group)?;
+        let shard = self.shard_for(group).await?;
         let g = group.to_string();
         let me = self.options.node_id;
         shard
@@ -257,6 +290,7 @@ impl Broker {
                         target: pairs(&found.target_of(&m.id)),
                     })
                     .collect();
+                let (session_timeout_ms, heartbeat_interval_ms) = c.timeouts_of(found);
                 let description = GroupDescription {
                     group: g.clone(),
                     state: found.state().name().to_string(),
@@ -270,6 +304,8 @@ impl Broker {
                         .iter()
                         .map(|(key, v)| entry(key.clone(), Some(v.clone())))
                         .collect(),
+                    session_timeout_ms,
+                    heartbeat_interval_ms,
                 };
                 Ok(spool_group::Outcome {
                     records: Vec::new(),
@@ -281,7 +317,7 @@ impl Broker {
 
     /// Deletes a group without members, offsets and all.
     pub async fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
-        let shard = self.shard_for(group)?;
+        let shard = self.shard_for(group).await?;
         let g = group.to_string();
         shard.run(group, move |c, _| c.delete_group(&g)).await
     }
@@ -292,12 +328,26 @@ impl Broker {
         group: &str,
         offsets: Vec<OffsetCommit>,
     ) -> Result<(), BrokerError> {
-        let shard = self.shard_for(group)?;
+        let shard = self.shard_for(group).await?;
         let g = group.to_string();
         shard
             .run(group, move |c, ctx| {
                 c.reset_offsets(&g, &offsets, ctx.now_ms, &ctx.topics)
             })
+            .await
+    }
+
+    /// Sets a group's own session timeout and heartbeat interval (`None`: this node's).
+    pub async fn alter_group(
+        &self,
+        group: &str,
+        settings: spool_group::GroupSettings,
+    ) -> Result<(), BrokerError> {
+        spool_group::check_group_id(group)?;
+        let shard = self.shard_for(group).await?;
+        let g = group.to_string();
+        shard
+            .run(group, move |c, _| c.set_settings(&g, settings))
             .await
     }
 }

@@ -32,6 +32,11 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// leading (besides every metadata change).
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a request waits for a coordinator that is being elected or loaded before it
+/// is answered with a retriable error: long enough for an election, short enough that a
+/// client's own deadline is not reached first.
+pub(crate) const COORDINATOR_WAIT: Duration = Duration::from_secs(5);
+
 /// How groups are coordinated on this node.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
@@ -63,6 +68,15 @@ pub(crate) struct Groups {
     /// The topics as assignment sees them, rebuilt when the metadata changes.
     topics: Mutex<(i64, Arc<TopicsSnapshot>)>,
     rebalances: Arc<stats::RebalanceStats>,
+    /// Bumped whenever a shard starts or is dropped, and after every pass that makes local
+    /// replicas match the metadata: wakes requests waiting for their coordinator.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Groups {
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// What a shard's task reads from the broker; holds it weakly so that a shard never
@@ -148,30 +162,72 @@ impl Broker {
         (n > 0).then(|| spool_types::partition_for_key(group.as_bytes(), n))
     }
 
-    /// The running shard that coordinates `group` here, or why there is none.
-    pub(crate) fn shard_for(&self, group: &str) -> Result<Arc<Shard>, BrokerError> {
-        let index = self.coordinator_partition(group).ok_or_else(|| {
-            BrokerError::CoordinatorNotAvailable {
-                group: group.to_string(),
-                reason: format!("{OFFSETS_TOPIC} does not exist yet"),
+    /// The running shard that coordinates `group` here, or why there is none. Waits (at
+    /// most `COORDINATOR_WAIT`) while the answer may still become yes: this node leads the
+    /// group's partition but has not started its shard, the partition is electing a
+    /// leader, or the metadata has the partition and this node has not opened it yet.
+    pub(crate) async fn shard_for(&self, group: &str) -> Result<Arc<Shard>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
+        let mut changes = self.groups.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let (error, replica) = match self.running_shard(group) {
+                Ok(shard) => return Ok(shard),
+                Err(Pending::Wait(error, replica)) => (error, replica),
+                Err(Pending::No(error)) => return Err(error),
+            };
+            let woke = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    () = replica_changed(replica.map(|r| r.replica.changes())) => {}
+                    Ok(()) = changes.changed() => {}
+                }
+            })
+            .await;
+            if woke.is_err() {
+                return Err(error);
             }
-        })?;
+            // Start the shard now rather than at the watcher's next turn.
+            self.watch_coordinators();
+        }
+    }
+
+    fn running_shard(&self, group: &str) -> Result<Arc<Shard>, Pending> {
+        let not_available = |reason: String| BrokerError::CoordinatorNotAvailable {
+            group: group.to_string(),
+            reason,
+        };
+        let Some(index) = self.coordinator_partition(group) else {
+            let error = not_available(format!("{OFFSETS_TOPIC} does not exist yet"));
+            return Err(
+                if self.controller.current().topics.contains_key(OFFSETS_TOPIC) {
+                    Pending::Wait(error, None)
+                } else {
+                    Pending::No(error)
+                },
+            );
+        };
         if let Some(shard) = self.groups.shards.lock().get(&index)
             && !shard.is_stopped()
         {
             return Ok(Arc::clone(shard));
         }
-        let leads = self
-            .partition(OFFSETS_TOPIC, index)
-            .is_ok_and(|p| p.replica.is_leader());
-        if leads {
-            Err(BrokerError::CoordinatorLoading {
+        let Ok(partition) = self.partition(OFFSETS_TOPIC, index) else {
+            return Err(Pending::No(BrokerError::NotCoordinator {
                 group: group.to_string(),
-            })
+            }));
+        };
+        if partition.replica.is_leader() {
+            let error = BrokerError::CoordinatorLoading {
+                group: group.to_string(),
+            };
+            Err(Pending::Wait(error, Some(partition)))
+        } else if partition.replica.leader().node.is_none() {
+            let error = not_available(format!("{OFFSETS_TOPIC}-{index} has no leader yet"));
+            Err(Pending::Wait(error, Some(partition)))
         } else {
-            Err(BrokerError::NotCoordinator {
+            Err(Pending::No(BrokerError::NotCoordinator {
                 group: group.to_string(),
-            })
+            }))
         }
     }
 
@@ -192,6 +248,7 @@ impl Broker {
             })
             .unwrap_or_default();
         let mut shards = self.groups.shards.lock();
+        let before = shards.len();
         shards.retain(|index, shard| {
             let leads = local
                 .get(index)
@@ -208,6 +265,7 @@ impl Broker {
             }
             keep
         });
+        let mut changed = shards.len() != before;
         for (index, partition) in local {
             if shards.contains_key(&index) || !partition.replica.leads_and_applied_own_term() {
                 continue;
@@ -220,6 +278,11 @@ impl Broker {
             });
             let shard = Shard::start(partition, term, self.options.groups.coordinator, host);
             shards.insert(index, shard);
+            changed = true;
+        }
+        drop(shards);
+        if changed {
+            self.groups.changed();
         }
     }
 
@@ -250,6 +313,24 @@ impl Broker {
             Err(error) => Err(error),
         }
     }
+}
+
+/// Why no shard answers yet, and whether waiting may change that.
+enum Pending {
+    /// Worth waiting for: wakes on the partition's changes (when it is here) and on
+    /// shards starting and stopping.
+    Wait(BrokerError, Option<Arc<crate::partition::Partition>>),
+    No(BrokerError),
+}
+
+/// Returns at the replica's next change; never when there is no replica or it stopped.
+pub(crate) async fn replica_changed(changes: Option<spool_raft::ReplicaChanges>) {
+    if let Some(mut changes) = changes
+        && changes.changed().await
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Runs the watcher until the broker goes away.

@@ -420,16 +420,20 @@ impl Task {
             return Err(format!("the coordinator stopped: {error}"));
         }
         self.since_checkpoint += count;
-        for reply in replies {
-            reply(Ok(()));
-        }
         self.stats_dirty |= count > 0;
         self.track_rebalances(&touched, began);
-        let changes = self.changes.lock();
-        for group in touched {
-            if let Some(tx) = changes.get(&group) {
-                tx.send_modify(|n| *n += 1);
+        // Waiters wake before the answers go out: a member's next long poll, sent once it
+        // has this answer, must not be woken by the change it already knows.
+        {
+            let changes = self.changes.lock();
+            for group in touched {
+                if let Some(tx) = changes.get(&group) {
+                    tx.send_modify(|n| *n += 1);
+                }
             }
+        }
+        for reply in replies {
+            reply(Ok(()));
         }
         Ok(())
     }

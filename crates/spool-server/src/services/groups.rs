@@ -81,6 +81,8 @@ fn described(d: GroupDescription) -> v1::DescribeGroupResponse {
         assignment_epoch: d.target_epoch,
         assignor: d.assignor,
         coordinator: d.coordinator,
+        session_timeout_ms: d.session_timeout_ms,
+        heartbeat_interval_ms: d.heartbeat_interval_ms,
         members: d
             .members
             .into_iter()
@@ -255,5 +257,21 @@ impl v1::groups_server::Groups for GroupsService {
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(v1::ResetOffsetsResponse {}))
+    }
+
+    async fn alter_group(
+        &self,
+        request: Request<v1::AlterGroupRequest>,
+    ) -> Result<Response<v1::AlterGroupResponse>, Status> {
+        let r = request.into_inner();
+        let settings = spool_group::GroupSettings {
+            session_timeout_ms: r.session_timeout_ms,
+            heartbeat_interval_ms: r.heartbeat_interval_ms,
+        };
+        self.broker
+            .alter_group(&r.group, settings)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::AlterGroupResponse {}))
     }
 }
