@@ -21,6 +21,13 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 pub const MAX_PATTERN_BYTES: usize = 1024;
 /// Most topics one member may name.
 pub const MAX_SUBSCRIBED_TOPICS: usize = 10_000;
+/// Most bytes of topic names one member may subscribe to: a member's record stays small
+/// enough to write, replay and checkpoint.
+pub const MAX_SUBSCRIBED_BYTES: usize = 256 * 1024;
+/// Memory one compiled subscription pattern may take.
+const PATTERN_PROGRAM_BYTES: usize = 64 * 1024;
+/// Compiled patterns kept; the cache starts over beyond.
+const MAX_CACHED_PATTERNS: usize = 1024;
 
 /// Settings every group has unless it sets its own (`GroupSettings`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +41,9 @@ pub struct CoordinatorConfig {
     pub max_members: usize,
     /// The assignor of a group whose members name none.
     pub default_assignor: AssignorKind,
+    /// A group without members keeps its committed offsets this long after it empties
+    /// and after its last commit (Kafka's `offsets.retention.minutes`); -1: forever.
+    pub offsets_retention_ms: i64,
 }
 
 impl Default for CoordinatorConfig {
@@ -43,6 +53,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_ms: 5_000,
             max_members: 10_000,
             default_assignor: AssignorKind::Uniform,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -66,6 +77,8 @@ pub struct Coordinator {
     /// Each group's subscribed topics, resolved against the topics at a version, for the
     /// subscriptions at a version: most heartbeats change neither.
     resolved: HashMap<String, Resolved>,
+    /// When each group without members was first seen empty (not persisted).
+    pub(crate) empty_since: HashMap<String, i64>,
 }
 
 /// Subscribed topics per member.
@@ -201,11 +214,16 @@ impl Coordinator {
     /// The compiled form of a subscription pattern (cached).
     pub(crate) fn pattern(&mut self, pattern: &str) -> Result<&Regex, GroupError> {
         if !self.patterns.contains_key(pattern) {
-            // Anchored like Kafka's: the whole topic name must match.
-            let regex = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-                GroupError::InvalidRequest(format!("bad subscription pattern: {e}"))
-            })?;
-            if self.patterns.len() > 10_000 {
+            // Anchored like Kafka's: the whole topic name must match. Compiled programs
+            // are kept small, so that many members' patterns cannot take the memory.
+            let regex = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+                .size_limit(PATTERN_PROGRAM_BYTES)
+                .dfa_size_limit(PATTERN_PROGRAM_BYTES)
+                .build()
+                .map_err(|e| {
+                    GroupError::InvalidRequest(format!("bad subscription pattern: {e}"))
+                })?;
+            if self.patterns.len() >= MAX_CACHED_PATTERNS {
                 self.patterns.clear();
             }
             self.patterns.insert(pattern.to_string(), regex);
@@ -329,6 +347,29 @@ impl<'a> Tx<'a> {
         self.coordinator.groups.get(id)
     }
 
+    /// Deletes a group without members: tombstones for every key first, so that
+    /// compaction can drop the group entirely.
+    pub fn delete_group(&mut self, group: &str) {
+        let Some(g) = self.group(group) else { return };
+        let keys: Vec<(String, u32)> = g.offsets.keys().cloned().collect();
+        for (topic, partition) in keys {
+            self.write(GroupRecord::Offset {
+                group: group.to_string(),
+                topic,
+                partition,
+                value: None,
+            });
+        }
+        self.write(GroupRecord::Settings {
+            group: group.to_string(),
+            value: None,
+        });
+        self.write(GroupRecord::Group {
+            group: group.to_string(),
+            value: None,
+        });
+    }
+
     /// Removes a member: its current assignment, its target and its subscription, then a
     /// new group epoch so the others are reassigned.
     pub fn remove_member(&mut self, group: &str, member: &str) {
@@ -356,7 +397,8 @@ impl<'a> Tx<'a> {
         self.write(GroupRecord::Group {
             group: id(),
             value: Some(crate::records::GroupValue {
-                epoch: epoch + 1,
+                // Saturates rather than wraps: heartbeats refuse an exhausted epoch.
+                epoch: epoch.saturating_add(1),
                 metadata_digest: digest,
             }),
         });

@@ -16,6 +16,12 @@ pub enum GroupError {
     FencedMemberEpoch { given: i32, current: i32 },
     #[error("member epoch {given} is stale: the member is at epoch {current}")]
     StaleMemberEpoch { given: i32, current: i32 },
+    #[error("member {member:?} does not hold {topic}/{partition}: only its holder commits it")]
+    NotAssigned {
+        member: String,
+        topic: String,
+        partition: u32,
+    },
     #[error("instance id {instance:?} is held by live member {holder:?}")]
     UnreleasedInstanceId { instance: String, holder: String },
     #[error("group {group:?} has {members} members; the operation needs it empty")]
@@ -42,6 +48,8 @@ impl GroupError {
             GroupError::UnknownMemberId { .. } => ErrorCode::UnknownMemberId,
             GroupError::FencedMemberEpoch { .. } => ErrorCode::FencedMemberEpoch,
             GroupError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
+            // Its claim on the partition is fenced: it was handed over.
+            GroupError::NotAssigned { .. } => ErrorCode::FencedMemberEpoch,
             GroupError::UnreleasedInstanceId { .. } => ErrorCode::UnreleasedInstanceId,
             GroupError::NonEmptyGroup { .. } => ErrorCode::NonEmptyGroup,
             GroupError::UnsupportedAssignor(_) => ErrorCode::UnsupportedAssignor,

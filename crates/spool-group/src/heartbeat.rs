@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use crate::assignment::Assignment;
 use crate::assignor::{AssignorKind, MemberSpec};
 use crate::coordinator::{
-    Coordinator, MAX_PATTERN_BYTES, MAX_SUBSCRIBED_TOPICS, Outcome, Tx, check_group_id, check_id,
-    heartbeat_interval, session_timeout,
+    Coordinator, MAX_PATTERN_BYTES, MAX_SUBSCRIBED_BYTES, MAX_SUBSCRIBED_TOPICS, Outcome, Tx,
+    check_group_id, check_id, heartbeat_interval, session_timeout,
 };
 use crate::error::GroupError;
 use crate::group::{ConsumerGroup, LEAVE_EPOCH, STATIC_LEFT_EPOCH, current_value};
@@ -102,6 +102,12 @@ impl Coordinator {
                     "a member may subscribe to at most {MAX_SUBSCRIBED_TOPICS} topics by name"
                 )));
             }
+            let bytes: usize = topics.iter().map(String::len).sum();
+            if bytes > MAX_SUBSCRIBED_BYTES {
+                return Err(GroupError::InvalidRequest(format!(
+                    "subscribed topic names take {bytes} bytes; at most {MAX_SUBSCRIBED_BYTES}"
+                )));
+            }
             for name in topics {
                 spool_types::TopicName::new(name.as_str()).map_err(|e| {
                     GroupError::InvalidRequest(format!("subscribed topic {name:?}: {e}"))
@@ -109,14 +115,11 @@ impl Coordinator {
             }
         }
         if let Some(pattern) = &request.pattern
-            && !pattern.is_empty()
+            && pattern.len() > MAX_PATTERN_BYTES
         {
-            if pattern.len() > MAX_PATTERN_BYTES {
-                return Err(GroupError::InvalidRequest(format!(
-                    "a subscription pattern is at most {MAX_PATTERN_BYTES} bytes"
-                )));
-            }
-            self.pattern(pattern)?;
+            return Err(GroupError::InvalidRequest(format!(
+                "a subscription pattern is at most {MAX_PATTERN_BYTES} bytes"
+            )));
         }
         if request.rebalance_timeout_ms.is_some_and(|ms| ms <= 0) {
             return Err(GroupError::InvalidRequest(
@@ -199,8 +202,23 @@ impl Coordinator {
         topics: &TopicsSnapshot,
     ) -> Result<Outcome<HeartbeatResponse>, GroupError> {
         self.check_member(request)?;
+        // Compiled only for a member that is joining or known: strangers cost nothing.
+        if let Some(pattern) = request.pattern.as_deref().filter(|p| !p.is_empty()) {
+            self.pattern(pattern)?;
+        }
         let group_id = request.group.as_str();
         let member_id = request.member.as_str();
+        // Refused before anything is written: a heartbeat moves the epoch at most twice
+        // (a static member's predecessor removed, then the group's new epoch).
+        if self
+            .groups
+            .get(group_id)
+            .is_some_and(|g| g.epoch > i32::MAX - 2)
+        {
+            return Err(GroupError::InvalidRequest(
+                "the group's epoch is exhausted: delete the group".into(),
+            ));
+        }
         let mut tx = Tx::new(self);
         let joined;
         let request = if request.epoch == 0 {

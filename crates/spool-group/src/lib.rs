@@ -16,13 +16,14 @@ mod heartbeat;
 pub mod member;
 mod offsets;
 pub mod records;
+mod retention;
 pub mod topics;
 
 pub use assignment::Assignment;
 pub use assignor::{AssignorKind, MemberSpec};
 pub use coordinator::{
     Coordinator, CoordinatorConfig, MAX_ID_BYTES, MAX_METADATA_BYTES, MAX_PATTERN_BYTES,
-    MAX_SUBSCRIBED_TOPICS, Outcome, check_group_id,
+    MAX_SUBSCRIBED_BYTES, MAX_SUBSCRIBED_TOPICS, Outcome, check_group_id,
 };
 pub use error::{GroupError, RecordError};
 pub use group::{ConsumerGroup, GroupState, LEAVE_EPOCH, Member, STATIC_LEFT_EPOCH};
@@ -30,4 +31,5 @@ pub use heartbeat::{HeartbeatRequest, HeartbeatResponse};
 pub use member::{CurrentAssignment, MemberState};
 pub use offsets::{NO_MEMBER_EPOCH, OffsetCommit};
 pub use records::{GroupRecord, GroupSettings};
+pub use retention::Expired;
 pub use topics::{TopicInfo, TopicsSnapshot};

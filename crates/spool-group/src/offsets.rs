@@ -45,11 +45,11 @@ impl Coordinator {
                 return Err(unknown());
             }
         } else {
-            let current = existing
+            let holder = &existing
                 .and_then(|g| g.members.get(member))
                 .ok_or_else(unknown)?
-                .current
-                .epoch;
+                .current;
+            let current = holder.epoch;
             if epoch < current {
                 return Err(GroupError::StaleMemberEpoch {
                     given: epoch,
@@ -60,6 +60,19 @@ impl Coordinator {
                 return Err(GroupError::FencedMemberEpoch {
                     given: epoch,
                     current,
+                });
+            }
+            // A member commits only what it holds: a commit delayed past the partition's
+            // hand-over (sent again at the member's new epoch) must not set back the
+            // progress of its next owner.
+            if let Some(c) = commits
+                .iter()
+                .find(|c| !holder.holds(&c.topic, c.partition))
+            {
+                return Err(GroupError::NotAssigned {
+                    member: member.to_string(),
+                    topic: c.topic.clone(),
+                    partition: c.partition,
                 });
             }
         }
@@ -104,25 +117,8 @@ impl Coordinator {
                 members: g.members.len(),
             });
         }
-        let keys: Vec<(String, u32)> = g.offsets.keys().cloned().collect();
         let mut tx = Tx::new(self);
-        // Tombstones for every key first, so that compaction can drop the group entirely.
-        for (topic, partition) in keys {
-            tx.write(GroupRecord::Offset {
-                group: group.to_string(),
-                topic,
-                partition,
-                value: None,
-            });
-        }
-        tx.write(GroupRecord::Settings {
-            group: group.to_string(),
-            value: None,
-        });
-        tx.write(GroupRecord::Group {
-            group: group.to_string(),
-            value: None,
-        });
+        tx.delete_group(group);
         Ok(tx.finish(()))
     }
 

@@ -117,6 +117,14 @@ impl RaftNode {
             // log from where it stands: the leader must start that over instead of
             // treating it as a bug and stopping.
             allow_log_reversion: Some(true),
+            // A leader that restarts comes back as a follower and is elected again, in a
+            // new term. Restored as leader in its old term, it would serve from a state
+            // machine that is only as new as its last lazy save (applied entries and the
+            // commit index are not persisted on every write), and "has applied an entry
+            // of its own term" would wrongly say it had caught up: a coordinator that
+            // replayed then would answer with committed offsets older than ones already
+            // acknowledged.
+            enable_leader_restore: Some(false),
             ..openraft::Config::default()
         }
         .validate()

@@ -277,6 +277,27 @@ impl PartitionReplica {
     /// leave a committed prefix behind an error answer (the client's retry then writes
     /// those batches again).
     pub async fn append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, ReplicaError> {
+        self.append_checked(batches, acks, None).await
+    }
+
+    /// As `append`, but only while this replica leads in `term`: a writer whose records
+    /// were computed from its state under one leadership must not have them land in a
+    /// later one, after another leader's writes it never saw.
+    pub async fn append_in_term(
+        &self,
+        batches: Vec<Bytes>,
+        acks: AckLevel,
+        term: u64,
+    ) -> Result<i64, ReplicaError> {
+        self.append_checked(batches, acks, Some(term)).await
+    }
+
+    async fn append_checked(
+        &self,
+        batches: Vec<Bytes>,
+        acks: AckLevel,
+        term: Option<u64>,
+    ) -> Result<i64, ReplicaError> {
         if batches.is_empty() {
             return Err(ReplicaError::Raft("nothing to append".into()));
         }
@@ -285,6 +306,16 @@ impl PartitionReplica {
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         let mut metrics = self.raft.metrics();
         loop {
+            if let Some(term) = term
+                && (self.term() != term || !self.is_leader())
+            {
+                let hint = self.leader();
+                return Err(ReplicaError::NotLeader {
+                    group: self.group,
+                    leader: hint.node,
+                    leader_address: hint.address,
+                });
+            }
             match self.try_append(batches.clone(), acks).await {
                 Err(Attempt::LeaseNotYetValid) if tokio::time::Instant::now() < deadline => {
                     let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;

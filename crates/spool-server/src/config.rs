@@ -121,6 +121,9 @@ pub struct ServerConfig {
     pub group_heartbeat_interval_ms: i32,
     /// Members one group may have (default 10000).
     pub group_max_members: u32,
+    /// A group without members keeps its committed offsets this long after it emptied
+    /// and after its last commit (default 7 days; -1 forever).
+    pub offsets_retention_ms: i64,
 }
 
 impl Default for ServerConfig {
@@ -165,6 +168,7 @@ impl Default for ServerConfig {
             group_session_timeout_ms: 45_000,
             group_heartbeat_interval_ms: 5_000,
             group_max_members: 10_000,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -225,6 +229,13 @@ impl ServerConfig {
         options.coordinator.session_timeout_ms = session;
         options.coordinator.heartbeat_interval_ms = interval;
         options.coordinator.max_members = self.group_max_members.max(1) as usize;
+        if self.offsets_retention_ms < -1 {
+            return Err(ServerError::InvalidSetting {
+                name: "offsets_retention_ms",
+                reason: "-1 (forever) or at least 0".into(),
+            });
+        }
+        options.coordinator.offsets_retention_ms = self.offsets_retention_ms;
         Ok(options)
     }
 

@@ -102,6 +102,14 @@ impl shard::ShardHost for Host {
     fn rebalances(&self) -> &stats::RebalanceStats {
         &self.rebalances
     }
+
+    fn topics_current(&self) -> bool {
+        self.broker.upgrade().is_some_and(|broker| {
+            let offset = broker.controller.current().offset;
+            let agent = broker.agent.borrow();
+            agent.registered && offset >= agent.controller_offset
+        })
+    }
 }
 
 impl Broker {

@@ -43,6 +43,11 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// How often sessions are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// How often retention looks for expired groups (besides whenever the topics change).
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// The least time between passes that the topics changing starts (metadata changes often:
+/// a pass over every offset must not follow each one).
+const RETENTION_AFTER_CHANGE: Duration = Duration::from_secs(5);
 /// How often the groups are published for the metrics, at most.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Bytes read at once while replaying.
@@ -100,6 +105,9 @@ pub(crate) trait ShardHost: Send + Sync + 'static {
     fn checkpoint_records(&self) -> usize;
     /// Where rebalance durations are counted.
     fn rebalances(&self) -> &RebalanceStats;
+    /// Whether `topics()` is complete: this node has registered and caught up with the
+    /// metadata. Offsets of a missing topic are dropped only then.
+    fn topics_current(&self) -> bool;
 }
 
 impl Shard {
@@ -136,6 +144,7 @@ impl Shard {
             stats_published: None,
             rebalancing: std::collections::HashMap::new(),
             epochs: std::collections::HashMap::new(),
+            retention_ran: None,
         };
         tokio::spawn(task.run(rx));
         shard
@@ -243,6 +252,8 @@ struct Task {
     rebalancing: std::collections::HashMap<String, tokio::time::Instant>,
     /// Each group's epoch when last seen, to tell when a new one starts a rebalance.
     epochs: std::collections::HashMap<String, i32>,
+    /// When retention last ran, and on which version of the topics.
+    retention_ran: Option<(tokio::time::Instant, u64)>,
 }
 
 impl Task {
@@ -254,6 +265,8 @@ impl Task {
                     term = self.term,
                     records,
                     groups = self.coordinator.groups().count(),
+                    start = self.partition.reader.start_offset(),
+                    end = self.partition.high_watermark(),
                     "coordinator partition loaded"
                 );
                 self.coordinator.start_sessions(steady_ms());
@@ -344,6 +357,9 @@ impl Task {
                     }
                     (outcome.records, Box::new(|_| {}) as Reply)
                 }));
+                    if let Some(job) = self.retention_job() {
+                        jobs.push(job);
+                    }
                 }
                 alive = leadership.changed() => if !alive {
                     return "the partition replica stopped".into();
@@ -373,6 +389,43 @@ impl Task {
         }
     }
 
+    /// A retention pass, when one is due: every minute, and as soon as the topics
+    /// changed (a deleted topic's offsets go).
+    fn retention_job(&mut self) -> Option<Job> {
+        let topics = self.host.topics();
+        let now = tokio::time::Instant::now();
+        let due = self.retention_ran.is_none_or(|(at, version)| {
+            let since = now.duration_since(at);
+            since >= RETENTION_EVERY
+                || (version != topics.version() && since >= RETENTION_AFTER_CHANGE)
+        });
+        if !due {
+            return None;
+        }
+        self.retention_ran = Some((now, topics.version()));
+        let current = self.host.topics_current();
+        let partition = self.partition.index;
+        Some(Box::new(move |c: &mut Coordinator, ctx: &Context| {
+            let outcome = c.expire_offsets(ctx.now_ms, current.then_some(&*topics));
+            for (group, topic) in &outcome.value.deleted_topics {
+                tracing::info!(
+                    partition,
+                    group,
+                    topic,
+                    "committed offsets of a deleted topic removed"
+                );
+            }
+            for group in &outcome.value.groups {
+                tracing::info!(
+                    partition,
+                    group,
+                    "group removed: empty for the offsets retention period"
+                );
+            }
+            (outcome.records, Box::new(|_| {}) as Reply)
+        }))
+    }
+
     fn still_leads(&self) -> bool {
         self.partition.replica.is_leader() && self.partition.replica.term() == self.term
     }
@@ -398,7 +451,13 @@ impl Task {
             .map(|r| r.group().to_string())
             .collect();
         let count: usize = operations.iter().map(Vec::len).sum();
-        let outcome = if count > 0 {
+        // The jobs may have taken a while: what they computed is written only under the
+        // leadership it was computed in.
+        let outcome = if !self.still_leads() {
+            Err(BrokerError::NotCoordinator {
+                group: String::new(),
+            })
+        } else if count > 0 {
             self.write(&operations, context.now_ms).await.map(drop)
         } else {
             // Nothing to write, but the answers come from this node's state: only while
@@ -508,7 +567,7 @@ impl Task {
         let batches = encode(operations, now_ms);
         self.partition
             .replica
-            .append(batches, AckLevel::All)
+            .append_in_term(batches, AckLevel::All, self.term)
             .await
             .map_err(|e| BrokerError::Replication {
                 reason: e.to_string(),
@@ -520,11 +579,13 @@ impl Task {
     async fn checkpoint(&mut self) -> Result<(), String> {
         // Upserts only: a checkpoint cut short by a failover is harmless, so it may span
         // several batches.
+        // One record per "operation", so batches are cut by size (a group's state can be
+        // far larger than one batch may be).
         let records: Vec<Vec<GroupRecord>> = self
             .coordinator
             .snapshot_records()
-            .chunks(1024)
-            .map(<[GroupRecord]>::to_vec)
+            .into_iter()
+            .map(|record| vec![record])
             .collect();
         let written: usize = records.iter().map(Vec::len).sum();
         let start = self

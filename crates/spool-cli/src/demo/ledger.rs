@@ -248,18 +248,31 @@ impl Ledger {
                 let committed_before = self.committed[p as usize]
                     .iter()
                     .filter(|(at, _)| *at < stint.start)
-                    .map(|(_, offset)| *offset)
-                    .max();
-                if let (Some(first), Some(committed)) = (stint.first_offset, committed_before)
-                    && first < committed
+                    .max_by_key(|(_, offset)| *offset);
+                if let (Some(first), Some((seen, committed))) =
+                    (stint.first_offset, committed_before)
+                    && first < *committed
                 {
                     violations.push(Violation {
                         rule: "committed work processed again",
                         detail: format!(
                             "partition {p}: {} started at offset {first} although {committed} \
-                             was committed before it was assigned",
-                            stint.member
+                             was committed before it was assigned (seen {} ms before)",
+                            stint.member,
+                            stint.start.saturating_sub(*seen) / 1000
                         ),
+                    });
+                }
+            }
+        }
+        // Nothing in the demo resets offsets: a committed offset never goes back.
+        for (p, samples) in self.committed.iter().enumerate() {
+            for pair in samples.windows(2) {
+                let ((_, before), (at, after)) = (pair[0], pair[1]);
+                if after < before {
+                    violations.push(Violation {
+                        rule: "committed offset went back",
+                        detail: format!("partition {p}: from {before} to {after} at {at} µs"),
                     });
                 }
             }

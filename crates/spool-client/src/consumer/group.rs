@@ -90,6 +90,9 @@ pub struct GroupConsumer {
     pending: std::collections::VecDeque<GroupEvent>,
     /// A change taken from the membership and not yet fully applied.
     in_flight: Option<Change>,
+    /// The membership generation the consumer's partitions belong to: once the member
+    /// moves past it (it was fenced), no record is delivered until the loss is applied.
+    generation: u64,
     last_commit: Instant,
 }
 
@@ -144,6 +147,7 @@ impl Consumer {
             task,
             pending: std::collections::VecDeque::new(),
             in_flight: None,
+            generation: 0,
             last_commit: Instant::now(),
         }
     }
@@ -192,7 +196,8 @@ impl GroupConsumer {
                 .config
                 .auto_commit
                 .map(|every| self.last_commit + every);
-            let reading = self.consumer.fetcher.is_some();
+            let reading = self.consumer.fetcher.is_some()
+                && self.shared.generation.load(Ordering::Acquire) == self.generation;
             tokio::select! {
                 // Changes first: records of partitions just lost must not slip through.
                 biased;
@@ -257,6 +262,7 @@ impl GroupConsumer {
                 self.pending.push_back(GroupEvent::Assigned(partitions));
             }
             Change::Lost(_) => {
+                self.generation = self.shared.generation.load(Ordering::Acquire);
                 let lost = self.consumer.assignment();
                 self.consumer.drop_partitions(&lost);
                 if let Some(Change::Lost(done)) = self.in_flight.take() {

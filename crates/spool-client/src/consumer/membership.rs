@@ -101,6 +101,7 @@ pub(crate) async fn run(
         interval: Duration::from_secs(3),
         session: Duration::from_secs(45),
         last_ok_sent: None,
+        fenced: false,
     };
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -139,6 +140,9 @@ pub(crate) async fn run(
                 if !member.take(answer).await {
                     // The consumer is gone: leave rather than make the group wait.
                     member.leave().await;
+                    return;
+                }
+                if std::mem::take(&mut member.fenced) && !member.lose().await {
                     return;
                 }
             }
@@ -189,6 +193,8 @@ struct Member {
     session: Duration,
     /// When the last heartbeat that was answered was sent.
     last_ok_sent: Option<Instant>,
+    /// Found out of the group while waiting for a revocation: everything is lost.
+    fenced: bool,
 }
 
 fn to_set(partitions: &BTreeSet<Partition>) -> PartitionSet {
@@ -290,6 +296,9 @@ impl Member {
             if !self.wait_keeping_session(stopped).await {
                 return false;
             }
+            if self.fenced {
+                return true;
+            }
             for partition in &revoked {
                 self.owned.remove(partition);
             }
@@ -307,6 +316,11 @@ impl Member {
     /// Waits for the consumer to confirm a revocation, heartbeating meanwhile (reporting
     /// nothing new: it still owns what it gives up) so that a slow application does not
     /// lose its session and with it every partition. False once the consumer is gone.
+    ///
+    /// Told meanwhile that it is out of the group (the application took longer than the
+    /// rebalance timeout), or without an answer for a session, the member stops the
+    /// consumer's reading at once (a new generation) and sets `fenced`: the partitions it
+    /// keeps may already be someone else's.
     async fn wait_keeping_session(&mut self, mut stopped: oneshot::Receiver<()>) -> bool {
         loop {
             tokio::select! {
@@ -317,6 +331,15 @@ impl Member {
                         Ok(_) => self.last_ok_sent = Some(sent),
                         Err(error) => {
                             tracing::debug!(%error, "a heartbeat while giving partitions up failed");
+                            let out = matches!(
+                                error.code(),
+                                Some(ErrorCode::UnknownMemberId | ErrorCode::FencedMemberEpoch)
+                            );
+                            if out || self.session_over() {
+                                self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                                self.fenced = true;
+                                return true;
+                            }
                         }
                     }
                 }
