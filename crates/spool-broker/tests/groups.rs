@@ -240,3 +240,62 @@ async fn a_steady_member_waits_in_its_long_poll() {
     );
     broker.shutdown().await;
 }
+
+/// Retention: a deleted topic's offsets leave every group within seconds, and a group left
+/// without members (and without commits) for the retention period is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_deleted_topics_and_long_empty_groups_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.groups.coordinator.offsets_retention_ms = 2_000;
+    let broker = Broker::open(opts).await.unwrap();
+    for topic in ["orders", "refunds"] {
+        broker
+            .create_topic(topic, 1, 1, BTreeMap::new(), false)
+            .await
+            .unwrap();
+    }
+    broker.find_coordinator("payments").await.unwrap();
+    // "payments" has a live member holding both topics; "audit" only offsets.
+    let member = HeartbeatRequest {
+        topics: Some(vec!["orders".into(), "refunds".into()]),
+        ..join("a")
+    };
+    let a = broker.group_heartbeat(member, Duration::ZERO).await.unwrap();
+    assert_eq!(a.assignment.len(), 2);
+    let commit = |topic: &str| OffsetCommit {
+        topic: topic.into(),
+        partition: 0,
+        offset: 3,
+        leader_epoch: -1,
+        metadata: String::new(),
+    };
+    broker
+        .commit_offsets("payments", "a", a.epoch, vec![commit("orders"), commit("refunds")])
+        .await
+        .unwrap();
+    broker
+        .reset_offsets("audit", vec![commit("orders")])
+        .await
+        .unwrap();
+    broker.delete_topic("refunds").await.unwrap();
+    // Retention runs on its own cadence: there is nothing to wait on but its effect.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let payments = broker.describe_group("payments").await.unwrap();
+        let topics: Vec<&str> = payments.offsets.iter().map(|o| o.topic.as_str()).collect();
+        let audit = broker.describe_group("audit").await;
+        let audit_gone = matches!(&audit, Err(e) if e.code() == ErrorCode::GroupIdNotFound);
+        if topics == ["orders"] && audit_gone {
+            // The live group keeps its group and its other offsets.
+            assert_eq!(payments.members.len(), 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "payments offsets {topics:?}, audit {audit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.shutdown().await;
+}

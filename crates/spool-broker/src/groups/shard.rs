@@ -43,7 +43,8 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// How often sessions are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
-/// How often retention looks for expired groups (besides whenever the topics change).
+/// How often retention looks for expired groups (besides whenever the topics change), at
+/// most: a quarter of the retention when that is shorter, down to a second.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// The least time between passes that the topics changing starts (metadata changes often:
 /// a pass over every offset must not follow each one).
@@ -394,9 +395,15 @@ impl Task {
     fn retention_job(&mut self) -> Option<Job> {
         let topics = self.host.topics();
         let now = tokio::time::Instant::now();
+        let retention = self.coordinator.config().offsets_retention_ms;
+        let every = match u64::try_from(retention) {
+            Ok(ms) => Duration::from_millis(ms / 4).clamp(Duration::from_secs(1), RETENTION_EVERY),
+            // Kept forever: only deleted topics' offsets go.
+            Err(_) => RETENTION_EVERY,
+        };
         let due = self.retention_ran.is_none_or(|(at, version)| {
             let since = now.duration_since(at);
-            since >= RETENTION_EVERY
+            since >= every
                 || (version != topics.version() && since >= RETENTION_AFTER_CHANGE)
         });
         if !due {

@@ -61,6 +61,8 @@ pub struct Verdict {
     pub duplicates: usize,
     /// Acknowledged records nobody processed.
     pub missing: usize,
+    /// Times the coordinator's view of who holds what was checked.
+    pub coordinator_samples: usize,
     pub violations: Vec<Violation>,
     pub passed: bool,
 }
@@ -76,6 +78,8 @@ pub struct Ledger {
     closed: Vec<(u32, Stint)>,
     /// Committed offsets sampled from the coordinator: (when seen, offset), per partition.
     committed: Vec<Vec<(Micros, i64)>>,
+    /// Samples of the coordinator's own view taken.
+    holder_samples: usize,
     violations: Vec<Violation>,
 }
 
@@ -104,6 +108,20 @@ impl Ledger {
             && samples.last().is_none_or(|(_, last)| *last != offset)
         {
             samples.push((at, offset));
+        }
+    }
+
+    /// The members the coordinator shows holding `partition` at `at`: never two.
+    pub fn holders_sample(&mut self, at: Micros, partition: u32, members: &[String]) {
+        self.holder_samples += 1;
+        if members.len() > 1 {
+            self.violations.push(Violation {
+                rule: "two owners at once",
+                detail: format!(
+                    "partition {partition}: the coordinator showed it held by {} at {at} µs",
+                    members.join(" and ")
+                ),
+            });
         }
     }
 
@@ -306,6 +324,7 @@ impl Ledger {
             processed: self.processed_count(),
             duplicates,
             missing,
+            coordinator_samples: self.holder_samples,
             passed: violations.is_empty(),
             violations,
         }
@@ -346,6 +365,18 @@ mod tests {
         let v = l.verdict();
         assert!(v.passed, "{v:?}");
         assert_eq!((v.acknowledged, v.processed, v.duplicates), (4, 4, 0));
+    }
+
+    #[test]
+    fn the_coordinator_showing_two_holders_is_caught() {
+        let mut l = Ledger::new(2);
+        l.holders_sample(5, 0, &["a".to_string()]);
+        l.holders_sample(5, 1, &[]);
+        assert!(l.verdict().passed);
+        l.holders_sample(6, 1, &["a".to_string(), "b".to_string()]);
+        let v = l.verdict();
+        assert_eq!(v.coordinator_samples, 3);
+        assert!(v.violations.iter().any(|x| x.rule == "two owners at once"));
     }
 
     #[test]

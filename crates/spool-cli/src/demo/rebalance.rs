@@ -51,6 +51,8 @@ enum Event {
     Exited(String),
     Acked(u32, i64),
     Committed(u64, Vec<(u32, i64)>),
+    /// The members the coordinator shows holding each partition (assigned or revoking).
+    Holders(u64, Vec<(u32, Vec<String>)>),
 }
 
 /// A step and how long the group took to settle after it.
@@ -138,7 +140,7 @@ pub async fn run(args: RebalanceArgs, context: &Context) -> anyhow::Result<ExitC
         stop.subscribe(),
         demo.sender.clone(),
     ));
-    let sampler = tokio::spawn(sample_commits(
+    let sampler = tokio::spawn(sample_group(
         client.clone(),
         demo.group.clone(),
         stop.subscribe(),
@@ -358,6 +360,11 @@ impl Demo {
                     self.ledger.committed_sample(at, p, o);
                 }
             }
+            Event::Holders(at, holders) => {
+                for (p, members) in holders {
+                    self.ledger.holders_sample(at, p, &members);
+                }
+            }
         }
     }
 
@@ -451,8 +458,12 @@ impl Demo {
         }
         self.draw();
         say!();
-        say!("rebalances");
-        for step in &self.steps {
+        // On a terminal the view above lists the steps already.
+        let steps: &[Step] = if self.terminal { &[] } else { &self.steps };
+        if !steps.is_empty() {
+            say!("rebalances");
+        }
+        for step in steps {
             let settled = step.settled_ms.map_or("did not settle".to_string(), |ms| {
                 format!("settled in {ms} ms")
             });
@@ -473,8 +484,9 @@ impl Demo {
             verdict.acknowledged
         );
         say!(
-            "  {} no partition owned by two members at once",
-            mark(!broke("two owners at once") && !broke("processed without owning"))
+            "  {} no partition owned by two members at once ({} views of the coordinator checked too)",
+            mark(!broke("two owners at once") && !broke("processed without owning")),
+            verdict.coordinator_samples
         );
         say!(
             "  {} duplicates only from uncommitted work ({} records processed twice)",
@@ -535,8 +547,9 @@ async fn produce(
     Ok(())
 }
 
-/// Reads the group's committed offsets every 300 ms until told to stop.
-async fn sample_commits(
+/// Reads the group from its coordinator every 300 ms until told to stop: committed
+/// offsets, and which members hold each partition.
+async fn sample_group(
     client: Client,
     group: String,
     mut stop: watch::Receiver<bool>,
@@ -555,15 +568,28 @@ async fn sample_commits(
         let Some(c) = coordinator.as_ref() else {
             continue;
         };
-        match c.fetch_committed(&group, &Default::default()).await {
-            Ok(offsets) => {
+        match c.describe_group(&group).await {
+            Ok(described) => {
                 let at = now();
-                let found = offsets
-                    .into_iter()
+                let found = described
+                    .offsets
+                    .iter()
                     .filter(|o| o.offset >= 0)
                     .map(|o| (o.partition, o.offset))
                     .collect();
+                let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+                for member in &described.members {
+                    for partitions in member.assigned.values().chain(member.revoking.values()) {
+                        for p in partitions {
+                            holders
+                                .entry(*p)
+                                .or_default()
+                                .push(member.member_id.clone());
+                        }
+                    }
+                }
                 let _ = events.send(Event::Committed(at, found));
+                let _ = events.send(Event::Holders(at, holders.into_iter().collect()));
             }
             Err(_) => coordinator = None,
         }
