@@ -261,7 +261,10 @@ async fn offsets_of_deleted_topics_and_long_empty_groups_are_removed() {
         topics: Some(vec!["orders".into(), "refunds".into()]),
         ..join("a")
     };
-    let a = broker.group_heartbeat(member, Duration::ZERO).await.unwrap();
+    let a = broker
+        .group_heartbeat(member, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(a.assignment.len(), 2);
     let commit = |topic: &str| OffsetCommit {
         topic: topic.into(),
@@ -271,7 +274,12 @@ async fn offsets_of_deleted_topics_and_long_empty_groups_are_removed() {
         metadata: String::new(),
     };
     broker
-        .commit_offsets("payments", "a", a.epoch, vec![commit("orders"), commit("refunds")])
+        .commit_offsets(
+            "payments",
+            "a",
+            a.epoch,
+            vec![commit("orders"), commit("refunds")],
+        )
         .await
         .unwrap();
     broker

@@ -403,8 +403,7 @@ impl Task {
         };
         let due = self.retention_ran.is_none_or(|(at, version)| {
             let since = now.duration_since(at);
-            since >= every
-                || (version != topics.version() && since >= RETENTION_AFTER_CHANGE)
+            since >= every || (version != topics.version() && since >= RETENTION_AFTER_CHANGE)
         });
         if !due {
             return None;
