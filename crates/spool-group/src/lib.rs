@@ -31,5 +31,5 @@ pub use heartbeat::{HeartbeatRequest, HeartbeatResponse};
 pub use member::{CurrentAssignment, MemberState};
 pub use offsets::{NO_MEMBER_EPOCH, OffsetCommit};
 pub use records::{GroupRecord, GroupSettings};
-pub use retention::Expired;
+pub use retention::TopicIncarnations;
 pub use topics::{TopicInfo, TopicsSnapshot};

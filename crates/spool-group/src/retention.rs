@@ -1,65 +1,73 @@
-//! What the coordinator forgets: committed offsets of topics that were deleted, and groups
-//! left without members for the retention period (Kafka's `offsets.retention.minutes`,
-//! counted from when the group became empty, as in KIP-211).
+//! What the coordinator forgets: committed offsets of topics that were deleted (or deleted
+//! and created again), and groups left without members for the retention period (Kafka's
+//! `offsets.retention.minutes`, counted from when the group became empty, as in KIP-211).
+
+use std::collections::{BTreeSet, HashMap};
 
 use crate::coordinator::{Coordinator, Outcome, Tx};
 use crate::records::GroupRecord;
 use crate::topics::TopicsSnapshot;
 
-/// What one pass removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Expired {
-    /// (group, topic) pairs whose offsets went because the topic no longer exists.
-    pub deleted_topics: Vec<(String, String)>,
-    /// Groups removed after being empty for the retention period.
-    pub groups: Vec<String>,
+/// The topics a coordinator has seen, by name, with their ids: tells which ones went away
+/// or came back as a new topic. Only what it saw present can be seen gone, so an
+/// incomplete first look (a node still catching up with the metadata) removes nothing.
+#[derive(Debug, Default)]
+pub struct TopicIncarnations {
+    seen: HashMap<String, Option<String>>,
+    version: u64,
+}
+
+impl TopicIncarnations {
+    /// Topics seen before and now absent, or present under a new id. Snapshots must come
+    /// from one node's metadata, whose versions only grow.
+    pub fn gone(&mut self, topics: &TopicsSnapshot) -> BTreeSet<String> {
+        let mut gone = BTreeSet::new();
+        if topics.version() == 0 || topics.version() == self.version {
+            return gone;
+        }
+        self.version = topics.version();
+        self.seen.retain(|name, id| match topics.get(name) {
+            None => {
+                gone.insert(name.clone());
+                false
+            }
+            Some(_) => {
+                let now = topics.id(name).map(str::to_string);
+                if id.is_some() && now.is_some() && *id != now {
+                    gone.insert(name.clone());
+                }
+                *id = now;
+                true
+            }
+        });
+        for name in topics.names() {
+            if !self.seen.contains_key(name) {
+                self.seen
+                    .insert(name.to_string(), topics.id(name).map(str::to_string));
+            }
+        }
+        gone
+    }
 }
 
 impl Coordinator {
-    /// One retention pass at `now_ms`. `topics` is given only when it is known to be
-    /// current: offsets are dropped for a missing topic only on the word of complete
-    /// metadata, never of a node still catching up.
-    ///
-    /// A group's empty time is not persisted: after a failover it counts from the first
-    /// pass of the new coordinator, so offsets may live longer than the retention, never
-    /// shorter.
-    pub fn expire_offsets(
+    /// Removes every group's committed offsets of `topics` (deleted, or created anew).
+    pub fn drop_topic_offsets(
         &mut self,
-        now_ms: i64,
-        topics: Option<&TopicsSnapshot>,
-    ) -> Outcome<Expired> {
-        let retention = self.config.offsets_retention_ms;
-        let mut expired = Expired::default();
-        let mut stale_offsets: Vec<(String, String, u32)> = Vec::new();
+        topics: &BTreeSet<String>,
+    ) -> Outcome<Vec<(String, String)>> {
+        let mut stale: Vec<(String, String, u32)> = Vec::new();
+        let mut dropped = BTreeSet::new();
         for group in self.groups.values() {
-            if group.members.is_empty() {
-                let since = *self.empty_since.entry(group.id.clone()).or_insert(now_ms);
-                let last_commit = group.offsets.values().map(|v| v.commit_ms).max();
-                let idle = |from: i64| now_ms.saturating_sub(from) >= retention;
-                if retention >= 0 && idle(since) && last_commit.is_none_or(idle) {
-                    expired.groups.push(group.id.clone());
-                    continue;
-                }
-            } else {
-                self.empty_since.remove(&group.id);
-            }
-            let Some(topics) = topics else { continue };
-            let mut last_topic: Option<&str> = None;
             for (topic, partition) in group.offsets.keys() {
-                if topics.get(topic).is_some() {
-                    continue;
+                if topics.contains(topic) {
+                    stale.push((group.id.clone(), topic.clone(), *partition));
+                    dropped.insert((group.id.clone(), topic.clone()));
                 }
-                if last_topic != Some(topic.as_str()) {
-                    expired
-                        .deleted_topics
-                        .push((group.id.clone(), topic.clone()));
-                    last_topic = Some(topic.as_str());
-                }
-                stale_offsets.push((group.id.clone(), topic.clone(), *partition));
             }
         }
         let mut tx = Tx::new(self);
-        for (group, topic, partition) in stale_offsets {
+        for (group, topic, partition) in stale {
             tx.write(GroupRecord::Offset {
                 group,
                 topic,
@@ -67,11 +75,43 @@ impl Coordinator {
                 value: None,
             });
         }
-        for group in &expired.groups {
+        tx.finish(dropped.into_iter().collect())
+    }
+
+    /// Removes the groups that have had no members for the retention period (measured on
+    /// `steady_ms`, this coordinator's monotonic clock) and no commit for as long (by
+    /// `now_ms`, the wall clock commits are stamped with).
+    ///
+    /// When a group emptied is not persisted: after a failover the period starts again,
+    /// so offsets may live longer than the retention, never shorter.
+    pub fn expire_groups(&mut self, now_ms: i64, steady_ms: i64) -> Outcome<Vec<String>> {
+        let retention = self.config.offsets_retention_ms;
+        let groups = &self.groups;
+        self.empty_since
+            .retain(|id, _| groups.get(id).is_some_and(|g| g.members.is_empty()));
+        let mut expired = Vec::new();
+        for group in self.groups.values() {
+            if !group.members.is_empty() {
+                continue;
+            }
+            let since = *self
+                .empty_since
+                .entry(group.id.clone())
+                .or_insert(steady_ms);
+            let last_commit = group.offsets.values().map(|v| v.commit_ms).max();
+            if retention >= 0
+                && steady_ms.saturating_sub(since) >= retention
+                && last_commit.is_none_or(|at| now_ms.saturating_sub(at) >= retention)
+            {
+                expired.push(group.id.clone());
+            }
+        }
+        let mut tx = Tx::new(self);
+        for group in &expired {
             tx.delete_group(group);
         }
         let outcome = tx.finish(expired);
-        for group in &outcome.value.groups {
+        for group in &outcome.value {
             self.empty_since.remove(group);
         }
         outcome

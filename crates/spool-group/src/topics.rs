@@ -28,6 +28,9 @@ impl TopicInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicsSnapshot {
     topics: BTreeMap<String, TopicInfo>,
+    /// Each topic's id, when known: a topic deleted and created again under its name has a
+    /// new one (its old committed offsets mean nothing for it).
+    ids: BTreeMap<String, String>,
     /// Moves whenever the topics may have changed (the metadata's epoch); 0: unknown,
     /// nothing derived from it is cached.
     version: u64,
@@ -51,6 +54,15 @@ impl TopicsSnapshot {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    pub fn set_id(&mut self, name: impl Into<String>, id: impl Into<String>) {
+        self.ids.insert(name.into(), id.into());
+    }
+
+    /// The topic's id, if known.
+    pub fn id(&self, name: &str) -> Option<&str> {
+        self.ids.get(name).map(String::as_str)
     }
 
     pub fn get(&self, name: &str) -> Option<&TopicInfo> {

@@ -1,12 +1,12 @@
-//! Retention: offsets of deleted topics go (only on the word of current metadata), and a
-//! group goes once it has been empty and without a commit for the retention period, never
-//! sooner; what a pass writes replays to the same state.
+//! Retention: offsets of topics seen and then gone (or replaced by a new topic of the
+//! name) go, and a group goes once it has been empty and without a commit for the
+//! retention period, never sooner; what a pass writes replays to the same state.
 
 #![allow(clippy::unwrap_used)]
 
 use spool_group::{
     Assignment, Coordinator, CoordinatorConfig, GroupRecord, HeartbeatRequest, OffsetCommit,
-    Outcome, TopicInfo, TopicsSnapshot,
+    Outcome, TopicIncarnations, TopicInfo, TopicsSnapshot,
 };
 
 const RETENTION: i64 = 60_000;
@@ -73,38 +73,76 @@ impl World {
     }
 }
 
+fn versioned(names: &[(&str, &str)], version: u64) -> TopicsSnapshot {
+    let mut t = TopicsSnapshot::new();
+    for (name, id) in names {
+        t.insert(
+            *name,
+            TopicInfo {
+                partitions: 2,
+                racks: Vec::new(),
+            },
+        );
+        t.set_id(*name, *id);
+    }
+    t.set_version(version);
+    t
+}
+
 #[test]
-fn offsets_of_a_deleted_topic_go_only_when_the_metadata_is_current() {
+fn only_topics_seen_and_then_gone_or_replaced_count_as_gone() {
+    let mut seen = TopicIncarnations::default();
+    // The first look (perhaps of metadata still catching up) removes nothing.
+    assert!(seen.gone(&versioned(&[("orders", "o1")], 5)).is_empty());
+    // A version already looked at is not looked at again.
+    assert!(seen.gone(&versioned(&[], 5)).is_empty());
+    let gone = seen.gone(&versioned(&[("refunds", "r1")], 6));
+    assert_eq!(
+        gone.into_iter().collect::<Vec<_>>(),
+        vec!["orders".to_string()]
+    );
+    // Deleted and created again between two looks: a new id.
+    let gone = seen.gone(&versioned(&[("refunds", "r2")], 7));
+    assert_eq!(
+        gone.into_iter().collect::<Vec<_>>(),
+        vec!["refunds".to_string()]
+    );
+    assert!(seen.gone(&versioned(&[("refunds", "r2")], 8)).is_empty());
+}
+
+#[test]
+fn a_gone_topics_offsets_leave_every_group_and_nothing_else_does() {
     let mut w = World::new();
     let both = topics(&["orders", "refunds"]);
-    let outcome = w
-        .coordinator
-        .reset_offsets(
-            "g",
-            &[commit("orders", 0, 5), commit("refunds", 1, 7)],
-            0,
-            &both,
-        )
-        .unwrap();
-    w.keep(outcome);
-    let only_orders = topics(&["orders"]);
-    // Metadata not known to be complete: nothing goes.
-    let outcome = w.coordinator.expire_offsets(1_000, None);
-    let expired = w.keep(outcome);
-    assert!(expired.deleted_topics.is_empty() && expired.groups.is_empty());
-    assert_eq!(w.coordinator.group("g").unwrap().offsets.len(), 2);
-    // Current metadata without `refunds`: its offsets go, the rest stay.
-    let outcome = w.coordinator.expire_offsets(2_000, Some(&only_orders));
-    let expired = w.keep(outcome);
+    for group in ["g", "h"] {
+        let outcome = w
+            .coordinator
+            .reset_offsets(
+                group,
+                &[commit("orders", 0, 5), commit("refunds", 1, 7)],
+                0,
+                &both,
+            )
+            .unwrap();
+        w.keep(outcome);
+    }
+    let gone = std::collections::BTreeSet::from(["refunds".to_string()]);
+    let outcome = w.coordinator.drop_topic_offsets(&gone);
+    let dropped = w.keep(outcome);
     assert_eq!(
-        expired.deleted_topics,
-        vec![("g".to_string(), "refunds".to_string())]
+        dropped,
+        vec![
+            ("g".to_string(), "refunds".to_string()),
+            ("h".to_string(), "refunds".to_string())
+        ]
     );
-    let offsets = &w.coordinator.group("g").unwrap().offsets;
-    assert_eq!(
-        offsets.keys().collect::<Vec<_>>(),
-        vec![&("orders".to_string(), 0)]
-    );
+    for group in ["g", "h"] {
+        let offsets = &w.coordinator.group(group).unwrap().offsets;
+        assert_eq!(
+            offsets.keys().collect::<Vec<_>>(),
+            vec![&("orders".to_string(), 0)]
+        );
+    }
     w.check_replay();
 }
 
@@ -139,26 +177,28 @@ fn an_empty_group_goes_after_the_retention_and_a_live_one_never() {
             .unwrap();
         w.keep(outcome);
     }
-    // First seen empty at 20 s: retention counts from there, not from the commit.
-    let outcome = w.coordinator.expire_offsets(20_000, Some(&t));
-    assert!(w.keep(outcome).groups.is_empty());
+    // First seen empty at steady 20 s: retention counts from there, not from the commit.
+    let outcome = w.coordinator.expire_groups(20_000, 20_000);
+    assert!(w.keep(outcome).is_empty());
     let outcome = w
         .coordinator
-        .expire_offsets(20_000 + RETENTION - 1, Some(&t));
-    assert!(w.keep(outcome).groups.is_empty());
+        .expire_groups(20_000 + RETENTION - 1, 20_000 + RETENTION - 1);
+    assert!(w.keep(outcome).is_empty());
     assert!(w.coordinator.group("idle").is_some());
-    let outcome = w.coordinator.expire_offsets(20_000 + RETENTION, Some(&t));
-    assert_eq!(w.keep(outcome).groups, vec!["idle".to_string()]);
+    let outcome = w
+        .coordinator
+        .expire_groups(20_000 + RETENTION, 20_000 + RETENTION);
+    assert_eq!(w.keep(outcome), vec!["idle".to_string()]);
     assert!(w.coordinator.group("idle").is_none());
-    // The member's session is not this pass's business: "live" keeps its offsets.
-    let outcome = w.coordinator.expire_offsets(10 * RETENTION, Some(&t));
-    assert!(w.keep(outcome).groups.is_empty());
+    // A live group keeps its offsets however long.
+    let outcome = w.coordinator.expire_groups(10 * RETENTION, 10 * RETENTION);
+    assert!(w.keep(outcome).is_empty());
     assert_eq!(w.coordinator.group("live").unwrap().offsets.len(), 1);
     w.check_replay();
 }
 
 #[test]
-fn a_commit_to_an_empty_group_restarts_its_retention_and_minus_one_keeps_it_forever() {
+fn a_wall_clock_jump_alone_expires_nothing_and_a_recent_commit_keeps_a_group() {
     let mut w = World::new();
     let t = topics(&["orders"]);
     let outcome = w
@@ -166,18 +206,23 @@ fn a_commit_to_an_empty_group_restarts_its_retention_and_minus_one_keeps_it_fore
         .commit_offsets("g", "", -1, &[commit("orders", 1, 1)], 0, &t)
         .unwrap();
     w.keep(outcome);
-    let outcome = w.coordinator.expire_offsets(0, Some(&t));
+    let outcome = w.coordinator.expire_groups(0, 0);
     w.keep(outcome);
-    // A commit just before the period ends: the group stays a whole period more.
+    // The wall clock jumps a year; the coordinator has seen the group empty for 1 ms.
+    let outcome = w.coordinator.expire_groups(365 * 24 * 3_600_000, 1);
+    assert!(w.keep(outcome).is_empty());
+    // Empty long enough, but a commit just before the period ends keeps it a while more.
     let outcome = w
         .coordinator
         .commit_offsets("g", "", -1, &[commit("orders", 1, 2)], RETENTION - 1, &t)
         .unwrap();
     w.keep(outcome);
-    let outcome = w.coordinator.expire_offsets(RETENTION, Some(&t));
-    assert!(w.keep(outcome).groups.is_empty());
-    let outcome = w.coordinator.expire_offsets(2 * RETENTION - 1, Some(&t));
-    assert_eq!(w.keep(outcome).groups, vec!["g".to_string()]);
+    let outcome = w.coordinator.expire_groups(RETENTION, RETENTION);
+    assert!(w.keep(outcome).is_empty());
+    let outcome = w
+        .coordinator
+        .expire_groups(2 * RETENTION - 1, 2 * RETENTION - 1);
+    assert_eq!(w.keep(outcome), vec!["g".to_string()]);
 
     let mut forever = Coordinator::new(CoordinatorConfig {
         offsets_retention_ms: -1,
@@ -186,12 +231,11 @@ fn a_commit_to_an_empty_group_restarts_its_retention_and_minus_one_keeps_it_fore
     forever
         .commit_offsets("g", "", -1, &[commit("orders", 0, 1)], 0, &t)
         .unwrap();
-    forever.expire_offsets(0, Some(&t));
+    forever.expire_groups(0, 0);
     assert!(
         forever
-            .expire_offsets(i64::MAX / 2, Some(&t))
+            .expire_groups(i64::MAX / 2, i64::MAX / 2)
             .value
-            .groups
             .is_empty()
     );
     assert!(forever.group("g").is_some());

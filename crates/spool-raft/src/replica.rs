@@ -161,9 +161,14 @@ impl PartitionReplica {
                 .is_some_and(|id| crate::types::term_of(&id) == m.current_term)
     }
 
-    /// Wakes on any change of the replica's Raft state (role, term, leader, progress).
+    /// Wakes on any change of the replica's Raft state (role, term, leader, progress)
+    /// after this call: take it before looking at the state, then wait.
     pub fn changes(&self) -> ReplicaChanges {
-        ReplicaChanges(self.raft.metrics())
+        let mut metrics = self.raft.metrics();
+        // A clone carries its source's idea of what was seen, which is nothing for
+        // openraft's own receiver: without this, the first wait would return at once.
+        drop(metrics.borrow_and_update());
+        ReplicaChanges(metrics)
     }
 
     pub fn is_leader(&self) -> bool {

@@ -97,16 +97,17 @@ impl Broker {
         let mut metadata = self.controller.state();
         let mut local = self.groups.changes.subscribe();
         loop {
+            // Watches first, then the look: a change in between wakes the wait.
             metadata.borrow_and_update();
             local.borrow_and_update();
-            let error = match self.coordinator_now(group) {
-                Ok(found) => return Ok(found),
-                Err(error) => error,
-            };
             let replica_changes = self
                 .coordinator_partition(group)
                 .and_then(|index| self.partition(OFFSETS_TOPIC, index).ok())
                 .map(|p| p.replica.changes());
+            let error = match self.coordinator_now(group) {
+                Ok(found) => return Ok(found),
+                Err(error) => error,
+            };
             let woke = tokio::time::timeout_at(deadline, async {
                 tokio::select! {
                     Ok(()) = metadata.changed() => {}

@@ -102,14 +102,6 @@ impl shard::ShardHost for Host {
     fn rebalances(&self) -> &stats::RebalanceStats {
         &self.rebalances
     }
-
-    fn topics_current(&self) -> bool {
-        self.broker.upgrade().is_some_and(|broker| {
-            let offset = broker.controller.current().offset;
-            let agent = broker.agent.borrow();
-            agent.registered && offset >= agent.controller_offset
-        })
-    }
 }
 
 impl Broker {
@@ -156,6 +148,7 @@ impl Broker {
                     racks,
                 },
             );
+            snapshot.set_id(topic.name.clone(), topic.id.clone());
         }
         snapshot.set_version(u64::try_from(metadata.offset).unwrap_or(0));
         let snapshot = Arc::new(snapshot);
@@ -178,15 +171,20 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
         let mut changes = self.groups.changes.subscribe();
         loop {
+            // Watches first, then the look: a change in between wakes the wait.
             changes.borrow_and_update();
-            let (error, replica) = match self.running_shard(group) {
+            let partition = self
+                .coordinator_partition(group)
+                .and_then(|index| self.partition(OFFSETS_TOPIC, index).ok());
+            let replica_changes = partition.as_ref().map(|p| p.replica.changes());
+            let error = match self.running_shard(group) {
                 Ok(shard) => return Ok(shard),
-                Err(Pending::Wait(error, replica)) => (error, replica),
+                Err(Pending::Wait(error)) => error,
                 Err(Pending::No(error)) => return Err(error),
             };
             let woke = tokio::time::timeout_at(deadline, async {
                 tokio::select! {
-                    () = replica_changed(replica.map(|r| r.replica.changes())) => {}
+                    () = replica_changed(replica_changes) => {}
                     Ok(()) = changes.changed() => {}
                 }
             })
@@ -195,7 +193,9 @@ impl Broker {
                 return Err(error);
             }
             // Start the shard now rather than at the watcher's next turn.
-            self.watch_coordinators();
+            if partition.is_some_and(|p| p.replica.leads_and_applied_own_term()) {
+                self.watch_coordinators();
+            }
         }
     }
 
@@ -208,7 +208,7 @@ impl Broker {
             let error = not_available(format!("{OFFSETS_TOPIC} does not exist yet"));
             return Err(
                 if self.controller.current().topics.contains_key(OFFSETS_TOPIC) {
-                    Pending::Wait(error, None)
+                    Pending::Wait(error)
                 } else {
                     Pending::No(error)
                 },
@@ -228,10 +228,10 @@ impl Broker {
             let error = BrokerError::CoordinatorLoading {
                 group: group.to_string(),
             };
-            Err(Pending::Wait(error, Some(partition)))
+            Err(Pending::Wait(error))
         } else if partition.replica.leader().node.is_none() {
             let error = not_available(format!("{OFFSETS_TOPIC}-{index} has no leader yet"));
-            Err(Pending::Wait(error, Some(partition)))
+            Err(Pending::Wait(error))
         } else {
             Err(Pending::No(BrokerError::NotCoordinator {
                 group: group.to_string(),
@@ -325,9 +325,9 @@ impl Broker {
 
 /// Why no shard answers yet, and whether waiting may change that.
 enum Pending {
-    /// Worth waiting for: wakes on the partition's changes (when it is here) and on
-    /// shards starting and stopping.
-    Wait(BrokerError, Option<Arc<crate::partition::Partition>>),
+    /// Worth waiting for: the partition's changes (when it is here) and shards starting
+    /// and stopping may change the answer.
+    Wait(BrokerError),
     No(BrokerError),
 }
 

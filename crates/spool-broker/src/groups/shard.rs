@@ -43,12 +43,9 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// How often sessions are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
-/// How often retention looks for expired groups (besides whenever the topics change), at
-/// most: a quarter of the retention when that is shorter, down to a second.
+/// How often retention looks for expired groups, at most: a quarter of the retention when
+/// that is shorter, down to a second.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
-/// The least time between passes that the topics changing starts (metadata changes often:
-/// a pass over every offset must not follow each one).
-const RETENTION_AFTER_CHANGE: Duration = Duration::from_secs(5);
 /// How often the groups are published for the metrics, at most.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Bytes read at once while replaying.
@@ -106,9 +103,6 @@ pub(crate) trait ShardHost: Send + Sync + 'static {
     fn checkpoint_records(&self) -> usize;
     /// Where rebalance durations are counted.
     fn rebalances(&self) -> &RebalanceStats;
-    /// Whether `topics()` is complete: this node has registered and caught up with the
-    /// metadata. Offsets of a missing topic are dropped only then.
-    fn topics_current(&self) -> bool;
 }
 
 impl Shard {
@@ -146,6 +140,7 @@ impl Shard {
             rebalancing: std::collections::HashMap::new(),
             epochs: std::collections::HashMap::new(),
             retention_ran: None,
+            incarnations: spool_group::TopicIncarnations::default(),
         };
         tokio::spawn(task.run(rx));
         shard
@@ -253,8 +248,10 @@ struct Task {
     rebalancing: std::collections::HashMap<String, tokio::time::Instant>,
     /// Each group's epoch when last seen, to tell when a new one starts a rebalance.
     epochs: std::collections::HashMap<String, i32>,
-    /// When retention last ran, and on which version of the topics.
-    retention_ran: Option<(tokio::time::Instant, u64)>,
+    /// When retention last ran.
+    retention_ran: Option<tokio::time::Instant>,
+    /// The topics seen so far: which went away, or came back as new topics.
+    incarnations: spool_group::TopicIncarnations,
 }
 
 impl Task {
@@ -390,38 +387,27 @@ impl Task {
         }
     }
 
-    /// A retention pass, when one is due: every minute, and as soon as the topics
-    /// changed (a deleted topic's offsets go).
+    /// A pass over empty groups, when one is due: every minute (or a quarter of the
+    /// retention, when shorter).
     fn retention_job(&mut self) -> Option<Job> {
-        let topics = self.host.topics();
         let now = tokio::time::Instant::now();
         let retention = self.coordinator.config().offsets_retention_ms;
         let every = match u64::try_from(retention) {
             Ok(ms) => Duration::from_millis(ms / 4).clamp(Duration::from_secs(1), RETENTION_EVERY),
-            // Kept forever: only deleted topics' offsets go.
-            Err(_) => RETENTION_EVERY,
+            // Kept forever: nothing to look for.
+            Err(_) => return None,
         };
-        let due = self.retention_ran.is_none_or(|(at, version)| {
-            let since = now.duration_since(at);
-            since >= every || (version != topics.version() && since >= RETENTION_AFTER_CHANGE)
-        });
-        if !due {
+        if self
+            .retention_ran
+            .is_some_and(|at| now.duration_since(at) < every)
+        {
             return None;
         }
-        self.retention_ran = Some((now, topics.version()));
-        let current = self.host.topics_current();
+        self.retention_ran = Some(now);
         let partition = self.partition.index;
         Some(Box::new(move |c: &mut Coordinator, ctx: &Context| {
-            let outcome = c.expire_offsets(ctx.now_ms, current.then_some(&*topics));
-            for (group, topic) in &outcome.value.deleted_topics {
-                tracing::info!(
-                    partition,
-                    group,
-                    topic,
-                    "committed offsets of a deleted topic removed"
-                );
-            }
-            for group in &outcome.value.groups {
+            let outcome = c.expire_groups(ctx.now_ms, ctx.steady_ms);
+            for group in &outcome.value {
                 tracing::info!(
                     partition,
                     group,
@@ -443,8 +429,24 @@ impl Task {
             steady_ms: steady_ms(),
             topics: self.host.topics(),
         };
-        let mut operations: Vec<Vec<GroupRecord>> = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
+        let mut operations: Vec<Vec<GroupRecord>> = Vec::with_capacity(jobs.len() + 1);
+        let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len() + 1);
+        // A topic deleted (or created anew) since the last batch: its offsets go first, so
+        // that every commit in this batch, checked against these topics, is kept.
+        let gone = self.incarnations.gone(&context.topics);
+        if !gone.is_empty() {
+            let dropped = self.coordinator.drop_topic_offsets(&gone);
+            for (group, topic) in &dropped.value {
+                tracing::info!(
+                    partition = self.partition.index,
+                    group,
+                    topic,
+                    "committed offsets of a deleted topic removed"
+                );
+            }
+            operations.push(dropped.records);
+            replies.push(Box::new(|_| {}));
+        }
         for job in jobs.drain(..) {
             let (written, reply) = job(&mut self.coordinator, &context);
             operations.push(written);

@@ -116,6 +116,7 @@ impl Consumer {
             coordinator: Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
             leaving: Mutex::new(None),
+            held: Mutex::new(Default::default()),
         });
         let (leave_tx, leave_rx) = oneshot::channel();
         *shared.leaving.lock() = Some(leave_tx);
@@ -485,6 +486,7 @@ impl Coordinated {
         generation: u64,
     ) -> Result<(), ConsumerError> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut retried = false;
         loop {
             // Offsets taken before the member lost its partitions are not its to commit
             // any more: their next owner's progress must not be set back.
@@ -498,7 +500,21 @@ impl Coordinated {
             let epoch = self.shared.epoch.load(Ordering::Acquire);
             let member = self.shared.member_id.clone();
             let group = self.group.clone();
-            let batch = offsets.clone();
+            // Sent again after a stale-epoch answer, a commit keeps only the partitions the
+            // member still holds: the others may have a new owner by now.
+            let batch: Vec<OffsetToCommit> = if retried {
+                let held = self.shared.held.lock();
+                offsets
+                    .iter()
+                    .filter(|o| held.contains(&(o.topic.clone(), o.partition)))
+                    .cloned()
+                    .collect()
+            } else {
+                offsets.clone()
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
             let result = self
                 .with_coordinator(|c| {
                     let (group, member, batch) = (group.clone(), member.clone(), batch.clone());
@@ -510,6 +526,7 @@ impl Coordinated {
                     if error.code() == Some(ErrorCode::StaleMemberEpoch)
                         && Instant::now() < deadline =>
                 {
+                    retried = true;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => return other,

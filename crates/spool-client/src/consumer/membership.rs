@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub generation: std::sync::atomic::AtomicU64,
     /// Set when the consumer closes: the loop leaves the group and ends.
     pub leaving: Mutex<Option<oneshot::Sender<()>>>,
+    /// The partitions the member holds now: a commit is sent only for these (one taken
+    /// before a partition was handed over is not the member's to send any more).
+    pub held: Mutex<BTreeSet<Partition>>,
 }
 
 pub(crate) fn new_member_id() -> String {
@@ -302,10 +305,12 @@ impl Member {
             for partition in &revoked {
                 self.owned.remove(partition);
             }
+            *self.shared.held.lock() = self.owned.clone();
         }
         let added: Vec<Partition> = assigned.difference(&self.owned).cloned().collect();
         if !added.is_empty() && answer.state != MemberState::UnrevokedPartitions {
             self.owned.extend(added.iter().cloned());
+            *self.shared.held.lock() = self.owned.clone();
             if self.changes.send(Change::Assign(added)).await.is_err() {
                 return false;
             }
@@ -322,29 +327,51 @@ impl Member {
     /// consumer's reading at once (a new generation) and sets `fenced`: the partitions it
     /// keeps may already be someone else's.
     async fn wait_keeping_session(&mut self, mut stopped: oneshot::Receiver<()>) -> bool {
+        // The coordinator gives the partitions away a rebalance timeout after it asked for
+        // them, counted from no earlier than when the asking heartbeat was sent.
+        let asked = self.last_ok_sent.unwrap_or_else(Instant::now);
+        let revoke_by = asked + self.settings.rebalance_timeout;
         loop {
+            let session_end = self.last_ok_sent.map_or(revoke_by, |s| s + self.session);
+            let give_up_at = revoke_by.min(session_end);
             tokio::select! {
                 answer = &mut stopped => return answer.is_ok(),
+                () = tokio::time::sleep_until(give_up_at) => {
+                    tracing::warn!(group = %self.settings.group, "partitions not given up in time: the group may have moved them; giving up everything");
+                    self.fence();
+                    return true;
+                }
                 () = tokio::time::sleep(self.interval) => {
                     let sent = Instant::now();
-                    match self.beat(Duration::ZERO).await {
-                        Ok(_) => self.last_ok_sent = Some(sent),
-                        Err(error) => {
+                    match tokio::time::timeout_at(give_up_at, self.beat(Duration::ZERO)).await {
+                        Ok(Ok(_)) => self.last_ok_sent = Some(sent),
+                        Ok(Err(error)) => {
                             tracing::debug!(%error, "a heartbeat while giving partitions up failed");
-                            let out = matches!(
+                            if matches!(
                                 error.code(),
                                 Some(ErrorCode::UnknownMemberId | ErrorCode::FencedMemberEpoch)
-                            );
-                            if out || self.session_over() {
-                                self.shared.generation.fetch_add(1, Ordering::AcqRel);
-                                self.fenced = true;
+                            ) {
+                                self.fence();
                                 return true;
                             }
+                            // The coordinator may have moved: find it again.
+                            *self.shared.coordinator.lock() = None;
+                        }
+                        Err(_) => {
+                            self.fence();
+                            return true;
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Stops the consumer's reading at once (a new generation); the caller then loses
+    /// everything.
+    fn fence(&mut self) {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.fenced = true;
     }
 
     /// Out of the group: the consumer drops everything, then the member joins afresh.
@@ -355,6 +382,7 @@ impl Member {
             return false;
         }
         self.owned.clear();
+        self.shared.held.lock().clear();
         self.reported = None;
         self.last_ok_sent = None;
         self.shared.epoch.store(0, Ordering::Release);
