@@ -219,3 +219,68 @@ async fn a_coordinator_cut_off_from_its_quorum_stops_answering() {
     }
     cluster.heal_all().await.expect("heal");
 }
+
+/// A member whose application does not come back to give partitions up within its
+/// rebalance timeout is removed, and the group gives everything to the others. When the
+/// application finally asks for its next event, the member must deliver no record at all
+/// (not even of the partitions it was allowed to keep): they may be someone else's now.
+/// It says so with `Lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_too_slow_to_give_partitions_up_reads_nothing_once_they_move() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(1))
+        .await
+        .expect("cluster");
+    cluster.create_topic(TOPIC, 4, 1).await.expect("topic");
+    let slow_member = |client: spool_client::Client| {
+        let config = ConsumerConfig {
+            offset_reset: OffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        };
+        let mut settings = GroupConfig::new("slow", &[TOPIC]);
+        settings.rebalance_timeout = Duration::from_secs(2);
+        settings.auto_commit = None;
+        Consumer::new(client, config).subscribe(settings)
+    };
+    let mut a = slow_member(cluster.client().await.expect("client"));
+    // Plenty to read: a reads a little of every partition, and its consumer fetches
+    // ahead, so records of every partition wait in its buffers.
+    produce(&cluster, 0, 400).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut read_from = BTreeSet::new();
+    while read_from.len() < 4 {
+        match tokio::time::timeout_at(deadline, a.next_event()).await {
+            Ok(Ok(GroupEvent::Record(record))) => {
+                read_from.insert(record.partition);
+            }
+            Ok(Ok(GroupEvent::Assigned(_))) => {}
+            other => panic!("a never read every partition: {other:?}"),
+        }
+    }
+    // b joins; a is asked to give half up but its application is busy elsewhere.
+    let mut b = slow_member(cluster.client().await.expect("client"));
+    let mut b_owned = BTreeSet::new();
+    while b_owned.len() < 4 {
+        match tokio::time::timeout_at(deadline, b.next_event()).await {
+            Ok(Ok(GroupEvent::Assigned(partitions))) => b_owned.extend(partitions),
+            Ok(Ok(GroupEvent::Revoked(p) | GroupEvent::Lost(p))) => {
+                panic!("b lost {p:?}")
+            }
+            Ok(Ok(GroupEvent::Record(_))) => {}
+            other => panic!("b never got a's partitions: {other:?}"),
+        }
+    }
+    // a comes back: whatever it says first, it delivers no record before `Lost`.
+    loop {
+        match tokio::time::timeout_at(deadline, a.next_event()).await {
+            Ok(Ok(GroupEvent::Lost(_))) => break,
+            Ok(Ok(GroupEvent::Record(record))) => panic!(
+                "a delivered partition {} offset {} after it was removed",
+                record.partition, record.offset
+            ),
+            Ok(Ok(_)) => {}
+            other => panic!("a never learned it was out: {other:?}"),
+        }
+    }
+    drop(a);
+    b.close().await.expect("close");
+}
