@@ -7,6 +7,7 @@ mod consume;
 mod consume_group;
 mod demo;
 mod group;
+mod health;
 mod log_tools;
 mod node;
 mod offsets;
@@ -96,6 +97,8 @@ enum Command {
         #[command(subcommand)]
         command: demo::DemoCommand,
     },
+    /// Exit 0 when a node answers ready on its HTTP port (for container health checks).
+    Health(health::HealthArgs),
     /// Inspect and check partition log directories offline (the node need not run).
     Log {
         #[command(subcommand)]
@@ -201,6 +204,7 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
             Command::Group { command } => group::run(command, &context).await,
             Command::Bench { command } => bench::run(command, &context).await,
             Command::Demo { command } => demo::run(command, &context).await,
+            Command::Health(args) => health::run(args).await,
             Command::Log { .. } => Ok(ExitCode::SUCCESS),
         }
     })

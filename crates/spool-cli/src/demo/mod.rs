@@ -1,6 +1,7 @@
 //! `spool demo`: self-checking demonstrations against a running cluster.
 
 mod ledger;
+mod producer;
 mod rebalance;
 mod schedule;
 mod view;
@@ -18,6 +19,8 @@ pub enum DemoCommand {
     /// shown live; at the end every record is checked (processed, never by two owners at
     /// once, duplicates only from uncommitted work).
     Rebalance(rebalance::RebalanceArgs),
+    /// Write `OrderCreated` records at a steady rate until stopped.
+    Producer(producer::ProducerArgs),
     /// One member of the rebalance demo (started by it).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -27,5 +30,6 @@ pub async fn run(command: DemoCommand, context: &Context) -> anyhow::Result<Exit
     match command {
         DemoCommand::Rebalance(args) => rebalance::run(args, context).await,
         DemoCommand::Worker(args) => worker::run(args, context).await,
+        DemoCommand::Producer(args) => producer::run(args, context).await,
     }
 }
