@@ -10,7 +10,7 @@ echo "== building a static spool binary (profile image, target $target)"
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --locked --profile image --target "$target" -p spool-cli
 binary="target/$target/image/spool"
-if ldd "$binary" >/dev/null 2>&1; then
+if ! ldd "$binary" 2>&1 | grep -qE "statically linked|not a dynamic executable"; then
     echo "error: $binary is dynamically linked" >&2
     exit 1
 fi

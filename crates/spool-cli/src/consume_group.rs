@@ -33,7 +33,8 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
     let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
     let limit = args.max_messages.unwrap_or(u64::MAX);
     let mut printed = 0u64;
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    // Ctrl-C or SIGTERM (`docker stop`): commit and leave, so the group moves on at once.
+    let mut interrupted = std::pin::pin!(crate::node::wait_for_signal());
     while printed < limit {
         let event = tokio::select! {
             event = consumer.next_event() => event?,

@@ -242,8 +242,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` sends).
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("could not listen for SIGTERM")?;
     tokio::select! {

@@ -43,14 +43,12 @@ pub async fn run(args: ProducerArgs, context: &Context) -> anyhow::Result<ExitCo
     const TICK: Duration = Duration::from_millis(20);
     let per_tick = f64::from(args.rate.max(1)) * TICK.as_secs_f64();
     let mut pace = tokio::time::interval(TICK);
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = std::pin::pin!(crate::node::wait_for_signal());
     let (mut due, mut next, mut last_report) = (0.0, 0u64, Instant::now());
     loop {
         tokio::select! {
             _ = pace.tick() => {}
-            _ = &mut interrupted => break,
-            _ = terminate.recv() => break,
+            _ = &mut stop => break,
         }
         due += per_tick;
         while due >= 1.0 {

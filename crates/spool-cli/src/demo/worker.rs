@@ -57,13 +57,11 @@ pub async fn run(args: WorkerArgs, context: &Context) -> anyhow::Result<ExitCode
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     writeln!(out, "member {}", consumer.member_id())?;
     out.flush()?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = std::pin::pin!(crate::node::wait_for_signal());
     loop {
         let event = tokio::select! {
             event = consumer.next_event() => event?,
-            _ = terminate.recv() => break,
-            _ = &mut interrupt => break,
+            _ = &mut stop => break,
         };
         let line = match event {
             GroupEvent::Record(record) => Line(
