@@ -322,6 +322,11 @@ impl Demo {
         let deadline = Instant::now() + within;
         let mut redraw = tokio::time::interval(Duration::from_millis(250));
         loop {
+            // Whatever is already queued counts before the verdict: the last
+            // acknowledgements may be waiting behind it.
+            while let Ok(event) = self.events.try_recv() {
+                self.handle(event);
+            }
             if done(self) {
                 return true;
             }
