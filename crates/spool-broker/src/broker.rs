@@ -30,6 +30,9 @@ pub struct BrokerOptions {
     pub node_id: u64,
     /// host:port clients use to reach this node's client listener.
     pub advertised_address: String,
+    /// host:port clients outside the nodes' network use to reach its external client
+    /// listener, if it has one.
+    pub external_advertised_address: Option<String>,
     /// host:port other nodes use to reach its cluster listener (Raft, the controller,
     /// ReplicaAdmin).
     pub cluster_address: String,
@@ -225,6 +228,7 @@ impl Broker {
                 incarnation: identity.incarnation,
                 address: options.cluster_address.clone(),
                 client_address: options.advertised_address.clone(),
+                external_address: options.external_advertised_address.clone(),
                 rack: options.rack.clone(),
                 voters: options.controller_voters.clone(),
                 dir: options.data_dir.join("__controller"),
@@ -377,6 +381,14 @@ impl Broker {
             },
             other => other,
         }
+    }
+
+    /// Where clients of the external listener reach `node`, if it has such a listener.
+    pub fn external_address_of(&self, node: u64) -> Option<String> {
+        self.controller
+            .current()
+            .external_address_of(node)
+            .map(str::to_string)
     }
 
     pub fn cluster_id(&self) -> String {
@@ -628,6 +640,18 @@ impl Broker {
         query: OffsetQuery,
     ) -> Result<i64, BrokerError> {
         let partition = self.partition(topic, partition)?;
+        // Only a leader that caught up in its term knows where the partition ends: a
+        // follower's (or a restarted node's) high watermark may be behind. Any replica
+        // answers with its own log start.
+        if query != OffsetQuery::Earliest
+            && !(partition.knows_high_watermark() && partition.quorum_confirms_lead().await)
+        {
+            let hint = partition.replica.leader();
+            return Err(self.for_clients(BrokerError::NotLeader {
+                leader: hint.node.filter(|node| *node != self.options.node_id),
+                address: None,
+            }));
+        }
         match query {
             OffsetQuery::Earliest => Ok(partition.reader.start_offset()),
             OffsetQuery::Latest => Ok(partition.high_watermark()),

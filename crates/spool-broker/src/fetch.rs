@@ -307,10 +307,12 @@ impl Broker {
             }
             let active: Vec<usize> = (0..cursors.len()).filter(|&i| !cursors[i].done).collect();
             // A leader that lost its group without hearing of it keeps a frozen high
-            // watermark: cursors pinned to an epoch look at the term now and then.
+            // watermark: cursors pinned to an epoch look at the term now and then, and so
+            // do cursors past their replica's high watermark, which may turn out to be
+            // past the partition's end once this replica knows it.
             let recheck = cursors
                 .iter()
-                .any(|c| !c.done && c.epoch.is_some())
+                .any(|c| !c.done && (c.epoch.is_some() || c.next > *c.high_watermark.borrow()))
                 .then(|| Instant::now() + EPOCH_RECHECK);
             let woken = {
                 let changes = cursors

@@ -10,6 +10,10 @@ use tokio::sync::watch;
 
 use crate::error::BrokerError;
 
+/// How long a replica about to call an offset out of range (or to say where the partition
+/// ends) waits for a quorum to confirm that it still leads.
+const CONFIRM_LEAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// When a produce request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
@@ -79,9 +83,29 @@ impl Partition {
         *self.high_watermark.borrow()
     }
 
+    /// Whether this replica's high watermark is the partition's: it leads and has applied
+    /// an entry of its own term. A follower's lags the leader's, and so does a restarted
+    /// node's until it has caught up (it may still believe it leads in its old term).
+    pub fn knows_high_watermark(&self) -> bool {
+        self.replica.leads_and_applied_own_term()
+    }
+
+    /// Whether a quorum still has this replica as its leader: a leader cut off from the
+    /// others keeps its term and a frozen high watermark until it hears of a new one.
+    pub async fn quorum_confirms_lead(&self) -> bool {
+        self.replica
+            .confirm_leadership(CONFIRM_LEAD_WITHIN)
+            .await
+            .is_ok()
+    }
+
     /// Reads committed batches from `from`, off the async threads.
     pub async fn read(&self, from: i64, max_bytes: usize) -> Result<FetchedBatches, BrokerError> {
         let reader = self.reader.clone();
+        // Asked before the high watermark is read: the state machine moves the high
+        // watermark before the entry shows as applied, so a yes is never older than the
+        // value read after it.
+        let knows = self.knows_high_watermark();
         let upper = self.high_watermark();
         if from == upper {
             // Nothing to read: answer without a trip to the blocking pool.
@@ -91,6 +115,16 @@ impl Partition {
             });
         }
         let start = reader.start_offset();
+        if from > upper && from >= start && !(knows && self.quorum_confirms_lead().await) {
+            // Beyond what this replica knows to be committed, but perhaps not beyond the
+            // partition's: nothing to read here yet. Only the high watermark of a leader
+            // that caught up in its term, and that a quorum still follows, may call the
+            // offset out of range (a consumer told so starts over from its reset policy).
+            return Ok(FetchedBatches {
+                batches: Vec::new(),
+                next_offset: from,
+            });
+        }
         if from < start || from > upper {
             return Err(BrokerError::OffsetOutOfRange {
                 requested: from,

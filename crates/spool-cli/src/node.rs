@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// host:port clients should use to reach this node.
     #[arg(long, env = "SPOOL_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
+    /// A second client listener, host:port, for clients outside the nodes' own network
+    /// (a host reaching containers through published ports).
+    #[arg(long, env = "SPOOL_EXTERNAL_LISTEN")]
+    external_listen: Option<String>,
+    /// host:port clients of the external listener use to reach this node.
+    #[arg(long, env = "SPOOL_EXTERNAL_ADVERTISED_ADDRESS")]
+    external_advertised_address: Option<String>,
     /// gRPC listener for other nodes (Raft, the controller), host:port; clients never
     /// need it.
     #[arg(long, env = "SPOOL_CLUSTER_LISTEN")]
@@ -81,6 +88,12 @@ impl ServeArgs {
         if let Some(v) = self.advertised_address {
             config.advertised_address = Some(v);
         }
+        if let Some(v) = self.external_listen {
+            config.external_listen = Some(v);
+        }
+        if let Some(v) = self.external_advertised_address {
+            config.external_advertised_address = Some(v);
+        }
         if let Some(v) = self.cluster_listen {
             config.cluster_listen = v;
         }
@@ -114,8 +127,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let node = Node::start(config).await?;
     // One line scripts can read to learn the ports (useful with port 0).
+    let external = node
+        .external_addr()
+        .map(|a| format!(" external={a}"))
+        .unwrap_or_default();
     crate::say!(
-        "spool serving grpc={} http={} cluster={}",
+        "spool serving grpc={} http={} cluster={}{external}",
         node.grpc_addr(),
         node.http_addr(),
         node.cluster_addr()

@@ -34,6 +34,12 @@ fn api(error: Option<v1::Error>) -> Result<(), ApiError> {
     }
 }
 
+/// How often an open connection is checked with an HTTP/2 ping...
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+/// ...and how long the answer may take (a busy node answers pings from its connection
+/// task at once; a dead one never does).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Client {
     /// Connects to the first reachable address of `bootstrap` (host:port each).
     pub async fn connect(bootstrap: &[String], timeout: Duration) -> Result<Self, ClientError> {
@@ -51,8 +57,15 @@ impl Client {
                 address: address.clone(),
                 reason: e.to_string(),
             })?;
+            // HTTP/2 pings find a node that died without closing its connections (killed
+            // behind a proxy, cut off, paused) within about three seconds: the requests in
+            // flight to it fail and are retried elsewhere instead of waiting out their
+            // timeouts.
             let endpoint = endpoint
                 .connect_timeout(timeout)
+                .http2_keep_alive_interval(KEEPALIVE_EVERY)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .tcp_nodelay(true)
                 .initial_stream_window_size(4 * 1024 * 1024)
                 .initial_connection_window_size(16 * 1024 * 1024);

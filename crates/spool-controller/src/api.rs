@@ -173,6 +173,7 @@ impl Controller {
                         incarnation: controller.options.incarnation,
                         address: controller.options.address.clone(),
                         client_address: controller.options.client_address.clone(),
+                        external_address: controller.options.external_address.clone(),
                         rack: controller.options.rack.clone(),
                     };
                     match controller.register(registration).await {

@@ -70,6 +70,8 @@ pub struct Registration {
     pub address: String,
     /// Its client listener's address.
     pub client_address: String,
+    /// Its external client listener's address, if it has one.
+    pub external_address: Option<String>,
     pub rack: Option<String>,
 }
 
@@ -170,6 +172,7 @@ impl Controller {
                 && !existing.fenced
                 && existing.address == registration.address
                 && existing.client_address == registration.client_address
+                && existing.external_address == registration.external_address
                 && existing.rack == registration.rack;
             if unchanged {
                 self.renew_lease(registration.broker);
@@ -187,6 +190,7 @@ impl Controller {
                     incarnation: registration.incarnation,
                     address: registration.address,
                     client_address: registration.client_address,
+                    external_address: registration.external_address,
                     rack: registration.rack,
                     fenced: false,
                     draining,

@@ -64,6 +64,9 @@ pub struct ControllerOptions {
     pub address: String,
     /// host:port clients reach this node at.
     pub client_address: String,
+    /// host:port clients outside the nodes' network reach this node at, if it has an
+    /// external listener.
+    pub external_address: Option<String>,
     pub rack: Option<String>,
     /// The controller's voters, by id, with their addresses.
     pub voters: BTreeMap<BrokerId, String>,

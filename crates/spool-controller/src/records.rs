@@ -148,6 +148,7 @@ mod tests {
                     incarnation: 77,
                     address: "127.0.0.1:9000".into(),
                     client_address: "127.0.0.1:9001".into(),
+                    external_address: Some("127.0.0.1:19001".into()),
                     rack: Some("a".into()),
                     fenced: false,
                     draining: false,
@@ -169,6 +170,7 @@ mod tests {
         let old = br#"{"id":3,"incarnation":9,"address":"h:7070","fenced":false}"#;
         let broker: BrokerRecord = serde_json::from_slice(old).unwrap();
         assert_eq!(broker.client_address(), "h:7070");
+        assert_eq!(broker.external_address, None);
     }
 
     #[test]
@@ -184,6 +186,7 @@ mod tests {
                     incarnation: 70,
                     address: "h:1".into(),
                     client_address: String::new(),
+                    external_address: None,
                     rack: None,
                     fenced: false,
                     draining: true,

@@ -158,6 +158,7 @@ impl Peers {
                 address: registration.address.clone(),
                 rack: registration.rack.clone().unwrap_or_default(),
                 client_address: registration.client_address.clone(),
+                external_address: registration.external_address.clone().unwrap_or_default(),
             })
             .await
             .map_err(|s| status(address, s))?

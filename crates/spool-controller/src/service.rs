@@ -66,6 +66,7 @@ impl controller_server::Controller for ControllerService {
                     r.client_address
                 },
                 address: r.address,
+                external_address: (!r.external_address.is_empty()).then_some(r.external_address),
                 rack: (!r.rack.is_empty()).then_some(r.rack),
             })
             .await;

@@ -34,6 +34,10 @@ pub struct BrokerRecord {
     /// were apart, when it was `address`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_address: String,
+    /// host:port of its external client listener, for clients outside the nodes' own
+    /// network (Kafka's advertised listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rack: Option<String>,
     /// Its lease lapsed: it gets no new replicas and no leadership until it registers
@@ -328,6 +332,11 @@ impl ClusterState {
     /// The address clients reach a broker at.
     pub fn client_address_of(&self, broker: BrokerId) -> Option<&str> {
         self.brokers.get(&broker).map(BrokerRecord::client_address)
+    }
+
+    /// The address clients of the external listener reach `broker` at, if it has one.
+    pub fn external_address_of(&self, broker: BrokerId) -> Option<&str> {
+        self.brokers.get(&broker)?.external_address.as_deref()
     }
 
     /// Every partition, with its topic.

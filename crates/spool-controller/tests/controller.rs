@@ -76,6 +76,7 @@ impl Node {
                     broker_id: id,
                     incarnation,
                     client_address: address.clone(),
+                    external_address: None,
                     address,
                     rack: None,
                     voters,

@@ -38,6 +38,13 @@ pub struct ServerConfig {
     pub http_listen: String,
     /// host:port clients should use to reach this node (default: the bound gRPC address).
     pub advertised_address: Option<String>,
+    /// A second client listener, for clients outside the nodes' own network (a host
+    /// reaching containers through published ports): off unless set. Clients that come in
+    /// through it are given every node's `external_advertised_address`.
+    pub external_listen: Option<String>,
+    /// host:port clients of the external listener reach this node at (default: the bound
+    /// external address).
+    pub external_advertised_address: Option<String>,
     /// gRPC listener for other nodes: Raft, the controller, ReplicaAdmin (default
     /// `127.0.0.1:7072`; port 0 picks a free one). Clients never need it: firewall it.
     pub cluster_listen: String,
@@ -135,6 +142,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7070".into(),
             http_listen: "127.0.0.1:7071".into(),
             advertised_address: None,
+            external_listen: None,
+            external_advertised_address: None,
             cluster_listen: "127.0.0.1:7072".into(),
             cluster_advertised_address: None,
             flush: FlushSetting::Always,

@@ -25,7 +25,7 @@ use crate::error::ServerError;
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
 use crate::services::{
-    ADMIN_MESSAGE_BYTES, AdminService, BrokerService, GroupsService, MAX_MESSAGE_BYTES,
+    ADMIN_MESSAGE_BYTES, AdminService, BrokerService, GroupsService, Listener, MAX_MESSAGE_BYTES,
     ReplicaAdminService,
 };
 
@@ -39,10 +39,12 @@ pub struct NodeHandle {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     cluster_addr: SocketAddr,
+    external_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    external_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     cluster_task: JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: JoinHandle<std::io::Result<()>>,
     grace: Duration,
@@ -67,6 +69,10 @@ impl Node {
         let grpc = bind(&config.listen).await?;
         let http = bind(&config.http_listen).await?;
         let cluster = bind(&config.cluster_listen).await?;
+        let external = match &config.external_listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
         let local = |listener: &TcpListener, address: &str| {
             listener.local_addr().map_err(|source| ServerError::Bind {
                 address: address.to_string(),
@@ -76,12 +82,22 @@ impl Node {
         let grpc_addr = local(&grpc, &config.listen)?;
         let http_addr = local(&http, &config.http_listen)?;
         let cluster_addr = local(&cluster, &config.cluster_listen)?;
+        let external_addr = match (&external, &config.external_listen) {
+            (Some(listener), Some(address)) => Some(local(listener, address)?),
+            _ => None,
+        };
         let options = BrokerOptions {
             node_id: config.node_id,
             advertised_address: config
                 .advertised_address
                 .clone()
                 .unwrap_or_else(|| grpc_addr.to_string()),
+            external_advertised_address: external_addr.map(|bound| {
+                config
+                    .external_advertised_address
+                    .clone()
+                    .unwrap_or_else(|| bound.to_string())
+            }),
             cluster_address: config
                 .cluster_advertised_address
                 .clone()
@@ -116,52 +132,62 @@ impl Node {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<BrokerServer<BrokerService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let broker_service = BrokerService {
-            broker: Arc::clone(&broker),
-            metrics: Arc::clone(&metrics),
-            fetch_sessions: Arc::new(tokio::sync::Semaphore::new(
-                config.max_fetch_sessions.max(1) as usize,
-            )),
-        };
-        let admin_service = AdminService {
-            broker: Arc::clone(&broker),
-            metrics: Arc::clone(&metrics),
-        };
-        let incoming = TcpListenerStream::new(grpc).map(|stream| {
-            stream.inspect(|s| {
-                // Small responses should not wait for Nagle's algorithm.
-                let _ = s.set_nodelay(true);
-            })
-        });
-        // Large windows: a 1 MiB produce request should not wait on window updates.
-        let grpc_server = tonic::transport::Server::builder()
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
-            .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
-            .add_service(
-                BrokerServer::new(broker_service)
+        let fetch_sessions = Arc::new(tokio::sync::Semaphore::new(
+            config.max_fetch_sessions.max(1) as usize,
+        ));
+        // The client services behind one listener; both listeners serve the same node.
+        let serve_clients = |listener: TcpListener, kind: Listener| -> Result<_, ServerError> {
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            let incoming = TcpListenerStream::new(listener).map(|stream| {
+                stream.inspect(|s| {
+                    // Small responses should not wait for Nagle's algorithm.
+                    let _ = s.set_nodelay(true);
+                })
+            });
+            // Large windows: a 1 MiB produce request should not wait on window updates.
+            let server = tonic::transport::Server::builder()
+                .initial_stream_window_size(4 * 1024 * 1024)
+                .initial_connection_window_size(16 * 1024 * 1024)
+                .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
+                .add_service(
+                    BrokerServer::new(BrokerService {
+                        broker: Arc::clone(&broker),
+                        metrics: Arc::clone(&metrics),
+                        fetch_sessions: Arc::clone(&fetch_sessions),
+                        listener: kind,
+                    })
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                AdminServer::new(admin_service)
+                )
+                .add_service(
+                    AdminServer::new(AdminService {
+                        broker: Arc::clone(&broker),
+                        metrics: Arc::clone(&metrics),
+                        listener: kind,
+                    })
                     .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                GroupsServer::new(GroupsService {
-                    broker: Arc::clone(&broker),
-                })
-                .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(health_service.clone())
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-        let grpc_task = tokio::spawn(grpc_server);
+                )
+                .add_service(
+                    GroupsServer::new(GroupsService {
+                        broker: Arc::clone(&broker),
+                        listener: kind,
+                    })
+                    .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .add_service(health_service.clone())
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            Ok(tokio::spawn(server))
+        };
+        let grpc_task = serve_clients(grpc, Listener::Internal)?;
+        let external_task = match external {
+            Some(listener) => Some(serve_clients(listener, Listener::External)?),
+            None => None,
+        };
         // What only nodes call, on a listener of its own.
         let cluster_incoming = TcpListenerStream::new(cluster).map(|stream| {
             stream.inspect(|s| {
@@ -197,10 +223,12 @@ impl Node {
             grpc_addr,
             http_addr,
             cluster_addr,
+            external_addr,
             broker,
             ready,
             stop,
             grpc_task,
+            external_task,
             cluster_task,
             http_task,
             grace: Duration::from_secs(config.shutdown_grace_secs),
@@ -215,6 +243,11 @@ impl NodeHandle {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound external client listener, if the node has one.
+    pub fn external_addr(&self) -> Option<SocketAddr> {
+        self.external_addr
     }
 
     /// The bound cluster listener (Raft, Controller, ReplicaAdmin).
@@ -234,7 +267,11 @@ impl NodeHandle {
         let mut report = ShutdownReport::default();
         let deadline = tokio::time::Instant::now() + self.grace;
         let mut served = Ok(());
-        for task in [&mut self.grpc_task, &mut self.cluster_task] {
+        let tasks = [Some(&mut self.grpc_task), self.external_task.as_mut()]
+            .into_iter()
+            .flatten()
+            .chain([&mut self.cluster_task]);
+        for task in tasks {
             match tokio::time::timeout_at(deadline, &mut *task).await {
                 Ok(joined) => {
                     if let Ok(Err(error)) = joined {

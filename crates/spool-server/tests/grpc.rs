@@ -463,6 +463,7 @@ async fn inter_node_services_are_served_on_the_cluster_listener_only() {
         address: "127.0.0.1:1".into(),
         rack: String::new(),
         client_address: String::new(),
+        external_address: String::new(),
     };
     let mut on_client_port = ControllerClient::connect(client_port.clone())
         .await

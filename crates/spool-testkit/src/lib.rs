@@ -9,6 +9,7 @@
 
 pub mod load;
 mod node;
+mod replicas;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,14 +17,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use spool_client::{Client, FetchOptions, FetchPosition, OffsetSpec};
+use spool_client::Client;
 use spool_proto::v1;
 use spool_proto::v1::replica_admin_client::ReplicaAdminClient;
 use spool_server::FlushSetting;
 
 pub use node::NodeSpec;
 use node::Running;
+pub use replicas::{Replicas, committed_batches, replicas_agree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
@@ -585,47 +586,7 @@ impl TestCluster {
         topic: &str,
         partition: u32,
     ) -> Result<Vec<Bytes>, TestkitError> {
-        let client = self.node_client(node).await?;
-        let fail = |e: spool_client::ClientError| TestkitError::Call {
-            node,
-            reason: e.to_string(),
-        };
-        let start = client
-            .list_offsets(vec![(topic.to_string(), partition, OffsetSpec::Earliest)])
-            .await
-            .map_err(fail)?
-            .into_iter()
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or(0);
-        let mut stream = client
-            .fetch(FetchOptions {
-                positions: vec![FetchPosition {
-                    topic: topic.to_string(),
-                    partition,
-                    offset: start,
-                    leader_epoch: None,
-                }],
-                max_bytes: 16 * 1024 * 1024,
-                min_bytes: 1,
-                max_wait: Duration::from_millis(10),
-                follow: false,
-            })
-            .await
-            .map_err(fail)?;
-        let mut batches = Vec::new();
-        while let Some(response) = stream.next().await {
-            for part in response.map_err(fail)? {
-                if let Some(error) = part.error {
-                    return Err(TestkitError::Call {
-                        node,
-                        reason: error.message,
-                    });
-                }
-                batches.extend(part.batches);
-            }
-        }
-        Ok(batches)
+        replicas::committed_batches(self, node, topic, partition).await
     }
 
     /// Waits until every running replica of a partition holds the same committed batches
@@ -637,22 +598,17 @@ impl TestCluster {
         partition: u32,
         within: Duration,
     ) -> Result<Vec<Bytes>, TestkitError> {
-        wait_for(within, "replicas to hold the same batches", || async {
-            let mut reference: Option<Vec<Bytes>> = None;
-            for node in replicas {
-                if !self.running().contains(node) {
-                    continue;
-                }
-                let batches = self.committed_batches(*node, topic, partition).await.ok()?;
-                match &reference {
-                    None => reference = Some(batches),
-                    Some(r) if *r == batches => {}
-                    Some(_) => return None,
-                }
-            }
-            reference
-        })
-        .await
+        replicas::replicas_agree(self, replicas, topic, partition, within).await
+    }
+}
+
+impl Replicas for TestCluster {
+    fn running(&self) -> Vec<u64> {
+        TestCluster::running(self)
+    }
+
+    async fn node_client(&self, node: u64) -> Result<Client, TestkitError> {
+        TestCluster::node_client(self, node).await
     }
 }
 

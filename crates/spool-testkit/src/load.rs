@@ -13,7 +13,7 @@ use spool_client::{
 };
 use tokio::task::JoinSet;
 
-use crate::{TestCluster, TestkitError};
+use crate::{Replicas, TestkitError, replicas_agree};
 
 /// Acknowledged (partition, offset, value), shared by the sending tasks.
 #[derive(Debug, Default)]
@@ -131,6 +131,14 @@ impl Load {
         self.acked.0.lock().map_or(0, |a| a.len())
     }
 
+    /// Records of `partition` acknowledged so far.
+    pub fn acked_on(&self, partition: u32) -> usize {
+        self.acked
+            .0
+            .lock()
+            .map_or(0, |a| a.iter().filter(|(p, _, _)| *p == partition).count())
+    }
+
     /// Stops sending, waits for every outstanding record to settle, and reports.
     pub async fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Release);
@@ -168,7 +176,7 @@ pub fn records_of(topic: &str, partition: u32, batches: &[Bytes]) -> Vec<Consume
 /// every replica, and each acknowledged value at its acknowledged offset. Returns how many
 /// records the partitions hold in all.
 pub async fn check_acknowledged(
-    cluster: &TestCluster,
+    cluster: &impl Replicas,
     topic: &str,
     replicas: &[Vec<u64>],
     report: &LoadReport,
@@ -177,9 +185,7 @@ pub async fn check_acknowledged(
     let mut total = 0;
     for (partition, nodes) in replicas.iter().enumerate() {
         let partition = partition as u32;
-        let batches = cluster
-            .replicas_agree(nodes, topic, partition, within)
-            .await?;
+        let batches = replicas_agree(cluster, nodes, topic, partition, within).await?;
         let stored: BTreeMap<i64, Option<Bytes>> = records_of(topic, partition, &batches)
             .into_iter()
             .map(|r| (r.offset, r.value))

@@ -193,8 +193,10 @@ impl Shard {
                         (outcome.records, reply)
                     }
                     Err(error) => {
-                        let reply: Reply = Box::new(move |_| {
-                            let _ = tx.send(Err(BrokerError::Group(error)));
+                        // A refusal stands only if the state it was judged on was still
+                        // this coordinator's when the batch was written.
+                        let reply: Reply = Box::new(move |written| {
+                            let _ = tx.send(written.and(Err(BrokerError::Group(error))));
                         });
                         (Vec::new(), reply)
                     }

@@ -9,6 +9,7 @@ pub fn options(dir: &std::path::Path) -> BrokerOptions {
     BrokerOptions {
         node_id: 1,
         advertised_address: "127.0.0.1:0".into(),
+        external_advertised_address: None,
         cluster_address: "127.0.0.1:0".into(),
         max_replicas_per_broker: 20_000,
         fetch_memory_bytes: spool_broker::FETCH_MEMORY_BYTES,

@@ -8,13 +8,14 @@ use spool_broker::{Broker, BrokerError, TopicInfo};
 use spool_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::wire_error;
+use super::{Listener, wire_error};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub(crate) struct AdminService {
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
+    pub listener: Listener,
 }
 
 fn result(name: String, outcome: Result<(), BrokerError>) -> v1::TopicResult {
@@ -108,7 +109,7 @@ impl v1::admin_server::Admin for AdminService {
                 .into_iter()
                 .map(|b| v1::ClusterBroker {
                     id: b.id,
-                    address: b.address,
+                    address: self.listener.address(&self.broker, b.id, b.address),
                     rack: b.rack.unwrap_or_default(),
                     fenced: b.fenced,
                     draining: b.draining,

@@ -13,7 +13,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::wire_error;
+use super::{Listener, wire_error};
 use crate::metrics::Metrics;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +36,7 @@ pub(crate) struct BrokerService {
     pub metrics: Arc<Metrics>,
     /// Fetch sessions open at once on this node; one more is refused.
     pub fetch_sessions: Arc<tokio::sync::Semaphore>,
+    pub listener: Listener,
 }
 
 fn too_many(what: String) -> Status {
@@ -104,7 +105,7 @@ impl v1::broker_server::Broker for BrokerService {
                 .into_iter()
                 .map(|(node_id, node)| v1::BrokerInfo {
                     node_id,
-                    address: node.address,
+                    address: self.listener.address(&self.broker, node_id, node.address),
                     rack: node.rack.unwrap_or_default(),
                 })
                 .collect(),
@@ -193,7 +194,7 @@ impl v1::broker_server::Broker for BrokerService {
                             failed = true;
                             v1::PartitionProduceResult {
                                 partition,
-                                error: Some(wire_error(&error)),
+                                error: Some(self.listener.wire_error(&self.broker, &error)),
                                 base_offset: -1,
                                 log_append_time_ms: -1,
                                 log_start_offset: -1,
@@ -301,7 +302,7 @@ impl v1::broker_server::Broker for BrokerService {
                     .broker
                     .list_offset(&p.topic, p.partition, query)
                     .await
-                    .map_err(|e| wire_error(&e)),
+                    .map_err(|e| self.listener.wire_error(&self.broker, &e)),
                 None => Err(v1::Error::new(
                     ErrorCode::InvalidRequest,
                     format!("unknown offset spec {}", p.spec),

@@ -8,11 +8,12 @@ use spool_group::{Assignment, HeartbeatRequest, MemberState, OffsetCommit};
 use spool_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::wire_error;
+use super::{Listener, wire_error};
 
 #[derive(Debug, Clone)]
 pub(crate) struct GroupsService {
     pub broker: Arc<Broker>,
+    pub listener: Listener,
 }
 
 fn status(error: &BrokerError) -> Status {
@@ -119,7 +120,7 @@ impl v1::groups_server::Groups for GroupsService {
             .map_err(|e| status(&e))?;
         Ok(Response::new(v1::FindCoordinatorResponse {
             node_id,
-            address,
+            address: self.listener.address(&self.broker, node_id, address),
         }))
     }
 

@@ -11,8 +11,36 @@ pub(crate) use broker::BrokerService;
 pub(crate) use groups::GroupsService;
 pub(crate) use replica_admin::ReplicaAdminService;
 
-use spool_broker::BrokerError;
+use spool_broker::{Broker, BrokerError};
 use spool_proto::v1;
+
+/// The client listener a request came in on. Each answers with addresses its own clients
+/// can reach: the external one with the nodes' external addresses (Kafka's advertised
+/// listeners), falling back to their ordinary ones for nodes without an external listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Internal,
+    External,
+}
+
+impl Listener {
+    /// Where clients of this listener reach `node`, whose ordinary address is `address`.
+    pub(crate) fn address(self, broker: &Broker, node: u64, address: String) -> String {
+        match self {
+            Listener::Internal => address,
+            Listener::External => broker.external_address_of(node).unwrap_or(address),
+        }
+    }
+
+    /// The wire form of a broker error, its leader hint addressed for this listener.
+    pub(crate) fn wire_error(self, broker: &Broker, error: &BrokerError) -> v1::Error {
+        let mut wire = wire_error(error);
+        if let Some(hint) = wire.leader.as_mut() {
+            hint.address = self.address(broker, hint.node_id, std::mem::take(&mut hint.address));
+        }
+        wire
+    }
+}
 
 /// The wire form of a broker error.
 pub(crate) fn wire_error(error: &BrokerError) -> v1::Error {

@@ -1,0 +1,181 @@
+//! The Docker engine and compose, driven through their command-line tools (what a user
+//! runs), every call bounded in time.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::SystemError;
+
+/// How long an ordinary docker call may take.
+const CALL_WITHIN: Duration = Duration::from_secs(120);
+/// How long building the image may take (a cold static build included).
+const BUILD_WITHIN: Duration = Duration::from_secs(45 * 60);
+
+/// A Docker engine that answers, and the compose tool to use with it.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    /// `docker-compose`, or `docker compose` where only the plugin is there.
+    compose: Vec<String>,
+}
+
+impl Docker {
+    /// The engine, or why the system tests cannot run here.
+    pub async fn detect() -> Result<Self, String> {
+        let version = call(
+            "docker",
+            &["version", "--format", "{{.Server.Version}}"],
+            &[],
+        )
+        .await
+        .map_err(|e| format!("no Docker engine answers ({e})"))?;
+        if version.trim().is_empty() {
+            return Err("no Docker engine answers (no server version)".into());
+        }
+        for compose in [vec!["docker-compose"], vec!["docker", "compose"]] {
+            let mut args: Vec<&str> = compose[1..].to_vec();
+            args.push("version");
+            if call(compose[0], &args, &[]).await.is_ok() {
+                return Ok(Self {
+                    compose: compose.into_iter().map(str::to_string).collect(),
+                });
+            }
+        }
+        Err("Docker answers but neither docker-compose nor `docker compose` runs".into())
+    }
+
+    /// Runs `docker ARGS`.
+    pub async fn docker(&self, args: &[&str]) -> Result<String, SystemError> {
+        call("docker", args, &[]).await
+    }
+
+    /// Runs compose with `ARGS` for `project`, with `env` set.
+    pub async fn compose(
+        &self,
+        project: &str,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> Result<String, SystemError> {
+        let file = workspace_root().join("deploy/docker-compose.yml");
+        let file = file.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
+        all.extend(["--project-name", project, "--file", &file]);
+        all.extend(args);
+        call(&self.compose[0], &all, env).await
+    }
+
+    /// The same, blocking: for cleanup from `Drop`, where no runtime may be at hand.
+    pub fn compose_blocking(
+        &self,
+        project: &str,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> Result<(), SystemError> {
+        let file = workspace_root().join("deploy/docker-compose.yml");
+        let status = std::process::Command::new(&self.compose[0])
+            .args(&self.compose[1..])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(["--project-name", project, "--file"])
+            .arg(file)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| SystemError::Command {
+                command: self.compose.join(" "),
+                reason: e.to_string(),
+            })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(SystemError::Command {
+                command: format!("{} {}", self.compose.join(" "), args.join(" ")),
+                reason: status.to_string(),
+            })
+        }
+    }
+
+    /// The image the tests run: built once per test process from this checkout with
+    /// `deploy/build-image.sh` (cargo and docker make a rebuild of nothing quick), so a
+    /// test never runs an image older than the code it tests.
+    pub async fn image(&self) -> Result<String, SystemError> {
+        static BUILT: tokio::sync::OnceCell<Result<String, String>> =
+            tokio::sync::OnceCell::const_new();
+        BUILT
+            .get_or_init(|| async {
+                let image = "spool:system-test".to_string();
+                let script = workspace_root().join("deploy/build-image.sh");
+                eprintln!("building the image {image} with {}", script.display());
+                let mut command = Command::new(&script);
+                command
+                    .env("IMAGE", &image)
+                    .current_dir(workspace_root())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true);
+                let status = tokio::time::timeout(BUILD_WITHIN, command.status()).await;
+                match status {
+                    Ok(Ok(status)) if status.success() => Ok(image),
+                    Ok(Ok(status)) => Err(format!("{} failed: {status}", script.display())),
+                    Ok(Err(error)) => Err(format!("{}: {error}", script.display())),
+                    Err(_) => Err(format!("{} took over {BUILD_WITHIN:?}", script.display())),
+                }
+            })
+            .await
+            .clone()
+            .map_err(|reason| SystemError::Command {
+                command: "deploy/build-image.sh".into(),
+                reason,
+            })
+    }
+}
+
+/// The checkout this crate lives in.
+pub fn workspace_root() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        manifest.parent().map_or(manifest.clone(), PathBuf::from)
+    })
+    .clone()
+}
+
+/// Runs a command to completion within `CALL_WITHIN`; its stdout, or why it failed.
+async fn call(
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<String, SystemError> {
+    let described = || format!("{program} {}", args.join(" "));
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(CALL_WITHIN, command.output())
+        .await
+        .map_err(|_| SystemError::Command {
+            command: described(),
+            reason: format!("no answer within {CALL_WITHIN:?}"),
+        })?
+        .map_err(|e| SystemError::Command {
+            command: described(),
+            reason: e.to_string(),
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(SystemError::Command {
+            command: described(),
+            reason: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
+}
