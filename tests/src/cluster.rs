@@ -43,9 +43,11 @@ impl ComposeCluster {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let turn = TURN.lock().await;
+        docker.remove_abandoned().await;
         let image = docker.image().await?;
         let project = format!(
-            "spoolsys{}x{}",
+            "{}{}x{}",
+            crate::docker::PROJECT_PREFIX,
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -91,14 +93,20 @@ impl ComposeCluster {
         Ok(Client::connect(&self.bootstrap(), CONNECT_WITHIN).await?)
     }
 
-    /// Waits until every node serves and the controller has registered all of them.
+    /// Waits until every node that is up answers on its own port and the controller has
+    /// all three registered (a node restarted within its session is never fenced, so the
+    /// registrations alone would not show that it serves again).
     pub async fn wait_serving(&self, within: Duration) -> Result<(), SystemError> {
-        let bootstrap = self.bootstrap();
-        wait_for(within, "three registered nodes", || async {
-            let client = Client::connect(&bootstrap, CONNECT_WITHIN).await.ok()?;
-            let cluster = client.describe_cluster().await.ok()?;
-            let live = cluster.brokers.iter().filter(|b| !b.fenced).count();
-            (live == NODES.len() && cluster.controller_leader.is_some()).then_some(())
+        wait_for(within, "every node serving, three registered", || async {
+            for node in self.running() {
+                let client = self.node_client(node).await.ok()?;
+                let cluster = client.describe_cluster().await.ok()?;
+                let live = cluster.brokers.iter().filter(|b| !b.fenced).count();
+                if live != NODES.len() || cluster.controller_leader.is_none() {
+                    return None;
+                }
+            }
+            Some(())
         })
         .await?;
         Ok(())

@@ -10,6 +10,8 @@ use tokio::process::Command;
 
 use crate::SystemError;
 
+/// Compose projects of these tests are named this, then the test process's id.
+pub(crate) const PROJECT_PREFIX: &str = "spoolsys";
 /// How long an ordinary docker call may take.
 const CALL_WITHIN: Duration = Duration::from_secs(120);
 /// How long building the image may take (a cold static build included).
@@ -67,6 +69,39 @@ impl Docker {
         call(&self.compose[0], &all, env).await
     }
 
+    /// Removes the projects of test processes that are gone (killed before their clusters'
+    /// `Drop` ran), with their containers and volumes.
+    pub async fn remove_abandoned(&self) {
+        let Ok(names) = self
+            .docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("name={PROJECT_PREFIX}"),
+                "--format",
+                "{{.Label \"com.docker.compose.project\"}}",
+            ])
+            .await
+        else {
+            return;
+        };
+        let projects: std::collections::BTreeSet<&str> = names.lines().collect();
+        for project in projects {
+            let owner = project
+                .strip_prefix(PROJECT_PREFIX)
+                .and_then(|rest| rest.split('x').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let Some(pid) = owner else { continue };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            eprintln!("removing the abandoned compose project {project}");
+            let _ = self
+                .compose(project, &[], &["down", "-v", "-t", "1", "--remove-orphans"])
+                .await;
+        }
+    }
+
     /// The same, blocking: for cleanup from `Drop`, where no runtime may be at hand.
     pub fn compose_blocking(
         &self,
@@ -75,7 +110,11 @@ impl Docker {
         args: &[&str],
     ) -> Result<(), SystemError> {
         let file = workspace_root().join("deploy/docker-compose.yml");
-        let status = std::process::Command::new(&self.compose[0])
+        let failed = |reason: String| SystemError::Command {
+            command: format!("{} {}", self.compose.join(" "), args.join(" ")),
+            reason,
+        };
+        let mut child = std::process::Command::new(&self.compose[0])
             .args(&self.compose[1..])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["--project-name", project, "--file"])
@@ -83,18 +122,24 @@ impl Docker {
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .map_err(|e| SystemError::Command {
-                command: self.compose.join(" "),
-                reason: e.to_string(),
-            })?;
+            .spawn()
+            .map_err(|e| failed(e.to_string()))?;
+        // Bounded like every other call: a hung engine must not hang the test.
+        let deadline = std::time::Instant::now() + CALL_WITHIN;
+        let status = loop {
+            match child.try_wait().map_err(|e| failed(e.to_string()))? {
+                Some(status) => break status,
+                None if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    return Err(failed(format!("no answer within {CALL_WITHIN:?}")));
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
         if status.success() {
             Ok(())
         } else {
-            Err(SystemError::Command {
-                command: format!("{} {}", self.compose.join(" "), args.join(" ")),
-                reason: status.to_string(),
-            })
+            Err(failed(status.to_string()))
         }
     }
 

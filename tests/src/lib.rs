@@ -24,10 +24,20 @@ pub enum SystemError {
     Client(#[from] spool_client::ClientError),
 }
 
+/// Set to `require` (as CI does where Docker answers), a test that cannot use Docker fails
+/// instead of skipping.
+pub const REQUIRE_VARIABLE: &str = "SPOOL_SYSTEM_TESTS";
+
 /// The engine, or `None` after saying on stderr why `test` is skipped.
+///
+/// # Panics
+/// When Docker cannot be used and `SPOOL_SYSTEM_TESTS=require`.
 pub async fn docker_or_skip(test: &str) -> Option<Docker> {
     match Docker::detect().await {
         Ok(docker) => Some(docker),
+        Err(reason) if std::env::var(REQUIRE_VARIABLE).as_deref() == Ok("require") => {
+            panic!("{test} cannot run although {REQUIRE_VARIABLE}=require: {reason}")
+        }
         Err(reason) => {
             eprintln!("SKIPPED {test}: {reason}");
             None

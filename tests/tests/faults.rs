@@ -38,11 +38,15 @@ async fn load(client: &Client, topic: &str) -> Load {
     load
 }
 
-/// Waits until `partition` gets an acknowledgement it did not have when called.
-async fn next_ack(load: &Load, partition: u32) {
-    let before = load.acked_on(partition);
-    wait_for(WITHIN, "a write acknowledged again", || async {
-        (load.acked_on(partition) > before).then_some(())
+/// Waits until each of `partitions` gets an acknowledgement it did not have when called.
+async fn next_acks(load: &Load, partitions: &[u32]) {
+    let before: Vec<usize> = partitions.iter().map(|p| load.acked_on(*p)).collect();
+    wait_for(WITHIN, "writes acknowledged again", || async {
+        partitions
+            .iter()
+            .zip(&before)
+            .all(|(p, n)| load.acked_on(*p) > *n)
+            .then_some(())
     })
     .await
     .expect("writes are acknowledged again");
@@ -77,19 +81,25 @@ async fn killing_partition_and_controller_leaders_loses_no_acknowledged_write() 
     let load = load(&client, "kills").await;
     let mut windows = Vec::new();
     for round in 0..4u32 {
-        let partition = round % PARTITIONS;
-        // Three partition leaders, then the controller's.
-        let victim = if round == 3 {
-            cluster.controller_leader(WITHIN).await.expect("controller")
+        // Three partition leaders (timed to that partition's next acknowledged write), then
+        // the controller's (timed to every partition's).
+        let (victim, timed) = if round == 3 {
+            let all: Vec<u32> = (0..PARTITIONS).collect();
+            (
+                cluster.controller_leader(WITHIN).await.expect("controller"),
+                all,
+            )
         } else {
-            cluster
-                .leader("kills", partition, WITHIN)
+            let leader = cluster
+                .leader("kills", round, WITHIN)
                 .await
-                .expect("leader")
+                .expect("leader");
+            (leader, vec![round])
         };
-        let killed_at = Instant::now();
         cluster.kill(victim).await.expect("kill");
-        next_ack(&load, partition).await;
+        // From when the kill returned: the node is dead by then.
+        let killed_at = Instant::now();
+        next_acks(&load, &timed).await;
         windows.push(killed_at.elapsed());
         cluster.start(victim).await.expect("start");
         cluster.wait_serving(WITHIN).await.expect("serving again");
@@ -162,4 +172,61 @@ async fn compose_down_and_up_keeps_topics_records_and_committed_offsets() {
         "{} acknowledged records and the group's offsets kept across compose down and up",
         report.acked.len()
     );
+}
+
+/// A fault done to one node and undone: what the fault tests have in common.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `docker pause` (SIGSTOP through the freezer) for longer than an election takes:
+    /// a leader that wakes up must not acknowledge anything of its old term.
+    Pause,
+    /// `docker network disconnect`: the leader is cut off from the others (and from the
+    /// host); the majority elects another, the cut node truncates its tail on return.
+    Disconnect,
+}
+
+/// Under acks=all load, does `fault` to the leader of each partition in turn, waits for
+/// that partition to acknowledge writes again elsewhere, undoes it, and checks every
+/// acknowledged record on every replica.
+async fn survive(name: &str, fault: Fault) {
+    let Some(docker) = docker_or_skip(name).await else {
+        return;
+    };
+    let cluster = ComposeCluster::up(&docker).await.expect("cluster");
+    let client = cluster.client().await.expect("client");
+    create_topic(&client, name).await;
+    let load = load(&client, name).await;
+    let mut windows = Vec::new();
+    for partition in 0..PARTITIONS {
+        let victim = cluster
+            .leader(name, partition, WITHIN)
+            .await
+            .expect("leader");
+        match fault {
+            Fault::Pause => cluster.pause(victim).await,
+            Fault::Disconnect => cluster.disconnect(victim).await,
+        }
+        .expect("fault");
+        let struck_at = Instant::now();
+        next_acks(&load, &[partition]).await;
+        windows.push(struck_at.elapsed());
+        match fault {
+            Fault::Pause => cluster.unpause(victim).await,
+            Fault::Disconnect => cluster.connect(victim).await,
+        }
+        .expect("undo the fault");
+        cluster.wait_serving(WITHIN).await.expect("serving again");
+    }
+    eprintln!("{fault:?} of a leader -> next acks=all write acknowledged: {windows:?}");
+    check(&cluster, name, load).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_that_wakes_up_loses_no_acknowledged_write() {
+    survive("paused", Fault::Pause).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_the_network_loses_no_acknowledged_write() {
+    survive("cutoff", Fault::Disconnect).await;
 }

@@ -163,6 +163,15 @@ mod tests {
         assert_eq!(decode_batch(&bytes).unwrap(), records);
     }
 
+    /// A broker record from a later version, with a field this one does not know, reads
+    /// without it (a node rolled back keeps reading the metadata log).
+    #[test]
+    fn a_broker_record_with_an_unknown_field_reads_without_it() {
+        let newer = br#"{"id":3,"incarnation":9,"address":"h:7072","client_address":"h:7070","listeners":{"kafka":"h:9092"},"fenced":false}"#;
+        let broker: BrokerRecord = serde_json::from_slice(newer).unwrap();
+        assert_eq!(broker.client_address(), "h:7070");
+    }
+
     /// Records written before brokers had a client address of their own read as before:
     /// clients are sent to the one address.
     #[test]

@@ -23,8 +23,10 @@ pub struct ReplicaRef {
     pub incarnation: Incarnation,
 }
 
+/// Fields a later version adds are skipped when read (not refused), so that a node can be
+/// rolled back after a newer one registered: a broker's record is what other nodes learn of
+/// it, and each new listener or attribute lands here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BrokerRecord {
     pub id: BrokerId,
     pub incarnation: Incarnation,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spool_broker::{
-    Acks, Broker, FetchChunk, FetchPosition, FetchSpec, OffsetQuery, ProducePartition,
+    Acks, Broker, BrokerError, FetchChunk, FetchPosition, FetchSpec, OffsetQuery, ProducePartition,
 };
 use spool_proto::v1;
 use spool_types::ErrorCode;
@@ -13,7 +13,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Listener, wire_error};
+use super::Listener;
 use crate::metrics::Metrics;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,7 +91,7 @@ impl v1::broker_server::Broker for BrokerService {
                 },
                 Err((name, error)) => v1::TopicMetadata {
                     name,
-                    error: Some(wire_error(&error)),
+                    error: Some(self.listener.wire_error(&self.broker, &error)),
                     internal: false,
                     partitions: Vec::new(),
                 },
@@ -278,6 +278,8 @@ impl v1::broker_server::Broker for BrokerService {
             sent: Vec::new(),
             _session: session,
             metrics: Arc::clone(&self.metrics),
+            broker: Arc::clone(&self.broker),
+            listener: self.listener,
         };
         self.metrics.fetch.record(start, false);
         Ok(Response::new(Box::pin(stream)))
@@ -339,6 +341,9 @@ struct MeteredFetch {
     /// The session's place among the node's fetch sessions, held while the stream lives.
     _session: tokio::sync::OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
+    /// For the leader hints of errors, addressed for the listener the fetch came in on.
+    broker: Arc<Broker>,
+    listener: Listener,
 }
 
 impl Stream for MeteredFetch {
@@ -353,13 +358,19 @@ impl Stream for MeteredFetch {
         Pin::new(&mut this.chunks).poll_next(cx).map(|next| {
             next.map(|mut chunk| {
                 this.sent = std::mem::take(&mut chunk.memory);
-                Ok(to_wire(chunk, &this.metrics))
+                Ok(to_wire(chunk, &this.metrics, |e| {
+                    this.listener.wire_error(&this.broker, e)
+                }))
             })
         })
     }
 }
 
-fn to_wire(chunk: FetchChunk, metrics: &Metrics) -> v1::FetchResponse {
+fn to_wire(
+    chunk: FetchChunk,
+    metrics: &Metrics,
+    wire_error: impl Fn(&BrokerError) -> v1::Error,
+) -> v1::FetchResponse {
     let partitions = chunk
         .partitions
         .into_iter()
@@ -369,7 +380,7 @@ fn to_wire(chunk: FetchChunk, metrics: &Metrics) -> v1::FetchResponse {
             v1::FetchPartitionData {
                 topic: p.topic,
                 partition: p.partition,
-                error: p.error.as_ref().map(wire_error),
+                error: p.error.as_ref().map(&wire_error),
                 high_watermark: p.high_watermark,
                 log_start_offset: p.log_start_offset,
                 batches: p.batches,
