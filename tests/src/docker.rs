@@ -114,7 +114,7 @@ impl Docker {
             command: format!("{} {}", self.compose.join(" "), args.join(" ")),
             reason,
         };
-        let mut child = std::process::Command::new(&self.compose[0])
+        let child = std::process::Command::new(&self.compose[0])
             .args(&self.compose[1..])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["--project-name", project, "--file"])
@@ -124,16 +124,21 @@ impl Docker {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| failed(e.to_string()))?;
-        // Bounded like every other call: a hung engine must not hang the test.
-        let deadline = std::time::Instant::now() + CALL_WITHIN;
-        let status = loop {
-            match child.try_wait().map_err(|e| failed(e.to_string()))? {
-                Some(status) => break status,
-                None if std::time::Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    return Err(failed(format!("no answer within {CALL_WITHIN:?}")));
-                }
-                None => std::thread::sleep(Duration::from_millis(50)),
+        // Bounded like every other call: a hung engine must not hang the test. A thread
+        // waits for the exit and says so; this side waits on that, with a deadline.
+        let pid = child.id();
+        let (exited, exit) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = exited.send(child.wait());
+        });
+        let status = match exit.recv_timeout(CALL_WITHIN) {
+            Ok(waited) => waited.map_err(|e| failed(e.to_string()))?,
+            Err(_) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                return Err(failed(format!("no answer within {CALL_WITHIN:?}")));
             }
         };
         if status.success() {

@@ -38,6 +38,16 @@ async fn load(client: &Client, topic: &str) -> Load {
     load
 }
 
+/// A cluster with `topic` under acks=all load, or `None` when `test` is skipped.
+async fn loaded(test: &str, topic: &str) -> Option<(ComposeCluster, Client, Load)> {
+    let docker = docker_or_skip(test).await?;
+    let cluster = ComposeCluster::up(&docker).await.expect("cluster");
+    let client = cluster.client().await.expect("client");
+    create_topic(&client, topic).await;
+    let load = load(&client, topic).await;
+    Some((cluster, client, load))
+}
+
 /// Waits until each of `partitions` gets an acknowledgement it did not have when called.
 async fn next_acks(load: &Load, partitions: &[u32]) {
     let before: Vec<usize> = partitions.iter().map(|p| load.acked_on(*p)).collect();
@@ -72,13 +82,11 @@ async fn check(cluster: &ComposeCluster, topic: &str, load: Load) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_partition_and_controller_leaders_loses_no_acknowledged_write() {
-    let Some(docker) = docker_or_skip("killing_partition_and_controller_leaders").await else {
+    let Some((cluster, _, load)) =
+        loaded("killing_partition_and_controller_leaders", "kills").await
+    else {
         return;
     };
-    let cluster = ComposeCluster::up(&docker).await.expect("cluster");
-    let client = cluster.client().await.expect("client");
-    create_topic(&client, "kills").await;
-    let load = load(&client, "kills").await;
     let mut windows = Vec::new();
     for round in 0..4u32 {
         // Three partition leaders (timed to that partition's next acknowledged write), then
@@ -110,13 +118,9 @@ async fn killing_partition_and_controller_leaders_loses_no_acknowledged_write() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_down_and_up_keeps_topics_records_and_committed_offsets() {
-    let Some(docker) = docker_or_skip("compose_down_and_up").await else {
+    let Some((cluster, client, load)) = loaded("compose_down_and_up", "kept").await else {
         return;
     };
-    let cluster = ComposeCluster::up(&docker).await.expect("cluster");
-    let client = cluster.client().await.expect("client");
-    create_topic(&client, "kept").await;
-    let load = load(&client, "kept").await;
     let report = load.finish().await;
     // A group's progress, committed through its coordinator (reached at the address the
     // host listener gives for it).
@@ -189,13 +193,9 @@ enum Fault {
 /// that partition to acknowledge writes again elsewhere, undoes it, and checks every
 /// acknowledged record on every replica.
 async fn survive(name: &str, fault: Fault) {
-    let Some(docker) = docker_or_skip(name).await else {
+    let Some((cluster, _, load)) = loaded(name, name).await else {
         return;
     };
-    let cluster = ComposeCluster::up(&docker).await.expect("cluster");
-    let client = cluster.client().await.expect("client");
-    create_topic(&client, name).await;
-    let load = load(&client, name).await;
     let mut windows = Vec::new();
     for partition in 0..PARTITIONS {
         let victim = cluster

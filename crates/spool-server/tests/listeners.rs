@@ -16,7 +16,7 @@ const EXTERNAL: &str = "edge.example:17073";
 
 /// A node on free ports, with an external listener advertised as `external` if given.
 async fn start(dir: &std::path::Path, external: Option<&str>) -> NodeHandle {
-    Node::start(ServerConfig {
+    let node = Node::start(ServerConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
@@ -26,7 +26,13 @@ async fn start(dir: &std::path::Path, external: Option<&str>) -> NodeHandle {
         ..ServerConfig::default()
     })
     .await
-    .unwrap()
+    .unwrap();
+    // Answers name this node once the controller has registered it.
+    node.broker()
+        .wait_registered(Duration::from_secs(20))
+        .await
+        .unwrap();
+    node
 }
 
 async fn channel(address: std::net::SocketAddr) -> Channel {
@@ -37,24 +43,14 @@ async fn channel(address: std::net::SocketAddr) -> Channel {
         .unwrap()
 }
 
-/// The brokers a listener's metadata names, once the node has registered itself.
+/// The brokers a listener's metadata names (call once the node has registered itself).
 async fn brokers(channel: &Channel) -> Vec<v1::BrokerInfo> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metadata = BrokerClient::new(channel.clone())
-            .metadata(v1::MetadataRequest { topics: Vec::new() })
-            .await
-            .unwrap()
-            .into_inner();
-        if !metadata.brokers.is_empty() {
-            return metadata.brokers;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    BrokerClient::new(channel.clone())
+        .metadata(v1::MetadataRequest { topics: Vec::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .brokers
 }
 
 #[tokio::test]

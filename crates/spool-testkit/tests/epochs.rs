@@ -212,3 +212,64 @@ async fn stale_leader_epochs_are_fenced_and_metadata_reports_terms_and_racks() {
     );
     assert_eq!(produce_with(&client, new_epoch).await, None);
 }
+
+/// A leader cut off from its quorum keeps its term and a frozen high watermark; offsets
+/// the new leader wrote since are past that, but it must not call them out of range (nor
+/// say where the partition ends): a quorum no longer confirms it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_calls_nothing_out_of_range() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    cluster.create_topic(TOPIC, 1, 3).await.expect("topic");
+    let old = cluster.leader(TOPIC, 0, ELECTION).await.expect("leader");
+    let to_old = cluster.node_client(old).await.expect("client");
+    let (_, old_epoch) = leader_epoch(&to_old).await;
+    assert_eq!(produce_with(&to_old, old_epoch).await, None);
+    let end = list_offset(&to_old, OffsetSpec::Latest)
+        .await
+        .expect("the leader knows the end");
+
+    cluster.isolate(old).await.expect("isolate");
+    let others: Vec<u64> = cluster
+        .node_ids()
+        .into_iter()
+        .filter(|n| *n != old)
+        .collect();
+    let new = spool_testkit::wait_for(ELECTION, "a new leader", || async {
+        for node in &others {
+            let client = cluster.node_client(*node).await.ok()?;
+            let (leader, epoch) = leader_epoch(&client).await;
+            if leader == *node && epoch > old_epoch {
+                return Some((client, epoch));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the majority elects a leader");
+    let (to_new, new_epoch) = new;
+    for _ in 0..3 {
+        assert_eq!(produce_with(&to_new, new_epoch).await, None);
+    }
+
+    // Past the old leader's frozen end, in its own epoch: it waits, it does not say
+    // out of range, and it does not claim to know the end.
+    assert_eq!(
+        list_offset(&to_old, OffsetSpec::Latest).await,
+        Err(ErrorCode::NotLeader)
+    );
+    let mut stream = fetch_from(&to_old, end + 2, old_epoch, true).await;
+    match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        Err(_) => {}
+        Ok(answer) => {
+            let answer = answer.expect("a response").expect("no error");
+            assert_ne!(
+                answer[0].error.as_ref().map(|e| e.code),
+                Some(ErrorCode::OffsetOutOfRange),
+                "an isolated leader called an offset the partition has out of range"
+            );
+        }
+    }
+    cluster.heal_all().await.expect("heal");
+}
