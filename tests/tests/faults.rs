@@ -13,6 +13,8 @@ use spool_testkit::{Replicas, wait_for};
 
 const PARTITIONS: u32 = 3;
 const WITHIN: Duration = Duration::from_secs(60);
+/// What `docker stop` gives a node before it kills it.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 async fn create_topic(client: &Client, name: &str) {
     client
@@ -114,6 +116,38 @@ async fn killing_partition_and_controller_leaders_loses_no_acknowledged_write() 
     }
     eprintln!("docker kill of a leader -> next acks=all write acknowledged: {windows:?}");
     check(&cluster, "kills", load).await;
+}
+
+/// Each node in turn stopped cleanly (`docker stop`) and started again, as an upgrade
+/// does: a stopping node hands its leaderships over first, so that no partition waits
+/// for an election once it is gone, and it stops well within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
+    let Some((cluster, _, load)) = loaded("a_rolling_restart", "rolling").await else {
+        return;
+    };
+    let all: Vec<u32> = (0..PARTITIONS).collect();
+    let mut stops = Vec::new();
+    let mut windows = Vec::new();
+    for node in cluster.running() {
+        let began = Instant::now();
+        cluster.stop(node, STOP_GRACE).await.expect("stop");
+        let took = began.elapsed();
+        // Every partition acknowledges again with the node gone.
+        next_acks(&load, &all).await;
+        windows.push(began.elapsed());
+        stops.push(took);
+        assert!(
+            took < STOP_GRACE,
+            "node {node} took {took:?} to stop: it was killed at the end of its grace"
+        );
+        cluster.start(node).await.expect("start");
+        cluster.wait_serving(WITHIN).await.expect("serving again");
+    }
+    eprintln!(
+        "rolling restart: docker stop took {stops:?}; from each stop to every partition acknowledging with the node gone: {windows:?}"
+    );
+    check(&cluster, "rolling", load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,9 @@ pub struct BrokerOptions {
     /// ReplicaAdmin).
     pub cluster_address: String,
     pub data_dir: PathBuf,
+    /// Free space on the data volume under which produce requests are refused (`None`:
+    /// the default, see `DiskSpace`).
+    pub min_free_bytes: Option<u64>,
     pub flush: FlushPolicy,
     pub topic_defaults: TopicConfig,
     /// Partitions of a topic created without a count.
@@ -215,6 +218,7 @@ impl Broker {
             node_id: options.node_id,
             state_dir: options.data_dir.clone(),
             timing: options.raft_timing,
+            min_free_bytes: options.min_free_bytes,
         })
         .map_err(BrokerError::from)?;
         // The voters are where the configuration says, whatever an older membership of
@@ -521,11 +525,19 @@ impl Broker {
             Acks::All => AckLevel::All,
             Acks::Leader | Acks::None => AckLevel::Leader,
         };
+        // One look at the volume per request: a nearly full one refuses every write in it.
+        let full = match self.raft.disk().admit_client_write() {
+            Err(ReplicaError::DiskFull { available, floor }) => Some((available, floor)),
+            _ => None,
+        };
         let appends = partitions.into_iter().map(|produce| async move {
             let (partition, batches) = self
                 .validate(&produce, now_ms)
                 .await
                 .map_err(|e| self.for_clients(e))?;
+            if let Some((available, floor)) = full {
+                return Err(BrokerError::DiskFull { available, floor });
+            }
             let append = {
                 let replica = Arc::clone(&partition.replica);
                 async move { replica.append(batches, level).await }
@@ -704,6 +716,9 @@ impl From<ReplicaError> for BrokerError {
                 address: leader_address,
             },
             ReplicaError::ShuttingDown => BrokerError::ShuttingDown,
+            ReplicaError::DiskFull { available, floor } => {
+                BrokerError::DiskFull { available, floor }
+            }
             ReplicaError::Storage(e) => BrokerError::from(e),
             other => BrokerError::Replication {
                 reason: other.to_string(),

@@ -55,6 +55,10 @@ pub enum BrokerError {
     Replication { reason: String },
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error(
+        "this node's data volume has {available} bytes free, under its floor of {floor} (min_free_bytes): it refuses writes until space is freed (delete or shorten topics) or retention runs"
+    )]
+    DiskFull { available: u64, floor: u64 },
     #[error("data directory {dir} is in use by another Spool process")]
     DirectoryInUse { dir: String },
     /// A metadata change the controller refused or could not make; its code is kept.
@@ -100,6 +104,7 @@ impl BrokerError {
             BrokerError::Storage(_)
             | BrokerError::Replication { .. }
             | BrokerError::ShuttingDown
+            | BrokerError::DiskFull { .. }
             | BrokerError::WrongNode { .. }
             | BrokerError::DirectoryInUse { .. } => ErrorCode::StorageError,
             BrokerError::TimedOut { .. } => ErrorCode::RequestTimedOut,

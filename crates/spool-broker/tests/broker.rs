@@ -15,69 +15,7 @@ use spool_log::batch::{BatchBuilder, BatchOptions, Compression};
 use spool_types::ErrorCode;
 
 mod common;
-use common::options;
-
-fn batch(values: &[&str]) -> Bytes {
-    let mut builder = BatchBuilder::new(BatchOptions::default());
-    for v in values {
-        builder.append(1_700_000_000_000, None, Some(v.as_bytes()), &[]);
-    }
-    builder.finish()
-}
-
-fn produce(topic: &str, partition: u32, batches: Vec<Bytes>) -> ProducePartition {
-    ProducePartition {
-        topic: topic.into(),
-        partition,
-        batches,
-        leader_epoch: None,
-    }
-}
-
-fn values(batches: &[Bytes]) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let batch = RecordBatch::new(b).unwrap();
-            batch
-                .records()
-                .unwrap()
-                .map(|r| String::from_utf8(r.unwrap().value().unwrap().to_vec()).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// A fetch of every partition of `topic` from offset 0 that ends once caught up.
-fn from_start(topic: &str, partitions: u32) -> FetchSpec {
-    FetchSpec {
-        positions: (0..partitions)
-            .map(|p| FetchPosition {
-                topic: topic.into(),
-                partition: p,
-                offset: 0,
-                max_bytes: None,
-                leader_epoch: None,
-            })
-            .collect(),
-        max_bytes: 1024 * 1024,
-        min_bytes: 1,
-        max_wait: Duration::from_millis(100),
-        follow: false,
-    }
-}
-
-async fn read_all(broker: &Arc<Broker>, topic: &str, partitions: u32) -> Vec<Vec<String>> {
-    let mut rx = broker.fetch(from_start(topic, partitions), 2);
-    let mut out = vec![Vec::new(); partitions as usize];
-    while let Some(chunk) = rx.recv().await {
-        for p in chunk.partitions {
-            assert!(p.error.is_none(), "{:?}", p.error);
-            out[p.partition as usize].extend(values(&p.batches));
-        }
-    }
-    out
-}
+use common::{batch, from_start, options, produce, read_all, values};
 
 /// Opens the broker once the dropped one's writer thread has let go of the directory.
 async fn reopen(dir: &std::path::Path) -> Arc<Broker> {

@@ -55,7 +55,7 @@ enum Command {
     /// Start a local three-node cluster with its data directories and show how to use it.
     Dev(node::DevArgs),
     /// Run a node.
-    Serve(node::ServeArgs),
+    Serve(Box<node::ServeArgs>),
     /// Create, list, describe, alter and delete topics.
     Topic {
         #[command(subcommand)]
@@ -193,7 +193,7 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match command {
             Command::Dev(args) => node::dev(args).await,
-            Command::Serve(args) => node::serve(args).await,
+            Command::Serve(args) => node::serve(*args).await,
             Command::Topic { command } => topic::run(command, &context).await,
             Command::Cluster { command } => cluster::status(command, &context).await,
             Command::Partition { command } => cluster::partition(command, &context).await,

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// This node's rack, for spreading replicas.
     #[arg(long, env = "SPOOL_RACK")]
     rack: Option<String>,
+    /// Free bytes on the data volume under which writes are refused (default: 1 GiB, or
+    /// a twentieth of a smaller volume; 0 refuses nothing).
+    #[arg(long, env = "SPOOL_MIN_FREE_BYTES")]
+    min_free_bytes: Option<u64>,
 }
 
 impl ServeArgs {
@@ -93,6 +97,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.external_advertised_address {
             config.external_advertised_address = Some(v);
+        }
+        if let Some(v) = self.min_free_bytes {
+            config.min_free_bytes = Some(v);
         }
         if let Some(v) = self.cluster_listen {
             config.cluster_listen = v;

@@ -60,6 +60,7 @@ impl Node {
         let dir = dir.to_path_buf();
         let (controller, agent) = runtime.block_on(async move {
             let raft = RaftNode::open(RaftNodeOptions {
+                min_free_bytes: None,
                 node_id: id,
                 state_dir: dir.clone(),
                 timing: RaftTiming {
@@ -376,6 +377,7 @@ fn a_second_node_claiming_a_live_id_is_refused() {
     // A voter id claimed from another address does not even start a controller.
     let err = runtime.block_on(async {
         let raft = RaftNode::open(RaftNodeOptions {
+            min_free_bytes: None,
             node_id: 1,
             state_dir: dir.path().join("d"),
             timing: RaftTiming::default(),

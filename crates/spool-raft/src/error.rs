@@ -41,6 +41,11 @@ pub enum ReplicaError {
     StateFile { path: PathBuf, reason: String },
     #[error("invalid membership: {0}")]
     Membership(String),
+    /// The node's data volume is under its free-space floor (`min_free_bytes`).
+    #[error(
+        "the node's data volume has {available} bytes free, under its floor of {floor} (min_free_bytes): writes are refused until space is freed (delete or shorten topics) or retention runs"
+    )]
+    DiskFull { available: u64, floor: u64 },
 }
 
 fn leader_hint(leader: &Option<NodeId>, address: &Option<String>) -> String {

@@ -11,11 +11,14 @@
 //!   streamed replication, heartbeats batched per node, a fault layer for tests.
 //! - `RaftNode` hosts a node's replicas and their lifecycle; `PartitionReplica` is the
 //!   interface the broker writes through; idle groups stop their timers and nodes watch
-//!   each other instead (`liveness`).
+//!   each other instead (`liveness`); a stopping node hands its groups over first
+//!   (`handover`).
 
 mod codec;
+mod disk;
 mod error;
 pub mod flusher;
+mod handover;
 mod liveness;
 pub mod log_store;
 pub mod network;
@@ -28,8 +31,10 @@ mod storage;
 mod types;
 
 pub use codec::{decode_membership, encode_membership};
+pub use disk::DiskSpace;
 pub use error::{CodecError, ReplicaError};
 pub use flusher::Flusher;
+pub use handover::HandOver;
 pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec, sweep_deleted};
 pub use rebuild::group_of_dir;
 pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica, RaftProgress, ReplicaChanges};

@@ -11,7 +11,11 @@
 //!   heartbeats at once; any message from the leader wakes a quiet follower.
 //! - A peer that stops answering pings wakes every quiet follower whose leader it hosts:
 //!   their timers resume, their leader's lease is long gone, and they elect at once (with
-//!   a random delay each, so that they do not split the votes).
+//!   a random delay each, so that they do not split the votes). While it stays silent, its
+//!   groups here stay awake: a follower refuses to quiesce for a leader it cannot reach,
+//!   and any that went quiet anyway is woken again. A node can be silent one way only (a
+//!   stopping node closes its listener but still heartbeats through its own connections);
+//!   if its groups went quiet again, its real death later would go unnoticed.
 //! - A peer that comes back, or restarts, wakes every quiet leader of a group it is in,
 //!   so that it learns its leaders and catches up.
 //!
@@ -36,12 +40,16 @@ const PING_EVERY: Duration = Duration::from_millis(200);
 const PING_TIMEOUT: Duration = Duration::from_millis(400);
 /// How often leaders look for groups to quiesce.
 const QUIESCE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// While a peer stays silent, how often its quiet groups here are looked for again.
+const REWAKE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct PeerState {
     last_ok: Instant,
     boot_id: Option<u64>,
     down: bool,
+    /// When its quiet groups here were last woken.
+    woken_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -101,12 +109,14 @@ fn observe(node: &RaftNode, peer: NodeId, answer: Option<u64>) {
     let down_after = Duration::from_millis(node.timing().election_min_ms);
     let mut wake_leaders = false;
     let mut wake_followers = false;
+    let mut first_silence = false;
     {
         let mut peers = node.liveness().peers.lock();
         let state = peers.entry(peer).or_insert(PeerState {
             last_ok: now,
             boot_id: None,
             down: false,
+            woken_at: now,
         });
         match answer {
             Some(boot_id) => {
@@ -117,8 +127,11 @@ fn observe(node: &RaftNode, peer: NodeId, answer: Option<u64>) {
                 state.down = false;
             }
             None => {
-                if !state.down && now.duration_since(state.last_ok) >= down_after {
+                let silent = now.duration_since(state.last_ok) >= down_after;
+                if silent && (!state.down || now.duration_since(state.woken_at) >= REWAKE_EVERY) {
+                    first_silence = !state.down;
                     state.down = true;
+                    state.woken_at = now;
                     wake_followers = true;
                 }
             }
@@ -136,7 +149,9 @@ fn observe(node: &RaftNode, peer: NodeId, answer: Option<u64>) {
         }
     }
     if wake_followers {
-        tracing::info!(peer, "peer stopped answering: waking the groups it leads");
+        if first_silence {
+            tracing::info!(peer, "peer stopped answering: waking the groups it leads");
+        }
         for replica in node.replicas() {
             if replica.is_quiet() && replica.leader().node == Some(peer) {
                 let replica = Arc::clone(&replica);

@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 use spool_log::{FlushPolicy, LogConfig};
 use tokio::task::JoinHandle;
 
+use crate::disk::DiskSpace;
 use crate::error::ReplicaError;
 use crate::flusher::Flusher;
 use crate::liveness::Liveness;
@@ -55,6 +56,9 @@ pub struct RaftNodeOptions {
     /// Where the node's Raft state file lives.
     pub state_dir: PathBuf,
     pub timing: RaftTiming,
+    /// Free space on the data volume under which client writes are refused (`None`: the
+    /// default, see `DiskSpace`; `Some(0)`: never).
+    pub min_free_bytes: Option<u64>,
 }
 
 /// What a new replica is created with.
@@ -80,6 +84,7 @@ pub struct RaftNode {
     withheld: parking_lot::Mutex<std::collections::HashSet<GroupId>>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     liveness: Liveness,
+    disk: DiskSpace,
     /// Changes with every start, so that peers can tell a restart.
     boot_id: u64,
     /// Set when the node begins to stop (see `begin_shutdown`).
@@ -129,6 +134,7 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let disk = DiskSpace::new(options.state_dir.clone(), options.min_free_bytes);
         let node = Arc::new(Self {
             pool: PeerPool::new(options.node_id),
             options,
@@ -139,6 +145,7 @@ impl RaftNode {
             withheld: parking_lot::Mutex::new(std::collections::HashSet::new()),
             tasks: parking_lot::Mutex::new(Vec::new()),
             liveness: Liveness::default(),
+            disk,
             boot_id: boot_id(),
             closing: tokio::sync::watch::Sender::new(false),
             clock: std::time::Instant::now(),
@@ -171,6 +178,11 @@ impl RaftNode {
 
     pub(crate) fn pool(&self) -> &Arc<PeerPool> {
         &self.pool
+    }
+
+    /// Free space on the node's data volume.
+    pub fn disk(&self) -> &DiskSpace {
+        &self.disk
     }
 
     pub(crate) fn liveness(&self) -> &Liveness {
@@ -577,6 +589,10 @@ impl GroupDirectory for RaftNode {
             .is_some_and(|r| r.may_not_lead())
     }
 
+    fn refuses_entries(&self) -> bool {
+        self.disk.refuses_entries()
+    }
+
     fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
         self.closing.subscribe()
     }
@@ -591,6 +607,11 @@ impl GroupDirectory for RaftNode {
 
     fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId> {
         use openraft::async_runtime::WatchReceiver;
+        // A leader this node cannot reach must not put its groups to sleep here: once
+        // quiet, nothing would notice it die (see `liveness`).
+        if self.liveness.is_down(leader) {
+            return Vec::new();
+        }
         let replicas = self.replicas.read();
         groups
             .into_iter()

@@ -12,10 +12,7 @@ use spool_raft::AckLevel;
 async fn three_replicas_agree_on_every_offset() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, members) = start_nodes(root.path(), 3).await;
-    let mut replicas = Vec::new();
-    for node in &nodes {
-        replicas.push(node.open_replica(7, &members).await);
-    }
+    let replicas = open_everywhere(&nodes, 7, &members).await;
     let leader = leader_of(&replicas).await;
 
     let mut expected = 0i64;
@@ -79,12 +76,7 @@ async fn three_replicas_agree_on_every_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_dies() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, members) = start_nodes(root.path(), 3).await;
-    let mut replicas = Vec::new();
-    for node in &nodes {
-        replicas.push(node.open_replica(9, &members).await);
-    }
-    let leader = leader_of(&replicas).await;
+    let (nodes, replicas, leader) = group_of_three(root.path(), 9).await;
     leader
         .append(vec![batch("a", 3)], AckLevel::All)
         .await
@@ -127,12 +119,134 @@ async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_d
         .filter(|r| r.node_id() != dead)
         .cloned()
         .collect();
-    let new_leader = leader_of(&survivors).await;
-    let base = new_leader
-        .append(vec![batch("c", 1)], AckLevel::All)
+    write_after_failover(&survivors, 5, nodes).await;
+}
+
+/// A leader its followers cannot reach, though it still reaches them (a stopping node
+/// closes its listener first but heartbeats on through its own connections), must not put
+/// its groups back to sleep: when it then dies for good, nothing else would wake them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_heard_only_one_way_cannot_quiesce_its_groups_and_its_death_is_noticed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, replicas, leader) = group_of_three(root.path(), 9).await;
+    leader
+        .append(vec![batch("a", 3)], AckLevel::All)
+        .await
+        .expect("append");
+
+    // Still awake from the write, the followers' nodes lose their way to the leader's
+    // node; it still reaches them, and heartbeats.
+    let dead = leader.node_id();
+    for node in nodes.iter().filter(|n| n.id != dead) {
+        node.node.faults().cut(dead);
+    }
+    let followers: Vec<_> = replicas
+        .iter()
+        .filter(|r| r.node_id() != dead)
+        .cloned()
+        .collect();
+    // The leader, idle and heard by nobody, asks its followers to quiesce every second:
+    // they must refuse for as long as they cannot reach it.
+    let slept = tokio::time::timeout(
+        Duration::from_secs(5),
+        wait_for(
+            &replicas,
+            Duration::from_secs(60),
+            "a follower to quiesce",
+            || followers.iter().any(|r| r.is_quiet()).then_some(()),
+        ),
+    )
+    .await;
+    assert!(
+        slept.is_err(),
+        "a follower quiesced for a leader it cannot reach"
+    );
+    assert!(leader.is_leader(), "the leader heard one way still leads");
+
+    // The leader's node now goes silent both ways: the followers elect, with no new
+    // signal from liveness.
+    let leader_node = nodes.iter().find(|n| n.id == dead).expect("leader node");
+    for node in nodes.iter().filter(|n| n.id != dead) {
+        leader_node.node.faults().cut(node.id);
+    }
+    write_after_failover(&followers, 3, nodes).await;
+}
+
+/// A follower whose volume is nearly full takes no entries (a write the disk refused would
+/// stop its group for good): the leader commits with the other follower, and the full one,
+/// still in its group, catches up once there is room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_out_of_room_takes_no_entries_and_catches_up_once_there_is_room() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, replicas, leader) = group_of_three(root.path(), 13).await;
+    let mut followers = (0..3).filter(|i| replicas[*i].node_id() != leader.node_id());
+    let (full, other) = (
+        followers.next().expect("a follower"),
+        followers.next().expect("another"),
+    );
+    let disk = nodes[full].node.disk();
+    disk.set_floor(disk.available().expect("the volume answers") + (1 << 40));
+
+    for i in 0..5 {
+        leader
+            .append(vec![batch(&format!("w{i}"), 10)], AckLevel::All)
+            .await
+            .expect("committed without the full follower");
+    }
+    let end = leader.progress().last_log_index;
+    wait_for(
+        &replicas,
+        Duration::from_secs(10),
+        "the other follower",
+        || (replicas[other].progress().last_log_index == end).then_some(()),
+    )
+    .await;
+    assert!(
+        replicas[full].progress().last_log_index < end,
+        "a follower out of room took entries"
+    );
+
+    disk.set_floor(0);
+    wait_for(
+        &replicas,
+        Duration::from_secs(15),
+        "the full follower to catch up",
+        || (replicas[full].progress().last_log_index == end).then_some(()),
+    )
+    .await;
+    assert!(leader.is_leader());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// Three nodes hosting `group`, once it has a leader.
+async fn group_of_three(
+    root: &std::path::Path,
+    group: spool_raft::GroupId,
+) -> (
+    Vec<TestNode>,
+    Vec<std::sync::Arc<spool_raft::PartitionReplica>>,
+    std::sync::Arc<spool_raft::PartitionReplica>,
+) {
+    let (nodes, members) = start_nodes(root, 3).await;
+    let replicas = open_everywhere(&nodes, group, &members).await;
+    let leader = leader_of(&replicas).await;
+    (nodes, replicas, leader)
+}
+
+/// Once one of `survivors` leads, it acknowledges a write at `base`; then every node stops.
+async fn write_after_failover(
+    survivors: &[std::sync::Arc<spool_raft::PartitionReplica>],
+    base: i64,
+    nodes: Vec<TestNode>,
+) {
+    let new_leader = leader_of(survivors).await;
+    let written = new_leader
+        .append(vec![batch("after", 1)], AckLevel::All)
         .await
         .expect("a write after failover");
-    assert_eq!(base, 5);
+    assert_eq!(written, base);
     for node in nodes {
         node.stop().await;
     }
@@ -155,12 +269,7 @@ fn big_batch(n: usize, size: usize) -> bytes::Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_answers_once_every_batch_of_the_request_is_committed() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (nodes, members) = start_nodes(root.path(), 3).await;
-    let mut replicas = Vec::new();
-    for node in &nodes {
-        replicas.push(node.open_replica(11, &members).await);
-    }
-    let leader = leader_of(&replicas).await;
+    let (nodes, _, leader) = group_of_three(root.path(), 11).await;
     let leader_node = nodes
         .iter()
         .find(|n| n.id == leader.node_id())

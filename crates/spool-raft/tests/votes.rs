@@ -12,10 +12,7 @@ use spool_raft::AckLevel;
 async fn a_replica_withholding_votes_elects_no_one_until_it_votes_again() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, members) = start_nodes(root.path(), 3).await;
-    let mut replicas = Vec::new();
-    for node in &nodes {
-        replicas.push(node.open_replica(1, &members).await);
-    }
+    let replicas = open_everywhere(&nodes, 1, &members).await;
     let leader = leader_of(&replicas).await;
     leader
         .append(vec![batch("a", 3)], AckLevel::All)
@@ -94,10 +91,7 @@ fn isolate(nodes: &[Option<TestNode>], node: u64, count: u64) {
 async fn a_replica_that_lost_its_log_withholds_its_vote_until_it_has_caught_up() {
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, members) = start_nodes(root.path(), 3).await;
-    let mut replicas = Vec::new();
-    for node in &nodes {
-        replicas.push(node.open_replica(2, &members).await);
-    }
+    let replicas = open_everywhere(&nodes, 2, &members).await;
     let leader = leader_of(&replicas).await;
     let l = leader.node_id();
     let followers: Vec<u64> = nodes.iter().map(|n| n.id).filter(|id| *id != l).collect();

@@ -74,6 +74,11 @@ pub struct ServerConfig {
     pub max_message_bytes: u32,
     /// Seconds in-flight requests get to finish on shutdown (default 10).
     pub shutdown_grace_secs: u64,
+    /// Free bytes on the data volume under which produce requests are refused with
+    /// STORAGE_ERROR (and, under half of it, entries from other nodes' leaders), so that
+    /// the volume never fills (default: 1 GiB, or a twentieth of a smaller volume; 0
+    /// refuses nothing).
+    pub min_free_bytes: Option<u64>,
     /// Partition groups: ms between a leader's heartbeats (default 150).
     pub raft_heartbeat_ms: u64,
     /// Partition groups: a follower that hears no leader for a random time between these
@@ -157,6 +162,7 @@ impl Default for ServerConfig {
             segment_ms: topic.segment_ms,
             max_message_bytes: topic.max_message_bytes,
             shutdown_grace_secs: 10,
+            min_free_bytes: None,
             raft_heartbeat_ms: RaftTiming::default().heartbeat_ms,
             raft_election_min_ms: RaftTiming::default().election_min_ms,
             raft_election_max_ms: RaftTiming::default().election_max_ms,

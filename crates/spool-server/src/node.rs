@@ -1,8 +1,9 @@
 //! Starting and stopping a node.
 //!
 //! Start: bind both listeners first (so a port in use fails fast), open the broker (which
-//! recovers every partition), then serve. Stop: mark not ready, end fetch streams, stop
-//! accepting, give in-flight requests the grace period, then flush and close every log.
+//! recovers every partition), then serve. Stop: mark not ready, hand every group led here
+//! to a follower, end fetch streams, stop accepting, give in-flight requests the grace
+//! period, then flush and close every log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ use crate::services::{
     ADMIN_MESSAGE_BYTES, AdminService, BrokerService, GroupsService, Listener, MAX_MESSAGE_BYTES,
     ReplicaAdminService,
 };
+
+/// How long a stopping node tries to hand its groups over (within its grace period).
+const HAND_OVER_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Starts nodes.
 #[derive(Debug)]
@@ -103,6 +107,7 @@ impl Node {
                 .clone()
                 .unwrap_or_else(|| cluster_addr.to_string()),
             data_dir: config.data_dir.clone(),
+            min_free_bytes: config.min_free_bytes,
             flush: config.flush_policy(),
             topic_defaults: config.topic_defaults()?,
             default_partitions: config.default_partitions.max(1),
@@ -262,16 +267,33 @@ impl NodeHandle {
     /// Stops gracefully; every acknowledged write is flushed before this returns.
     pub async fn shutdown(mut self) -> Result<ShutdownReport, ServerError> {
         self.ready.store(false, Ordering::Release);
+        // Leaders move before the listeners close: peers cannot tell a closed listener
+        // from a dead node, and clients would wait out an election.
+        let handed = self
+            .broker
+            .raft()
+            .hand_over_leadership(self.grace.min(HAND_OVER_AT_MOST))
+            .await;
+        tracing::info!(
+            led = handed.led,
+            kept = handed.kept,
+            "handed leadership over"
+        );
+        let mut report = ShutdownReport {
+            kept_leadership: handed.kept,
+            ..ShutdownReport::default()
+        };
         self.broker.begin_shutdown();
         self.stop.send_replace(true);
-        let mut report = ShutdownReport::default();
         let deadline = tokio::time::Instant::now() + self.grace;
         let mut served = Ok(());
-        let tasks = [Some(&mut self.grpc_task), self.external_task.as_mut()]
-            .into_iter()
-            .flatten()
-            .chain([&mut self.cluster_task]);
-        for task in tasks {
+        let tasks = [
+            ("client", Some(&mut self.grpc_task)),
+            ("external client", self.external_task.as_mut()),
+            ("cluster", Some(&mut self.cluster_task)),
+        ];
+        for (listener, task) in tasks {
+            let Some(task) = task else { continue };
             match tokio::time::timeout_at(deadline, &mut *task).await {
                 Ok(joined) => {
                     if let Ok(Err(error)) = joined {
@@ -279,7 +301,7 @@ impl NodeHandle {
                     }
                 }
                 Err(_) => {
-                    tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period");
+                    tracing::warn!(grace = ?self.grace, listener, "in-flight requests outlived the grace period");
                     report.outlived_grace = true;
                     task.abort();
                 }
@@ -303,4 +325,6 @@ impl NodeHandle {
 pub struct ShutdownReport {
     /// Requests still open when the grace period ended were cut off.
     pub outlived_grace: bool,
+    /// Groups still led here when the node stopped (no follower could take them).
+    pub kept_leadership: usize,
 }

@@ -302,9 +302,12 @@ impl TestCluster {
         .await
     }
 
-    /// Stops a node in process cleanly; answers whether requests outlived its grace
-    /// period (`None` for a process, which does not say).
-    pub async fn stop_reporting(&mut self, node: u64) -> Result<Option<bool>, TestkitError> {
+    /// Stops a node in process cleanly; answers how the stop went (`None` for a process,
+    /// which does not say).
+    pub async fn stop_reporting(
+        &mut self,
+        node: u64,
+    ) -> Result<Option<spool_server::ShutdownReport>, TestkitError> {
         let slot = self
             .slots
             .get_mut(&node)

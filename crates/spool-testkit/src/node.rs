@@ -106,8 +106,8 @@ pub(crate) enum Running {
     InProcess {
         control: Option<oneshot::Sender<Stop>>,
         thread: Option<std::thread::JoinHandle<()>>,
-        /// After a graceful stop: whether requests outlived the grace period.
-        report: std::sync::mpsc::Receiver<bool>,
+        /// After a graceful stop: how it went.
+        report: std::sync::mpsc::Receiver<spool_server::ShutdownReport>,
     },
     Process(Child),
 }
@@ -140,7 +140,7 @@ impl Running {
                                 Ok(Stop::Crash) => drop(handle),
                                 Ok(Stop::Graceful) | Err(_) => {
                                     if let Ok(stopped) = handle.shutdown().await {
-                                        let _ = report_tx.send(stopped.outlived_grace);
+                                        let _ = report_tx.send(stopped);
                                     }
                                 }
                             }
@@ -221,9 +221,9 @@ impl Running {
         }
     }
 
-    /// Stops the node cleanly: SIGTERM for a process. For a node in process, answers
-    /// whether requests outlived the grace period.
-    pub(crate) fn stop(mut self) -> Option<bool> {
+    /// Stops the node cleanly: SIGTERM for a process. For a node in process, answers how
+    /// the stop went.
+    pub(crate) fn stop(mut self) -> Option<spool_server::ShutdownReport> {
         match &mut self {
             Running::Process(child) => {
                 let terminated = Command::new("kill")

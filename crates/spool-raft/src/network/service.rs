@@ -26,6 +26,8 @@ pub trait GroupDirectory: Send + Sync + 'static {
     fn leader_commit(&self, group: GroupId, term: u64, index: u64);
     /// This node's replica of `group` may not take leadership now.
     fn may_not_lead(&self, group: GroupId) -> bool;
+    /// Entries from leaders are refused for now (the data volume is nearly full).
+    fn refuses_entries(&self) -> bool;
     /// `leader` asks these groups to stop their timers; returns those that did.
     fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId>;
     /// Turns true when the node begins to stop: open replication streams end then, so
@@ -101,6 +103,11 @@ fn note_commit<D: GroupDirectory>(directory: &D, request: &pb::RaftAppendRequest
     }
 }
 
+/// Leaders back off on it and try again (see `DiskSpace`).
+fn disk_full() -> Status {
+    Status::unavailable("this node's data volume is nearly full: it takes no entries for now")
+}
+
 fn fatal(error: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft stopped: {error}"))
 }
@@ -117,6 +124,9 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
         let request = request.into_inner();
         let group = request.group;
         let raft = self.lookup(group, request.target)?;
+        if !request.entries.is_empty() && self.directory.refuses_entries() {
+            return Err(disk_full());
+        }
         note_commit(&*self.directory, &request);
         let rpc = append_request_from_pb(request)?;
         let response = raft.append_entries(rpc).await.map_err(fatal)?;
@@ -135,13 +145,27 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
             return Err(Status::invalid_argument("an empty append stream"));
         };
         let raft = self.lookup(first.group, first.target)?;
+        if !first.entries.is_empty() && self.directory.refuses_entries() {
+            return Err(disk_full());
+        }
         let group = first.group;
         let noted = Arc::clone(&self.directory);
-        // Requests after the first must stay in the same group; a bad one ends the input.
+        // Requests after the first must stay in the same group; a bad one ends the input,
+        // and so does one with entries the disk has no room for (the leader then hears
+        // the refusal and backs off).
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (judge, found_full) = (Arc::clone(&self.directory), Arc::clone(&full));
         let requests = futures_util::stream::once(async move { Ok(first) })
             .chain(input)
             .take_while(move |item| {
-                let ok = matches!(item, Ok(r) if r.group == group);
+                let ok = match item {
+                    Ok(r) if r.group == group => {
+                        let refused = !r.entries.is_empty() && judge.refuses_entries();
+                        found_full.fetch_or(refused, std::sync::atomic::Ordering::Relaxed);
+                        !refused
+                    }
+                    _ => false,
+                };
                 async move { ok }
             })
             .inspect(move |item| {
@@ -153,20 +177,31 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
                 |item| async move { item.ok().and_then(|r| append_request_from_pb(r).ok()) },
             );
         let directory = Arc::clone(&self.directory);
-        let mut closing = self.directory.closing();
-        let closed = async move {
-            let _ = closing.wait_for(|closing| *closing).await;
+        // Both halves end as the node begins to stop: the output for the peer, and the
+        // input openraft goes on reading, which would otherwise hold the HTTP/2 stream (and
+        // with it the server's graceful stop) open for as long as the peer keeps sending.
+        let closed = || {
+            let mut closing = self.directory.closing();
+            async move {
+                let _ = closing.wait_for(|closing| *closing).await;
+            }
         };
+        let requests = requests.take_until(closed());
         let output = raft
             .stream_append(requests)
-            .take_until(closed)
+            .take_until(closed())
             .map(move |item| match item {
                 Ok(result) => {
                     directory.leader_contact(group);
                     Ok(stream_result_to_pb(&result))
                 }
                 Err(error) => Err(fatal(error)),
-            });
+            })
+            .chain(futures_util::stream::iter(std::iter::from_fn(move || {
+                full.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    .then(disk_full)
+                    .map(Err)
+            })));
         Ok(Response::new(Box::pin(output)))
     }
 

@@ -31,6 +31,7 @@ impl TestNode {
     pub async fn start(id: NodeId, dir: std::path::PathBuf, listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("addr").to_string();
         let node = RaftNode::open(RaftNodeOptions {
+            min_free_bytes: None,
             node_id: id,
             state_dir: dir.clone(),
             timing: fast_timing(),
@@ -119,6 +120,19 @@ pub async fn start_nodes(root: &std::path::Path, n: usize) -> (Vec<TestNode>, Me
         nodes.push(TestNode::start(id, root.join(format!("n{id}")), l).await);
     }
     (nodes, members)
+}
+
+/// Opens `group` on every node.
+pub async fn open_everywhere(
+    nodes: &[TestNode],
+    group: GroupId,
+    members: &Members,
+) -> Vec<Arc<PartitionReplica>> {
+    let mut replicas = Vec::new();
+    for node in nodes {
+        replicas.push(node.open_replica(group, members).await);
+    }
+    replicas
 }
 
 /// Waits until `check` holds, re-checking whenever a replica's Raft metrics or quiet
