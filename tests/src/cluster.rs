@@ -40,6 +40,12 @@ pub struct ComposeCluster {
 impl ComposeCluster {
     /// Builds the image if needed, starts the three nodes, and waits until they serve.
     pub async fn up(docker: &Docker) -> Result<Self, SystemError> {
+        Self::up_with(docker, &[]).await
+    }
+
+    /// As `up`, with compose files of `tests/compose/` laid over the deploy file (a
+    /// node's volume made small, say).
+    pub async fn up_with(docker: &Docker, overrides: &[&str]) -> Result<Self, SystemError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let turn = TURN.lock().await;
@@ -52,6 +58,14 @@ impl ComposeCluster {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let mut env = vec![("SPOOL_IMAGE".to_string(), image)];
+        if !overrides.is_empty() {
+            let dir = crate::docker::workspace_root().join("tests/compose");
+            let files: Vec<String> = overrides
+                .iter()
+                .map(|file| dir.join(file).to_string_lossy().into_owned())
+                .collect();
+            env.push((crate::docker::COMPOSE_FILE.to_string(), files.join(":")));
+        }
         let mut ports = BTreeMap::new();
         for node in NODES {
             let (port, http) = (reserve()?, reserve()?);

@@ -61,12 +61,11 @@ impl Docker {
         env: &[(String, String)],
         args: &[&str],
     ) -> Result<String, SystemError> {
-        let file = workspace_root().join("deploy/docker-compose.yml");
-        let file = file.to_string_lossy().into_owned();
+        let env = with_compose_files(env);
         let mut all: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
-        all.extend(["--project-name", project, "--file", &file]);
+        all.extend(["--project-name", project]);
         all.extend(args);
-        call(&self.compose[0], &all, env).await
+        call(&self.compose[0], &all, &env).await
     }
 
     /// Removes the projects of test processes that are gone (killed before their clusters'
@@ -109,7 +108,7 @@ impl Docker {
         env: &[(String, String)],
         args: &[&str],
     ) -> Result<(), SystemError> {
-        let file = workspace_root().join("deploy/docker-compose.yml");
+        let env = with_compose_files(env);
         let failed = |reason: String| SystemError::Command {
             command: format!("{} {}", self.compose.join(" "), args.join(" ")),
             reason,
@@ -117,8 +116,7 @@ impl Docker {
         let child = std::process::Command::new(&self.compose[0])
             .args(&self.compose[1..])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(["--project-name", project, "--file"])
-            .arg(file)
+            .args(["--project-name", project])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -182,6 +180,26 @@ impl Docker {
             })
     }
 }
+
+/// The compose files, given to both kinds of compose as `COMPOSE_FILE`: the deploy file,
+/// then any overrides `env` names there (colon-separated paths).
+fn with_compose_files(env: &[(String, String)]) -> Vec<(String, String)> {
+    let base = workspace_root().join("deploy/docker-compose.yml");
+    let mut files = base.to_string_lossy().into_owned();
+    let mut out: Vec<(String, String)> = Vec::with_capacity(env.len() + 1);
+    for (key, value) in env {
+        if key == COMPOSE_FILE {
+            files = format!("{files}:{value}");
+        } else {
+            out.push((key.clone(), value.clone()));
+        }
+    }
+    out.push((COMPOSE_FILE.to_string(), files));
+    out
+}
+
+/// Where compose looks for its files when none is given with `--file`.
+pub(crate) const COMPOSE_FILE: &str = "COMPOSE_FILE";
 
 /// The checkout this crate lives in.
 pub fn workspace_root() -> PathBuf {

@@ -6,81 +6,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use spool_client::{Acks, Client, NewTopic, OffsetToCommit, PartitionSet};
-use spool_system_tests::{ComposeCluster, docker_or_skip};
-use spool_testkit::load::{Load, check_acknowledged};
+mod common;
+
+use common::*;
+use spool_client::{Client, OffsetToCommit, PartitionSet};
+use spool_testkit::load::check_acknowledged;
 use spool_testkit::{Replicas, wait_for};
 
-const PARTITIONS: u32 = 3;
-const WITHIN: Duration = Duration::from_secs(60);
 /// What `docker stop` gives a node before it kills it.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-
-async fn create_topic(client: &Client, name: &str) {
-    client
-        .create_topic(NewTopic {
-            name: name.to_string(),
-            partitions: PARTITIONS,
-            replication_factor: 3,
-            configs: BTreeMap::new(),
-            assignments: Vec::new(),
-        })
-        .await
-        .expect("topic");
-}
-
-/// Starts acks=all load on `topic` and waits for its first acknowledgements.
-async fn load(client: &Client, topic: &str) -> Load {
-    let load = Load::start(client.clone(), topic, PARTITIONS, Acks::All, 2, 8);
-    wait_for(WITHIN, "the first acknowledgements", || async {
-        (load.acked_count() >= 100).then_some(())
-    })
-    .await
-    .expect("the load runs");
-    load
-}
-
-/// A cluster with `topic` under acks=all load, or `None` when `test` is skipped.
-async fn loaded(test: &str, topic: &str) -> Option<(ComposeCluster, Client, Load)> {
-    let docker = docker_or_skip(test).await?;
-    let cluster = ComposeCluster::up(&docker).await.expect("cluster");
-    let client = cluster.client().await.expect("client");
-    create_topic(&client, topic).await;
-    let load = load(&client, topic).await;
-    Some((cluster, client, load))
-}
-
-/// Waits until each of `partitions` gets an acknowledgement it did not have when called.
-async fn next_acks(load: &Load, partitions: &[u32]) {
-    let before: Vec<usize> = partitions.iter().map(|p| load.acked_on(*p)).collect();
-    wait_for(WITHIN, "writes acknowledged again", || async {
-        partitions
-            .iter()
-            .zip(&before)
-            .all(|(p, n)| load.acked_on(*p) > *n)
-            .then_some(())
-    })
-    .await
-    .expect("writes are acknowledged again");
-}
-
-/// Stops the load and checks every acknowledged record on every replica.
-async fn check(cluster: &ComposeCluster, topic: &str, load: Load) -> usize {
-    let report = load.finish().await;
-    assert!(report.acked.len() >= 100, "too little was acknowledged");
-    let replicas = vec![cluster.running(); PARTITIONS as usize];
-    let stored = check_acknowledged(cluster, topic, &replicas, &report, WITHIN)
-        .await
-        .expect("every acknowledged record on every replica");
-    assert!(stored >= report.acked.len());
-    eprintln!(
-        "{} records acknowledged, all found on every replica ({} stored, {} deliveries failed)",
-        report.acked.len(),
-        stored,
-        report.failed
-    );
-    report.acked.len()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_partition_and_controller_leaders_loses_no_acknowledged_write() {

@@ -82,21 +82,41 @@ impl Controller {
     /// Carries out `call` here (`None`) or at the leader's address.
     async fn call_once(&self, call: Call, at: Option<String>) -> Result<Answer, ControllerError> {
         let (broker, incarnation) = (self.options.broker_id, self.options.incarnation);
+        let stopping = self.stopping.load(std::sync::atomic::Ordering::Acquire);
         match (call, at) {
             (Call::Execute(c), None) => self.execute_local(c).await.map(Answer::Offset),
             (Call::Execute(c), Some(a)) => self.peers.forward(&a, c).await.map(Answer::Offset),
             (Call::Register(r), None) => self.register_local(r).await.map(Answer::Offset),
             (Call::Register(r), Some(a)) => self.peers.register(&a, &r).await.map(Answer::Offset),
             (Call::Heartbeat(h), None) => self
-                .heartbeat_local(broker, incarnation, h)
+                .heartbeat_local(broker, incarnation, h, stopping)
                 .await
                 .map(Answer::Heartbeat),
             (Call::Heartbeat(h), Some(a)) => self
                 .peers
-                .heartbeat(&a, broker, incarnation, h)
+                .heartbeat(&a, broker, incarnation, h, stopping)
                 .await
                 .map(Answer::Heartbeat),
         }
+    }
+
+    /// A controlled shutdown begins: tells the controller leader, which ends this broker's
+    /// lease and fences it, and waits (at most `within`) until the metadata shows it
+    /// fenced, so that no leadership is handed back to it while it hands its own over.
+    pub async fn announce_stopping(&self, within: std::time::Duration) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        let id = self.options.broker_id;
+        let mut state = self.state.subscribe();
+        let _ = tokio::time::timeout(within, async {
+            if let Err(error) = self.heartbeat(Vec::new()).await {
+                tracing::debug!(%error, "the controller did not hear of the stop");
+            }
+            let _ = state
+                .wait_for(|s| s.brokers.get(&id).is_none_or(|b| b.fenced))
+                .await;
+        })
+        .await;
     }
 
     /// Runs `call` at the controller leader, following NOT_CONTROLLER answers until a
@@ -167,6 +187,15 @@ impl Controller {
                 let Some(controller) = controller.upgrade() else {
                     return;
                 };
+                if controller
+                    .stopping
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    // Keeps saying so (a new controller leader would give it a lease),
+                    // and never registers again in this life.
+                    let _ = controller.heartbeat(Vec::new()).await;
+                    continue;
+                }
                 if !status.borrow().registered {
                     let registration = Registration {
                         broker: controller.options.broker_id,

@@ -212,11 +212,20 @@ impl Controller {
         broker: BrokerId,
         incarnation: Incarnation,
         reports: Vec<LeaderReport>,
+        stopping: bool,
     ) -> Result<HeartbeatReply, ControllerError> {
         if !self.is_leader() {
             return Err(self.not_controller());
         }
         let state = self.current();
+        if stopping {
+            // Its lease ends: the next round fences it, and no leadership is handed to it.
+            self.leases.lock().renewed.remove(&broker);
+            return Ok(HeartbeatReply {
+                register: false,
+                metadata_offset: state.offset,
+            });
+        }
         let registered = state
             .brokers
             .get(&broker)

@@ -119,6 +119,8 @@ pub struct Controller {
     pub(crate) halted: Arc<parking_lot::Mutex<Option<String>>>,
     pub(crate) peers: Peers,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    /// This broker is stopping (see `announce_stopping`).
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Controller {
@@ -147,6 +149,7 @@ impl Controller {
             bootstrap::write_marker(&options.dir)?;
             raft.withhold_votes(METADATA_GROUP, true);
         }
+        raft.takes_entries_when_full(METADATA_GROUP);
         let replica = raft
             .create_replica(ReplicaSpec {
                 group: METADATA_GROUP,
@@ -174,6 +177,7 @@ impl Controller {
             voting: watch::Sender::new(!joining),
             peers: Peers::default(),
             tasks: parking_lot::Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let applier = tokio::spawn(
             Applier {

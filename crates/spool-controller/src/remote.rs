@@ -172,6 +172,7 @@ impl Peers {
         broker: BrokerId,
         incarnation: u64,
         reports: Vec<LeaderReport>,
+        stopping: bool,
     ) -> Result<HeartbeatReply, ControllerError> {
         let response = self
             .controller(address)?
@@ -179,6 +180,7 @@ impl Peers {
                 broker_id: broker,
                 incarnation,
                 leading: reports.into_iter().map(to_wire_report).collect(),
+                stopping,
             })
             .await
             .map_err(|s| status(address, s))?

@@ -95,7 +95,7 @@ impl controller_server::Controller for ControllerService {
             .collect();
         let answer = self
             .controller
-            .heartbeat_local(broker, r.incarnation, reports)
+            .heartbeat_local(broker, r.incarnation, reports, r.stopping)
             .await;
         Ok(Response::new(match answer {
             Ok(reply) => v1::BrokerHeartbeatResponse {

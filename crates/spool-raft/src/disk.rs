@@ -3,8 +3,9 @@
 //! A write the disk cannot take is fatal to a Raft group (openraft stops a group whose log
 //! store fails), so a node refuses writes before its volume fills: client writes below the
 //! floor, entries replicated from leaders below half of it. The half kept back takes what
-//! is never refused (the controller's and consumer groups' small writes, the Raft state
-//! file, retention's own bookkeeping). Reads, heartbeats and elections go on, and writes
+//! is never refused (the metadata log, which must go on so that a full node learns of the
+//! deletions that free it; consumer groups' small writes on their leaders; the Raft state
+//! file; retention's own bookkeeping). Reads, heartbeats and elections go on, and writes
 //! are taken again as soon as space is freed: the volume is asked on every write request,
 //! which costs one `statvfs` call, not one per record.
 

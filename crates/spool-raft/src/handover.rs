@@ -30,6 +30,8 @@ impl RaftNode {
     /// or `within` has passed. Raft decides as always: the follower is elected only with
     /// a log at least as long as the leader's, and the leader proposes nothing meanwhile.
     pub async fn hand_over_leadership(&self, within: Duration) -> HandOver {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let replicas = self.replicas();
         let mut leading = Vec::new();
         for replica in replicas {

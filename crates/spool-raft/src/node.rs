@@ -82,6 +82,11 @@ pub struct RaftNode {
     replicas: RwLock<HashMap<GroupId, Arc<PartitionReplica>>>,
     /// Groups whose vote requests this node turns away (see `withhold_votes`).
     withheld: parking_lot::Mutex<std::collections::HashSet<GroupId>>,
+    /// Groups that take entries even on a nearly full volume (see `takes_entries_when_full`).
+    essential: parking_lot::Mutex<std::collections::HashSet<GroupId>>,
+    /// Set as a graceful stop hands leadership over: replicas created from then on stand
+    /// in no election either.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
     liveness: Liveness,
     disk: DiskSpace,
@@ -143,6 +148,8 @@ impl RaftNode {
             flusher,
             replicas: RwLock::new(HashMap::new()),
             withheld: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            essential: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             tasks: parking_lot::Mutex::new(Vec::new()),
             liveness: Liveness::default(),
             disk,
@@ -237,6 +244,14 @@ impl RaftNode {
         } else {
             withheld.remove(&group);
         }
+    }
+
+    /// Lets `group` take entries from its leader even when the volume is under half its
+    /// floor: the metadata log, without which a full node would never learn of the topic
+    /// deletion that frees its space. Its entries are small and come from the half of the
+    /// floor kept back.
+    pub fn takes_entries_when_full(&self, group: GroupId) {
+        self.essential.lock().insert(group);
     }
 
     /// Groups this node has Raft state for (replicas to reopen after a restart).
@@ -359,6 +374,9 @@ impl RaftNode {
                 .push(tokio::spawn(rebuild::release_when_caught_up(Arc::clone(
                     &replica,
                 ))));
+        }
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            replica.abstain();
         }
         self.replicas
             .write()
@@ -589,8 +607,8 @@ impl GroupDirectory for RaftNode {
             .is_some_and(|r| r.may_not_lead())
     }
 
-    fn refuses_entries(&self) -> bool {
-        self.disk.refuses_entries()
+    fn refuses_entries(&self, group: GroupId) -> bool {
+        self.disk.refuses_entries() && !self.essential.lock().contains(&group)
     }
 
     fn closing(&self) -> tokio::sync::watch::Receiver<bool> {

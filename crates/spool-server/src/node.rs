@@ -30,8 +30,11 @@ use crate::services::{
     ReplicaAdminService,
 };
 
-/// How long a stopping node tries to hand its groups over (within its grace period).
+/// How long a stopping node waits for the controller to fence it, then tries to hand its
+/// groups over (both within its grace period).
+const ANNOUNCE_AT_MOST: Duration = Duration::from_secs(2);
 const HAND_OVER_AT_MOST: Duration = Duration::from_secs(5);
+const MIN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Starts nodes.
 #[derive(Debug)]
@@ -267,12 +270,20 @@ impl NodeHandle {
     /// Stops gracefully; every acknowledged write is flushed before this returns.
     pub async fn shutdown(mut self) -> Result<ShutdownReport, ServerError> {
         self.ready.store(false, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        // The controller fences this broker first, so that it hands no leadership back
+        // while this node hands its own over.
+        self.broker
+            .controller()
+            .announce_stopping(self.grace.min(ANNOUNCE_AT_MOST))
+            .await;
         // Leaders move before the listeners close: peers cannot tell a closed listener
         // from a dead node, and clients would wait out an election.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let handed = self
             .broker
             .raft()
-            .hand_over_leadership(self.grace.min(HAND_OVER_AT_MOST))
+            .hand_over_leadership(left.min(HAND_OVER_AT_MOST))
             .await;
         tracing::info!(
             led = handed.led,
@@ -285,7 +296,8 @@ impl NodeHandle {
         };
         self.broker.begin_shutdown();
         self.stop.send_replace(true);
-        let deadline = tokio::time::Instant::now() + self.grace;
+        // Requests in flight get what is left of the grace period, and a moment at least.
+        let drain_until = deadline.max(tokio::time::Instant::now() + MIN_DRAIN);
         let mut served = Ok(());
         let tasks = [
             ("client", Some(&mut self.grpc_task)),
@@ -294,7 +306,7 @@ impl NodeHandle {
         ];
         for (listener, task) in tasks {
             let Some(task) = task else { continue };
-            match tokio::time::timeout_at(deadline, &mut *task).await {
+            match tokio::time::timeout_at(drain_until, &mut *task).await {
                 Ok(joined) => {
                     if let Ok(Err(error)) = joined {
                         served = Err(error);

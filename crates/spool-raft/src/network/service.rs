@@ -26,8 +26,9 @@ pub trait GroupDirectory: Send + Sync + 'static {
     fn leader_commit(&self, group: GroupId, term: u64, index: u64);
     /// This node's replica of `group` may not take leadership now.
     fn may_not_lead(&self, group: GroupId) -> bool;
-    /// Entries from leaders are refused for now (the data volume is nearly full).
-    fn refuses_entries(&self) -> bool;
+    /// Entries of `group` from its leader are refused for now (the data volume is nearly
+    /// full).
+    fn refuses_entries(&self, group: GroupId) -> bool;
     /// `leader` asks these groups to stop their timers; returns those that did.
     fn quiesce(&self, leader: NodeId, groups: Vec<(GroupId, u64)>) -> Vec<GroupId>;
     /// Turns true when the node begins to stop: open replication streams end then, so
@@ -124,7 +125,7 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
         let request = request.into_inner();
         let group = request.group;
         let raft = self.lookup(group, request.target)?;
-        if !request.entries.is_empty() && self.directory.refuses_entries() {
+        if !request.entries.is_empty() && self.directory.refuses_entries(group) {
             return Err(disk_full());
         }
         note_commit(&*self.directory, &request);
@@ -145,7 +146,7 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
             return Err(Status::invalid_argument("an empty append stream"));
         };
         let raft = self.lookup(first.group, first.target)?;
-        if !first.entries.is_empty() && self.directory.refuses_entries() {
+        if !first.entries.is_empty() && self.directory.refuses_entries(first.group) {
             return Err(disk_full());
         }
         let group = first.group;
@@ -160,7 +161,7 @@ impl<D: GroupDirectory> RaftTransport for RaftTransportService<D> {
             .take_while(move |item| {
                 let ok = match item {
                     Ok(r) if r.group == group => {
-                        let refused = !r.entries.is_empty() && judge.refuses_entries();
+                        let refused = !r.entries.is_empty() && judge.refuses_entries(group);
                         found_full.fetch_or(refused, std::sync::atomic::Ordering::Relaxed);
                         !refused
                     }

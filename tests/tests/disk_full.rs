@@ -1,0 +1,148 @@
+//! A node whose data volume fills up: node 3 runs on a 64 MiB tmpfs and keeps 16 MiB
+//! free (tests/compose/small-volume.yml). It refuses writes with a clear error, stays up,
+//! serves reads, lets the other replicas go on without it, and takes writes again once
+//! space is freed; no acknowledged record is lost anywhere.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use spool_client::{Acks, ApiError, Client, ErrorCode, NewTopic, PartitionBatches, Produced};
+use spool_log::batch::{BatchBuilder, BatchOptions};
+use spool_testkit::load::records_of;
+use spool_testkit::{Replicas, wait_for};
+
+/// Records of 250 KiB, four to a batch: just under max.message.bytes.
+const VALUE_BYTES: usize = 250 * 1024;
+const PER_BATCH: usize = 4;
+
+fn megabyte_batch(tag: usize) -> Bytes {
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    let value = vec![b'a' + (tag % 26) as u8; VALUE_BYTES];
+    for _ in 0..PER_BATCH {
+        builder.append(1_700_000_000_000, None, Some(&value), &[]);
+    }
+    builder.finish()
+}
+
+async fn create(client: &Client, name: &str, replicas: Vec<u64>) {
+    client
+        .create_topic(NewTopic {
+            name: name.to_string(),
+            partitions: 1,
+            replication_factor: replicas.len() as u32,
+            configs: BTreeMap::new(),
+            assignments: vec![replicas],
+        })
+        .await
+        .expect("topic");
+}
+
+/// One acks=all write of a batch to partition 0 of `topic`, sent to `node`.
+async fn write(
+    cluster: &impl Replicas,
+    node: u64,
+    topic: &str,
+    tag: usize,
+) -> Result<Produced, ApiError> {
+    let client = cluster.node_client(node).await.expect("node client");
+    let outcome = client
+        .produce(
+            Acks::All,
+            Duration::from_secs(30),
+            vec![PartitionBatches {
+                topic: topic.to_string(),
+                partition: 0,
+                batches: vec![megabyte_batch(tag)],
+                leader_epoch: None,
+            }],
+        )
+        .await
+        .expect("the node answers");
+    outcome
+        .partitions
+        .into_iter()
+        .next()
+        .expect("one partition")
+}
+
+/// Records of partition 0 of `topic` committed on `node`.
+async fn stored_on(cluster: &impl Replicas, node: u64, topic: &str) -> usize {
+    let batches = spool_testkit::committed_batches(cluster, node, topic, 0)
+        .await
+        .expect("a read of the replica");
+    records_of(topic, 0, &batches).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing() {
+    let Some((cluster, client, load)) =
+        loaded_with("a_node_whose_disk_fills", "spare", &["small-volume.yml"]).await
+    else {
+        return;
+    };
+
+    // A topic only node 3 holds, written until node 3 refuses.
+    create(&client, "filler", vec![3]).await;
+    cluster.leader("filler", 0, WITHIN).await.expect("leader");
+    let mut written = 0;
+    let refusal = loop {
+        assert!(
+            written < 64,
+            "64 MiB written to a 64 MiB volume, none refused"
+        );
+        match write(&cluster, 3, "filler", written).await {
+            Ok(_) => written += 1,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(refusal.code, ErrorCode::StorageError, "{refusal:?}");
+    assert!(
+        refusal.message.contains("min_free_bytes"),
+        "the refusal says why: {}",
+        refusal.message
+    );
+    eprintln!("node 3 refused after {written} MiB: {}", refusal.message);
+
+    // A topic on every node, led elsewhere: its writes go on while node 3, under half
+    // its floor, takes no more of them.
+    create(&client, "bulk", vec![1, 2, 3]).await;
+    let leader = cluster.leader("bulk", 0, WITHIN).await.expect("leader");
+    assert_ne!(leader, 3);
+    for tag in 0..24 {
+        write(&cluster, leader, "bulk", tag)
+            .await
+            .expect("acknowledged by the nodes with room");
+    }
+    let behind = stored_on(&cluster, 3, "bulk").await;
+    assert!(
+        behind < 24 * PER_BATCH,
+        "node 3 took all of bulk into a full volume"
+    );
+
+    // Node 3 is up, serves what it holds, and still refuses writes.
+    cluster
+        .wait_serving(WITHIN)
+        .await
+        .expect("every node serving");
+    assert_eq!(stored_on(&cluster, 3, "filler").await, written * PER_BATCH);
+    let again = write(&cluster, 3, "filler", 0).await.unwrap_err();
+    assert_eq!(again.code, ErrorCode::StorageError);
+
+    // Space freed: bulk goes, and node 3 takes writes again.
+    client.delete_topic("bulk").await.expect("delete");
+    wait_for(WITHIN, "node 3 to take writes again", || async {
+        write(&cluster, 3, "filler", written).await.ok()
+    })
+    .await
+    .expect("writes taken once space is freed");
+    assert_eq!(
+        stored_on(&cluster, 3, "filler").await,
+        (written + 1) * PER_BATCH
+    );
+    eprintln!("node 3 took writes again once bulk ({behind} records there) was deleted");
+    check(&cluster, "spare", load).await;
+}
