@@ -85,17 +85,24 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
         return;
     };
 
-    // A topic only node 3 holds, written until node 3 refuses.
+    // Two topics only node 3 holds: a little in one, then the other written until node 3
+    // refuses.
     create(&client, "filler", vec![3]).await;
+    create(&client, "ballast", vec![3]).await;
     cluster.leader("filler", 0, WITHIN).await.expect("leader");
-    let mut written = 0;
+    cluster.leader("ballast", 0, WITHIN).await.expect("leader");
+    let written = 2;
+    for tag in 0..written {
+        write(&cluster, 3, "filler", tag).await.expect("room yet");
+    }
+    let mut ballast = 0;
     let refusal = loop {
         assert!(
-            written < 64,
+            ballast < 64,
             "64 MiB written to a 64 MiB volume, none refused"
         );
-        match write(&cluster, 3, "filler", written).await {
-            Ok(_) => written += 1,
+        match write(&cluster, 3, "ballast", ballast).await {
+            Ok(_) => ballast += 1,
             Err(error) => break error,
         }
     };
@@ -105,7 +112,11 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
         "the refusal says why: {}",
         refusal.message
     );
-    eprintln!("node 3 refused after {written} MiB: {}", refusal.message);
+    eprintln!(
+        "node 3 refused after {} MiB: {}",
+        written + ballast,
+        refusal.message
+    );
 
     // A topic on every node, led elsewhere: its writes go on while node 3, under half
     // its floor, takes no more of them.
@@ -132,7 +143,8 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
     let again = write(&cluster, 3, "filler", 0).await.unwrap_err();
     assert_eq!(again.code, ErrorCode::StorageError);
 
-    // Space freed: bulk goes, and node 3 takes writes again.
+    // Space freed: ballast and bulk go, and node 3 takes writes again.
+    client.delete_topic("ballast").await.expect("delete");
     client.delete_topic("bulk").await.expect("delete");
     wait_for(WITHIN, "node 3 to take writes again", || async {
         write(&cluster, 3, "filler", written).await.ok()
@@ -143,6 +155,9 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
         stored_on(&cluster, 3, "filler").await,
         (written + 1) * PER_BATCH
     );
-    eprintln!("node 3 took writes again once bulk ({behind} records there) was deleted");
+    eprintln!(
+        "node 3 held {behind} of bulk's {} records; it took writes again once ballast and bulk were deleted",
+        24 * PER_BATCH
+    );
     check(&cluster, "spare", load).await;
 }
