@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use spool_client::{Client, OffsetToCommit, PartitionSet};
+use spool_client::{Client, NewTopic, OffsetToCommit, PartitionSet};
 use spool_testkit::load::check_acknowledged;
 use spool_testkit::{Replicas, wait_for};
 
@@ -82,6 +82,75 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
         "rolling restart: docker stop took {stops:?}; from each stop to every partition acknowledging with the node gone: {windows:?}"
     );
     check(&cluster, "rolling", load).await;
+}
+
+/// The controller's leader cut off the network under load: the other two elect a new
+/// controller, which creates a topic and keeps every partition writable; the cut node,
+/// back, has thrown away whatever it wrote alone (it took the others' leases for lapsed
+/// and would have fenced them) and agrees with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_leader_cut_off_decides_nothing_and_the_majority_goes_on() {
+    let Some((cluster, _, load)) = loaded("a_controller_leader_cut_off", "ruled").await else {
+        return;
+    };
+    let victim = cluster.controller_leader(WITHIN).await.expect("controller");
+    cluster.disconnect(victim).await.expect("cut off");
+    let cut_at = Instant::now();
+    // A decision only a controller leader with a majority can take, asked of a node of
+    // the majority (a client's admin calls go to the node it first connected to).
+    let other = cluster
+        .running()
+        .into_iter()
+        .next()
+        .expect("a node of the majority");
+    let client = cluster.node_client(other).await.expect("client");
+    let last_error = parking_lot::Mutex::new(String::new());
+    let decided = wait_for(WITHIN, "a topic created by the majority", || async {
+        let topic = NewTopic {
+            name: "decided".into(),
+            partitions: 1,
+            replication_factor: 2,
+            configs: BTreeMap::new(),
+            assignments: Vec::new(),
+        };
+        match client.create_topic(topic).await {
+            Ok(()) => Some(()),
+            Err(error) if error.to_string().contains("already exists") => Some(()),
+            Err(error) => {
+                *last_error.lock() = error.to_string();
+                None
+            }
+        }
+    })
+    .await;
+    if let Err(error) = decided {
+        panic!("the majority decides: {error}; last: {}", last_error.lock());
+    }
+    let decided_after = cut_at.elapsed();
+    let all: Vec<u32> = (0..PARTITIONS).collect();
+    next_acks(&load, &all).await;
+    let new_controller = cluster.controller_leader(WITHIN).await.expect("controller");
+    assert_ne!(new_controller, victim);
+
+    cluster.connect(victim).await.expect("reconnect");
+    // Every node, the cut one included, names a controller and sees all three brokers
+    // unfenced: the fencing it may have written alone is gone.
+    cluster.wait_serving(WITHIN).await.expect("serving again");
+    let back = cluster.node_client(victim).await.expect("client");
+    wait_for(WITHIN, "the cut node to learn the new topic", || async {
+        let metadata = back.metadata(&["decided".to_string()]).await.ok()?;
+        metadata
+            .topics
+            .iter()
+            .any(|t| t.name == "decided" && t.error.is_none())
+            .then_some(())
+    })
+    .await
+    .expect("the cut node follows the majority's metadata");
+    eprintln!(
+        "controller leader cut off: a topic created by the other two {decided_after:?} later"
+    );
+    check(&cluster, "ruled", load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,10 +150,34 @@ impl Controller {
             };
             let open = tokio::time::Instant::now() < deadline;
             if let Some(target) = target {
-                match self.call_once(call.clone(), target).await {
-                    Err(ControllerError::NotController { address, .. }) if open => hint = address,
-                    Err(ControllerError::Unreachable { .. }) if open => {}
-                    other => return other,
+                // A call to a leader that is cut off would wait out its timeout: give it
+                // up as soon as this node learns of another leader, and go there. The
+                // old one cannot commit what it was given without a majority.
+                let remote = target.is_some();
+                let before = self.leader().map(|(id, _)| id);
+                let moved = async {
+                    let mut moves = self.replica.changes();
+                    if !remote {
+                        std::future::pending::<()>().await;
+                    }
+                    while self.leader().map(|(id, _)| id) == before {
+                        if !moves.changed().await {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let answer = tokio::select! {
+                    answer = self.call_once(call.clone(), target) => Some(answer),
+                    () = moved => None,
+                };
+                match answer {
+                    None if open => continue,
+                    None => return Err(self.not_controller()),
+                    Some(Err(ControllerError::NotController { address, .. })) if open => {
+                        hint = address
+                    }
+                    Some(Err(ControllerError::Unreachable { .. })) if open => {}
+                    Some(other) => return other,
                 }
             }
             if tokio::time::Instant::now() >= deadline {

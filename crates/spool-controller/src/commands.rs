@@ -218,18 +218,22 @@ impl Controller {
             return Err(self.not_controller());
         }
         let state = self.current();
+        let registered = state
+            .brokers
+            .get(&broker)
+            .is_some_and(|b| b.incarnation == incarnation && !b.fenced);
         if stopping {
             // Its lease ends: the next round fences it, and no leadership is handed to it.
-            self.leases.lock().renewed.remove(&broker);
+            // (A restart keeps the incarnation: a late word from the stopped process can
+            // fence the new one, which then registers again within a heartbeat.)
+            if registered {
+                self.leases.lock().renewed.remove(&broker);
+            }
             return Ok(HeartbeatReply {
                 register: false,
                 metadata_offset: state.offset,
             });
         }
-        let registered = state
-            .brokers
-            .get(&broker)
-            .is_some_and(|b| b.incarnation == incarnation && !b.fenced);
         if !registered {
             return Ok(HeartbeatReply {
                 register: true,

@@ -26,7 +26,8 @@ pub struct HandOver {
 
 impl RaftNode {
     /// Stops every replica here from standing for election, then hands each group this
-    /// node leads to its most caught-up reachable follower; returns once none is led here
+    /// node leads to its most caught-up reachable follower (the next one if it does not
+    /// take over within a second); returns once none is led here
     /// or `within` has passed. Raft decides as always: the follower is elected only with
     /// a log at least as long as the leader's, and the leader proposes nothing meanwhile.
     pub async fn hand_over_leadership(&self, within: Duration) -> HandOver {
@@ -50,32 +51,50 @@ impl RaftNode {
     }
 }
 
+/// How long a follower asked to take over has before the next is asked: a transfer
+/// takes a round trip or two, and one the follower turns down (it is stopping too, or
+/// rebuilding) is never reported to the leader, which meanwhile neither heartbeats nor
+/// takes writes.
+const TAKE_OVER_WITHIN: Duration = Duration::from_secs(1);
+
 async fn hand_over(replica: Arc<PartitionReplica>, liveness: &Liveness) {
-    let Some(to) = successor(&replica, liveness) else {
-        return;
-    };
-    let mut changes = replica.changes();
-    if let Err(error) = replica.transfer_leader(to).await {
-        tracing::debug!(group = replica.group(), to, %error, "could not hand the group over");
-        return;
+    for to in successors(&replica, liveness) {
+        let mut changes = replica.changes();
+        if let Err(error) = replica.transfer_leader(to).await {
+            tracing::debug!(group = replica.group(), to, %error, "could not hand the group over");
+            return;
+        }
+        let taken = tokio::time::timeout(TAKE_OVER_WITHIN, async {
+            while replica.is_leader() && changes.changed().await {}
+        })
+        .await;
+        if taken.is_ok() || !replica.is_leader() {
+            return;
+        }
+        tracing::debug!(
+            group = replica.group(),
+            to,
+            "the follower did not take over; asking the next"
+        );
     }
-    while replica.is_leader() && changes.changed().await {}
 }
 
-/// The reachable follower that holds the most of the leader's log.
-fn successor(replica: &PartitionReplica, liveness: &Liveness) -> Option<NodeId> {
+/// The reachable voters, those holding the most of the leader's log first.
+fn successors(replica: &PartitionReplica, liveness: &Liveness) -> Vec<NodeId> {
     let metrics = replica.raft().metrics().borrow_watched().clone();
     if metrics.state != ServerState::Leader {
-        return None;
+        return Vec::new();
     }
-    let voters: Vec<NodeId> = metrics
+    let Some(replication) = metrics.replication.as_ref() else {
+        return Vec::new();
+    };
+    let mut voters: Vec<(Option<u64>, NodeId)> = metrics
         .membership_config
         .membership()
         .voter_ids()
         .filter(|id| *id != metrics.id && !liveness.is_down(*id))
+        .map(|id| (replication.get(&id).cloned().flatten().map(|m| m.index), id))
         .collect();
-    let replication = metrics.replication.as_ref()?;
-    voters
-        .into_iter()
-        .max_by_key(|id| replication.get(id).cloned().flatten().map(|m| m.index))
+    voters.sort_unstable_by(|a, b| b.cmp(a));
+    voters.into_iter().map(|(_, id)| id).collect()
 }

@@ -375,12 +375,14 @@ impl RaftNode {
                     &replica,
                 ))));
         }
+        // Under the lock a hand-over lists replicas with: either it sees this one, or this
+        // sees that the node is stopping.
+        let mut replicas = self.replicas.write();
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             replica.abstain();
         }
-        self.replicas
-            .write()
-            .insert(spec.group, Arc::clone(&replica));
+        replicas.insert(spec.group, Arc::clone(&replica));
+        drop(replicas);
         Ok(replica)
     }
 
