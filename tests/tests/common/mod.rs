@@ -82,10 +82,11 @@ pub async fn check(cluster: &ComposeCluster, topic: &str, load: Load) -> usize {
         .expect("every acknowledged record on every replica");
     assert!(stored >= report.acked.len());
     eprintln!(
-        "{} records acknowledged, all found on every replica ({} stored, {} deliveries failed)",
+        "{} records acknowledged, all found on every replica ({} stored, {} deliveries failed: {:?})",
         report.acked.len(),
         stored,
-        report.failed
+        report.failed,
+        report.failures
     );
     report.acked.len()
 }
