@@ -30,7 +30,12 @@ impl RaftNode {
     /// take over within a second); returns once none is led here
     /// or `within` has passed. Raft decides as always: the follower is elected only with
     /// a log at least as long as the leader's, and the leader proposes nothing meanwhile.
-    pub async fn hand_over_leadership(&self, within: Duration) -> HandOver {
+    /// Nodes for which `unwilling` holds (stopping too, say) are not asked.
+    pub async fn hand_over_leadership(
+        &self,
+        within: Duration,
+        unwilling: &(dyn Fn(NodeId) -> bool + Sync),
+    ) -> HandOver {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
         let replicas = self.replicas();
@@ -44,7 +49,7 @@ impl RaftNode {
         let led = leading.len();
         let transfers = leading
             .iter()
-            .map(|replica| hand_over(Arc::clone(replica), self.liveness()));
+            .map(|replica| hand_over(Arc::clone(replica), self.liveness(), unwilling));
         let _ = tokio::time::timeout(within, futures_util::future::join_all(transfers)).await;
         let kept = leading.iter().filter(|r| r.is_leader()).count();
         HandOver { led, kept }
@@ -57,8 +62,15 @@ impl RaftNode {
 /// takes writes.
 const TAKE_OVER_WITHIN: Duration = Duration::from_secs(1);
 
-async fn hand_over(replica: Arc<PartitionReplica>, liveness: &Liveness) {
-    for to in successors(&replica, liveness) {
+async fn hand_over(
+    replica: Arc<PartitionReplica>,
+    liveness: &Liveness,
+    unwilling: &(dyn Fn(NodeId) -> bool + Sync),
+) {
+    for to in successors(&replica, liveness)
+        .into_iter()
+        .filter(|id| !unwilling(*id))
+    {
         let mut changes = replica.changes();
         if let Err(error) = replica.transfer_leader(to).await {
             tracing::debug!(group = replica.group(), to, %error, "could not hand the group over");

@@ -280,10 +280,13 @@ impl NodeHandle {
         // Leaders move before the listeners close: peers cannot tell a closed listener
         // from a dead node, and clients would wait out an election.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Nodes fenced already (stopping as well, or gone) are not asked to take over.
+        let metadata = self.broker.metadata();
+        let fenced = |node: u64| metadata.brokers.get(&node).is_some_and(|b| b.fenced);
         let handed = self
             .broker
             .raft()
-            .hand_over_leadership(left.min(HAND_OVER_AT_MOST))
+            .hand_over_leadership(left.min(HAND_OVER_AT_MOST), &fenced)
             .await;
         tracing::info!(
             led = handed.led,
