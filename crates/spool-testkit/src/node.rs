@@ -54,7 +54,7 @@ impl NodeSpec {
             raft_election_min_ms: self.election_min_ms,
             raft_election_max_ms: self.election_max_ms,
             fault_injection: true,
-            shutdown_grace_secs: 5,
+            shutdown_grace_secs: 10,
             retention_check_ms: self.retention_check_ms,
             controller_voters: self.controller_voters.clone(),
             broker_session_timeout_ms: 3000,
@@ -78,7 +78,7 @@ impl NodeSpec {
              cluster_listen = {:?}\ncluster_advertised_address = {:?}\n\
              advertised_address = {:?}\nflush = {flush:?}\nraft_heartbeat_ms = {}\n\
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
-             shutdown_grace_secs = 5\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
+             shutdown_grace_secs = 10\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
              broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n\
              group_session_timeout_ms = 6000\ngroup_heartbeat_interval_ms = 500\n{}",
             self.id,
