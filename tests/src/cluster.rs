@@ -21,6 +21,8 @@ pub const NODES: [u64; 3] = [1, 2, 3];
 /// How long a cluster may take to serve after its containers start.
 const SERVING_WITHIN: Duration = Duration::from_secs(90);
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+/// Laid over the deploy file for every test: a disk floor that suits a shared test host.
+const TEST_HOST: &str = "test-host.yml";
 
 #[derive(Debug)]
 pub struct ComposeCluster {
@@ -43,8 +45,8 @@ impl ComposeCluster {
         Self::up_with(docker, &[]).await
     }
 
-    /// As `up`, with compose files of `tests/compose/` laid over the deploy file (a
-    /// node's volume made small, say).
+    /// As `up`, with compose files of `tests/compose/` laid over the deploy file and
+    /// `test-host.yml` (a node's volume made small, say).
     pub async fn up_with(docker: &Docker, overrides: &[&str]) -> Result<Self, SystemError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -58,14 +60,12 @@ impl ComposeCluster {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let mut env = vec![("SPOOL_IMAGE".to_string(), image)];
-        if !overrides.is_empty() {
-            let dir = crate::docker::workspace_root().join("tests/compose");
-            let files: Vec<String> = overrides
-                .iter()
-                .map(|file| dir.join(file).to_string_lossy().into_owned())
-                .collect();
-            env.push((crate::docker::COMPOSE_FILE.to_string(), files.join(":")));
-        }
+        let dir = crate::docker::workspace_root().join("tests/compose");
+        let files: Vec<String> = std::iter::once(&TEST_HOST)
+            .chain(overrides)
+            .map(|file| dir.join(file).to_string_lossy().into_owned())
+            .collect();
+        env.push((crate::docker::COMPOSE_FILE.to_string(), files.join(":")));
         let mut ports = BTreeMap::new();
         for node in NODES {
             let (port, http) = (reserve()?, reserve()?);

@@ -2,12 +2,13 @@
 //! addresses, and one connection (one HTTP/2 channel) per broker, opened when first used.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
 use crate::client::Client;
 use crate::error::{ApiError, ClientError};
+use crate::types::ClusterMetadata;
 
 #[derive(Debug, Default)]
 struct State {
@@ -18,6 +19,8 @@ struct State {
     epochs: HashMap<String, Vec<u64>>,
     /// Partitions whose leader a NOT_LEADER answer just named (used once).
     hinted: std::collections::HashSet<(String, u32)>,
+    /// When each topic's metadata was last taken.
+    refreshed: HashMap<String, Instant>,
     /// The metadata epoch of the newest answer taken: an older answer (from a node still
     /// catching up) never replaces a newer one.
     epoch: u64,
@@ -64,27 +67,19 @@ impl Cluster {
     /// Fetches `topic`'s metadata again (after NOT_LEADER or an unknown topic).
     /// Asks the bootstrap node, and if it cannot answer, every other node known.
     pub async fn refresh(&self, topic: &str) -> Result<(), ClientError> {
+        self.refresh_avoiding(topic, None).await
+    }
+
+    /// As `refresh`, asking `suspect` (a node that just failed to answer, or whose
+    /// leadership is in doubt) only when no other node answers: a dead node's connection
+    /// would hold the answer up until it is found dead.
+    pub async fn refresh_avoiding(
+        &self,
+        topic: &str,
+        suspect: Option<u64>,
+    ) -> Result<(), ClientError> {
         let topics = [topic.to_string()];
-        let metadata = match self.bootstrap.metadata(&topics).await {
-            Ok(metadata) => metadata,
-            Err(first) => {
-                let known: Vec<u64> = self.state.read().brokers.keys().copied().collect();
-                let mut answer = Err(first);
-                for node in known {
-                    let Ok(client) = self.connection(Some(node)).await else {
-                        continue;
-                    };
-                    if client.address() == self.bootstrap.address() {
-                        continue;
-                    }
-                    answer = client.metadata(&topics).await;
-                    if answer.is_ok() {
-                        break;
-                    }
-                }
-                answer?
-            }
-        };
+        let metadata = self.ask_for_metadata(&topics, suspect).await?;
         let mut state = self.state.write();
         if metadata.epoch < state.epoch {
             return Ok(());
@@ -108,9 +103,67 @@ impl Cluster {
                 }
             }
             state.epochs.insert(t.name.clone(), epochs);
+            state.refreshed.insert(t.name.clone(), Instant::now());
             state.leaders.insert(t.name, leaders);
         }
         Ok(())
+    }
+
+    /// Metadata from the bootstrap node, or from any other known node when it cannot
+    /// answer; `suspect` is asked last.
+    async fn ask_for_metadata(
+        &self,
+        topics: &[String],
+        suspect: Option<u64>,
+    ) -> Result<ClusterMetadata, ClientError> {
+        let suspect_address =
+            suspect.and_then(|node| self.state.read().brokers.get(&node).cloned());
+        let bootstrap_suspected = suspect_address.as_deref() == Some(self.bootstrap.address());
+        let mut answer = if bootstrap_suspected {
+            Err(ClientError::Transport(
+                "the bootstrap node is in doubt".into(),
+            ))
+        } else {
+            self.bootstrap.metadata(topics).await
+        };
+        if answer.is_ok() {
+            return answer;
+        }
+        let known: Vec<u64> = self.state.read().brokers.keys().copied().collect();
+        for node in known.into_iter().filter(|node| Some(*node) != suspect) {
+            let Ok(client) = self.connection(Some(node)).await else {
+                continue;
+            };
+            if client.address() == self.bootstrap.address() {
+                continue;
+            }
+            answer = client.metadata(topics).await;
+            if answer.is_ok() {
+                return answer;
+            }
+        }
+        if bootstrap_suspected {
+            answer = self.bootstrap.metadata(topics).await;
+        }
+        answer
+    }
+
+    /// Whether `topic`'s metadata was taken at or after `when`.
+    pub fn refreshed_since(&self, topic: &str, when: Instant) -> bool {
+        self.state
+            .read()
+            .refreshed
+            .get(topic)
+            .is_some_and(|at| *at >= when)
+    }
+
+    /// The partition's leader as the metadata gives it, if it names one in a newer term
+    /// (leader epoch) than `than`: a leader elected since a request was sent in that term.
+    pub fn newer_leader(&self, topic: &str, partition: u32, than: u64) -> Option<u64> {
+        let state = self.state.read();
+        let leader = *state.leaders.get(topic)?.get(partition as usize)?;
+        let epoch = *state.epochs.get(topic)?.get(partition as usize)?;
+        (leader != 0 && epoch > than).then_some(leader)
     }
 
     /// Whether a node answered with metadata newer than the cache's.

@@ -139,6 +139,11 @@ impl Load {
             .map_or(0, |a| a.iter().filter(|(p, _, _)| *p == partition).count())
     }
 
+    /// Why records failed so far, with how many failed for each reason.
+    pub fn failures_so_far(&self) -> BTreeMap<String, u64> {
+        self.failed.0.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
     /// Stops sending, waits for every outstanding record to settle, and reports.
     pub async fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Release);
@@ -153,7 +158,7 @@ impl Load {
                     .collect::<BTreeMap<_, _>>()
             })
             .unwrap_or_default();
-        let failures = self.failed.0.lock().map(|f| f.clone()).unwrap_or_default();
+        let failures = self.failures_so_far();
         LoadReport {
             acked,
             failed: failures.values().sum(),

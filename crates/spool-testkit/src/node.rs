@@ -39,6 +39,10 @@ pub struct NodeSpec {
     pub rack: Option<String>,
 }
 
+/// The disk floor of test nodes: their data shares the host's disk with builds, which can
+/// leave it under the default floor of 1 GiB, and the nodes would rightly refuse writes.
+const TEST_MIN_FREE_BYTES: u64 = 64 << 20;
+
 impl NodeSpec {
     fn config(&self) -> ServerConfig {
         ServerConfig {
@@ -63,6 +67,7 @@ impl NodeSpec {
             group_session_timeout_ms: 6000,
             group_heartbeat_interval_ms: 500,
             rack: self.rack.clone(),
+            min_free_bytes: Some(TEST_MIN_FREE_BYTES),
             ..ServerConfig::default()
         }
     }
@@ -80,7 +85,8 @@ impl NodeSpec {
              raft_election_min_ms = {}\nraft_election_max_ms = {}\nfault_injection = true\n\
              shutdown_grace_secs = 10\nretention_check_ms = {}\ncontroller_voters = {:?}\n\
              broker_session_timeout_ms = 3000\nbroker_heartbeat_ms = 200\n\
-             group_session_timeout_ms = 6000\ngroup_heartbeat_interval_ms = 500\n{}",
+             group_session_timeout_ms = 6000\ngroup_heartbeat_interval_ms = 500\n\
+             min_free_bytes = {TEST_MIN_FREE_BYTES}\n{}",
             self.id,
             self.data_dir.display().to_string(),
             self.grpc,

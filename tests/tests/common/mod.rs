@@ -28,11 +28,17 @@ pub async fn create_topic(client: &Client, name: &str) {
 /// Starts acks=all load on `topic` and waits for its first acknowledgements.
 pub async fn load(client: &Client, topic: &str) -> Load {
     let load = Load::start(client.clone(), topic, PARTITIONS, Acks::All, 2, 8);
-    wait_for(WITHIN, "the first acknowledgements", || async {
+    let started = wait_for(WITHIN, "the first acknowledgements", || async {
         (load.acked_count() >= 100).then_some(())
     })
-    .await
-    .expect("the load runs");
+    .await;
+    if let Err(timeout) = started {
+        panic!(
+            "the load runs: {timeout:?}; {} acknowledged; failures: {:?}",
+            load.acked_count(),
+            load.failures_so_far()
+        );
+    }
     load
 }
 
@@ -48,6 +54,13 @@ pub async fn loaded_with(
     topic: &str,
     overrides: &[&str],
 ) -> Option<(ComposeCluster, Client, Load)> {
+    // RUST_LOG=spool_client=debug shows what the client does through a fault.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let docker = docker_or_skip(test).await?;
     let cluster = ComposeCluster::up_with(&docker, overrides)
         .await

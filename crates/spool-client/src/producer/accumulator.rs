@@ -275,6 +275,15 @@ impl Accumulator {
         }
     }
 
+    /// A partition waiting out a retry backoff may go at once (its new leader is known).
+    pub fn expedite(&mut self, topic: &str, partition: u32) {
+        if let Some(queue) = self.queue(topic, partition)
+            && !queue.in_flight
+        {
+            queue.retry_at = None;
+        }
+    }
+
     /// True when nothing is buffered or in flight.
     pub fn is_idle(&self) -> bool {
         self.pending_records == 0

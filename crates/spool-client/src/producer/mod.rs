@@ -15,6 +15,7 @@
 //! waits for room and `try_send` returns [`ProducerError::BufferFull`].
 
 mod accumulator;
+mod leaders;
 mod sender;
 
 use std::sync::Arc;

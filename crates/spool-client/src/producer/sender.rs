@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::accumulator::{ClosedBatch, Payload, Shipment, seed};
+use super::leaders::{self, Waiting};
 use super::{ProducerError, Shared};
 use crate::error::ClientError;
 use crate::types::PartitionBatches;
@@ -52,7 +53,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Sends shipments to one leader and settles each of them.
+/// Sends shipments to one leader and settles each of them; then, for those put back for
+/// another attempt, watches for a newly elected leader to send them to at once.
 async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipment>) {
     let compression = shared.accumulator.lock().compression;
     for batch in shipments.iter_mut().flat_map(|s| s.batches.iter_mut()) {
@@ -65,12 +67,23 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
             batch.payload = Payload::Built(compression.finish(builder));
         }
     }
+    // The leader epoch each partition is sent in (0: unknown).
+    let epochs: Vec<u64> = shipments
+        .iter()
+        .map(|s| {
+            shared
+                .cluster
+                .leader_epoch(&s.topic, s.partition)
+                .unwrap_or(0)
+        })
+        .collect();
     let request: Vec<PartitionBatches> = shipments
         .iter()
-        .map(|s| PartitionBatches {
+        .zip(&epochs)
+        .map(|(s, epoch)| PartitionBatches {
             topic: s.topic.to_string(),
             partition: s.partition,
-            leader_epoch: shared.cluster.leader_epoch(&s.topic, s.partition),
+            leader_epoch: (*epoch > 0).then_some(*epoch),
             batches: s
                 .batches
                 .iter()
@@ -84,12 +97,22 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
     let config = &shared.config;
     let answer = match shared.cluster.connection(leader).await {
         Ok(client) => {
-            client
-                .produce(config.acks, config.request_timeout, request)
-                .await
+            let produce = client.produce(config.acks, config.request_timeout, request);
+            tokio::select! {
+                answer = produce => answer,
+                // Given up on, the request is cancelled. A deposed leader commits nothing
+                // more: what it took is committed already (the retry then stores it
+                // twice: at-least-once) or is lost with its term.
+                reason = leaders::moved(&shared, leader, &shipments, &epochs) => {
+                    Err(ClientError::Transport(reason))
+                }
+            }
         }
         Err(error) => Err(error),
     };
+    let answered_at = Instant::now();
+    let mut waiting = Vec::new();
+    let mut suspect = None;
     match answer {
         Ok(outcome) => {
             if shared.cluster.is_newer_epoch(outcome.metadata_epoch) {
@@ -102,7 +125,8 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                     }
                 }
             }
-            for (shipment, result) in shipments.into_iter().zip(outcome.partitions) {
+            let answers = shipments.into_iter().zip(epochs).zip(outcome.partitions);
+            for ((shipment, epoch), result) in answers {
                 match result {
                     Ok(produced) => settle_all(&shared, shipment, Ok, produced.base_offset),
                     Err(api) if api.code.is_retriable() => {
@@ -115,7 +139,13 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                                 address,
                             );
                         }
-                        retry(&shared, shipment, api.to_string()).await
+                        let failed = Failed {
+                            reason: api.to_string(),
+                            suspect: None,
+                            epoch,
+                            at: answered_at,
+                        };
+                        waiting.extend(retry(&shared, shipment, failed).await);
                     }
                     Err(api) => settle_all(
                         &shared,
@@ -132,9 +162,16 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                 ClientError::Transport(_) | ClientError::Unreachable { .. } => true,
                 _ => false,
             };
-            for shipment in shipments {
+            suspect = leader;
+            for (shipment, epoch) in shipments.into_iter().zip(epochs) {
                 if retriable {
-                    retry(&shared, shipment, error.to_string()).await;
+                    let failed = Failed {
+                        reason: error.to_string(),
+                        suspect: leader,
+                        epoch,
+                        at: answered_at,
+                    };
+                    waiting.extend(retry(&shared, shipment, failed).await);
                 } else {
                     let failure = ProducerError::from(clone_error(&error));
                     settle_all(&shared, shipment, |_| Err(failure.clone()), -1);
@@ -143,6 +180,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
         }
     }
     shared.wake.notify_one();
+    leaders::expedite_when_elected(&shared, waiting, suspect).await;
 }
 
 /// Settles every batch of a shipment; batches follow each other at consecutive offsets
@@ -175,31 +213,49 @@ fn settle(shared: &Shared, batch: ClosedBatch, outcome: Result<i64, ProducerErro
     shared.drained.notify_waiters();
 }
 
-/// Puts a shipment back for another attempt after a backoff, unless its time is up.
-async fn retry(shared: &Shared, mut shipment: Shipment, reason: String) {
+/// A failed attempt of a shipment.
+struct Failed {
+    reason: String,
+    /// The node that did not answer: asked for metadata last.
+    suspect: Option<u64>,
+    /// The leader epoch the shipment was sent in (0: unknown).
+    epoch: u64,
+    /// When the failure was known.
+    at: Instant,
+}
+
+/// Puts a shipment back for another attempt, unless its time is up: at once if the
+/// metadata now names a leader elected since it was sent, else after a backoff. Returns
+/// the partition if it waits out a backoff.
+async fn retry(shared: &Shared, mut shipment: Shipment, failed: Failed) -> Option<Waiting> {
     let config = &shared.config;
     let oldest = shipment.batches.iter().map(|b| b.created).min();
     if oldest.is_some_and(|created| created.elapsed() >= config.delivery_timeout) {
-        let error = ProducerError::DeliveryTimeout(config.delivery_timeout, reason);
+        let error = ProducerError::DeliveryTimeout(config.delivery_timeout, failed.reason);
         settle_all(shared, shipment, |_| Err(error.clone()), -1);
-        return;
+        return None;
     }
     let attempts = shipment.batches.iter_mut().map(|b| {
         b.attempts += 1;
         b.attempts
     });
     let attempt = attempts.max().unwrap_or(1);
-    // Leadership may have moved: ask again before the next attempt, unless the last
-    // answer named the new leader. What is cached stays until a newer answer replaces
-    // it: a node that cannot answer, or lags, must not leave the topic unknown, which
-    // would fail new records at once.
-    if !shared
-        .cluster
-        .leader_just_learned(&shipment.topic, shipment.partition)
-        && let Err(error) = shared.cluster.refresh(&shipment.topic).await
+    // Leadership may have moved: ask again before the next attempt (once for all the
+    // shipments of a topic that failed together), unless the last answer named the new
+    // leader. What is cached stays until a newer answer replaces it: a node that cannot
+    // answer, or lags, must not leave the topic unknown, which would fail new records at
+    // once.
+    let (topic, partition) = (Arc::clone(&shipment.topic), shipment.partition);
+    if !shared.cluster.leader_just_learned(&topic, partition)
+        && !shared.cluster.refreshed_since(&topic, failed.at.into_std())
+        && let Err(error) = shared
+            .cluster
+            .refresh_avoiding(&topic, failed.suspect)
+            .await
     {
         tracing::debug!(%error, "metadata refresh failed; retrying with what is known");
     }
+    let elected = shared.cluster.newer_leader(&topic, partition, failed.epoch);
     let exponent = attempt.saturating_sub(1).min(16);
     let base = config
         .retry_backoff
@@ -207,12 +263,19 @@ async fn retry(shared: &Shared, mut shipment: Shipment, reason: String) {
         .min(config.retry_backoff_max);
     // +-20% jitter so that many producers do not retry in lockstep.
     let jitter = 0.8 + f64::from(seed() % 1000) / 2500.0;
-    let backoff = Duration::from_secs_f64(base.as_secs_f64() * jitter);
-    tracing::debug!(topic = %shipment.topic, partition = shipment.partition, attempt, ?backoff, %reason, "retrying");
-    shared
-        .accumulator
-        .lock()
-        .requeue(shipment, Instant::now() + backoff);
+    let backoff = match elected {
+        Some(_) => Duration::ZERO,
+        None => Duration::from_secs_f64(base.as_secs_f64() * jitter),
+    };
+    tracing::debug!(%topic, partition, attempt, ?backoff, ?elected, reason = %failed.reason, "retrying");
+    let until = Instant::now() + backoff;
+    shared.accumulator.lock().requeue(shipment, until);
+    elected.is_none().then_some(Waiting {
+        topic,
+        partition,
+        epoch: failed.epoch,
+        until,
+    })
 }
 
 fn clone_error(error: &ClientError) -> ClientError {
