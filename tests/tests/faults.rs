@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use spool_client::{Client, NewTopic, OffsetToCommit, PartitionSet};
-use spool_testkit::load::check_acknowledged;
+use spool_client::{Acks, Client, NewTopic, OffsetToCommit, PartitionBatches, PartitionSet};
+use spool_log::batch::{BatchBuilder, BatchOptions};
+use spool_system_tests::ComposeCluster;
+use spool_testkit::load::{check_acknowledged, records_of};
 use spool_testkit::{Replicas, wait_for};
-
-/// What `docker stop` gives a node before it kills it.
-const STOP_GRACE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_partition_and_controller_leaders_loses_no_acknowledged_write() {
@@ -234,6 +233,7 @@ async fn survive(name: &str, fault: Fault) {
         return;
     };
     let mut windows = Vec::new();
+    let mut zombies = Vec::new();
     for partition in 0..PARTITIONS {
         let victim = cluster
             .leader(name, partition, WITHIN)
@@ -248,14 +248,93 @@ async fn survive(name: &str, fault: Fault) {
         next_acks(&load, &[partition]).await;
         windows.push(struck_at.elapsed());
         match fault {
-            Fault::Pause => cluster.unpause(victim).await,
-            Fault::Disconnect => cluster.connect(victim).await,
+            Fault::Pause => {
+                let value = format!("zombie-{partition}");
+                zombies.push((partition, value.clone()));
+                write_to_a_waking_zombie(&cluster, victim, name, partition, &value).await;
+            }
+            Fault::Disconnect => cluster.connect(victim).await.expect("reconnect"),
         }
-        .expect("undo the fault");
         cluster.wait_serving(WITHIN).await.expect("serving again");
     }
     eprintln!("{fault:?} of a leader -> next acks=all write acknowledged: {windows:?}");
     check(&cluster, name, load).await;
+    // What the zombies were sent is nowhere: they wrote it in a term that had ended.
+    for (partition, value) in zombies {
+        for node in cluster.running() {
+            let batches = spool_testkit::committed_batches(&cluster, node, name, partition)
+                .await
+                .expect("a read of the replica");
+            let records = records_of(name, partition, &batches);
+            assert!(
+                !records
+                    .iter()
+                    .any(|r| r.value.as_deref() == Some(value.as_bytes())),
+                "node {node} holds {value:?}, sent to a paused leader as it woke"
+            );
+        }
+    }
+}
+
+/// Sends an acks=all write to a paused old leader, connected while it is paused so that
+/// the request waits in its socket, then wakes it: it must not acknowledge the write,
+/// whether it reads the request before or after it hears of the new term.
+async fn write_to_a_waking_zombie(
+    cluster: &ComposeCluster,
+    victim: u64,
+    topic: &str,
+    partition: u32,
+    value: &str,
+) {
+    let connected = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        let client = cluster.node_client(victim).await.expect("a connection");
+        connected.store(true, std::sync::atomic::Ordering::Release);
+        client
+            .produce(
+                Acks::All,
+                Duration::from_secs(10),
+                vec![PartitionBatches {
+                    topic: topic.to_string(),
+                    partition,
+                    batches: vec![one_record(value)],
+                    leader_epoch: None,
+                }],
+            )
+            .await
+    };
+    let wake = async {
+        // The kernel takes the connection for the frozen process; if the handshake
+        // waits for the process, the request goes right after it wakes instead.
+        let queued = wait_for(Duration::from_secs(5), "a connection to the zombie", || {
+            let connected = connected.load(std::sync::atomic::Ordering::Acquire);
+            async move { connected.then_some(()) }
+        })
+        .await
+        .is_ok();
+        cluster.unpause(victim).await.expect("unpause");
+        queued
+    };
+    let (answer, queued) = tokio::join!(write, wake);
+    let acknowledged = matches!(
+        &answer,
+        Ok(outcome) if outcome.partitions.first().is_some_and(|p| p.is_ok())
+    );
+    assert!(
+        !acknowledged,
+        "a leader paused past an election acknowledged a write as it woke: {answer:?}"
+    );
+    eprintln!(
+        "zombie node {victim} (request sent {} it woke) answered: {:?}",
+        if queued { "before" } else { "as" },
+        answer.map(|o| o.partitions).map_err(|e| e.to_string())
+    );
+}
+
+fn one_record(value: &str) -> bytes::Bytes {
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    builder.append(1_700_000_000_000, None, Some(value.as_bytes()), &[]);
+    builder.finish()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,9 +21,52 @@ struct State {
     hinted: std::collections::HashSet<(String, u32)>,
     /// When each topic's metadata was last taken.
     refreshed: HashMap<String, Instant>,
+    /// When each topic's metadata was last asked for by a background check.
+    polled: HashMap<String, Instant>,
+    /// Partitions following a NOT_LEADER hint, with the leader epoch they had before it:
+    /// only metadata from a newer term replaces the hint (a node that lags would name the
+    /// leader the hint was about to replace).
+    hint_floors: HashMap<(String, u32), u64>,
     /// The metadata epoch of the newest answer taken: an older answer (from a node still
     /// catching up) never replaces a newer one.
     epoch: u64,
+}
+
+impl State {
+    /// Keeps the NOT_LEADER hints of `topic` that fresh metadata does not overrule: a
+    /// partition's hint stands until the metadata names a leader in a newer term than
+    /// the partition had before the hint.
+    fn keep_hints(&mut self, topic: &str, leaders: &mut [u64], epochs: &mut [u64]) {
+        if !self.hint_floors.keys().any(|(t, _)| t == topic) {
+            return;
+        }
+        let (Some(cached_leaders), Some(cached_epochs)) =
+            (self.leaders.get(topic), self.epochs.get(topic))
+        else {
+            return;
+        };
+        if cached_leaders.len() != leaders.len() {
+            // The topic changed shape (recreated, or partitions added): start afresh.
+            self.hint_floors.retain(|(t, _), _| t != topic);
+            return;
+        }
+        let (cached_leaders, cached_epochs) = (cached_leaders.clone(), cached_epochs.clone());
+        self.hint_floors.retain(|(t, partition), floor| {
+            if t != topic {
+                return true;
+            }
+            let p = *partition as usize;
+            let (Some(leader), Some(epoch)) = (leaders.get_mut(p), epochs.get_mut(p)) else {
+                return false;
+            };
+            if *epoch > *floor {
+                return false;
+            }
+            *leader = cached_leaders.get(p).copied().unwrap_or(*leader);
+            *epoch = cached_epochs.get(p).copied().unwrap_or(0);
+            true
+        });
+    }
 }
 
 /// A metadata cache and a connection per broker.
@@ -102,6 +145,7 @@ impl Cluster {
                     *slot = p.leader_epoch;
                 }
             }
+            state.keep_hints(&t.name, &mut leaders, &mut epochs);
             state.epochs.insert(t.name.clone(), epochs);
             state.refreshed.insert(t.name.clone(), Instant::now());
             state.leaders.insert(t.name, leaders);
@@ -148,6 +192,43 @@ impl Cluster {
         answer
     }
 
+    /// Whether a background check may ask for `topic`'s metadata now: at most one per
+    /// `gap` for all the requests and partitions waiting on the same election.
+    pub fn claim_poll(&self, topic: &str, gap: Duration) -> bool {
+        let mut state = self.state.write();
+        let now = Instant::now();
+        match state.polled.get_mut(topic) {
+            Some(at) if now.duration_since(*at) < gap => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                state.polled.insert(topic.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// The leader epoch a request for the partition is judged against: the cached one,
+    /// or the one it had before a NOT_LEADER hint (0: unknown).
+    pub fn known_epoch(&self, topic: &str, partition: u32) -> u64 {
+        let state = self.state.read();
+        let cached = state
+            .epochs
+            .get(topic)
+            .and_then(|e| e.get(partition as usize).copied())
+            .unwrap_or(0);
+        if cached > 0 {
+            return cached;
+        }
+        state
+            .hint_floors
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Whether `topic`'s metadata was taken at or after `when`.
     pub fn refreshed_since(&self, topic: &str, when: Instant) -> bool {
         self.state
@@ -191,7 +272,12 @@ impl Cluster {
                 .get_mut(topic)
                 .and_then(|e| e.get_mut(partition as usize))
             {
-                *epoch = 0;
+                let before = std::mem::take(epoch);
+                let floor = state
+                    .hint_floors
+                    .entry((topic.to_string(), partition))
+                    .or_insert(0);
+                *floor = (*floor).max(before);
             }
         }
     }
@@ -245,5 +331,50 @@ impl Cluster {
         };
         connections.insert(node, client.clone());
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partition 0 of "t" led by node 1 in term 4, then hinted to node 2.
+    fn hinted() -> State {
+        let mut state = State::default();
+        state.leaders.insert("t".into(), vec![1, 3]);
+        state.epochs.insert("t".into(), vec![0, 7]);
+        state.hint_floors.insert(("t".into(), 0), 4);
+        state.leaders.get_mut("t").expect("t")[0] = 2;
+        state
+    }
+
+    #[test]
+    fn a_hint_stands_against_metadata_of_the_term_it_replaced() {
+        let mut state = hinted();
+        // A node that lags still names node 1 in term 4.
+        let (mut leaders, mut epochs) = (vec![1, 3], vec![4, 7]);
+        state.keep_hints("t", &mut leaders, &mut epochs);
+        assert_eq!(leaders, vec![2, 3]);
+        assert_eq!(epochs, vec![0, 7]);
+        assert!(state.hint_floors.contains_key(&("t".to_string(), 0)));
+    }
+
+    #[test]
+    fn metadata_of_a_newer_term_replaces_a_hint() {
+        let mut state = hinted();
+        let (mut leaders, mut epochs) = (vec![3, 3], vec![5, 7]);
+        state.keep_hints("t", &mut leaders, &mut epochs);
+        assert_eq!(leaders, vec![3, 3]);
+        assert_eq!(epochs, vec![5, 7]);
+        assert!(state.hint_floors.is_empty());
+    }
+
+    #[test]
+    fn a_topic_that_changed_shape_drops_its_hints() {
+        let mut state = hinted();
+        let (mut leaders, mut epochs) = (vec![1, 3, 2], vec![1, 1, 1]);
+        state.keep_hints("t", &mut leaders, &mut epochs);
+        assert_eq!(leaders, vec![1, 3, 2]);
+        assert!(state.hint_floors.is_empty());
     }
 }

@@ -10,6 +10,7 @@
 pub mod load;
 mod node;
 mod replicas;
+pub mod rng;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -51,6 +51,8 @@ pub struct LoadReport {
     pub failed: u64,
     /// The same, by the start of the error's message.
     pub failures: BTreeMap<String, u64>,
+    /// Offsets acknowledged for two records: a write that was lost (the checker fails).
+    pub acked_twice: Vec<((u32, i64), String, String)>,
 }
 
 impl Load {
@@ -148,21 +150,21 @@ impl Load {
     pub async fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Release);
         while self.tasks.join_next().await.is_some() {}
-        let acked = self
-            .acked
-            .0
-            .lock()
-            .map(|a| {
-                a.iter()
-                    .map(|(p, o, v)| ((*p, *o), v.clone()))
-                    .collect::<BTreeMap<_, _>>()
-            })
-            .unwrap_or_default();
+        let mut acked = BTreeMap::new();
+        let mut acked_twice = Vec::new();
+        if let Ok(all) = self.acked.0.lock() {
+            for (p, o, v) in all.iter() {
+                if let Some(earlier) = acked.insert((*p, *o), v.clone()) {
+                    acked_twice.push(((*p, *o), earlier, v.clone()));
+                }
+            }
+        }
         let failures = self.failures_so_far();
         LoadReport {
             acked,
             failed: failures.values().sum(),
             failures,
+            acked_twice,
         }
     }
 }
@@ -177,9 +179,11 @@ pub fn records_of(topic: &str, partition: u32, batches: &[Bytes]) -> Vec<Consume
     out
 }
 
-/// Checks every acknowledged record against what each replica holds: the same batches on
-/// every replica, and each acknowledged value at its acknowledged offset. Returns how many
-/// records the partitions hold in all.
+/// Checks every acknowledged record against what each replica holds: no offset
+/// acknowledged for two records, the same batches on every replica (each decoding, no
+/// offset twice), and each acknowledged value at its acknowledged offset. Returns how many
+/// records the partitions hold in all (more than were acknowledged when failed deliveries
+/// or retries of writes whose answer was lost were stored: at-least-once).
 pub async fn check_acknowledged(
     cluster: &impl Replicas,
     topic: &str,
@@ -187,14 +191,36 @@ pub async fn check_acknowledged(
     report: &LoadReport,
     within: Duration,
 ) -> Result<usize, TestkitError> {
+    let broken = |reason: String| TestkitError::Call { node: 0, reason };
+    if let Some(((partition, offset), first, second)) = report.acked_twice.first() {
+        return Err(broken(format!(
+            "partition {partition} offset {offset} was acknowledged for {first:?} and for \
+             {second:?}: one of them is lost ({} offsets acknowledged twice)",
+            report.acked_twice.len()
+        )));
+    }
     let mut total = 0;
     for (partition, nodes) in replicas.iter().enumerate() {
         let partition = partition as u32;
         let batches = replicas_agree(cluster, nodes, topic, partition, within).await?;
-        let stored: BTreeMap<i64, Option<Bytes>> = records_of(topic, partition, &batches)
-            .into_iter()
-            .map(|r| (r.offset, r.value))
-            .collect();
+        let mut records = Vec::new();
+        let shared_topic: Arc<str> = Arc::from(topic);
+        for batch in &batches {
+            decode_batch(&shared_topic, partition, batch, 0, &mut records).map_err(|e| {
+                broken(format!(
+                    "partition {partition}: a stored batch does not decode: {e}"
+                ))
+            })?;
+        }
+        let mut stored: BTreeMap<i64, Option<Bytes>> = BTreeMap::new();
+        for record in records {
+            if stored.insert(record.offset, record.value).is_some() {
+                return Err(broken(format!(
+                    "partition {partition}: offset {} is stored twice",
+                    record.offset
+                )));
+            }
+        }
         total += stored.len();
         for ((p, offset), value) in report
             .acked

@@ -8,36 +8,14 @@ use std::time::Duration;
 
 use spool_client::Acks;
 use spool_testkit::load::{Load, check_acknowledged};
+use spool_testkit::rng::{Rng, env_u64};
 use spool_testkit::{ClusterOptions, TestCluster, wait_for};
-
-/// A small deterministic generator (xorshift64*), so that a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_partitions_and_crashes_lose_no_acknowledged_record() {
     let seconds = env_u64("SPOOL_NEMESIS_SECS", 15);
     let seed = env_u64("SPOOL_NEMESIS_SEED", 0x5eed_5b00);
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
         .await
         .expect("cluster");

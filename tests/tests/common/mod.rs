@@ -11,6 +11,8 @@ use spool_testkit::{Replicas, wait_for};
 
 pub const PARTITIONS: u32 = 3;
 pub const WITHIN: Duration = Duration::from_secs(60);
+/// What `docker stop` gives a node before it kills it.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
 
 pub async fn create_topic(client: &Client, name: &str) {
     client

@@ -39,12 +39,17 @@ pub(crate) async fn moved(
     shipments: &[Shipment],
     epochs: &[u64],
 ) -> String {
-    let Some(leader) = leader else {
-        // Sent to the bootstrap node for want of a known leader: nothing to compare.
+    // Sent to the bootstrap node for want of a known leader, or in a term not known:
+    // nothing to judge a newer leader by.
+    let Some(leader) = leader.filter(|leader| *leader != 0) else {
         return std::future::pending().await;
     };
+    if epochs.contains(&0) {
+        return std::future::pending().await;
+    }
     let topics = topics_of(shipments.iter().map(|s| &s.topic));
     let mut checks = tokio::time::interval_at(Instant::now() + CHECK_AFTER, CHECK_EVERY);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         checks.tick().await;
         refresh(shared, &topics, Some(leader)).await;
@@ -78,6 +83,10 @@ pub(crate) async fn expedite_when_elected(
         tokio::time::sleep_until(next_check).await;
         let topics = topics_of(waiting.iter().map(|w| &w.topic));
         refresh(shared, &topics, suspect).await;
+        // A refresh may have taken long: a partition whose backoff ended meanwhile may
+        // have been tried and put back since, with a backoff this entry knows nothing of.
+        let now = Instant::now();
+        waiting.retain(|w| w.until > now);
         let before = waiting.len();
         waiting.retain(|w| {
             let elected = shared
@@ -102,13 +111,11 @@ fn topics_of<'a>(topics: impl Iterator<Item = &'a Arc<str>>) -> Vec<Arc<str>> {
     topics
 }
 
-/// Takes the topics' metadata again unless another task just did: many requests and
+/// Takes the topics' metadata again unless another task just asked: many requests and
 /// partitions may be waiting on the same election.
 async fn refresh(shared: &Shared, topics: &[Arc<str>], suspect: Option<u64>) {
-    let now = std::time::Instant::now();
-    let recently = now.checked_sub(CHECK_EVERY / 2).unwrap_or(now);
     for topic in topics {
-        if shared.cluster.refreshed_since(topic, recently) {
+        if !shared.cluster.claim_poll(topic, CHECK_EVERY / 2) {
             continue;
         }
         if let Err(error) = shared.cluster.refresh_avoiding(topic, suspect).await {

@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use super::accumulator::{ClosedBatch, Payload, Shipment, seed};
 use super::leaders::{self, Waiting};
 use super::{ProducerError, Shared};
-use crate::error::ClientError;
+use crate::error::{ApiError, ClientError};
 use crate::types::PartitionBatches;
+use spool_types::ErrorCode;
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut closing = shared.closing.subscribe();
@@ -67,23 +68,18 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
             batch.payload = Payload::Built(compression.finish(builder));
         }
     }
-    // The leader epoch each partition is sent in (0: unknown).
+    // The leader epoch each partition is known to have been in when sent (0: unknown):
+    // a leader elected in a newer one replaced the leader it was sent to.
     let epochs: Vec<u64> = shipments
         .iter()
-        .map(|s| {
-            shared
-                .cluster
-                .leader_epoch(&s.topic, s.partition)
-                .unwrap_or(0)
-        })
+        .map(|s| shared.cluster.known_epoch(&s.topic, s.partition))
         .collect();
     let request: Vec<PartitionBatches> = shipments
         .iter()
-        .zip(&epochs)
-        .map(|(s, epoch)| PartitionBatches {
+        .map(|s| PartitionBatches {
             topic: s.topic.to_string(),
             partition: s.partition,
-            leader_epoch: (*epoch > 0).then_some(*epoch),
+            leader_epoch: shared.cluster.leader_epoch(&s.topic, s.partition),
             batches: s
                 .batches
                 .iter()
@@ -125,8 +121,21 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                     }
                 }
             }
-            let answers = shipments.into_iter().zip(epochs).zip(outcome.partitions);
+            // A partition the answer leaves out fails, and is never left in flight.
+            let results = outcome
+                .partitions
+                .into_iter()
+                .map(Some)
+                .chain(std::iter::repeat_with(|| None));
+            let answers = shipments.into_iter().zip(epochs).zip(results);
             for ((shipment, epoch), result) in answers {
+                let result = result.unwrap_or_else(|| {
+                    Err(ApiError {
+                        code: ErrorCode::Unknown,
+                        message: "the answer left this partition out".to_string(),
+                        leader: None,
+                    })
+                });
                 match result {
                     Ok(produced) => settle_all(&shared, shipment, Ok, produced.base_offset),
                     Err(api) if api.code.is_retriable() => {
