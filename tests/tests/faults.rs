@@ -324,6 +324,16 @@ async fn write_to_a_waking_zombie(
         !acknowledged,
         "a leader paused past an election acknowledged a write as it woke: {answer:?}"
     );
+    // A refusal naming the leader names it at the address this client reaches.
+    if let Ok(outcome) = &answer
+        && let Some(Err(refusal)) = outcome.partitions.first()
+        && let Some((_, address)) = &refusal.leader
+    {
+        assert!(
+            refusal.message.contains(address.as_str()),
+            "the message and the hint disagree: {refusal:?}"
+        );
+    }
     eprintln!(
         "zombie node {victim} (request sent {} it woke) answered: {:?}",
         if queued { "before" } else { "as" },

@@ -33,12 +33,20 @@ impl Listener {
     }
 
     /// The wire form of a broker error, its leader hint addressed for this listener.
+    /// The message names the same address as the hint.
     pub(crate) fn wire_error(self, broker: &Broker, error: &BrokerError) -> v1::Error {
-        let mut wire = wire_error(error);
-        if let Some(hint) = wire.leader.as_mut() {
-            hint.address = self.address(broker, hint.node_id, std::mem::take(&mut hint.address));
+        if let BrokerError::NotLeader {
+            leader: Some(node),
+            address,
+        } = error
+        {
+            let address = self.address(broker, *node, address.clone().unwrap_or_default());
+            return wire_error(&BrokerError::NotLeader {
+                leader: Some(*node),
+                address: Some(address).filter(|a| !a.is_empty()),
+            });
         }
-        wire
+        wire_error(error)
     }
 }
 
