@@ -242,6 +242,20 @@ impl ComposeCluster {
         Ok(())
     }
 
+    /// Runs `spool ARGS` inside the node's container (which reaches the node on its own
+    /// loopback even when it is cut off the network), `input` on its stdin.
+    pub async fn exec_spool(
+        &self,
+        node: u64,
+        args: &[&str],
+        input: &[u8],
+    ) -> Result<std::process::Output, SystemError> {
+        let container = self.container(node).await?;
+        let mut all = vec!["exec", "-i", container.as_str(), "/spool"];
+        all.extend(args);
+        self.docker.docker_with_input(&all, input).await
+    }
+
     /// `compose down` (volumes kept) then `up`: new containers on the same volumes.
     pub async fn down_and_up(&self) -> Result<(), SystemError> {
         self.compose(&["down", "-t", "30"]).await?;
@@ -260,6 +274,11 @@ impl ComposeCluster {
 
     fn network(&self) -> String {
         format!("{}_default", self.project)
+    }
+
+    /// The id of the node's container.
+    pub async fn container_id(&self, node: u64) -> Result<String, SystemError> {
+        self.container(node).await
     }
 
     async fn container(&self, node: u64) -> Result<String, SystemError> {

@@ -54,6 +54,15 @@ impl Docker {
         call("docker", args, &[]).await
     }
 
+    /// Runs `docker ARGS` with `input` on its stdin; how it went, success or not.
+    pub async fn docker_with_input(
+        &self,
+        args: &[&str],
+        input: &[u8],
+    ) -> Result<std::process::Output, SystemError> {
+        run("docker", args, &[], Some(input)).await
+    }
+
     /// Runs compose with `ARGS` for `project`, with `env` set.
     pub async fn compose(
         &self,
@@ -217,28 +226,12 @@ async fn call(
     args: &[&str],
     env: &[(String, String)],
 ) -> Result<String, SystemError> {
-    let described = || format!("{program} {}", args.join(" "));
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(CALL_WITHIN, command.output())
-        .await
-        .map_err(|_| SystemError::Command {
-            command: described(),
-            reason: format!("no answer within {CALL_WITHIN:?}"),
-        })?
-        .map_err(|e| SystemError::Command {
-            command: described(),
-            reason: e.to_string(),
-        })?;
+    let output = run(program, args, env, None).await?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(SystemError::Command {
-            command: described(),
+            command: format!("{program} {}", args.join(" ")),
             reason: format!(
                 "{}: {}",
                 output.status,
@@ -246,4 +239,43 @@ async fn call(
             ),
         })
     }
+}
+
+/// Runs a command to completion within `CALL_WITHIN`, `input` on its stdin; what it
+/// printed and how it exited, whether that was success or not.
+pub(crate) async fn run(
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    input: Option<&[u8]>,
+) -> Result<std::process::Output, SystemError> {
+    let failed = |reason: String| SystemError::Command {
+        command: format!("{program} {}", args.join(" ")),
+        reason,
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let finished = async {
+        let mut child = command.spawn()?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(input).await?;
+            // Dropped: the command sees the end of its input.
+        }
+        child.wait_with_output().await
+    };
+    tokio::time::timeout(CALL_WITHIN, finished)
+        .await
+        .map_err(|_| failed(format!("no answer within {CALL_WITHIN:?}")))?
+        .map_err(|e| failed(e.to_string()))
 }

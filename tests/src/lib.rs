@@ -7,9 +7,11 @@
 
 mod cluster;
 mod docker;
+mod inside;
 
 pub use cluster::ComposeCluster;
 pub use docker::{Docker, workspace_root};
+pub use inside::{IN_NETWORK_PORT, InsideReport, InsideWriter};
 
 /// What went wrong driving Docker or the cluster.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use spool_client::{Acks, Client, NewTopic, OffsetToCommit, PartitionBatches, PartitionSet};
 use spool_log::batch::{BatchBuilder, BatchOptions};
-use spool_system_tests::ComposeCluster;
+use spool_system_tests::{ComposeCluster, InsideReport, InsideWriter};
 use spool_testkit::load::{check_acknowledged, records_of};
 use spool_testkit::{Replicas, wait_for};
 
@@ -215,7 +215,7 @@ async fn compose_down_and_up_keeps_topics_records_and_committed_offsets() {
 }
 
 /// A fault done to one node and undone: what the fault tests have in common.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     /// `docker pause` (SIGSTOP through the freezer) for longer than an election takes:
     /// a leader that wakes up must not acknowledge anything of its old term.
@@ -234,26 +234,53 @@ async fn survive(name: &str, fault: Fault) {
     };
     let mut windows = Vec::new();
     let mut zombies = Vec::new();
+    let mut cut_off = Vec::new();
     for partition in 0..PARTITIONS {
         let victim = cluster
             .leader(name, partition, WITHIN)
             .await
             .expect("leader");
         match fault {
-            Fault::Pause => cluster.pause(victim).await,
-            Fault::Disconnect => cluster.disconnect(victim).await,
-        }
-        .expect("fault");
-        let struck_at = Instant::now();
-        next_acks(&load, &[partition]).await;
-        windows.push(struck_at.elapsed());
-        match fault {
             Fault::Pause => {
+                cluster.pause(victim).await.expect("pause");
+                let struck_at = Instant::now();
+                next_acks(&load, &[partition]).await;
+                windows.push(struck_at.elapsed());
                 let value = format!("zombie-{partition}");
-                zombies.push((partition, value.clone()));
                 write_to_a_waking_zombie(&cluster, victim, name, partition, &value).await;
+                zombies.push((partition, value));
             }
-            Fault::Disconnect => cluster.connect(victim).await.expect("reconnect"),
+            Fault::Disconnect => {
+                // A writer inside the leader's container writes to it across the cut.
+                let writer = InsideWriter::start(
+                    &cluster,
+                    victim,
+                    name,
+                    partition,
+                    &format!("inside-{partition}"),
+                )
+                .await
+                .expect("a writer in the container");
+                wait_for(WITHIN, "the inside writer's first acknowledgements", || {
+                    let flowing = writer.acknowledged() >= 50;
+                    async move { flowing.then_some(()) }
+                })
+                .await
+                .expect("the inside writer writes");
+                cluster.disconnect(victim).await.expect("disconnect");
+                let struck_at = Instant::now();
+                next_acks(&load, &[partition]).await;
+                windows.push(struck_at.elapsed());
+                let report = writer.finish().await.expect("the inside writer stops");
+                let held = log_terms(&cluster, victim, name, partition).await;
+                cluster.connect(victim).await.expect("reconnect");
+                cut_off.push(CutOff {
+                    partition,
+                    victim,
+                    held,
+                    report,
+                });
+            }
         }
         cluster.wait_serving(WITHIN).await.expect("serving again");
     }
@@ -272,8 +299,112 @@ async fn survive(name: &str, fault: Fault) {
                     .any(|r| r.value.as_deref() == Some(value.as_bytes())),
                 "node {node} holds {value:?}, sent to a paused leader as it woke"
             );
+            assert!(
+                !log_holds(&cluster, node, name, partition, &value).await,
+                "{value:?} is still in node {node}'s log"
+            );
         }
     }
+    for cut in cut_off {
+        cut.check(&cluster, name).await;
+    }
+}
+
+/// A leader cut off the network while a writer inside its container wrote to it.
+struct CutOff {
+    partition: u32,
+    victim: u64,
+    /// The term of each entry of its log as it was while cut off, by index.
+    held: BTreeMap<u64, u64>,
+    report: InsideReport,
+}
+
+impl CutOff {
+    /// Every record the cut-off leader acknowledged is on every replica at its offset
+    /// (so it acknowledged nothing it could not commit), and its log now matches the
+    /// others' entry for entry: what it held past what the majority kept, it cut.
+    async fn check(&self, cluster: &ComposeCluster, topic: &str) {
+        let (partition, victim) = (self.partition, self.victim);
+        let prefix = format!("inside-{partition}-");
+        for node in cluster.running() {
+            let batches = spool_testkit::committed_batches(cluster, node, topic, partition)
+                .await
+                .expect("a read of the replica");
+            let stored: BTreeMap<i64, String> = records_of(topic, partition, &batches)
+                .into_iter()
+                .filter_map(|r| {
+                    let value = String::from_utf8(r.value?.to_vec()).ok()?;
+                    value.starts_with(&prefix).then_some((r.offset, value))
+                })
+                .collect();
+            for (n, offset) in self.report.acked.iter().enumerate() {
+                assert_eq!(
+                    stored.get(offset).map(String::as_str),
+                    Some(format!("{prefix}{n}").as_str()),
+                    "node {node}: record {n} the cut-off leader {victim} acknowledged at offset {offset} is not there"
+                );
+            }
+        }
+        let now = log_terms(cluster, victim, topic, partition).await;
+        for node in cluster.running().into_iter().filter(|n| *n != victim) {
+            let other = log_terms(cluster, node, topic, partition).await;
+            let differing = now
+                .iter()
+                .filter(|(index, term)| other.get(index).is_some_and(|t| t != *term))
+                .count();
+            assert_eq!(
+                differing, 0,
+                "partition {partition}: node {victim}'s log and node {node}'s disagree on {differing} entries"
+            );
+        }
+        let replaced = self
+            .held
+            .iter()
+            .filter(|(index, term)| now.get(index).is_some_and(|t| t != *term))
+            .count();
+        eprintln!(
+            "partition {partition}: cut-off leader {victim} was sent {} records from inside and acknowledged {} (all found on every replica); on return it cut {replaced} entries of its log and agrees with the others; it said: {}",
+            self.report.sent,
+            self.report.acked.len(),
+            self.report.said.trim()
+        );
+    }
+}
+
+/// The term of each entry in the node's log of the partition, by index.
+async fn log_terms(
+    cluster: &ComposeCluster,
+    node: u64,
+    topic: &str,
+    partition: u32,
+) -> BTreeMap<u64, u64> {
+    let dir = format!("/var/lib/spool/{topic}-{partition}");
+    let dump = cluster
+        .exec_spool(node, &["log", "dump", &dir, "--output", "json"], b"")
+        .await
+        .expect("spool log dump run in the container");
+    String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|frame| Some((frame["index"].as_u64()?, frame["term"].as_u64()?)))
+        .collect()
+}
+
+/// Whether `value` is in any record of the node's log of the partition, committed or not.
+async fn log_holds(
+    cluster: &ComposeCluster,
+    node: u64,
+    topic: &str,
+    partition: u32,
+    value: &str,
+) -> bool {
+    let dir = format!("/var/lib/spool/{topic}-{partition}");
+    let dump = cluster
+        .exec_spool(node, &["log", "dump", &dir, "--records", "--values"], b"")
+        .await
+        .expect("spool log dump run in the container");
+    // Exit 1 would only mean a frame being written as it was read.
+    String::from_utf8_lossy(&dump.stdout).contains(&format!("value {value:?}"))
 }
 
 /// Sends an acks=all write to a paused old leader, connected while it is paused so that

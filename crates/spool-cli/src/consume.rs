@@ -224,24 +224,23 @@ pub(crate) async fn by_leader(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut groups: std::collections::BTreeMap<Option<String>, Vec<u32>> = Default::default();
+    let mut groups: std::collections::BTreeMap<Option<(u64, String)>, Vec<u32>> =
+        Default::default();
     for &partition in partitions {
-        let address = leaders.get(&partition).and_then(|leader| {
+        let leader = leaders.get(&partition).and_then(|leader| {
             metadata
                 .brokers
                 .iter()
                 .find(|b| b.node_id == *leader)
-                .map(|b| b.address.clone())
+                .map(|b| (b.node_id, b.address.clone()))
         });
-        groups.entry(address).or_default().push(partition);
+        groups.entry(leader).or_default().push(partition);
     }
     let mut out = Vec::with_capacity(groups.len());
-    for (address, group) in groups {
-        let leader = match address {
-            Some(address) if address != client.address() => {
-                spool_client::Client::connect(&[address], Duration::from_secs(5)).await?
-            }
-            _ => client.clone(),
+    for (leader, group) in groups {
+        let leader = match leader {
+            Some((node, address)) => client.to_node(node, &address).await?,
+            None => client.clone(),
         };
         out.push((leader, group));
     }

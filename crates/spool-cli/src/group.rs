@@ -117,10 +117,7 @@ pub(crate) async fn coordinator(client: &Client, group: &str) -> anyhow::Result<
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         match client.find_coordinator(group).await {
-            Ok((_, address)) if address == client.address() => return Ok(client.clone()),
-            Ok((_, address)) => {
-                return Ok(Client::connect(&[address], Duration::from_secs(5)).await?);
-            }
+            Ok((node, address)) => return Ok(client.to_node(node, &address).await?),
             Err(error)
                 if error
                     .code()
@@ -138,15 +135,7 @@ async fn list(client: &Client, output: Output) -> anyhow::Result<ExitCode> {
     let metadata = client.metadata(&[]).await?;
     let mut groups = Vec::new();
     for broker in &metadata.brokers {
-        let node = if broker.address == client.address() {
-            client.clone()
-        } else {
-            Client::connect(
-                std::slice::from_ref(&broker.address),
-                Duration::from_secs(5),
-            )
-            .await?
-        };
+        let node = client.to_node(broker.node_id, &broker.address).await?;
         groups.extend(node.list_groups_here().await?);
     }
     groups.sort_by(|a, b| a.group.cmp(&b.group));

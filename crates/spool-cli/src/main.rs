@@ -15,6 +15,7 @@ mod output;
 mod produce;
 mod topic;
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ struct Cli {
         default_value = "127.0.0.1:7070"
     )]
     bootstrap: String,
+
+    /// Reach node ID at HOST:PORT instead of the address the cluster advertises for it
+    /// (through a tunnel or port forward); as ID=HOST:PORT[,ID=HOST:PORT...].
+    #[arg(long, global = true, env = "SPOOL_CONNECT_TO", value_parser = parse_connect_to)]
+    connect_to: Option<HashMap<u64, String>>,
 
     /// `text` for people, `json` for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -110,13 +116,37 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Context {
     pub bootstrap: Vec<String>,
+    pub connect_to: HashMap<u64, String>,
     pub output: Output,
 }
 
 impl Context {
     pub async fn connect(&self) -> anyhow::Result<spool_client::Client> {
-        Ok(spool_client::Client::connect(&self.bootstrap, Duration::from_secs(5)).await?)
+        let client = spool_client::Client::connect(&self.bootstrap, Duration::from_secs(5)).await?;
+        Ok(client.with_connect_to(self.connect_to.clone()))
     }
+}
+
+/// `ID=HOST:PORT[,ID=HOST:PORT...]`.
+fn parse_connect_to(text: &str) -> Result<HashMap<u64, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (node, address) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not ID=HOST:PORT"))?;
+            let node = node
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{node:?} is not a node id"))?;
+            let address = address.trim();
+            if address.is_empty() {
+                return Err(format!("no address for node {node}"));
+            }
+            Ok((node, address.to_string()))
+        })
+        .collect()
 }
 
 /// glibc returns every freed allocation above 128 KiB to the kernel (mmap, munmap), so a
@@ -162,6 +192,7 @@ fn main() -> ExitCode {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect(),
+        connect_to: cli.connect_to.unwrap_or_default(),
         output: cli.output,
     };
     // `spool log verify` exits 1 for a damaged log, so failing to run at all is 2 there.

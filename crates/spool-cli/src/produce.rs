@@ -81,6 +81,13 @@ pub struct ProduceArgs {
     /// How long the broker may take per request, in ms.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// Give up on a record this long after it is read, retries included, in ms.
+    #[arg(long, default_value_t = 120_000)]
+    delivery_timeout_ms: u64,
+    /// Print the partition and offset of each record as it is acknowledged, in the order
+    /// the records were read (`partition offset`, or a JSON object per line).
+    #[arg(long)]
+    print_offsets: bool,
 }
 
 pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCode> {
@@ -98,9 +105,11 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
         batch_bytes: args.batch_bytes,
         compression: args.compression.into(),
         request_timeout: Duration::from_millis(args.timeout_ms),
+        delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);
+    let (print_offsets, output) = (args.print_offsets, context.output);
     let topic = args.topic.clone();
     let (records_tx, mut records_rx) = mpsc::channel::<ProducerRecord>(8192);
     let reader = std::thread::spawn(move || read_stdin(&args, &records_tx));
@@ -110,8 +119,11 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
     let collector = tokio::spawn(async move {
         let mut acknowledged = 0u64;
         while let Some(ack) = acks_rx.recv().await {
-            ack.await?;
+            let delivered = ack.await?;
             acknowledged += 1;
+            if print_offsets {
+                print_offset(&delivered, output);
+            }
         }
         anyhow::Ok(acknowledged)
     });
@@ -138,6 +150,16 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
         Output::Text => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_offset(delivered: &spool_client::RecordMetadata, output: Output) {
+    match output {
+        Output::Json => crate::say!(
+            "{}",
+            json!({"topic": &*delivered.topic, "partition": delivered.partition, "offset": delivered.offset})
+        ),
+        Output::Text => crate::say!("{} {}", delivered.partition, delivered.offset),
+    }
 }
 
 /// Turns each line of stdin into a record: key and value split at the separator.

@@ -144,6 +144,82 @@ fn sigterm_stops_the_node_cleanly() {
 }
 
 #[test]
+fn connect_to_reaches_a_node_whose_advertised_address_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    // As behind a port forward: the node advertises a name this host cannot resolve.
+    let server = Server::start_with(
+        dir.path(),
+        &["--advertised-address", "spool-1.invalid:7070"],
+    );
+    server.ok(&["topic", "create", "t", "--partitions", "2"], None);
+    let lost = server.spool(
+        &["produce", "t", "--delivery-timeout-ms", "3000"],
+        Some(b"nowhere\n"),
+    );
+    assert!(
+        !lost.status.success(),
+        "a record went to an address that does not resolve"
+    );
+
+    let connect_to = format!("1={}", server.grpc);
+    let lines: Vec<String> = (0..20).map(|i| format!("k{i}:v{i}")).collect();
+    server.ok(
+        &[
+            "--connect-to",
+            &connect_to,
+            "produce",
+            "t",
+            "--key-separator",
+            ":",
+        ],
+        Some(format!("{}\n", lines.join("\n")).as_bytes()),
+    );
+    let read = server.ok(
+        &[
+            "--connect-to",
+            &connect_to,
+            "consume",
+            "t",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--max-messages",
+            "20",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let mut values: Vec<String> = read
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["value"].as_str().unwrap().to_string()
+        })
+        .collect();
+    values.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        values, expected,
+        "every record read back through --connect-to"
+    );
+    let offsets = server.ok(
+        &[
+            "--connect-to",
+            &connect_to,
+            "offsets",
+            "t",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(offsets.contains("\"latest\""), "{offsets}");
+    server.kill_9();
+}
+
+#[test]
 fn client_errors_are_one_sentence_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

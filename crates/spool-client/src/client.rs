@@ -1,5 +1,7 @@
 //! The connection to a cluster and its calls.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use spool_proto::v1;
@@ -25,6 +27,10 @@ pub struct Client {
     address: String,
     /// Deadline of every unary call (fetch streams run until closed).
     timeout: Duration,
+    /// How long opening a connection may take.
+    connect_timeout: Duration,
+    /// Addresses used instead of the ones the cluster advertises, by node id.
+    connect_to: Arc<HashMap<u64, String>>,
 }
 
 fn api(error: Option<v1::Error>) -> Result<(), ApiError> {
@@ -83,6 +89,8 @@ impl Client {
                             .max_encoding_message_size(ADMIN_REQUEST_BYTES),
                         address: address.clone(),
                         timeout: timeout.max(Duration::from_secs(30)),
+                        connect_timeout: timeout,
+                        connect_to: Arc::default(),
                     });
                 }
                 Err(e) => last = format!("{e}: {}", source_chain(&e)),
@@ -104,6 +112,34 @@ impl Client {
     /// The address this client connected to.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Reaches the given nodes at these addresses instead of the ones they advertise
+    /// (through a tunnel, a port forward, or from a host the advertised names do not
+    /// resolve on). Producers and consumers made from this client follow it.
+    pub fn with_connect_to(mut self, addresses: HashMap<u64, String>) -> Self {
+        self.connect_to = Arc::new(addresses);
+        self
+    }
+
+    /// A connection to `node`, which the cluster advertises at `advertised`: this one when
+    /// that is where this client is connected, else a new one (sharing `with_connect_to`).
+    pub async fn to_node(&self, node: u64, advertised: &str) -> Result<Client, ClientError> {
+        let address = self.connect_to(node).unwrap_or(advertised);
+        if address == self.address {
+            return Ok(self.clone());
+        }
+        let client = Client::connect(&[address.to_string()], self.connect_timeout).await?;
+        Ok(Client {
+            timeout: self.timeout,
+            connect_to: self.connect_to.clone(),
+            ..client
+        })
+    }
+
+    /// The address given for `node` in place of the advertised one, if any.
+    pub(crate) fn connect_to(&self, node: u64) -> Option<&str> {
+        self.connect_to.get(&node).map(String::as_str)
     }
 
     pub async fn metadata(&self, topics: &[String]) -> Result<ClusterMetadata, ClientError> {

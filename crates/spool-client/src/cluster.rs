@@ -73,16 +73,14 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct Cluster {
     bootstrap: Client,
-    timeout: Duration,
     state: RwLock<State>,
     connections: tokio::sync::Mutex<HashMap<u64, Client>>,
 }
 
 impl Cluster {
-    pub fn new(bootstrap: Client, timeout: Duration) -> Self {
+    pub fn new(bootstrap: Client) -> Self {
         Self {
             bootstrap,
-            timeout,
             state: RwLock::new(State::default()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -160,8 +158,7 @@ impl Cluster {
         topics: &[String],
         suspect: Option<u64>,
     ) -> Result<ClusterMetadata, ClientError> {
-        let suspect_address =
-            suspect.and_then(|node| self.state.read().brokers.get(&node).cloned());
+        let suspect_address = suspect.and_then(|node| self.address_of(node));
         let bootstrap_suspected = suspect_address.as_deref() == Some(self.bootstrap.address());
         let mut answer = if bootstrap_suspected {
             Err(ClientError::Transport(
@@ -309,6 +306,15 @@ impl Cluster {
             .filter(|epoch| *epoch > 0)
     }
 
+    /// Where `node` is reached: the address the client was told to use for it, or the
+    /// one the cluster advertises.
+    fn address_of(&self, node: u64) -> Option<String> {
+        match self.bootstrap.connect_to(node) {
+            Some(address) => Some(address.to_string()),
+            None => self.state.read().brokers.get(&node).cloned(),
+        }
+    }
+
     /// The connection to `node`, opened on first use; the bootstrap connection for a node
     /// whose address is not known.
     pub async fn connection(&self, node: Option<u64>) -> Result<Client, ClientError> {
@@ -319,12 +325,9 @@ impl Cluster {
         if let Some(client) = connections.get(&node) {
             return Ok(client.clone());
         }
-        let address = self.state.read().brokers.get(&node).cloned();
-        let client = match address {
-            Some(address) if address != self.bootstrap.address() => {
-                Client::connect(&[address], self.timeout).await?
-            }
-            Some(_) => self.bootstrap.clone(),
+        let advertised = self.state.read().brokers.get(&node).cloned();
+        let client = match advertised {
+            Some(advertised) => self.bootstrap.to_node(node, &advertised).await?,
             // Not known yet: the bootstrap node answers (or names the leader) this time,
             // and is not remembered as that node.
             None => return Ok(self.bootstrap.clone()),

@@ -15,11 +15,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// As `start`, with more `spool serve` flags.
+    pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
         let mut child = Command::new(SPOOL)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(["--cluster-listen", "127.0.0.1:0"])
+            .args(flags)
             .env("SPOOL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

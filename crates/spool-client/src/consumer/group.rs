@@ -547,10 +547,9 @@ impl Coordinated {
             let client = match known {
                 Some(client) => client,
                 None => match self.bootstrap.find_coordinator(&self.group).await {
-                    Ok((_, address)) if address == self.bootstrap.address() => {
-                        self.bootstrap.clone()
-                    }
-                    Ok((_, address)) => Client::connect(&[address], Duration::from_secs(10))
+                    Ok((node, address)) => self
+                        .bootstrap
+                        .to_node(node, &address)
                         .await
                         .map_err(ConsumerError::Client)?,
                     Err(error) if Instant::now() < deadline && retriable(&error) => {

@@ -223,15 +223,11 @@ impl Member {
         if let Some(client) = self.shared.coordinator.lock().clone() {
             return Ok(client);
         }
-        let (_, address) = self
+        let (node, address) = self
             .bootstrap
             .find_coordinator(&self.settings.group)
             .await?;
-        let client = if address == self.bootstrap.address() {
-            self.bootstrap.clone()
-        } else {
-            Client::connect(&[address], Duration::from_secs(10)).await?
-        };
+        let client = self.bootstrap.to_node(node, &address).await?;
         *self.shared.coordinator.lock() = Some(client.clone());
         Ok(client)
     }

@@ -25,8 +25,6 @@ use crate::cluster::Cluster;
 use crate::error::{ApiError, ClientError};
 use crate::types::OffsetSpec;
 
-/// How long connecting to a partition's leader may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an offset lookup waits for partitions without a reachable leader.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -140,7 +138,7 @@ pub struct Consumer {
 impl Consumer {
     pub fn new(client: Client, config: ConsumerConfig) -> Self {
         Self {
-            cluster: Arc::new(Cluster::new(client, CONNECT_TIMEOUT)),
+            cluster: Arc::new(Cluster::new(client)),
             config,
             positions: BTreeMap::new(),
             paused: BTreeSet::new(),

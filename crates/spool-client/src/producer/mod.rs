@@ -221,11 +221,10 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Self {
-        let timeout = config.request_timeout;
         let shared = Arc::new(Shared {
             buffer: Semaphore::new(config.buffer_bytes.min(Semaphore::MAX_PERMITS)),
             accumulator: parking_lot::Mutex::new(Accumulator::new(config.compression)),
-            cluster: Cluster::new(client, timeout),
+            cluster: Cluster::new(client),
             wake: Notify::new(),
             drained: Notify::new(),
             closing: watch::Sender::new(false),
