@@ -1,11 +1,10 @@
 //! A node whose data volume fills up: node 3 runs on a 64 MiB tmpfs and keeps 16 MiB
 //! free (tests/compose/small-volume.yml). It refuses writes with a clear error, stays up,
 //! serves reads, lets the other replicas go on without it, and takes writes again once
-//! space is freed; no acknowledged record is lost anywhere.
+//! retention frees space; no acknowledged record is lost anywhere.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,19 +21,29 @@ const PER_BATCH: usize = 4;
 fn megabyte_batch(tag: usize) -> Bytes {
     let mut builder = BatchBuilder::new(BatchOptions::default());
     let value = vec![b'a' + (tag % 26) as u8; VALUE_BYTES];
+    // Stamped now: older records would be for time-based retention to remove.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     for _ in 0..PER_BATCH {
-        builder.append(1_700_000_000_000, None, Some(&value), &[]);
+        builder.append(now_ms, None, Some(&value), &[]);
     }
     builder.finish()
 }
 
-async fn create(client: &Client, name: &str, replicas: Vec<u64>) {
+/// Segments of the ballast topic: small, so that retention can free most of it.
+const BALLAST_SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+
+async fn create(client: &Client, name: &str, replicas: Vec<u64>, configs: &[(&str, String)]) {
     client
         .create_topic(NewTopic {
             name: name.to_string(),
             partitions: 1,
             replication_factor: replicas.len() as u32,
-            configs: BTreeMap::new(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             assignments: vec![replicas],
         })
         .await
@@ -87,8 +96,9 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
 
     // Two topics only node 3 holds: a little in one, then the other written until node 3
     // refuses.
-    create(&client, "filler", vec![3]).await;
-    create(&client, "ballast", vec![3]).await;
+    create(&client, "filler", vec![3], &[]).await;
+    let segment = ("segment.bytes", BALLAST_SEGMENT_BYTES.to_string());
+    create(&client, "ballast", vec![3], &[segment]).await;
     cluster.leader("filler", 0, WITHIN).await.expect("leader");
     cluster.leader("ballast", 0, WITHIN).await.expect("leader");
     let written = 2;
@@ -120,7 +130,7 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
 
     // A topic on every node, led elsewhere: its writes go on while node 3, under half
     // its floor, takes no more of them.
-    create(&client, "bulk", vec![1, 2, 3]).await;
+    create(&client, "bulk", vec![1, 2, 3], &[]).await;
     let leader = cluster.leader("bulk", 0, WITHIN).await.expect("leader");
     assert_ne!(leader, 3);
     for tag in 0..24 {
@@ -143,21 +153,39 @@ async fn a_node_whose_disk_fills_refuses_writes_serves_reads_and_loses_nothing()
     let again = write(&cluster, 3, "filler", 0).await.unwrap_err();
     assert_eq!(again.code, ErrorCode::StorageError);
 
-    // Space freed: ballast and bulk go, and node 3 takes writes again.
-    client.delete_topic("ballast").await.expect("delete");
-    client.delete_topic("bulk").await.expect("delete");
+    // Retention frees space: ballast is cut to its newest segments, and node 3 takes
+    // writes again.
+    client
+        .alter_topic_configs(
+            "ballast",
+            vec![(
+                "retention.bytes".to_string(),
+                BALLAST_SEGMENT_BYTES.to_string(),
+            )],
+            Vec::new(),
+        )
+        .await
+        .expect("ballast shortened");
     wait_for(WITHIN, "node 3 to take writes again", || async {
         write(&cluster, 3, "filler", written).await.ok()
     })
     .await
-    .expect("writes taken once space is freed");
+    .expect("writes taken once retention freed space");
     assert_eq!(
         stored_on(&cluster, 3, "filler").await,
         (written + 1) * PER_BATCH
     );
-    eprintln!(
-        "node 3 held {behind} of bulk's {} records; it took writes again once ballast and bulk were deleted",
-        24 * PER_BATCH
+    let kept = stored_on(&cluster, 3, "ballast").await;
+    assert!(
+        kept < ballast * PER_BATCH,
+        "retention removed none of ballast"
     );
+    eprintln!(
+        "node 3 held {behind} of bulk's {} records; it took writes again once retention cut ballast from {} to {kept} records",
+        24 * PER_BATCH,
+        ballast * PER_BATCH
+    );
+    // Room for node 3 to catch up with the load while the test checks it.
+    client.delete_topic("bulk").await.expect("delete");
     check(&cluster, "spare", load).await;
 }

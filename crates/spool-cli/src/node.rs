@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// a twentieth of a smaller volume; 0 refuses nothing).
     #[arg(long, env = "SPOOL_MIN_FREE_BYTES")]
     min_free_bytes: Option<u64>,
+    /// Time between retention passes, in ms (default 30000).
+    #[arg(long, env = "SPOOL_RETENTION_CHECK_MS")]
+    retention_check_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -100,6 +103,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.min_free_bytes {
             config.min_free_bytes = Some(v);
+        }
+        if let Some(v) = self.retention_check_ms {
+            config.retention_check_ms = v;
         }
         if let Some(v) = self.cluster_listen {
             config.cluster_listen = v;
