@@ -25,7 +25,8 @@ pub struct InsideWriter {
     child: Child,
     stop: watch::Sender<bool>,
     feeder: JoinHandle<u64>,
-    reader: JoinHandle<()>,
+    reader: JoinHandle<Result<(), String>>,
+    said: JoinHandle<String>,
     /// The offset of each record acknowledged so far, in the order written (the writer
     /// acknowledges in that order and stops at its first failure).
     acked: Arc<Mutex<Vec<i64>>>,
@@ -86,7 +87,9 @@ impl InsideWriter {
                 command: format!("docker {}", all.join(" ")),
                 reason: e.to_string(),
             })?;
-        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             return Err(SystemError::Command {
                 command: "docker exec".into(),
                 reason: "no pipes to the writer".into(),
@@ -117,18 +120,34 @@ impl InsideWriter {
             sent
         });
         let acked = Arc::new(Mutex::new(Vec::new()));
+        // Read as it comes, so that a talkative writer never blocks on a full pipe.
+        let said = tokio::spawn(async move {
+            let mut said = String::new();
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                said.push_str(&line);
+                said.push('\n');
+            }
+            said
+        });
+        let partition_text = partition.to_string();
         let reader = tokio::spawn({
             let acked = Arc::clone(&acked);
             async move {
                 let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    // `partition offset` per acknowledged record.
-                    if let Some(offset) = line
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|o| o.parse::<i64>().ok())
-                    {
-                        acked.lock().push(offset);
+                loop {
+                    let line = match lines.next_line().await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => return Ok(()),
+                        Err(error) => return Err(format!("reading the writer: {error}")),
+                    };
+                    // `partition offset` per acknowledged record, nothing else.
+                    match line.split_once(' ') {
+                        Some((p, offset)) if p == partition_text => match offset.parse::<i64>() {
+                            Ok(offset) => acked.lock().push(offset),
+                            Err(_) => return Err(format!("the writer printed {line:?}")),
+                        },
+                        _ => return Err(format!("the writer printed {line:?}")),
                     }
                 }
             }
@@ -139,6 +158,7 @@ impl InsideWriter {
             stop,
             feeder,
             reader,
+            said,
             acked,
         })
     }
@@ -164,19 +184,11 @@ impl InsideWriter {
             .feeder
             .await
             .map_err(|e| failed(format!("the feeder failed: {e}")))?;
-        let mut stderr = self.child.stderr.take();
         let waited = tokio::time::timeout(FINISH_WITHIN, async {
-            let mut said = String::new();
-            if let Some(stderr) = stderr.as_mut() {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    said.push_str(&line);
-                    said.push('\n');
-                }
-            }
             let _ = self.child.wait().await;
-            let _ = (&mut self.reader).await;
-            said
+            let read = (&mut self.reader).await;
+            let said = (&mut self.said).await.unwrap_or_default();
+            (said, read)
         })
         .await
         .map_err(|_| {
@@ -184,11 +196,10 @@ impl InsideWriter {
                 "still running {FINISH_WITHIN:?} after its input ended"
             ))
         })?;
+        let (said, read) = waited;
+        read.map_err(|e| failed(format!("the reader failed: {e}")))?
+            .map_err(failed)?;
         let acked = std::mem::take(&mut *self.acked.lock());
-        Ok(InsideReport {
-            sent,
-            acked,
-            said: waited,
-        })
+        Ok(InsideReport { sent, acked, said })
     }
 }

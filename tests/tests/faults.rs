@@ -236,12 +236,12 @@ async fn survive(name: &str, fault: Fault) {
     let mut zombies = Vec::new();
     let mut cut_off = Vec::new();
     for partition in 0..PARTITIONS {
-        let victim = cluster
-            .leader(name, partition, WITHIN)
-            .await
-            .expect("leader");
         match fault {
             Fault::Pause => {
+                let victim = cluster
+                    .leader(name, partition, WITHIN)
+                    .await
+                    .expect("leader");
                 cluster.pause(victim).await.expect("pause");
                 let struck_at = Instant::now();
                 next_acks(&load, &[partition]).await;
@@ -251,35 +251,10 @@ async fn survive(name: &str, fault: Fault) {
                 zombies.push((partition, value));
             }
             Fault::Disconnect => {
-                // A writer inside the leader's container writes to it across the cut.
-                let writer = InsideWriter::start(
-                    &cluster,
-                    victim,
-                    name,
-                    partition,
-                    &format!("inside-{partition}"),
-                )
-                .await
-                .expect("a writer in the container");
-                wait_for(WITHIN, "the inside writer's first acknowledgements", || {
-                    let flowing = writer.acknowledged() >= 50;
-                    async move { flowing.then_some(()) }
-                })
-                .await
-                .expect("the inside writer writes");
-                cluster.disconnect(victim).await.expect("disconnect");
-                let struck_at = Instant::now();
-                next_acks(&load, &[partition]).await;
-                windows.push(struck_at.elapsed());
-                let report = writer.finish().await.expect("the inside writer stops");
-                let held = log_terms(&cluster, victim, name, partition).await;
-                cluster.connect(victim).await.expect("reconnect");
-                cut_off.push(CutOff {
-                    partition,
-                    victim,
-                    held,
-                    report,
-                });
+                let (window, cut) =
+                    cut_off_with_a_writer_inside(&cluster, &load, name, partition).await;
+                windows.push(window);
+                cut_off.push(cut);
             }
         }
         cluster.wait_serving(WITHIN).await.expect("serving again");
@@ -308,6 +283,68 @@ async fn survive(name: &str, fault: Fault) {
     for cut in cut_off {
         cut.check(&cluster, name).await;
     }
+}
+
+/// Cuts the partition's leader off the network while a writer inside its container
+/// writes to it, waits for the partition to take writes elsewhere, and reconnects it;
+/// the time the partition took no writes, and what the cut-off leader held and was told.
+async fn cut_off_with_a_writer_inside(
+    cluster: &ComposeCluster,
+    load: &spool_testkit::load::Load,
+    topic: &str,
+    partition: u32,
+) -> (Duration, CutOff) {
+    let mut attempts = 0;
+    let (victim, writer) = loop {
+        let victim = cluster
+            .leader(topic, partition, WITHIN)
+            .await
+            .expect("leader");
+        let writer = InsideWriter::start(
+            cluster,
+            victim,
+            topic,
+            partition,
+            &format!("inside-{partition}"),
+        )
+        .await
+        .expect("a writer in the container");
+        wait_for(WITHIN, "the inside writer's first acknowledgements", || {
+            let flowing = writer.acknowledged() >= 50;
+            async move { flowing.then_some(()) }
+        })
+        .await
+        .expect("the inside writer writes");
+        // Still the leader: the writer writes to it over loopback, not to another node.
+        if cluster.leader(topic, partition, WITHIN).await.ok() == Some(victim) {
+            break (victim, writer);
+        }
+        attempts += 1;
+        assert!(
+            attempts < 3,
+            "the leader of partition {partition} keeps moving"
+        );
+        writer.finish().await.expect("the inside writer stops");
+    };
+    cluster.disconnect(victim).await.expect("disconnect");
+    let struck_at = Instant::now();
+    next_acks(load, &[partition]).await;
+    let window = struck_at.elapsed();
+    let report = writer.finish().await.expect("the inside writer stops");
+    let held = log_terms(cluster, victim, topic, partition).await;
+    cluster.connect(victim).await.expect("reconnect");
+    assert!(
+        report.acked.len() < report.sent as usize,
+        "the writer inside cut-off node {victim} had all {} records acknowledged",
+        report.sent
+    );
+    let cut = CutOff {
+        partition,
+        victim,
+        held,
+        report,
+    };
+    (window, cut)
 }
 
 /// A leader cut off the network while a writer inside its container wrote to it.
@@ -378,16 +415,25 @@ async fn log_terms(
     topic: &str,
     partition: u32,
 ) -> BTreeMap<u64, u64> {
-    let dir = format!("/var/lib/spool/{topic}-{partition}");
-    let dump = cluster
-        .exec_spool(node, &["log", "dump", &dir, "--output", "json"], b"")
-        .await
-        .expect("spool log dump run in the container");
-    String::from_utf8_lossy(&dump.stdout)
+    let dump = log_dump(cluster, node, topic, partition, &["--output", "json"]).await;
+    let terms: BTreeMap<u64, u64> = dump
         .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter_map(|frame| Some((frame["index"].as_u64()?, frame["term"].as_u64()?)))
-        .collect()
+        .map(|line| {
+            let frame: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let field = |name: &str| {
+                frame[name]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no {name} in {line}"))
+            };
+            (field("index"), field("term"))
+        })
+        .collect();
+    assert!(
+        !terms.is_empty(),
+        "node {node} has no log of {topic}-{partition}"
+    );
+    terms
 }
 
 /// Whether `value` is in any record of the node's log of the partition, committed or not.
@@ -398,13 +444,36 @@ async fn log_holds(
     partition: u32,
     value: &str,
 ) -> bool {
+    let dump = log_dump(cluster, node, topic, partition, &["--records", "--values"]).await;
+    assert!(
+        dump.lines().any(|line| line.starts_with("| position")),
+        "node {node}'s log of {topic}-{partition} shows no entry"
+    );
+    dump.contains(&format!("value {value:?}"))
+}
+
+/// `spool log dump` of the node's log of the partition, run in its container.
+async fn log_dump(
+    cluster: &ComposeCluster,
+    node: u64,
+    topic: &str,
+    partition: u32,
+    flags: &[&str],
+) -> String {
     let dir = format!("/var/lib/spool/{topic}-{partition}");
+    let mut args = vec!["log", "dump", dir.as_str()];
+    args.extend(flags);
     let dump = cluster
-        .exec_spool(node, &["log", "dump", &dir, "--records", "--values"], b"")
+        .exec_spool(node, &args, b"")
         .await
         .expect("spool log dump run in the container");
-    // Exit 1 would only mean a frame being written as it was read.
-    String::from_utf8_lossy(&dump.stdout).contains(&format!("value {value:?}"))
+    // Exit 1 says a frame did not check out: the last one, being written as it was read.
+    assert!(
+        matches!(dump.status.code(), Some(0 | 1)),
+        "spool log dump {dir} on node {node} failed: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    String::from_utf8_lossy(&dump.stdout).into_owned()
 }
 
 /// Sends an acks=all write to a paused old leader, connected while it is paused so that

@@ -143,6 +143,8 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
         .join()
         .map_err(|_| anyhow::anyhow!("the stdin reader failed"))??;
     match context.output {
+        // With --print-offsets the output is one object per record, nothing else.
+        Output::Json if print_offsets => {}
         Output::Json => crate::say!("{}", json!({"topic": topic, "records": acknowledged})),
         Output::Text if std::io::stderr().is_terminal() => {
             eprintln!("produced {acknowledged} record(s) to {topic}")

@@ -47,7 +47,9 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Client {
-    /// Connects to the first reachable address of `bootstrap` (host:port each).
+    /// Connects to the first reachable address of `bootstrap` (host:port each). `timeout`
+    /// bounds each connection attempt, this one and those the client later makes to other
+    /// nodes (to partition leaders, coordinators); unary calls get at least 30 s.
     pub async fn connect(bootstrap: &[String], timeout: Duration) -> Result<Self, ClientError> {
         if bootstrap.is_empty() {
             return Err(ClientError::NoBootstrap);

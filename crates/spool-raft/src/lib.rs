@@ -25,6 +25,7 @@ pub mod network;
 mod node;
 mod rebuild;
 mod replica;
+mod state_file;
 pub mod state_machine;
 pub mod state_store;
 mod storage;

@@ -1,22 +1,14 @@
 //! The node's small durable store of Raft metadata for every group it hosts: the vote,
 //! the committed and applied log ids, and the snapshot (where the retained log starts).
 //!
-//! One file for all groups, replaced atomically (write, fsync, rename, fsync directory).
-//! A vote must be durable before it is acted on, so `update_durable` waits for a write
-//! that includes it; many groups voting at once share one write. Everything else (commit
-//! and apply progress) is written lazily, at least once a second: losing it only makes a
-//! restarted node re-apply a little, never lose or invent an entry.
-//!
-//! File layout (big-endian):
-//! ```text
-//! "SPRS" u8 version=1  u32 group count  records...  u32 crc32c(everything before)
-//! record: u64 group  u8 has_vote [vote]  log_id committed  log_id applied
-//!         u32 count, stored_membership each  i64 next_offset  u8 has_snapshot [log_id stored_membership i64]
-//! vote: u64 term u64 node u8 committed     log_id: u8 flag [u64 term u64 index]
-//! ```
+//! A base file and a journal of changes (state_file.rs): each write appends the records
+//! changed since the last one and syncs once. A vote must be durable before it is acted
+//! on, so `update_durable` waits for a write that includes it; many groups voting at once
+//! share one write. Everything else (commit and apply progress) is written lazily, at
+//! least once a second: losing it only makes a restarted node re-apply a little, never
+//! lose or invent an entry.
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -26,17 +18,18 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::codec::{Reader, Writer};
-use crate::error::{CodecError, ReplicaError};
+use crate::error::ReplicaError;
+use crate::state_file::{self, Groups, Journal};
 use crate::types::{GroupId, LogId, StoredMembership, Vote};
 
-const MAGIC: &[u8; 4] = b"SPRS";
-const VERSION: u8 = 1;
 /// Lazy changes reach the disk at least this often.
 const LAZY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Renames a damaged state file to `<name>.damaged-<ms>`, durably.
-fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+/// Renames a damaged state file to `<name>.damaged-<ms>`, durably (if it is there).
+fn set_aside(path: &Path) -> std::io::Result<Option<PathBuf>> {
+    if !path.exists() {
+        return Ok(None);
+    }
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -47,7 +40,7 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(aside)
+    Ok(Some(aside))
 }
 
 /// The tiny snapshot of a partition: the point the retained log starts after.
@@ -82,8 +75,10 @@ struct Written {
 
 #[derive(Debug, Default)]
 struct State {
-    groups: BTreeMap<GroupId, GroupRecord>,
+    groups: Groups,
     version: u64,
+    /// Groups changed (or removed) since the last write.
+    dirty: BTreeSet<GroupId>,
 }
 
 #[derive(Debug)]
@@ -109,25 +104,31 @@ impl NodeStateStore {
             path: path.clone(),
             reason,
         };
-        let groups = match std::fs::read(&path) {
-            Ok(bytes) => match decode(&bytes) {
-                Ok(groups) => groups,
-                // Not a reason to stay down, nor to make the operator delete it: the file
-                // is kept aside for inspection, and every replica with a log is treated
-                // as having lost its state (it rebuilds from its leader before voting).
-                Err(error) => {
-                    let aside = set_aside(&path).map_err(|e| fail(e.to_string()))?;
-                    tracing::error!(path = %path.display(), kept_as = %aside.display(), %error, "the Raft state file is damaged; starting without it: replicas rebuild from their leaders before they vote");
-                    BTreeMap::new()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(fail(e.to_string())),
+        let loaded = match state_file::load(&path) {
+            Ok(loaded) => loaded,
+            // Not a reason to stay down, nor to make the operator delete it: the files
+            // are kept aside for inspection, and every replica with a log is treated
+            // as having lost its state (it rebuilds from its leader before voting).
+            Err(error) => {
+                let journal = state_file::journal_path(&path);
+                let aside = set_aside(&path).map_err(|e| fail(e.to_string()))?;
+                let journal_aside = set_aside(&journal).map_err(|e| fail(e.to_string()))?;
+                tracing::error!(path = %path.display(), kept_as = ?aside, journal_kept_as = ?journal_aside, %error, "the Raft state file is damaged; starting without it: replicas rebuild from their leaders before they vote");
+                state_file::Loaded::default()
+            }
         };
+        if loaded.journal_dropped > 0 {
+            tracing::info!(path = %path.display(), bytes = loaded.journal_dropped, "the Raft state journal ended in a torn write (never acknowledged); it is cut there");
+        }
+        let journal = Journal::resume(&path, &loaded).map_err(|e| fail(e.to_string()))?;
+        let groups = loaded.groups;
         let (wake, woken) = mpsc::channel();
         let inner = Arc::new(Inner {
             path: path.clone(),
-            state: Mutex::new(State { groups, version: 0 }),
+            state: Mutex::new(State {
+                groups,
+                ..State::default()
+            }),
             wake: Mutex::new(Some(wake)),
             written: watch::Sender::new(Written::default()),
             thread: Mutex::new(None),
@@ -137,7 +138,7 @@ impl NodeStateStore {
         let for_thread = Arc::downgrade(&inner);
         let thread = std::thread::Builder::new()
             .name("spool-raft-state".into())
-            .spawn(move || write_loop(&for_thread, &woken))
+            .spawn(move || write_loop(&for_thread, &woken, journal))
             .map_err(|e| fail(e.to_string()))?;
         *inner.thread.lock() = Some(thread);
         Ok(Self { inner })
@@ -155,6 +156,7 @@ impl NodeStateStore {
     pub fn update(&self, group: GroupId, change: impl FnOnce(&mut GroupRecord)) {
         let mut state = self.inner.state.lock();
         change(state.groups.entry(group).or_default());
+        state.dirty.insert(group);
         state.version += 1;
     }
 
@@ -167,6 +169,7 @@ impl NodeStateStore {
         let version = {
             let mut state = self.inner.state.lock();
             change(state.groups.entry(group).or_default());
+            state.dirty.insert(group);
             state.version += 1;
             state.version
         };
@@ -178,6 +181,7 @@ impl NodeStateStore {
         let version = {
             let mut state = self.inner.state.lock();
             state.groups.remove(&group);
+            state.dirty.insert(group);
             state.version += 1;
             state.version
         };
@@ -217,7 +221,13 @@ impl NodeStateStore {
     }
 }
 
-fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>) {
+/// One write of the state: the changed records appended, or every record as a new base.
+enum Write {
+    Append(Vec<u8>),
+    Fold(Vec<u8>),
+}
+
+fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>, mut journal: Journal) {
     loop {
         let stop = match woken.recv_timeout(LAZY_INTERVAL) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => false,
@@ -227,22 +237,46 @@ fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>) {
             return;
         };
         while woken.try_recv().is_ok() {}
-        let (version, bytes) = {
-            let state = inner.state.lock();
+        // Encoded under the lock, written without it: replicas change their records
+        // from async tasks, which must not wait out a sync.
+        let (version, dirty, write) = {
+            let mut state = inner.state.lock();
             if state.version == inner.written.borrow().version {
                 if stop {
                     return;
                 }
                 continue;
             }
-            (state.version, encode(&state.groups))
+            let dirty = std::mem::take(&mut state.dirty);
+            let changes: Vec<(GroupId, Option<&GroupRecord>)> = dirty
+                .iter()
+                .map(|group| (*group, state.groups.get(group)))
+                .collect();
+            let entries = Journal::encode(&changes);
+            let write = if journal.must_fold(entries.len()) {
+                Write::Fold(state_file::encode_base(
+                    &state.groups,
+                    journal.next_generation(),
+                ))
+            } else {
+                Write::Append(entries)
+            };
+            (state.version, dirty, write)
         };
-        match write_atomically(&inner.path, &bytes) {
-            Ok(()) => inner.written.send_modify(|w| {
-                w.version = version;
-                w.error = None;
-            }),
+        let written = match &write {
+            Write::Append(entries) => journal.append(entries),
+            Write::Fold(base) => journal.fold(base),
+        };
+        match written {
+            Ok(()) => {
+                inner.written.send_modify(|w| {
+                    w.version = version;
+                    w.error = None;
+                });
+            }
             Err(error) => {
+                // Written again next time (a fold writes every record anyway).
+                inner.state.lock().dirty.extend(dirty);
                 tracing::error!(path = %inner.path.display(), %error, "could not write the Raft state file");
                 inner
                     .written
@@ -258,112 +292,6 @@ fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>) {
             return;
         }
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-fn encode(groups: &BTreeMap<GroupId, GroupRecord>) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(64 + groups.len() * 160));
-    w.0.extend_from_slice(MAGIC);
-    w.u8(VERSION);
-    w.u32(groups.len() as u32);
-    for (group, record) in groups {
-        w.u64(*group);
-        match &record.vote {
-            Some(vote) => {
-                w.u8(1);
-                w.vote(vote);
-            }
-            None => w.u8(0),
-        }
-        w.log_id(&record.committed);
-        w.log_id(&record.applied);
-        w.u32(record.memberships.len() as u32);
-        for membership in &record.memberships {
-            w.stored_membership(membership);
-        }
-        w.i64(record.next_offset);
-        match &record.snapshot {
-            Some(snapshot) => {
-                w.u8(1);
-                w.log_id(&snapshot.last_log_id);
-                w.stored_membership(&snapshot.membership);
-                w.i64(snapshot.next_offset);
-            }
-            None => w.u8(0),
-        }
-    }
-    let crc = crc32c::crc32c(&w.0);
-    w.u32(crc);
-    w.0
-}
-
-fn decode(bytes: &[u8]) -> Result<BTreeMap<GroupId, GroupRecord>, CodecError> {
-    if bytes.len() < MAGIC.len() + 4 || &bytes[..4] != MAGIC {
-        return Err(CodecError::Malformed { what: "magic" });
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32c::crc32c(body).to_be_bytes() != crc {
-        return Err(CodecError::Checksum);
-    }
-    let mut r = Reader::new(&body[4..]);
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(CodecError::Version { found: version });
-    }
-    let count = r.count()?;
-    let mut groups = BTreeMap::new();
-    for _ in 0..count {
-        let group = r.u64()?;
-        let vote = match r.u8()? {
-            0 => None,
-            _ => Some(r.vote()?),
-        };
-        let committed = r.log_id()?;
-        let applied = r.log_id()?;
-        let membership_count = r.count()?;
-        let mut memberships = Vec::with_capacity(membership_count);
-        for _ in 0..membership_count {
-            memberships.push(r.stored_membership()?);
-        }
-        let next_offset = r.i64()?;
-        let snapshot = match r.u8()? {
-            0 => None,
-            _ => Some(SnapshotRecord {
-                last_log_id: r.log_id()?,
-                membership: r.stored_membership()?,
-                next_offset: r.i64()?,
-            }),
-        };
-        groups.insert(
-            group,
-            GroupRecord {
-                vote,
-                committed,
-                applied,
-                memberships,
-                next_offset,
-                snapshot,
-            },
-        );
-    }
-    if r.remaining() != 0 {
-        return Err(CodecError::Malformed {
-            what: "trailing bytes",
-        });
-    }
-    Ok(groups)
 }
 
 #[cfg(test)]
@@ -423,5 +351,45 @@ mod tests {
             std::fs::read(dir.path().join(&kept[0])).expect("read"),
             bytes
         );
+    }
+
+    #[tokio::test]
+    async fn thousands_of_groups_changing_write_only_what_changed_and_fold_when_it_grows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.state");
+        let store = NodeStateStore::open(&path).expect("open");
+        for round in 1..=12u64 {
+            for group in 0..3000u64 {
+                store.update(group, |r| r.committed = Some(log_id(round, group)));
+            }
+            store.flush().await.expect("durable");
+        }
+        // One group's vote: an append of one entry, not a rewrite of 3,000 records.
+        let before = std::fs::metadata(&path).expect("base").len();
+        let journal = state_file::journal_path(&path);
+        let journal_before = std::fs::metadata(&journal).expect("journal").len();
+        store
+            .update_durable(5, |r| r.vote = Some(make_vote(13, 1, false)))
+            .await
+            .expect("durable");
+        assert_eq!(std::fs::metadata(&path).expect("base").len(), before);
+        let grown = std::fs::metadata(&journal).expect("journal").len() - journal_before;
+        assert!(grown < 200, "one vote took {grown} bytes");
+        // Twelve rounds of 3,000 changes outgrew the base at least once: it was folded.
+        assert!(
+            before > 3000 * 20,
+            "the base holds every group ({before} bytes)"
+        );
+        store.close();
+        let reopened = NodeStateStore::open(&path).expect("reopen");
+        for group in 0..3000u64 {
+            let record = reopened.get(group).expect("record");
+            assert_eq!(record.committed, Some(log_id(12, group)));
+        }
+        assert_eq!(
+            reopened.get(5).expect("record").vote,
+            Some(make_vote(13, 1, false))
+        );
+        reopened.close();
     }
 }

@@ -45,9 +45,14 @@ impl Server {
     }
 
     pub fn spool(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.spool_at(&self.grpc, args, stdin)
+    }
+
+    /// As `spool`, bootstrapped at `bootstrap` (another name for this node).
+    pub fn spool_at(&self, bootstrap: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut child = Command::new(SPOOL)
             .args(args)
-            .args(["--bootstrap", &self.grpc])
+            .args(["--bootstrap", bootstrap])
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -66,7 +71,12 @@ impl Server {
     }
 
     pub fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
-        let out = self.spool(args, stdin);
+        self.ok_at(&self.grpc, args, stdin)
+    }
+
+    /// As `ok`, bootstrapped at `bootstrap`.
+    pub fn ok_at(&self, bootstrap: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = self.spool_at(bootstrap, args, stdin);
         assert!(
             out.status.success(),
             "spool {args:?} failed: {}",
