@@ -13,8 +13,8 @@
 //! base:    "SPRS" u8 version=2 u64 generation  u32 group count  records...  u32 crc32c(all before)
 //!          (version 1, from before the journal: no generation, read as generation 0)
 //! journal: "SPRJ" u8 version=1 u64 generation  u32 crc32c(header before it)
-//!          then entries: u32 length  u32 crc32c(payload)  payload
-//!          payload: u64 group  u8 kind (0 removed, 1 record)  [record]
+//!          then one batch per write: u32 length  u32 crc32c(seq and entries)  u64 seq (1, 2...)  entries
+//!          entry: u32 length  u64 group  u8 kind (0 removed, 1 record)  [record]
 //! record:  u8 has_vote [vote]  log_id committed  log_id applied
 //!          u32 count, stored_membership each  i64 next_offset  u8 has_snapshot [log_id stored_membership i64]
 //! vote: u64 term u64 node u8 committed     log_id: u8 flag [u64 term u64 index]
@@ -36,8 +36,8 @@ const BASE_V2: u8 = 2;
 const JOURNAL_MAGIC: &[u8; 4] = b"SPRJ";
 const JOURNAL_V1: u8 = 1;
 const JOURNAL_HEADER_LEN: u64 = 4 + 1 + 8 + 4;
-/// A journal entry longer than this is damage, not a record.
-const MAX_ENTRY: u32 = 16 * 1024 * 1024;
+/// A journal batch longer than this is damage, not a write (a larger one is folded).
+const MAX_BATCH: u32 = 256 * 1024 * 1024;
 /// The journal is folded into a new base once it is this much larger than the base (and
 /// at least `MIN_JOURNAL_BEFORE_FOLD`): replay stays short, and folding stays rare.
 const FOLD_FACTOR: u64 = 2;
@@ -50,32 +50,46 @@ pub(crate) type Groups = BTreeMap<GroupId, GroupRecord>;
 pub(crate) struct Loaded {
     pub groups: Groups,
     pub generation: u64,
-    /// Bytes of the journal that replayed cleanly (where appends go on).
+    /// Bytes of the journal that replayed cleanly (where appends go on), if it belongs to
+    /// the base.
     pub journal_len: Option<u64>,
-    /// Bytes past a journal entry that did not check out (a torn last write, or damage).
+    /// The sequence number the next batch of the journal takes.
+    pub next_seq: u64,
+    /// Bytes past the last whole batch: a write that a crash tore, never acknowledged.
     pub journal_dropped: u64,
-    /// A bad journal entry with good ones after it: damage, not a torn write.
-    pub journal_damaged: bool,
+    /// Groups whose vote the torn write was changing: their records are dropped, so that
+    /// they rebuild before they vote (were the write damage rather than a tear, the vote
+    /// it held may have been acted on).
+    pub votes_in_doubt: Vec<GroupId>,
 }
 
-/// Reads the base and its journal; `Err` for a damaged base or journal.
-pub(crate) fn load(base: &Path) -> Result<Loaded, CodecError> {
+/// Why the state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    /// The files are there but do not hold what they should: set them aside.
+    #[error(transparent)]
+    Damaged(#[from] CodecError),
+    /// The files could not be read (the disk, permissions): nothing is decided.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the base and its journal.
+pub(crate) fn load(base: &Path) -> Result<Loaded, LoadError> {
     let (groups, generation) = match std::fs::read(base) {
         Ok(bytes) => decode_base(&bytes)?,
-        Err(_) => (Groups::new(), 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Groups::new(), 0),
+        Err(e) => return Err(e.into()),
     };
     let mut loaded = Loaded {
         groups,
         generation,
         ..Loaded::default()
     };
-    if let Ok(bytes) = std::fs::read(journal_path(base)) {
-        replay(&bytes, &mut loaded);
-    }
-    if loaded.journal_damaged {
-        return Err(CodecError::Malformed {
-            what: "journal entry",
-        });
+    match std::fs::read(journal_path(base)) {
+        Ok(bytes) => replay(&bytes, &mut loaded)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(loaded)
 }
@@ -86,55 +100,159 @@ pub(crate) fn journal_path(base: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn replay(bytes: &[u8], loaded: &mut Loaded) {
-    if bytes.len() < JOURNAL_HEADER_LEN as usize || &bytes[..4] != JOURNAL_MAGIC {
-        return;
+fn replay(bytes: &[u8], loaded: &mut Loaded) -> Result<(), CodecError> {
+    // The header is written whole (temporary file, rename) before anything is appended:
+    // a bad one is damage.
+    let header_len = JOURNAL_HEADER_LEN as usize;
+    if bytes.len() < header_len || &bytes[..4] != JOURNAL_MAGIC {
+        return Err(CodecError::Malformed {
+            what: "journal header",
+        });
     }
-    let (header, crc) = bytes.split_at(JOURNAL_HEADER_LEN as usize - 4);
-    if crc32c::crc32c(header).to_be_bytes() != crc[..4] || header[4] != JOURNAL_V1 {
-        return;
+    let (header, crc) = bytes.split_at(header_len - 4);
+    if crc32c::crc32c(header).to_be_bytes() != crc[..4] {
+        return Err(CodecError::Checksum);
+    }
+    if header[4] != JOURNAL_V1 {
+        return Err(CodecError::Version { found: header[4] });
     }
     let mut generation = [0u8; 8];
     generation.copy_from_slice(&header[5..13]);
     if u64::from_be_bytes(generation) != loaded.generation {
         // The journal of an older base, folded into this one before a crash.
-        return;
+        return Ok(());
     }
-    let mut at = JOURNAL_HEADER_LEN as usize;
-    while let Some((group, record, next)) = entry_at(bytes, at) {
-        match record {
-            Some(record) => loaded.groups.insert(group, record),
-            None => loaded.groups.remove(&group),
-        };
-        at = next;
+    let mut at = header_len;
+    let mut seq = 1;
+    while let Some(batch) = batch_at(bytes, at) {
+        if batch.seq != seq {
+            return Err(CodecError::Malformed {
+                what: "journal batch out of sequence",
+            });
+        }
+        let mut entries = Entries::new(batch.entries);
+        for entry in &mut entries {
+            match entry {
+                (group, Some(record)) => loaded.groups.insert(group, record),
+                (group, None) => loaded.groups.remove(&group),
+            };
+        }
+        if !entries.whole() {
+            // The batch checked out, so its entries were written as they are.
+            return Err(CodecError::Malformed {
+                what: "journal entry",
+            });
+        }
+        at = batch.next;
+        seq += 1;
+    }
+    // A tear leaves no whole batch behind the torn one: a batch that checks out further
+    // on means the bad one is damage, and the batches after it may hold votes.
+    if (at + 1..bytes.len()).any(|p| batch_at(bytes, p).is_some_and(|b| b.seq >= seq)) {
+        return Err(CodecError::Malformed {
+            what: "journal batch",
+        });
+    }
+    // What can be read of the torn batch: a group whose vote it changed rebuilds before
+    // it votes, in case this was damage to a batch that had been acknowledged.
+    if let Some(entries) = bytes.get(at + BATCH_HEADER_LEN..) {
+        for (group, record) in Entries::new(entries) {
+            let known = loaded.groups.get(&group).and_then(|r| r.vote.as_ref());
+            if record.as_ref().and_then(|r| r.vote.as_ref()) != known {
+                loaded.groups.remove(&group);
+                loaded.votes_in_doubt.push(group);
+            }
+        }
     }
     loaded.journal_len = Some(at as u64);
+    loaded.next_seq = seq;
     loaded.journal_dropped = (bytes.len() - at) as u64;
-    // A torn last write leaves no whole entry behind it; a whole entry past a bad one
-    // means the bad one is damage, and the entries after it may hold votes.
-    loaded.journal_damaged = (at + 1..bytes.len()).any(|p| entry_at(bytes, p).is_some());
+    Ok(())
 }
 
-/// The entry at `at`, if it is whole and checks out, and where the next one starts.
-fn entry_at(bytes: &[u8], at: usize) -> Option<(GroupId, Option<GroupRecord>, usize)> {
+/// A batch: `u32 length  u32 crc32c(seq and entries)  u64 seq  entries`, `length` counting
+/// the seq and the entries.
+const BATCH_HEADER_LEN: usize = 16;
+
+struct Batch<'a> {
+    seq: u64,
+    entries: &'a [u8],
+    next: usize,
+}
+
+/// The batch at `at`, if it is whole and checks out.
+fn batch_at(bytes: &[u8], at: usize) -> Option<Batch<'_>> {
     let head = bytes.get(at..at + 8)?;
     let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    if len > MAX_ENTRY {
+    if !(8..=MAX_BATCH).contains(&len) {
         return None;
     }
     let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let payload = bytes.get(at + 8..at + 8 + len as usize)?;
-    if crc32c::crc32c(payload) != crc {
+    let body = bytes.get(at + 8..at + 8 + len as usize)?;
+    if crc32c::crc32c(body) != crc {
         return None;
     }
-    let mut r = Reader::new(payload);
-    let group = r.u64().ok()?;
-    let record = match r.u8().ok()? {
-        0 => None,
-        1 => Some(read_record(&mut r).ok()?),
-        _ => return None,
-    };
-    (r.remaining() == 0).then_some((group, record, at + 8 + len as usize))
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&body[..8]);
+    Some(Batch {
+        seq: u64::from_be_bytes(seq),
+        entries: &body[8..],
+        next: at + 8 + len as usize,
+    })
+}
+
+/// The entries of a batch (`u32 length  payload` each), as far as they can be read.
+struct Entries<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    broken: bool,
+}
+
+impl<'a> Entries<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            broken: false,
+        }
+    }
+
+    /// Whether every byte was read as an entry.
+    fn whole(&self) -> bool {
+        !self.broken && self.at == self.bytes.len()
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = (GroupId, Option<GroupRecord>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.broken || self.at >= self.bytes.len() {
+            return None;
+        }
+        let entry = self.bytes.get(self.at..self.at + 4).and_then(|head| {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let payload = self.bytes.get(self.at + 4..self.at + 4 + len)?;
+            let mut r = Reader::new(payload);
+            let group = r.u64().ok()?;
+            let record = match r.u8().ok()? {
+                0 => None,
+                1 => Some(read_record(&mut r).ok()?),
+                _ => return None,
+            };
+            (r.remaining() == 0).then_some((group, record, 4 + len))
+        });
+        match entry {
+            Some((group, record, len)) => {
+                self.at += len;
+                Some((group, record))
+            }
+            None => {
+                self.broken = true;
+                None
+            }
+        }
+    }
 }
 
 /// The journal a writer appends to, with where it stands.
@@ -145,6 +263,8 @@ pub(crate) struct Journal {
     len: u64,
     generation: u64,
     base_len: u64,
+    /// The sequence number of the next batch (1 after a fold).
+    next_seq: u64,
 }
 
 impl Journal {
@@ -158,9 +278,11 @@ impl Journal {
             len: 0,
             generation: loaded.generation,
             base_len,
+            next_seq: loaded.next_seq,
         };
         match loaded.journal_len {
-            Some(len) => {
+            // Groups whose records were dropped: the drop is made durable before anything.
+            Some(len) if loaded.votes_in_doubt.is_empty() => {
                 // Appending: every write lands at the end, after any cut.
                 let file = std::fs::OpenOptions::new()
                     .append(true)
@@ -172,7 +294,7 @@ impl Journal {
                 journal.file = Some(file);
                 journal.len = len;
             }
-            None => {
+            _ => {
                 let base = encode_base(&loaded.groups, journal.next_generation());
                 journal.fold(&base)?;
             }
@@ -180,33 +302,35 @@ impl Journal {
         Ok(journal)
     }
 
-    /// The journal entries recording `changes` (a group's record, or `None` for a group
-    /// removed).
+    /// A batch recording `changes` (a group's record, or `None` for a group removed), its
+    /// header left for `append` to fill.
     pub fn encode(changes: &[(GroupId, Option<&GroupRecord>)]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(changes.len() * 96);
-        let mut payload = Writer(Vec::with_capacity(96));
+        let mut batch = Writer(Vec::with_capacity(BATCH_HEADER_LEN + changes.len() * 96));
+        batch.0.resize(BATCH_HEADER_LEN, 0);
         for (group, record) in changes {
-            payload.0.clear();
-            payload.u64(*group);
+            let at = batch.0.len();
+            batch.u32(0);
+            batch.u64(*group);
             match record {
                 Some(record) => {
-                    payload.u8(1);
-                    write_record(&mut payload, record);
+                    batch.u8(1);
+                    write_record(&mut batch, record);
                 }
-                None => payload.u8(0),
+                None => batch.u8(0),
             }
-            bytes.extend_from_slice(&(payload.0.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(&crc32c::crc32c(&payload.0).to_be_bytes());
-            bytes.extend_from_slice(&payload.0);
+            let len = (batch.0.len() - at - 4) as u32;
+            batch.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
-        bytes
+        batch.0
     }
 
-    /// Whether `more` bytes of entries should go to a new base instead: the journal has
-    /// outgrown its base, or the last append failed part-way.
-    pub fn must_fold(&self, more: usize) -> bool {
+    /// Whether `batch` should go to a new base instead: the journal has outgrown its base,
+    /// the last append failed part-way, or the batch is too large for one.
+    pub fn must_fold(&self, batch: &[u8]) -> bool {
         let limit = (self.base_len * FOLD_FACTOR).max(MIN_JOURNAL_BEFORE_FOLD);
-        self.file.is_none() || self.len + more as u64 > limit
+        self.file.is_none()
+            || self.len + batch.len() as u64 > limit
+            || batch.len() - 8 > MAX_BATCH as usize
     }
 
     /// The generation the next base is written as.
@@ -214,21 +338,27 @@ impl Journal {
         self.generation + 1
     }
 
-    /// Appends entries and syncs them.
-    pub fn append(&mut self, entries: &[u8]) -> std::io::Result<()> {
+    /// Appends a batch from `encode` and syncs it.
+    pub fn append(&mut self, mut batch: Vec<u8>) -> std::io::Result<()> {
         let Some(file) = self.file.as_mut() else {
             return Err(std::io::Error::other(
                 "the journal is closed after a failed write",
             ));
         };
-        match file.write_all(entries).and_then(|()| file.sync_data()) {
+        let len = (batch.len() - 8) as u32;
+        batch[8..16].copy_from_slice(&self.next_seq.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[8..]);
+        batch[..4].copy_from_slice(&len.to_be_bytes());
+        batch[4..8].copy_from_slice(&crc.to_be_bytes());
+        match file.write_all(&batch).and_then(|()| file.sync_data()) {
             Ok(()) => {
-                self.len += entries.len() as u64;
+                self.len += batch.len() as u64;
+                self.next_seq += 1;
                 Ok(())
             }
             Err(error) => {
-                // A part of the entries may be on disk: appending after it would hide
-                // later entries from replay. The next write folds instead.
+                // A part of the batch may be on disk: appending after it would make it
+                // look like damage. The next write folds instead.
                 self.file = None;
                 Err(error)
             }
@@ -255,6 +385,7 @@ impl Journal {
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
         self.file = Some(file);
         self.len = JOURNAL_HEADER_LEN;
+        self.next_seq = 1;
         Ok(())
     }
 }
@@ -387,10 +518,18 @@ mod tests {
         }
     }
 
-    fn journal_entries(changes: &[(GroupId, Option<GroupRecord>)]) -> Vec<u8> {
+    fn batch(changes: &[(GroupId, Option<GroupRecord>)]) -> Vec<u8> {
         let changes: Vec<(GroupId, Option<&GroupRecord>)> =
             changes.iter().map(|(g, r)| (*g, r.as_ref())).collect();
         Journal::encode(&changes)
+    }
+
+    fn started(base: &Path) -> Journal {
+        Journal::resume(base, &Loaded::default()).expect("start")
+    }
+
+    fn journal_bytes(base: &Path) -> Vec<u8> {
+        std::fs::read(journal_path(base)).expect("journal")
     }
 
     #[test]
@@ -403,17 +542,17 @@ mod tests {
         let mut journal = Journal::resume(
             &base,
             &Loaded {
-                groups: groups.clone(),
+                groups,
                 ..Loaded::default()
             },
         )
         .expect("start");
         let base_bytes = std::fs::read(&base).expect("base");
         journal
-            .append(&journal_entries(&[(1, Some(record(5))), (2, None)]))
+            .append(batch(&[(1, Some(record(5))), (2, None)]))
             .expect("append");
         journal
-            .append(&journal_entries(&[(3, Some(record(7)))]))
+            .append(batch(&[(3, Some(record(7)))]))
             .expect("append");
         // Only the journal grew: the base is as it was.
         assert_eq!(std::fs::read(&base).expect("base"), base_bytes);
@@ -422,75 +561,112 @@ mod tests {
         assert_eq!(loaded.groups.get(&2), None);
         assert_eq!(loaded.groups.get(&3), Some(&record(7)));
         assert_eq!(loaded.journal_dropped, 0);
+        assert_eq!(loaded.next_seq, 3);
     }
 
     #[test]
-    fn a_torn_last_write_is_cut_and_appends_go_on_after_the_last_whole_entry() {
+    fn a_torn_last_write_is_cut_and_a_vote_it_was_changing_is_put_in_doubt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().join("raft.state");
-        let mut journal = Journal::resume(&base, &Loaded::default()).expect("start");
+        let mut journal = started(&base);
         journal
-            .append(&journal_entries(&[(1, Some(record(2)))]))
+            .append(batch(&[(1, Some(record(2)))]))
             .expect("append");
-        let whole = std::fs::metadata(journal_path(&base))
-            .expect("journal")
-            .len();
-        // Every cut of the next write, as a crash could leave it.
-        let next = journal_entries(&[(1, Some(record(3))), (2, Some(record(3)))]);
-        let first = journal_entries(&[(1, Some(record(3)))]).len();
-        for cut in 1..next.len() {
-            let mut bytes = std::fs::read(journal_path(&base)).expect("read");
-            bytes.truncate(whole as usize);
-            bytes.extend_from_slice(&next[..cut]);
-            std::fs::write(journal_path(&base), &bytes).expect("write");
+        let whole = journal_bytes(&base).len();
+        journal
+            .append(batch(&[(1, Some(record(3))), (2, Some(record(3)))]))
+            .expect("append");
+        let full = journal_bytes(&base);
+        // Where group 1's new record is whole in the torn batch.
+        let first =
+            whole + BATCH_HEADER_LEN + batch(&[(1, Some(record(3)))]).len() - BATCH_HEADER_LEN;
+        for cut in whole..full.len() {
+            std::fs::write(journal_path(&base), &full[..cut]).expect("write");
             let loaded = load(&base).expect("a torn write is no damage");
-            let expected = if cut >= first { record(3) } else { record(2) };
-            assert_eq!(loaded.groups.get(&1), Some(&expected), "cut at {cut}");
+            let expected = (cut < first).then(|| record(2));
+            assert_eq!(loaded.groups.get(&1), expected.as_ref(), "cut at {cut}");
+            assert_eq!(loaded.votes_in_doubt.len(), usize::from(cut >= first));
             assert_eq!(loaded.groups.get(&2), None, "cut at {cut}");
-            assert_eq!(loaded.journal_dropped > 0, cut != first, "cut at {cut}");
+            assert_eq!(loaded.journal_dropped, (cut - whole) as u64);
         }
-        // Resumed after a torn write, later appends are replayed.
-        let mut bytes = std::fs::read(journal_path(&base)).expect("read");
-        bytes.truncate(whole as usize);
-        bytes.extend_from_slice(&next[..next.len() / 3]);
-        std::fs::write(journal_path(&base), &bytes).expect("write");
+        // Resumed past a tear, appends go on after the last whole batch.
+        std::fs::write(journal_path(&base), &full[..whole + 5]).expect("write");
         let loaded = load(&base).expect("load");
-        assert!(loaded.journal_dropped > 0);
         let mut journal = Journal::resume(&base, &loaded).expect("resume");
         journal
-            .append(&journal_entries(&[(4, Some(record(9)))]))
+            .append(batch(&[(4, Some(record(9)))]))
             .expect("append");
         let loaded = load(&base).expect("load");
         assert_eq!(loaded.groups.get(&1), Some(&record(2)));
         assert_eq!(loaded.groups.get(&4), Some(&record(9)));
+        // A vote in doubt stays dropped across another restart.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("raft.state");
+        let mut journal = started(&base);
+        journal
+            .append(batch(&[(1, Some(record(2)))]))
+            .expect("append");
+        journal
+            .append(batch(&[(1, Some(record(3))), (2, Some(record(3)))]))
+            .expect("append");
+        let full = journal_bytes(&base);
+        std::fs::write(journal_path(&base), &full[..full.len() - 1]).expect("write");
+        let loaded = load(&base).expect("load");
+        assert_eq!(loaded.votes_in_doubt, vec![1]);
+        drop(Journal::resume(&base, &loaded).expect("resume"));
+        let again = load(&base).expect("load");
+        assert_eq!(again.groups.get(&1), None);
+        assert!(again.votes_in_doubt.is_empty());
     }
 
     #[test]
-    fn a_damaged_entry_with_entries_after_it_is_damage() {
+    fn a_bad_batch_with_a_whole_one_after_it_is_damage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().join("raft.state");
-        let mut journal = Journal::resume(&base, &Loaded::default()).expect("start");
+        let mut journal = started(&base);
         for term in 1..4 {
             journal
-                .append(&journal_entries(&[(term, Some(record(term)))]))
+                .append(batch(&[(term, Some(record(term)))]))
                 .expect("append");
         }
-        let mut bytes = std::fs::read(journal_path(&base)).expect("read");
-        // A bit of the first entry's payload.
-        bytes[JOURNAL_HEADER_LEN as usize + 12] ^= 0x01;
+        let mut bytes = journal_bytes(&base);
+        // A bit of the first batch's entries.
+        bytes[JOURNAL_HEADER_LEN as usize + BATCH_HEADER_LEN + 6] ^= 0x01;
         std::fs::write(journal_path(&base), &bytes).expect("write");
-        assert!(load(&base).is_err(), "later votes would be lost silently");
+        assert!(
+            matches!(load(&base), Err(LoadError::Damaged(_))),
+            "later votes would be lost silently"
+        );
+    }
+
+    #[test]
+    fn a_bad_journal_header_is_damage_and_an_unreadable_file_is_no_decision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("raft.state");
+        let mut journal = started(&base);
+        journal
+            .append(batch(&[(1, Some(record(2)))]))
+            .expect("append");
+        let mut bytes = journal_bytes(&base);
+        bytes[6] ^= 0x10;
+        std::fs::write(journal_path(&base), &bytes).expect("write");
+        assert!(matches!(load(&base), Err(LoadError::Damaged(_))));
+        // A directory where the journal should be: it cannot be read, and nothing is
+        // decided from the base alone.
+        std::fs::remove_file(journal_path(&base)).expect("remove");
+        std::fs::create_dir(journal_path(&base)).expect("mkdir");
+        assert!(matches!(load(&base), Err(LoadError::Io(_))));
     }
 
     #[test]
     fn a_journal_of_an_older_base_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().join("raft.state");
-        let mut journal = Journal::resume(&base, &Loaded::default()).expect("start");
+        let mut journal = started(&base);
         journal
-            .append(&journal_entries(&[(1, Some(record(2)))]))
+            .append(batch(&[(1, Some(record(2)))]))
             .expect("append");
-        let old_journal = std::fs::read(journal_path(&base)).expect("read");
+        let old_journal = journal_bytes(&base);
         let mut groups = Groups::new();
         groups.insert(1, record(6));
         let folded = encode_base(&groups, journal.next_generation());
@@ -504,7 +680,7 @@ mod tests {
         // Resumed, the writer starts a journal of its own base.
         let mut journal = Journal::resume(&base, &loaded).expect("resume");
         journal
-            .append(&journal_entries(&[(2, Some(record(8)))]))
+            .append(batch(&[(2, Some(record(8)))]))
             .expect("append");
         let loaded = load(&base).expect("load");
         assert_eq!(loaded.groups.get(&1), Some(&record(6)));

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::error::ReplicaError;
-use crate::state_file::{self, Groups, Journal};
+use crate::state_file::{self, Groups, Journal, LoadError};
 use crate::types::{GroupId, LogId, StoredMembership, Vote};
 
 /// Lazy changes reach the disk at least this often.
@@ -109,16 +109,18 @@ impl NodeStateStore {
             // Not a reason to stay down, nor to make the operator delete it: the files
             // are kept aside for inspection, and every replica with a log is treated
             // as having lost its state (it rebuilds from its leader before voting).
-            Err(error) => {
+            Err(LoadError::Damaged(error)) => {
                 let journal = state_file::journal_path(&path);
                 let aside = set_aside(&path).map_err(|e| fail(e.to_string()))?;
                 let journal_aside = set_aside(&journal).map_err(|e| fail(e.to_string()))?;
                 tracing::error!(path = %path.display(), kept_as = ?aside, journal_kept_as = ?journal_aside, %error, "the Raft state file is damaged; starting without it: replicas rebuild from their leaders before they vote");
                 state_file::Loaded::default()
             }
+            // Unreadable is not damaged: nothing is decided on what could not be read.
+            Err(LoadError::Io(error)) => return Err(fail(error.to_string())),
         };
         if loaded.journal_dropped > 0 {
-            tracing::info!(path = %path.display(), bytes = loaded.journal_dropped, "the Raft state journal ended in a torn write (never acknowledged); it is cut there");
+            tracing::warn!(path = %path.display(), bytes = loaded.journal_dropped, groups_rebuilding = loaded.votes_in_doubt.len(), "the Raft state journal ends in a write a crash tore; it is cut there, and groups whose vote it was changing rebuild from their leaders before they vote");
         }
         let journal = Journal::resume(&path, &loaded).map_err(|e| fail(e.to_string()))?;
         let groups = loaded.groups;
@@ -239,7 +241,7 @@ fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>, mut jo
         while woken.try_recv().is_ok() {}
         // Encoded under the lock, written without it: replicas change their records
         // from async tasks, which must not wait out a sync.
-        let (version, dirty, write) = {
+        let (version, dirty, mut write) = {
             let mut state = inner.state.lock();
             if state.version == inner.written.borrow().version {
                 if stop {
@@ -253,7 +255,7 @@ fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>, mut jo
                 .map(|group| (*group, state.groups.get(group)))
                 .collect();
             let entries = Journal::encode(&changes);
-            let write = if journal.must_fold(entries.len()) {
+            let write = if journal.must_fold(&entries) {
                 Write::Fold(state_file::encode_base(
                     &state.groups,
                     journal.next_generation(),
@@ -263,8 +265,8 @@ fn write_loop(inner: &std::sync::Weak<Inner>, woken: &mpsc::Receiver<()>, mut jo
             };
             (state.version, dirty, write)
         };
-        let written = match &write {
-            Write::Append(entries) => journal.append(entries),
+        let written = match &mut write {
+            Write::Append(entries) => journal.append(std::mem::take(entries)),
             Write::Fold(base) => journal.fold(base),
         };
         match written {
