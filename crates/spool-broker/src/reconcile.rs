@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use spool_controller::{ClusterState, LeaderReport, LeaderSource, ReplicaRef, TopicRecord};
 use spool_raft::ReplicaSpec;
 use tokio::sync::watch;
@@ -17,6 +18,8 @@ use crate::partition::Partition;
 use crate::topic_config::TopicConfig;
 
 const RETRY: Duration = Duration::from_secs(1);
+/// Replicas of one topic opened at the same time.
+const OPEN_AT_ONCE: usize = 32;
 
 pub(crate) async fn run(broker: Weak<Broker>, mut metadata: watch::Receiver<Arc<ClusterState>>) {
     loop {
@@ -103,37 +106,45 @@ impl Broker {
             }
         };
         let me = self.me();
-        let mut partitions = Vec::with_capacity(record.partitions.len());
-        for (index, p) in record.partitions.iter().enumerate() {
+        let config = &config;
+        // Each partition's step, in order; replicas to open are opened several at a time
+        // (their files, Raft state and first elections share syncs), so that a topic of
+        // thousands of partitions takes seconds rather than minutes.
+        let steps = record.partitions.iter().enumerate().map(|(index, p)| {
             let local = existing
                 .as_ref()
                 .filter(|t| t.record.id == record.id)
                 .and_then(|t| t.partitions.get(index).cloned().flatten())
                 .filter(|local| local.replica.group() == p.group);
             let placed_here = p.has(me);
-            let partition = match (local, placed_here) {
-                (Some(local), true) => {
-                    if existing.as_ref().is_some_and(|t| t.config != config) {
-                        self.apply_config(&local, &config);
+            let reconfigure = existing.as_ref().is_some_and(|t| &t.config != config);
+            async move {
+                match (local, placed_here) {
+                    (Some(local), true) => {
+                        if reconfigure {
+                            self.apply_config(&local, config);
+                        }
+                        Some(local)
                     }
-                    Some(local)
+                    (Some(local), false) if current => {
+                        self.close_replica(&local).await;
+                        None
+                    }
+                    (Some(local), false) => Some(local),
+                    (None, true) => self.open_replica(state, record, index as u32, config).await,
+                    (None, false) => None,
                 }
-                (Some(local), false) if current => {
-                    self.close_replica(&local).await;
-                    None
-                }
-                (Some(local), false) => Some(local),
-                (None, true) => {
-                    self.open_replica(state, record, index as u32, &config)
-                        .await
-                }
-                (None, false) => None,
-            };
-            partitions.push(partition);
-        }
+            }
+        });
+        // Made first: a stream over the closure would not be `Send` for every lifetime.
+        let steps: Vec<_> = steps.collect();
+        let partitions: Vec<Option<Arc<Partition>>> = futures_util::stream::iter(steps)
+            .buffered(OPEN_AT_ONCE)
+            .collect()
+            .await;
         Some(TopicState {
             record: record.clone(),
-            config,
+            config: *config,
             partitions,
         })
     }

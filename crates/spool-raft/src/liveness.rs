@@ -139,10 +139,7 @@ fn observe(node: &RaftNode, peer: NodeId, answer: Option<u64>) {
     }
     if wake_leaders {
         for replica in node.replicas() {
-            if replica.is_quiet()
-                && replica.is_leader()
-                && replica.member_addresses().contains_key(&peer)
-            {
+            if replica.is_quiet() && replica.is_leader() && replica.has_member(peer) {
                 tracing::debug!(group = replica.group(), peer, "peer back: waking the group");
                 replica.wake();
             }

@@ -135,6 +135,10 @@ impl RaftNode {
             // replayed then would answer with committed offsets older than ones already
             // acknowledged.
             enable_leader_restore: Some(false),
+            // openraft keeps a ring of recent entries' timings per lifecycle stage (six
+            // per group): at its default of 1024 that is some 150 KiB per replica, for
+            // statistics Spool does not read.
+            log_stage_capacity: Some(8),
             ..openraft::Config::default()
         }
         .validate()
@@ -200,7 +204,7 @@ impl RaftNode {
     pub(crate) fn peer_addresses(&self) -> BTreeMap<NodeId, String> {
         let mut peers = BTreeMap::new();
         for replica in self.replicas.read().values() {
-            peers.extend(replica.member_addresses());
+            replica.add_member_addresses(&mut peers);
         }
         peers.remove(&self.options.node_id);
         peers

@@ -155,10 +155,20 @@ impl PartitionReplica {
     /// Leads, and has applied an entry of its own term: everything committed before it
     /// took over is applied.
     pub fn leads_and_applied_own_term(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.state == ServerState::Leader
-            && m.last_applied
-                .is_some_and(|id| crate::types::term_of(&id) == m.current_term)
+        self.with_metrics(|m| {
+            m.state == ServerState::Leader
+                && m.last_applied
+                    .is_some_and(|id| crate::types::term_of(&id) == m.current_term)
+        })
+    }
+
+    /// Reads the group's Raft metrics in place: a clone of them (maps of members and
+    /// replication progress) costs more than most of what is read from them, and some of
+    /// these are read for every group of the node several times a second.
+    fn with_metrics<R>(&self, read: impl FnOnce(&crate::types::RaftMetrics) -> R) -> R {
+        let metrics = self.raft.metrics();
+        let current = metrics.borrow_watched();
+        read(&current)
     }
 
     /// Wakes on any change of the replica's Raft state (role, term, leader, progress)
@@ -176,43 +186,64 @@ impl PartitionReplica {
     }
 
     pub fn leader(&self) -> LeaderHint {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let node = metrics.current_leader;
-        let address = node.and_then(|id| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-        });
-        LeaderHint { node, address }
+        self.with_metrics(|metrics| {
+            let node = metrics.current_leader;
+            let address = node.and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            });
+            LeaderHint { node, address }
+        })
     }
 
     /// Every member's address, by node id.
     pub fn member_addresses(&self) -> BTreeMap<NodeId, String> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| (*id, node.addr.clone()))
-            .collect()
+        let mut addresses = BTreeMap::new();
+        self.add_member_addresses(&mut addresses);
+        addresses
+    }
+
+    /// Adds the members this map does not name yet, with their addresses.
+    pub(crate) fn add_member_addresses(&self, addresses: &mut BTreeMap<NodeId, String>) {
+        self.with_metrics(|metrics| {
+            for (id, node) in metrics.membership_config.membership().nodes() {
+                addresses.entry(*id).or_insert_with(|| node.addr.clone());
+            }
+        });
+    }
+
+    /// Whether `node` is a member (voter or learner) of the group.
+    pub fn has_member(&self, node: NodeId) -> bool {
+        self.with_metrics(|metrics| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&node)
+                .is_some()
+        })
     }
 
     /// The current voters and learners.
     pub fn members(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        (
-            membership.voter_ids().collect(),
-            membership.learner_ids().collect(),
-        )
+        self.with_metrics(|metrics| {
+            let membership = metrics.membership_config.membership();
+            (
+                membership.voter_ids().collect(),
+                membership.learner_ids().collect(),
+            )
+        })
     }
 
     /// Voters holding every committed entry, as the leader sees them (a follower, which
     /// cannot tell, names every voter).
     pub fn in_sync_voters(&self) -> Vec<NodeId> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        self.with_metrics(|metrics| self.in_sync_voters_of(metrics))
+    }
+
+    fn in_sync_voters_of(&self, metrics: &crate::types::RaftMetrics) -> Vec<NodeId> {
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
         let Some(matched) = metrics.replication.as_ref() else {
             return voters;
@@ -485,13 +516,12 @@ impl PartitionReplica {
     /// Where this replica's log stands: its last entry, the commit point it knows, and
     /// the last entry applied (Raft indexes).
     pub fn progress(&self) -> RaftProgress {
-        let m = self.raft.metrics().borrow_watched().clone();
-        RaftProgress {
+        self.with_metrics(|m| RaftProgress {
             last_log_index: m.last_log_index,
             committed: m.cluster_committed.map(|id| id.index),
             applied: m.last_applied.map(|id| id.index),
             purged: m.purged.map(|id| id.index),
-        }
+        })
     }
 
     /// Lost durable Raft state (a wiped directory or state file, a log that went back)

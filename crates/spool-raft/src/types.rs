@@ -33,6 +33,7 @@ pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<PartitionRaft>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<PartitionRaft>;
 pub type Raft = openraft::Raft<PartitionRaft, crate::state_machine::PartitionStateMachine>;
+pub type RaftMetrics = openraft::RaftMetrics<PartitionRaft>;
 
 /// A log id from the (term, index) a frame stores.
 pub fn log_id(term: u64, index: u64) -> LogId {

@@ -35,6 +35,8 @@ use crate::services::{
 const ANNOUNCE_AT_MOST: Duration = Duration::from_secs(2);
 const HAND_OVER_AT_MOST: Duration = Duration::from_secs(5);
 const MIN_DRAIN: Duration = Duration::from_secs(1);
+/// Streams a peer may reset before the cluster listener serves them (see where it is set).
+const CLUSTER_PENDING_RESETS: usize = 100_000;
 
 /// Starts nodes.
 #[derive(Debug)]
@@ -205,6 +207,12 @@ impl Node {
         let cluster_server = tonic::transport::Server::builder()
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
+            // Peers cancel requests by the thousand when thousands of groups elect at
+            // once (a vote answered elsewhere, a replication call that timed out). h2
+            // takes more than 20 such resets of streams not yet served for an attack and
+            // closes the connection, and with it every group's calls on it: the cluster
+            // then never settles. Only nodes of the cluster reach this listener.
+            .http2_max_pending_accept_reset_streams(Some(CLUSTER_PENDING_RESETS))
             .add_service(broker.raft().service())
             .add_service(ControllerService::new(Arc::clone(broker.controller())))
             .add_service(ReplicaAdminServer::new(ReplicaAdminService {
