@@ -277,11 +277,7 @@ impl ComposeCluster {
     }
 
     /// The id of the node's container.
-    pub async fn container_id(&self, node: u64) -> Result<String, SystemError> {
-        self.container(node).await
-    }
-
-    async fn container(&self, node: u64) -> Result<String, SystemError> {
+    pub async fn container(&self, node: u64) -> Result<String, SystemError> {
         let id = self.compose(&["ps", "-q", &service(node)]).await?;
         let id = id.trim();
         if id.is_empty() {

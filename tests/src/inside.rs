@@ -21,7 +21,6 @@ const FINISH_WITHIN: Duration = Duration::from_secs(60);
 /// Records `"{prefix}-{n}"` for n = 0, 1, ... written to one partition, one a millisecond.
 #[derive(Debug)]
 pub struct InsideWriter {
-    prefix: String,
     child: Child,
     stop: watch::Sender<bool>,
     feeder: JoinHandle<u64>,
@@ -73,7 +72,7 @@ impl InsideWriter {
             "--delivery-timeout-ms",
             "5000",
         ];
-        let container = cluster.container_id(node).await?;
+        let container = cluster.container(node).await?;
         let mut all = vec!["exec", "-i", container.as_str(), "/spool"];
         all.extend(args);
         let mut child = Command::new("docker")
@@ -153,7 +152,6 @@ impl InsideWriter {
             }
         });
         Ok(Self {
-            prefix: prefix.to_string(),
             child,
             stop,
             feeder,
@@ -161,11 +159,6 @@ impl InsideWriter {
             said,
             acked,
         })
-    }
-
-    /// The value of record `n`.
-    pub fn value(&self, n: u64) -> String {
-        format!("{}-{n}", self.prefix)
     }
 
     /// Records acknowledged so far.
