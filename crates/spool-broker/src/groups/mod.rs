@@ -71,6 +71,9 @@ pub(crate) struct Groups {
     /// Bumped whenever a shard starts or is dropped, and after every pass that makes local
     /// replicas match the metadata: wakes requests waiting for their coordinator.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Bumped after each timed pass a shard makes over its groups (session expiry,
+    /// retention, metrics), once what the pass wrote is committed.
+    passes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Groups {
@@ -85,6 +88,7 @@ struct Host {
     broker: Weak<Broker>,
     checkpoint_records: usize,
     rebalances: Arc<stats::RebalanceStats>,
+    passes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl shard::ShardHost for Host {
@@ -102,6 +106,10 @@ impl shard::ShardHost for Host {
     fn rebalances(&self) -> &stats::RebalanceStats {
         &self.rebalances
     }
+
+    fn passed(&self) {
+        self.passes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 impl Broker {
@@ -110,6 +118,13 @@ impl Broker {
     pub fn group_stats(&self) -> Vec<GroupStats> {
         let shards: Vec<Arc<Shard>> = self.groups.shards.lock().values().cloned().collect();
         shards.iter().flat_map(|s| s.stats()).collect()
+    }
+
+    /// Moves after each timed pass a coordinator shard here makes over its groups (session
+    /// expiry, offsets retention, the groups published for the metrics), once what the
+    /// pass wrote is committed: to wait for time-driven work without polling.
+    pub fn coordinator_passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.groups.passes.subscribe()
     }
 
     /// Rebalances of groups coordinated here, and how long they took.
@@ -283,6 +298,7 @@ impl Broker {
                 broker: self.this.clone(),
                 checkpoint_records: self.options.groups.checkpoint_records,
                 rebalances: Arc::clone(&self.groups.rebalances),
+                passes: Arc::clone(&self.groups.passes),
             });
             let shard = Shard::start(partition, term, self.options.groups.coordinator, host);
             shards.insert(index, shard);

@@ -103,6 +103,8 @@ pub(crate) trait ShardHost: Send + Sync + 'static {
     fn checkpoint_records(&self) -> usize;
     /// Where rebalance durations are counted.
     fn rebalances(&self) -> &RebalanceStats;
+    /// A timed pass over the groups (expiry, retention, metrics) is written.
+    fn passed(&self);
 }
 
 impl Shard {
@@ -341,6 +343,7 @@ impl Task {
         let mut leadership = self.partition.replica.changes();
         let mut jobs: Vec<Job> = Vec::new();
         loop {
+            let mut timed_pass = false;
             tokio::select! {
                 job = rx.recv() => match job {
                     Some(job) => jobs.push(job),
@@ -360,6 +363,7 @@ impl Task {
                     if let Some(job) = self.retention_job() {
                         jobs.push(job);
                     }
+                    timed_pass = true;
                 }
                 alive = leadership.changed() => if !alive {
                     return "the partition replica stopped".into();
@@ -380,6 +384,9 @@ impl Task {
             }
             if let Err(reason) = self.run_jobs(&mut jobs).await {
                 return reason;
+            }
+            if timed_pass {
+                self.host.passed();
             }
             if self.since_checkpoint >= self.host.checkpoint_records().max(self.checkpoint_len)
                 && let Err(reason) = self.checkpoint().await
