@@ -40,6 +40,8 @@ pub struct BrokerOptions {
     /// Free space on the data volume under which produce requests are refused (`None`:
     /// the default, see `DiskSpace`).
     pub min_free_bytes: Option<u64>,
+    /// An idempotent producer silent this long is forgotten by the partitions.
+    pub producer_expiry: Duration,
     pub flush: FlushPolicy,
     pub topic_defaults: TopicConfig,
     /// Partitions of a topic created without a count.
@@ -80,10 +82,12 @@ pub struct NodeInfo {
 }
 
 /// What a partition's append gave the produced batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
     /// Offset of the first record; -1 when acks=none did not wait to learn it.
     pub base_offset: i64,
+    /// Each batch's first offset, in request order (empty with acks=none).
+    pub batch_base_offsets: Vec<i64>,
     pub log_append_time_ms: i64,
     pub log_start_offset: i64,
 }
@@ -219,6 +223,7 @@ impl Broker {
             state_dir: options.data_dir.clone(),
             timing: options.raft_timing,
             min_free_bytes: options.min_free_bytes,
+            producer_expiry: options.producer_expiry,
         })
         .map_err(BrokerError::from)?;
         // The voters are where the configuration says, whatever an older membership of
@@ -556,13 +561,15 @@ impl Broker {
                 });
                 return Ok(AppendOutcome {
                     base_offset: -1,
+                    batch_base_offsets: Vec::new(),
                     log_append_time_ms: now_ms,
                     log_start_offset: -1,
                 });
             }
             match tokio::time::timeout(timeout, append).await {
-                Ok(Ok(base_offset)) => Ok(AppendOutcome {
-                    base_offset,
+                Ok(Ok(batch_base_offsets)) => Ok(AppendOutcome {
+                    base_offset: batch_base_offsets.first().copied().unwrap_or(-1),
+                    batch_base_offsets,
                     log_append_time_ms: now_ms,
                     log_start_offset: partition.reader.start_offset(),
                 }),
@@ -720,6 +727,7 @@ impl From<ReplicaError> for BrokerError {
                 BrokerError::DiskFull { available, floor }
             }
             ReplicaError::Storage(e) => BrokerError::from(e),
+            ReplicaError::Sequence(e) => BrokerError::Sequence(e),
             other => BrokerError::Replication {
                 reason: other.to_string(),
             },

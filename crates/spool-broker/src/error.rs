@@ -1,5 +1,6 @@
 use spool_log::LogError;
 use spool_log::batch::BatchError;
+use spool_raft::producers::SequenceError;
 use spool_types::{ErrorCode, InvalidTopicName};
 
 /// Why a broker operation failed. Each maps to one wire [`ErrorCode`].
@@ -53,6 +54,9 @@ pub enum BrokerError {
     InvalidTimestamp { reason: String },
     #[error("replication failed: {reason}")]
     Replication { reason: String },
+    /// An idempotent producer's batch out of sequence or from a fenced epoch.
+    #[error(transparent)]
+    Sequence(#[from] spool_raft::producers::SequenceError),
     #[error("the broker is shutting down")]
     ShuttingDown,
     #[error(
@@ -101,6 +105,11 @@ impl BrokerError {
             BrokerError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             BrokerError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
             BrokerError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
+            BrokerError::Sequence(e) => match e {
+                SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
+                SequenceError::Fenced { .. } => ErrorCode::InvalidProducerEpoch,
+                SequenceError::UnknownProducer { .. } => ErrorCode::UnknownProducerId,
+            },
             BrokerError::Storage(_)
             | BrokerError::Replication { .. }
             | BrokerError::ShuttingDown

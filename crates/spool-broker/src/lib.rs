@@ -32,7 +32,7 @@ pub use partition::Acks;
 pub use spool_controller::{
     AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,
 };
-pub use spool_raft::{RaftNode, RaftTiming};
+pub use spool_raft::{DEFAULT_PRODUCER_EXPIRY, RaftNode, RaftTiming};
 pub use topic_config::{TopicConfig, TopicConfigDefaults};
 
 /// Offset semantics for [`Broker::list_offset`].

@@ -80,6 +80,7 @@ impl Broker for Flaky {
                             base_offset: -1,
                             log_append_time_ms: -1,
                             log_start_offset: -1,
+                            batch_base_offsets: Vec::new(),
                         })
                         .collect(),
                 })

@@ -318,7 +318,7 @@ impl Controller {
                 ReplicaError::NotLeader { .. } => self.not_controller(),
                 other => ControllerError::from(other),
             })?;
-        let end = base + count;
+        let end = base.first().copied().unwrap_or(-1) + count;
         self.wait_applied(end).await?;
         Ok(end)
     }

@@ -61,6 +61,7 @@ impl Node {
         let (controller, agent) = runtime.block_on(async move {
             let raft = RaftNode::open(RaftNodeOptions {
                 min_free_bytes: None,
+                producer_expiry: spool_raft::DEFAULT_PRODUCER_EXPIRY,
                 node_id: id,
                 state_dir: dir.clone(),
                 timing: RaftTiming {
@@ -378,6 +379,7 @@ fn a_second_node_claiming_a_live_id_is_refused() {
     let err = runtime.block_on(async {
         let raft = RaftNode::open(RaftNodeOptions {
             min_free_bytes: None,
+            producer_expiry: spool_raft::DEFAULT_PRODUCER_EXPIRY,
             node_id: 1,
             state_dir: dir.path().join("d"),
             timing: RaftTiming::default(),

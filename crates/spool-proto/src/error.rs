@@ -42,6 +42,9 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::UnreleasedInstanceId => v1::ErrorCode::UnreleasedInstanceId,
             ErrorCode::OffsetMetadataTooLarge => v1::ErrorCode::OffsetMetadataTooLarge,
             ErrorCode::UnsupportedAssignor => v1::ErrorCode::UnsupportedAssignor,
+            ErrorCode::OutOfOrderSequence => v1::ErrorCode::OutOfOrderSequence,
+            ErrorCode::InvalidProducerEpoch => v1::ErrorCode::InvalidProducerEpoch,
+            ErrorCode::UnknownProducerId => v1::ErrorCode::UnknownProducerId,
             _ => v1::ErrorCode::Unknown,
         }
     }
@@ -82,7 +85,10 @@ fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::FencedMemberEpoch
         | ErrorCode::StaleMemberEpoch
         | ErrorCode::NonEmptyGroup
-        | ErrorCode::UnreleasedInstanceId => Code::FailedPrecondition,
+        | ErrorCode::UnreleasedInstanceId
+        | ErrorCode::OutOfOrderSequence
+        | ErrorCode::InvalidProducerEpoch
+        | ErrorCode::UnknownProducerId => Code::FailedPrecondition,
         ErrorCode::BrokerIdInUse => Code::AlreadyExists,
         ErrorCode::FencedLeaderEpoch | ErrorCode::UnknownLeaderEpoch => Code::FailedPrecondition,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,

@@ -39,6 +39,9 @@ pub enum ReplicaError {
     Storage(#[from] spool_log::LogError),
     #[error("node state file {}: {reason}", path.display())]
     StateFile { path: PathBuf, reason: String },
+    /// An idempotent producer's batch out of sequence, or from a fenced epoch.
+    #[error(transparent)]
+    Sequence(#[from] crate::producers::SequenceError),
     #[error("invalid membership: {0}")]
     Membership(String),
     /// The node's data volume is under its free-space floor (`min_free_bytes`).

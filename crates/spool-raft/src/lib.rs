@@ -6,6 +6,8 @@
 //! - [`state_machine`]: applied id, membership and next offset; tiny snapshots taken only
 //!   where retention cuts the log.
 //! - [`state_store`]: the node's durable vote/commit/snapshot records, one file.
+//! - [`producers`]: the idempotent-producer table, derived from the log; snapshots of it
+//!   beside the segments.
 //! - [`flusher`]: group commit of fsyncs across every replica on a node.
 //! - [`network`]: the RaftTransport gRPC service and client: one channel per peer,
 //!   streamed replication, heartbeats batched per node, a fault layer for tests.
@@ -14,6 +16,7 @@
 //!   each other instead (`liveness`); a stopping node hands its groups over first
 //!   (`handover`).
 
+mod append;
 mod codec;
 mod disk;
 mod error;
@@ -23,6 +26,7 @@ mod liveness;
 pub mod log_store;
 pub mod network;
 mod node;
+pub mod producers;
 mod rebuild;
 mod replica;
 mod state_file;
@@ -36,7 +40,9 @@ pub use disk::DiskSpace;
 pub use error::{CodecError, ReplicaError};
 pub use flusher::Flusher;
 pub use handover::HandOver;
-pub use node::{RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec, sweep_deleted};
+pub use node::{
+    DEFAULT_PRODUCER_EXPIRY, RaftNode, RaftNodeOptions, RaftTiming, ReplicaSpec, sweep_deleted,
+};
 pub use rebuild::group_of_dir;
 pub use replica::{AckLevel, LeaderHint, Members, PartitionReplica, RaftProgress, ReplicaChanges};
 pub use storage::{GroupStorage, open_group_storage};

@@ -19,6 +19,7 @@ use spool_log::{FlushPolicy, FrameKind, LogReader, RecordBatch, StoredEntry};
 use crate::codec::{decode_membership, encode_membership};
 use crate::error::io_error;
 use crate::flusher::{Flusher, SharedLog};
+use crate::producers::{BatchIdentity, ProducerTable, Verdict};
 use crate::state_store::NodeStateStore;
 use crate::types::{
     Appended, Entry, GroupId, LogId, PartitionRaft, ProduceBatch, Vote, log_id, term_of,
@@ -42,6 +43,20 @@ pub(crate) struct GroupShared {
     /// Entries appended but not yet applied, as they were appended: replication and apply
     /// read them from memory instead of the disk.
     pub recent: Mutex<RecentEntries>,
+    /// The producer table at the log's end: what the leader checks its own batches
+    /// against (lock order: the log, then this).
+    pub producers: Mutex<ProducerTable>,
+    /// The producer table at the applied point.
+    pub applied_producers: Mutex<AppliedProducers>,
+}
+
+/// The producer table as of the last applied entry.
+#[derive(Debug, Default)]
+pub(crate) struct AppliedProducers {
+    pub index: Option<u64>,
+    pub table: ProducerTable,
+    /// Bytes of data entries applied since the last snapshot of the table.
+    pub since_snapshot: u64,
 }
 
 /// Most bytes of payload the recent-entries cache of one group holds.
@@ -170,6 +185,52 @@ impl PartitionLogStore {
             store,
             flusher,
         }
+    }
+}
+
+impl PartitionLogStore {
+    /// Decides, under the log's lock, what becomes of each data entry about to be
+    /// appended at `next_offset`, and records the stored idempotent batches in the
+    /// producer table. Only this leader's own batches are checked.
+    fn judge(
+        &self,
+        mut next_offset: i64,
+        batches: &[RecordBatch<'_>],
+        producers: &[Option<(BatchIdentity, bool)>],
+    ) -> Vec<Verdict> {
+        let mut table = self.shared.producers.lock();
+        batches
+            .iter()
+            .zip(producers)
+            .map(|(batch, producer)| {
+                let verdict = match producer {
+                    Some((identity, true)) => table.check(identity),
+                    _ => Verdict::Append,
+                };
+                if verdict == Verdict::Append {
+                    let count = i64::from(batch.offset_count());
+                    if let Some((identity, _)) = producer {
+                        table.record(identity, next_offset, next_offset + count - 1);
+                    }
+                    next_offset += count;
+                }
+                verdict
+            })
+            .collect()
+    }
+
+    /// After a truncation: the table at the log's end is the applied one plus the
+    /// entries the log still holds after the applied point (committed entries are never
+    /// truncated, so the applied point is below the cut).
+    fn rebuild_producers(&self, log: &spool_log::Log) -> Result<(), std::io::Error> {
+        let (from, mut table) = {
+            let applied = self.shared.applied_producers.lock();
+            (applied.index.map_or(0, |i| i + 1), applied.table.clone())
+        };
+        let reader = log.reader();
+        crate::producers::files::replay(&reader, &mut table, from, u64::MAX).map_err(io_error)?;
+        *self.shared.producers.lock() = table;
+        Ok(())
     }
 }
 
@@ -323,6 +384,9 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             })
             .collect();
         let mut batches = Vec::with_capacity(entries.len());
+        // Per data entry: its producer, and whether this leader is to check its sequence
+        // (its own writes carry a notice; replicated entries were decided by their leader).
+        let mut producers: Vec<Option<(BatchIdentity, bool)>> = Vec::with_capacity(entries.len());
         for entry in &entries {
             if let EntryPayload::Normal(data) = &entry.payload {
                 let batch = if data.verified {
@@ -330,7 +394,9 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 } else {
                     RecordBatch::new(&data.batch)
                 };
-                batches.push(batch.map_err(io_error)?);
+                let batch = batch.map_err(io_error)?;
+                producers.push(BatchIdentity::of(&batch).map(|id| (id, data.notice.is_some())));
+                batches.push(batch);
             }
         }
         let frame_bytes: u64 = batches
@@ -352,15 +418,17 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                     .map_err(io_error)?;
                 *self.shared.began_at.lock() = Some(first.log_id.index);
             }
-            let mut batch_views = batches.iter();
+            let verdicts = self.judge(log.next_offset(), &batches, &producers);
+            let mut batch_views = batches.iter().zip(&verdicts);
             let mut membership_bytes = memberships.iter();
             let to_store = entries.iter().map(|entry| spool_log::Entry {
                 term: term_of(&entry.log_id),
                 index: entry.log_id.index,
                 payload: match &entry.payload {
                     EntryPayload::Normal(_) => match batch_views.next() {
-                        Some(batch) => spool_log::EntryPayload::Data(*batch),
-                        None => spool_log::EntryPayload::Blank,
+                        Some((batch, Verdict::Append)) => spool_log::EntryPayload::Data(*batch),
+                        // A retry the log holds, or a refused batch: a blank entry.
+                        Some(_) | None => spool_log::EntryPayload::Blank,
                     },
                     EntryPayload::Blank => spool_log::EntryPayload::Blank,
                     EntryPayload::Membership(_) => match membership_bytes.next() {
@@ -374,12 +442,12 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 .iter()
                 .map(|b| i64::from(b.offset_count()))
                 .collect();
-            Ok::<_, std::io::Error>((appended.first_offset, counts))
+            Ok::<_, std::io::Error>((appended.first_offset, counts, verdicts))
         };
         // Writes to the page cache stay on this task: they are quick, and handing the
         // worker over for each would cost more than it saves. One that may roll the
         // segment (an fsync) is done with the worker handed over.
-        let (first_offset, counts) = if log.may_roll(frame_bytes) {
+        let (first_offset, counts, verdicts) = if log.may_roll(frame_bytes) {
             // A roll seals the segment with an fsync under the log's lock, which the flusher
             // then waits on for every other log too. Sync first with the lock let go (only
             // this task appends, so the end cannot move meanwhile): the roll's own fsync
@@ -399,7 +467,7 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
         // Still under the log's lock: the cache never lags what the log holds.
         drop(batches);
         let mut recent = self.shared.recent.lock();
-        for entry in stored_entries(entries, counts, first_offset) {
+        for entry in stored_entries(entries, counts, verdicts, first_offset) {
             recent.push(entry);
         }
         drop(recent);
@@ -422,6 +490,7 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             if first_removed < log.next_index() {
                 self.shared.recent.lock().truncate_from(first_removed);
                 log.truncate_from(first_removed).map_err(io_error)?;
+                self.rebuild_producers(&log)?;
             }
             Ok(())
         })
@@ -443,6 +512,14 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             } else {
                 log.purge_through_index(upto.index).map_err(io_error)?;
             }
+            // Producers whose batches are all gone leave the tables.
+            let start = log.start_offset();
+            self.shared.producers.lock().remove_below(start);
+            self.shared
+                .applied_producers
+                .lock()
+                .table
+                .remove_below(start);
             Ok(())
         })?;
         let mut purged = self.shared.purged.lock();
@@ -470,19 +547,32 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 fn stored_entries(
     entries: Vec<Entry>,
     counts: Vec<i64>,
+    verdicts: Vec<Verdict>,
     first_offset: i64,
 ) -> impl Iterator<Item = Entry> {
     let mut offset = first_offset;
-    let mut counts = counts.into_iter();
+    let mut counts = counts.into_iter().zip(verdicts);
     entries.into_iter().map(move |mut entry| {
         if let EntryPayload::Normal(data) = &mut entry.payload {
-            let next = offset + counts.next().unwrap_or(0);
+            let (count, verdict) = counts.next().unwrap_or((0, Verdict::Append));
+            let base_offset = match verdict {
+                Verdict::Append => offset,
+                Verdict::Duplicate { base_offset } => base_offset,
+                Verdict::Refused(_) => -1,
+            };
             if let Some(notice) = data.notice.take() {
                 notice.fire(Appended {
                     index: entry.log_id.index,
-                    base_offset: offset,
+                    base_offset,
+                    verdict,
                 });
             }
+            if verdict != Verdict::Append {
+                // Stored blank: so it is replicated and applied.
+                entry.payload = EntryPayload::Blank;
+                return entry;
+            }
+            let next = offset + count;
             data.offsets = Some((offset, next));
             offset = next;
         }

@@ -59,7 +59,13 @@ pub struct RaftNodeOptions {
     /// Free space on the data volume under which client writes are refused (`None`: the
     /// default, see `DiskSpace`; `Some(0)`: never).
     pub min_free_bytes: Option<u64>,
+    /// An idempotent producer that writes nothing for this long is forgotten by the
+    /// partitions (Kafka's `producer.id.expiration.ms`).
+    pub producer_expiry: Duration,
 }
+
+/// How long an idle producer's sequence state is kept by default: a day, as in Kafka.
+pub const DEFAULT_PRODUCER_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What a new replica is created with.
 #[derive(Debug, Clone)]
@@ -292,6 +298,7 @@ impl RaftNode {
                 spec.log_config.clone(),
                 self.store.clone(),
                 Arc::clone(&self.flusher),
+                self.options.producer_expiry.as_millis() as i64,
             )
         };
         let mut storage = open()?;

@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, ForwardReason, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use parking_lot::Mutex;
 use spool_log::{LogConfig, LogReader, RetentionPolicy};
@@ -20,19 +18,11 @@ use tokio::sync::watch;
 use crate::error::ReplicaError;
 use crate::flusher::SharedLog;
 use crate::state_machine::SnapshotTarget;
-use crate::types::{AppendNotice, GroupId, NodeId, ProduceBatch, Raft, log_id};
-
-/// How long a write waits for a newly elected leader's lease.
-const LEASE_WAIT: Duration = Duration::from_secs(3);
+use crate::types::{GroupId, NodeId, Raft, log_id};
 
 /// A voter this many entries behind the commit point still counts as in sync: replication
 /// under load is always a little behind.
 const IN_SYNC_SLACK: u64 = 1000;
-
-enum Attempt {
-    LeaseNotYetValid,
-    Failed(ReplicaError),
-}
 
 /// When a produce is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +259,10 @@ impl PartitionReplica {
         }
     }
 
-    fn write_error(&self, error: ClientWriteError<crate::types::PartitionRaft>) -> ReplicaError {
+    pub(crate) fn write_error(
+        &self,
+        error: ClientWriteError<crate::types::PartitionRaft>,
+    ) -> ReplicaError {
         match error {
             ClientWriteError::ForwardToLeader(f) => self.not_leader(f.leader_id, f.leader_node),
             ClientWriteError::ChangeMembershipError(e) => ReplicaError::Membership(e.to_string()),
@@ -304,133 +297,6 @@ impl PartitionReplica {
                 "no quorum confirmed the leadership in time".into(),
             )),
         }
-    }
-
-    /// Appends batches (Kafka record batches whose CRC the caller has checked) as
-    /// consecutive entries and answers with the offset of the first record, once every one
-    /// of them is committed (acks=all) or appended (acks=leader). They are submitted
-    /// together, so validation refuses all or none; a leader failing midway may still
-    /// leave a committed prefix behind an error answer (the client's retry then writes
-    /// those batches again).
-    pub async fn append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, ReplicaError> {
-        self.append_checked(batches, acks, None).await
-    }
-
-    /// As `append`, but only while this replica leads in `term`: a writer whose records
-    /// were computed from its state under one leadership must not have them land in a
-    /// later one, after another leader's writes it never saw.
-    pub async fn append_in_term(
-        &self,
-        batches: Vec<Bytes>,
-        acks: AckLevel,
-        term: u64,
-    ) -> Result<i64, ReplicaError> {
-        self.append_checked(batches, acks, Some(term)).await
-    }
-
-    async fn append_checked(
-        &self,
-        batches: Vec<Bytes>,
-        acks: AckLevel,
-        term: Option<u64>,
-    ) -> Result<i64, ReplicaError> {
-        if batches.is_empty() {
-            return Err(ReplicaError::Raft("nothing to append".into()));
-        }
-        self.touch();
-        // A leader just elected takes writes once a quorum has answered it (its lease).
-        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Some(term) = term
-                && (self.term() != term || !self.is_leader())
-            {
-                let hint = self.leader();
-                return Err(ReplicaError::NotLeader {
-                    group: self.group,
-                    leader: hint.node,
-                    leader_address: hint.address,
-                });
-            }
-            match self.try_append(batches.clone(), acks).await {
-                Err(Attempt::LeaseNotYetValid) if tokio::time::Instant::now() < deadline => {
-                    let _ = tokio::time::timeout_at(deadline, metrics.changed()).await;
-                }
-                Err(Attempt::LeaseNotYetValid) => {
-                    let hint = self.leader();
-                    return Err(ReplicaError::NotLeader {
-                        group: self.group,
-                        leader: hint.node,
-                        leader_address: hint.address,
-                    });
-                }
-                Err(Attempt::Failed(error)) => return Err(error),
-                Ok(offset) => return Ok(offset),
-            }
-        }
-    }
-
-    /// Submits the batches as consecutive entries of one write. acks=leader answers once
-    /// the last of them is in the leader's log (entries are appended in order, so every
-    /// earlier one is too); acks=all once every one is committed and applied, not only the
-    /// first: a leader can fail between the commits of two entries of one request.
-    async fn try_append(&self, batches: Vec<Bytes>, acks: AckLevel) -> Result<i64, Attempt> {
-        let count = batches.len();
-        let mut first_appended = None;
-        let mut last_appended = None;
-        let payloads: Vec<ProduceBatch> = batches
-            .into_iter()
-            .enumerate()
-            .map(|(i, batch)| {
-                let mut payload = ProduceBatch::new(batch);
-                payload.verified = true;
-                if acks == AckLevel::Leader && (i == 0 || i + 1 == count) {
-                    let (notice, appended) = AppendNotice::new();
-                    if i == 0 {
-                        first_appended = Some(appended);
-                    } else {
-                        last_appended = Some(appended);
-                    }
-                    payload.notice = Some(notice);
-                }
-                payload
-            })
-            .collect();
-        let mut results = self
-            .raft
-            .client_write_many(payloads)
-            .await
-            .map_err(|e| Attempt::Failed(ReplicaError::Raft(e.to_string())))?;
-        if let Some(first) = first_appended {
-            let last_ok = match last_appended {
-                Some(last) => last.await.is_ok(),
-                None => true,
-            };
-            if last_ok && let Ok(appended) = first.await {
-                return Ok(appended.base_offset);
-            }
-        }
-        // acks=all, or the leader did not append: every answer counts, and the first
-        // failure is the request's.
-        let mut base_offset = None;
-        for i in 0..count {
-            match results.next().await {
-                Some(Ok(Ok(response))) => {
-                    base_offset.get_or_insert(response.response.base_offset);
-                }
-                Some(Ok(Err(ClientWriteError::ForwardToLeader(f))))
-                    if i == 0 && f.reason == ForwardReason::LeaseExpired && self.is_leader() =>
-                {
-                    return Err(Attempt::LeaseNotYetValid);
-                }
-                Some(Ok(Err(error))) => return Err(Attempt::Failed(self.write_error(error))),
-                Some(Err(fatal)) => {
-                    return Err(Attempt::Failed(ReplicaError::Raft(fatal.to_string())));
-                }
-                None => return Err(Attempt::Failed(ReplicaError::ShuttingDown)),
-            }
-        }
-        base_offset.ok_or(Attempt::Failed(ReplicaError::ShuttingDown))
     }
 
     /// Adds a node as a learner; with `wait`, returns once it has caught up.

@@ -18,8 +18,13 @@ use tokio::sync::watch;
 
 use crate::error::io_error;
 use crate::log_store::GroupShared;
+use crate::producers::BatchIdentity;
 use crate::state_store::{GroupRecord, NodeStateStore, SnapshotRecord};
 use crate::types::{GroupId, LogId, PartitionRaft, Produced, SnapshotMeta, StoredMembership};
+
+/// Bytes of data applied between two snapshots of the producer table: what a restart
+/// replays at most.
+const PRODUCER_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The data of a snapshot beyond its meta: where the retained log's offsets start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +60,10 @@ pub struct PartitionStateMachine {
     pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
     /// Producers to answer once the high watermark covers their entries (reused).
     answers: Answers,
+    /// The partition's directory, where producer snapshots go.
+    dir: std::path::PathBuf,
+    /// Producers idle this long (by their newest record's timestamp) are forgotten.
+    producer_expiry_ms: i64,
 }
 
 #[derive(Default)]
@@ -76,6 +85,8 @@ impl PartitionStateMachine {
         shared: Arc<GroupShared>,
         last_log_id: Option<LogId>,
         log_start_offset: i64,
+        dir: std::path::PathBuf,
+        producer_expiry_ms: i64,
     ) -> Self {
         let record = store.get(group).unwrap_or_default();
         if let Some(snapshot) = &record.snapshot
@@ -110,7 +121,14 @@ impl PartitionStateMachine {
             high_watermark: watch::Sender::new(next_offset),
             snapshot_target: Arc::new(Mutex::new(None)),
             answers: Answers::default(),
+            dir,
+            producer_expiry_ms,
         }
+    }
+
+    /// The Raft index of the last applied entry.
+    pub(crate) fn applied_index(&self) -> Option<u64> {
+        self.applied.map(|id| id.index)
     }
 
     /// Watches the offset after the last applied (so committed) record.
@@ -143,6 +161,36 @@ impl PartitionStateMachine {
             .unwrap_or_default()
     }
 
+    /// Writes the producer table beside the segments once enough has been applied since
+    /// the last time (off this task: a snapshot is a shortcut for restarts, not state),
+    /// and forgets producers idle past the expiry.
+    fn snapshot_producers(&mut self, applied_bytes: u64) {
+        let mut producers = self.shared.applied_producers.lock();
+        producers.since_snapshot += applied_bytes;
+        if producers.since_snapshot < PRODUCER_SNAPSHOT_BYTES {
+            return;
+        }
+        producers.since_snapshot = 0;
+        let now = wall_clock_ms();
+        let expired = producers.table.expire(now, self.producer_expiry_ms);
+        self.shared
+            .producers
+            .lock()
+            .expire(now, self.producer_expiry_ms);
+        if expired > 0 {
+            tracing::debug!(group = self.group, expired, "idle producers expired");
+        }
+        let Some(index) = producers.index else { return };
+        let bytes = crate::producers::files::encode_snapshot(index, &producers.table);
+        drop(producers);
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = crate::producers::files::write_snapshot(&dir, index, &bytes) {
+                tracing::warn!(dir = %dir.display(), %error, "could not write a producer snapshot");
+            }
+        });
+    }
+
     fn save_lazily(&self) {
         let (applied, memberships, next_offset) =
             (self.applied, self.memberships.clone(), self.next_offset);
@@ -168,6 +216,7 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             + Unpin
             + OptionalSend,
     {
+        let mut applied_bytes = 0u64;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let base_offset = match &entry.payload {
@@ -177,6 +226,16 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
                         .or_else(|| RecordBatch::peek_offsets(&data.batch))
                         .ok_or_else(|| io_error("a data entry holds no batch header"))?;
                     self.next_offset = next;
+                    applied_bytes += data.batch.len() as u64;
+                    // The batch was checked when stored: its header is enough here.
+                    let identity = RecordBatch::new_without_crc(&data.batch)
+                        .ok()
+                        .and_then(|batch| BatchIdentity::of(&batch));
+                    let mut producers = self.shared.applied_producers.lock();
+                    if let Some(identity) = identity {
+                        producers.table.record(&identity, base, next - 1);
+                    }
+                    producers.index = Some(entry.log_id.index);
                     base
                 }
                 EntryPayload::Blank => self.next_offset,
@@ -186,11 +245,15 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
                     self.next_offset
                 }
             };
+            if !matches!(entry.payload, EntryPayload::Normal(_)) {
+                self.shared.applied_producers.lock().index = Some(entry.log_id.index);
+            }
             self.applied = Some(entry.log_id);
             if let Some(responder) = responder {
                 self.answers.0.push((responder, Produced { base_offset }));
             }
         }
+        self.snapshot_producers(applied_bytes);
         // Memberships the snapshot covers are no longer needed, except the last of them.
         if let Some((snap, _)) = *self.shared.snapshot_end.lock() {
             let covered = self
@@ -249,6 +312,12 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
         self.applied = meta.last_log_id;
         self.memberships.clear();
         self.next_offset = snapshot.next_offset;
+        // The log restarts after the snapshot: no producer batch is left below it.
+        {
+            let mut producers = self.shared.applied_producers.lock();
+            producers.index = meta.last_log_id.map(|id| id.index);
+            producers.table.remove_below(snapshot.next_offset);
+        }
         let saved = record.clone();
         self.store
             .update_durable(self.group, |r: &mut GroupRecord| {
@@ -312,4 +381,10 @@ impl RaftSnapshotBuilder<PartitionRaft> for SnapshotBuilder {
         }
         Ok(to_snapshot(record))
     }
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -9,7 +9,8 @@ use spool_log::{Log, LogConfig, LogReader};
 
 use crate::error::ReplicaError;
 use crate::flusher::{Flusher, SharedLog};
-use crate::log_store::{GroupShared, PartitionLogStore};
+use crate::log_store::{AppliedProducers, GroupShared, PartitionLogStore};
+use crate::producers::{ProducerTable, files};
 use crate::state_machine::PartitionStateMachine;
 use crate::state_store::NodeStateStore;
 use crate::types::{GroupId, log_id};
@@ -31,6 +32,7 @@ pub fn open_group_storage(
     config: LogConfig,
     store: NodeStateStore,
     flusher: Arc<Flusher>,
+    producer_expiry_ms: i64,
 ) -> Result<GroupStorage, ReplicaError> {
     let log = Log::open(dir, config)?;
     let report = log.recovery_report();
@@ -54,7 +56,10 @@ pub fn open_group_storage(
         Arc::clone(&shared),
         last_log_id,
         bounds.start_offset,
+        dir.to_path_buf(),
+        producer_expiry_ms,
     );
+    restore_producers(dir, &reader, &shared, state_machine.applied_index())?;
     let log: SharedLog = Arc::new(Mutex::new(log));
     let log_store = PartitionLogStore::new(group, Arc::clone(&log), shared, store, flusher);
     Ok(GroupStorage {
@@ -63,4 +68,32 @@ pub fn open_group_storage(
         reader,
         log,
     })
+}
+
+/// Rebuilds the producer tables: at the applied point from the newest snapshot at or
+/// before it and the entries after that, then at the log's end from the entries after
+/// the applied point. Producers whose batches retention removed are left out, as a
+/// replica that never saw them would leave them out.
+fn restore_producers(
+    dir: &Path,
+    reader: &LogReader,
+    shared: &GroupShared,
+    applied: Option<u64>,
+) -> Result<(), ReplicaError> {
+    let (mut table, from) = match applied.and_then(|at| files::load_snapshot(dir, at)) {
+        Some((at, table)) => (table, at + 1),
+        None => (ProducerTable::default(), 0),
+    };
+    let applied_end = applied.map_or(0, |at| at + 1);
+    files::replay(reader, &mut table, from, applied_end)?;
+    table.remove_below(reader.start_offset());
+    let mut at_end = table.clone();
+    files::replay(reader, &mut at_end, applied_end, u64::MAX)?;
+    *shared.applied_producers.lock() = AppliedProducers {
+        index: applied,
+        table,
+        since_snapshot: 0,
+    };
+    *shared.producers.lock() = at_end;
+    Ok(())
 }

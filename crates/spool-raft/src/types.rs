@@ -49,11 +49,16 @@ pub fn term_of(log_id: &LogId) -> u64 {
 }
 
 /// Where the leader's log put a produced batch; sent once the leader has appended it
-/// (what acks=1 waits for).
+/// (what acks=1 waits for, and where idempotent producers hear about retries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     pub index: u64,
+    /// Where the batch went; for a retried batch the log already held, where it went the
+    /// first time; -1 for a refused one.
     pub base_offset: i64,
+    /// What the leader's log made of the batch (an idempotent producer's retry is stored
+    /// as a blank entry, a refused batch too).
+    pub verdict: crate::producers::Verdict,
 }
 
 /// A one-shot notice the leader's log store fires when it appends the batch.

@@ -35,7 +35,7 @@ async fn raft_follows_the_address_book_over_the_membership() {
     let end = leader
         .append(vec![batch("a", 4)], AckLevel::All)
         .await
-        .expect("write")
+        .expect("write")[0]
         + 4;
     // Node 3, reachable only through the book, has every record.
     let third = replicas.iter().find(|r| r.node_id() == 3).expect("node 3");

@@ -34,8 +34,15 @@ impl StoreBuilder<PartitionRaft, PartitionLogStore, PartitionStateMachine, Guard
             flush: self.flush,
             ..LogConfig::default()
         };
-        let storage =
-            open_group_storage(1, &dir.path().join("p"), config, store, flusher).map_err(fail)?;
+        let storage = open_group_storage(
+            1,
+            &dir.path().join("p"),
+            config,
+            store,
+            flusher,
+            spool_raft::DEFAULT_PRODUCER_EXPIRY.as_millis() as i64,
+        )
+        .map_err(fail)?;
         Ok((
             Guard { _dir: dir },
             storage.log_store,

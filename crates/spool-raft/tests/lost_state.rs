@@ -45,7 +45,7 @@ async fn fill_and_purge(leader: &std::sync::Arc<spool_raft::PartitionReplica>) -
                 AckLevel::All,
             )
             .await
-            .expect("append")
+            .expect("append")[0]
             + 5;
     }
     let policy = RetentionPolicy {
@@ -94,7 +94,7 @@ async fn a_group_of_one_goes_on_after_its_state_file_is_lost() {
         .append(vec![batch("after", 1)], AckLevel::All)
         .await
         .expect("a write after the loss");
-    assert_eq!(next, end);
+    assert_eq!(next, [end]);
     node.stop().await;
 }
 
@@ -138,7 +138,7 @@ async fn a_follower_that_lost_its_state_file_is_rebuilt_from_its_leader() {
         .append(vec![batch("after", 1)], AckLevel::All)
         .await
         .expect("a write while it rebuilds");
-    assert_eq!(next, end);
+    assert_eq!(next, [end]);
     replicas.push(rebuilt.clone());
     wait_rebuilt(&replicas, &rebuilt).await;
     wait_high_watermark(

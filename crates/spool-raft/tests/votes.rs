@@ -62,7 +62,7 @@ async fn a_replica_withholding_votes_elects_no_one_until_it_votes_again() {
         .append(vec![batch("b", 1)], AckLevel::All)
         .await
         .expect("write after the election");
-    assert_eq!(offset, 3);
+    assert_eq!(offset, [3]);
     for node in nodes.into_iter().flatten() {
         node.stop().await;
     }
@@ -117,7 +117,7 @@ async fn a_replica_that_lost_its_log_withholds_its_vote_until_it_has_caught_up()
     let end = leader
         .append(vec![batch("e", 5)], AckLevel::All)
         .await
-        .expect("E, committed on the leader and one follower")
+        .expect("E, committed on the leader and one follower")[0]
         + 5;
 
     // The follower holding E loses its partition directory and restarts; the leader is
@@ -162,7 +162,7 @@ async fn a_replica_that_lost_its_log_withholds_its_vote_until_it_has_caught_up()
             Err(error) => panic!("a write after the leader came back: {error}"),
         }
     };
-    assert_eq!(next, end, "E was lost");
+    assert_eq!(next, [end], "E was lost");
     wait_rebuilt(&everyone, &rebuilt).await;
     wait_high_watermark(&rebuilt, end + 1, "the rebuilt replica to have E").await;
     assert!(!rebuilt.dir().join("raft.rebuilding").exists());

@@ -79,6 +79,10 @@ pub struct ServerConfig {
     /// the volume never fills (default: 1 GiB, or a twentieth of a smaller volume; 0
     /// refuses nothing).
     pub min_free_bytes: Option<u64>,
+    /// An idempotent producer that writes nothing for this long (ms) is forgotten by the
+    /// partitions; its next batch then starts its sequences afresh (default a day, as
+    /// Kafka's producer.id.expiration.ms).
+    pub producer_id_expiration_ms: u64,
     /// Partition groups: ms between a leader's heartbeats (default 150).
     pub raft_heartbeat_ms: u64,
     /// Partition groups: a follower that hears no leader for a random time between these
@@ -163,6 +167,7 @@ impl Default for ServerConfig {
             max_message_bytes: topic.max_message_bytes,
             shutdown_grace_secs: 10,
             min_free_bytes: None,
+            producer_id_expiration_ms: spool_broker::DEFAULT_PRODUCER_EXPIRY.as_millis() as u64,
             raft_heartbeat_ms: RaftTiming::default().heartbeat_ms,
             raft_election_min_ms: RaftTiming::default().election_min_ms,
             raft_election_max_ms: RaftTiming::default().election_max_ms,

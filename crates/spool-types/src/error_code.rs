@@ -51,10 +51,16 @@ pub enum ErrorCode {
     OffsetMetadataTooLarge = 31,
     /// The named server assignor does not exist.
     UnsupportedAssignor = 32,
+    /// An idempotent producer's batch does not follow the last one the partition holds.
+    OutOfOrderSequence = 33,
+    /// The producer's epoch is older than the partition's: a newer instance took over.
+    InvalidProducerEpoch = 34,
+    /// The partition holds no state for the producer and the batch does not start at 0.
+    UnknownProducerId = 35,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -88,6 +94,9 @@ impl ErrorCode {
         ErrorCode::UnreleasedInstanceId,
         ErrorCode::OffsetMetadataTooLarge,
         ErrorCode::UnsupportedAssignor,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::InvalidProducerEpoch,
+        ErrorCode::UnknownProducerId,
     ];
 
     /// The wire number of this code.
@@ -157,6 +166,9 @@ impl ErrorCode {
             ErrorCode::UnreleasedInstanceId => "UNRELEASED_INSTANCE_ID",
             ErrorCode::OffsetMetadataTooLarge => "OFFSET_METADATA_TOO_LARGE",
             ErrorCode::UnsupportedAssignor => "UNSUPPORTED_ASSIGNOR",
+            ErrorCode::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
+            ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
+            ErrorCode::UnknownProducerId => "UNKNOWN_PRODUCER_ID",
         }
     }
 }

@@ -586,6 +586,7 @@ impl Task {
             .replica
             .append_in_term(batches, AckLevel::All, self.term)
             .await
+            .map(|offsets| offsets.first().copied().unwrap_or(-1))
             .map_err(|e| BrokerError::Replication {
                 reason: e.to_string(),
             })

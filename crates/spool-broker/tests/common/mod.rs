@@ -22,6 +22,7 @@ pub fn options(dir: &std::path::Path) -> BrokerOptions {
         fetch_memory_bytes: spool_broker::FETCH_MEMORY_BYTES,
         data_dir: dir.to_path_buf(),
         min_free_bytes: None,
+        producer_expiry: spool_raft::DEFAULT_PRODUCER_EXPIRY,
         flush: FlushPolicy::Always,
         topic_defaults: TopicConfig::default(),
         default_partitions: 1,

@@ -32,6 +32,7 @@ impl TestNode {
         let addr = listener.local_addr().expect("addr").to_string();
         let node = RaftNode::open(RaftNodeOptions {
             min_free_bytes: None,
+            producer_expiry: spool_raft::DEFAULT_PRODUCER_EXPIRY,
             node_id: id,
             state_dir: dir.clone(),
             timing: fast_timing(),

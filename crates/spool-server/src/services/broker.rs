@@ -189,6 +189,7 @@ impl v1::broker_server::Broker for BrokerService {
                             base_offset: outcome.base_offset,
                             log_append_time_ms: outcome.log_append_time_ms,
                             log_start_offset: outcome.log_start_offset,
+                            batch_base_offsets: outcome.batch_base_offsets,
                         },
                         Some(Err(error)) => {
                             failed = true;
@@ -198,6 +199,7 @@ impl v1::broker_server::Broker for BrokerService {
                                 base_offset: -1,
                                 log_append_time_ms: -1,
                                 log_start_offset: -1,
+                                batch_base_offsets: Vec::new(),
                             }
                         }
                         None => v1::PartitionProduceResult {
@@ -206,6 +208,7 @@ impl v1::broker_server::Broker for BrokerService {
                             base_offset: -1,
                             log_append_time_ms: -1,
                             log_start_offset: -1,
+                            batch_base_offsets: Vec::new(),
                         },
                     })
                     .collect(),

@@ -1,0 +1,296 @@
+//! The idempotent-producer table of a partition: for each producer id, its epoch and the
+//! sequence ranges and offsets of its last five batches.
+//!
+//! It is derived from the log alone, so every replica that holds the same log holds the
+//! same table: followers record each batch as they append it, the leader also checks
+//! each of its own batches before appending it, and a table is rebuilt from a snapshot
+//! and the entries after it. Producers whose batches retention removed leave it, as does
+//! a producer idle for longer than the configured expiry.
+
+use std::collections::{HashMap, VecDeque};
+
+use spool_log::RecordBatch;
+
+use crate::error::CodecError;
+
+pub(crate) mod files;
+
+/// Batches remembered per producer: a retry of any of them is answered from here.
+pub const BATCHES_KEPT: usize = 5;
+
+/// Who wrote a batch and which sequence numbers it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchIdentity {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub max_timestamp: i64,
+}
+
+impl BatchIdentity {
+    /// The identity of an idempotent batch; `None` for a batch of a plain producer (or a
+    /// control batch, which carries no sequence).
+    pub fn of(batch: &RecordBatch<'_>) -> Option<Self> {
+        if batch.producer_id() < 0 || batch.base_sequence() < 0 || batch.is_control() {
+            return None;
+        }
+        let first = batch.base_sequence();
+        Some(Self {
+            producer_id: batch.producer_id(),
+            epoch: batch.producer_epoch(),
+            first_sequence: first,
+            last_sequence: add_sequence(first, batch.last_offset_delta()),
+            max_timestamp: batch.max_timestamp(),
+        })
+    }
+}
+
+/// Sequences wrap from `i32::MAX` to 0, as Kafka's do.
+pub fn add_sequence(sequence: i32, delta: i32) -> i32 {
+    let sum = i64::from(sequence) + i64::from(delta);
+    (sum % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// A batch the table remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptBatch {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    pub epoch: i16,
+    /// Oldest first.
+    pub batches: VecDeque<KeptBatch>,
+    /// The newest record timestamp of its batches: expiry counts from here.
+    pub last_timestamp: i64,
+}
+
+/// What the leader does with an idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Append,
+    /// A retry of a batch the log holds: answered with the offset it was stored at.
+    Duplicate {
+        base_offset: i64,
+    },
+    Refused(SequenceError),
+}
+
+/// Why an idempotent batch is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("producer {producer_id} at epoch {epoch} is fenced: the partition has epoch {current}")]
+    Fenced {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error("producer {producer_id} sent sequence {got} where {expected} was expected")]
+    OutOfOrder {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    #[error(
+        "producer {producer_id} is not known to this partition (it was idle past the expiry, or retention removed its records) and sent sequence {got}, not 0"
+    )]
+    UnknownProducer { producer_id: i64, got: i32 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerTable {
+    producers: HashMap<i64, ProducerState>,
+}
+
+impl ProducerTable {
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    pub fn get(&self, producer_id: i64) -> Option<&ProducerState> {
+        self.producers.get(&producer_id)
+    }
+
+    /// Whether the batch may be appended after everything the table has seen.
+    pub fn check(&self, batch: &BatchIdentity) -> Verdict {
+        let Some(state) = self.producers.get(&batch.producer_id) else {
+            return if batch.first_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::Refused(SequenceError::UnknownProducer {
+                    producer_id: batch.producer_id,
+                    got: batch.first_sequence,
+                })
+            };
+        };
+        if batch.epoch < state.epoch {
+            return Verdict::Refused(SequenceError::Fenced {
+                producer_id: batch.producer_id,
+                epoch: batch.epoch,
+                current: state.epoch,
+            });
+        }
+        if batch.epoch > state.epoch {
+            // A new epoch starts its sequences afresh.
+            return if batch.first_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::Refused(SequenceError::OutOfOrder {
+                    producer_id: batch.producer_id,
+                    expected: 0,
+                    got: batch.first_sequence,
+                })
+            };
+        }
+        if let Some(kept) = state.batches.iter().find(|k| {
+            k.first_sequence == batch.first_sequence && k.last_sequence == batch.last_sequence
+        }) {
+            return Verdict::Duplicate {
+                base_offset: kept.base_offset,
+            };
+        }
+        let expected = state
+            .batches
+            .back()
+            .map_or(0, |last| add_sequence(last.last_sequence, 1));
+        if batch.first_sequence == expected {
+            Verdict::Append
+        } else {
+            Verdict::Refused(SequenceError::OutOfOrder {
+                producer_id: batch.producer_id,
+                expected,
+                got: batch.first_sequence,
+            })
+        }
+    }
+
+    /// Records a batch the log now holds at `[base_offset, last_offset]`. A batch of an
+    /// older epoch than the table's (which a leader never stores) changes nothing.
+    pub fn record(&mut self, batch: &BatchIdentity, base_offset: i64, last_offset: i64) {
+        let state = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(|| ProducerState {
+                epoch: batch.epoch,
+                batches: VecDeque::with_capacity(BATCHES_KEPT),
+                last_timestamp: batch.max_timestamp,
+            });
+        if batch.epoch < state.epoch {
+            return;
+        }
+        if batch.epoch > state.epoch {
+            state.epoch = batch.epoch;
+            state.batches.clear();
+        }
+        if state.batches.len() == BATCHES_KEPT {
+            state.batches.pop_front();
+        }
+        state.batches.push_back(KeptBatch {
+            first_sequence: batch.first_sequence,
+            last_sequence: batch.last_sequence,
+            base_offset,
+            last_offset,
+        });
+        state.last_timestamp = state.last_timestamp.max(batch.max_timestamp);
+    }
+
+    /// Forgets batches below `log_start` (retention removed them), and producers left
+    /// with none: the table stays what the retained log alone gives.
+    pub fn remove_below(&mut self, log_start: i64) {
+        self.producers.retain(|_, state| {
+            state.batches.retain(|b| b.last_offset >= log_start);
+            !state.batches.is_empty()
+        });
+    }
+
+    /// Forgets producers whose newest record is older than `now_ms - idle_ms`; returns
+    /// how many.
+    pub fn expire(&mut self, now_ms: i64, idle_ms: i64) -> usize {
+        let before = self.producers.len();
+        let cutoff = now_ms.saturating_sub(idle_ms);
+        self.producers.retain(|_, s| s.last_timestamp >= cutoff);
+        before - self.producers.len()
+    }
+
+    /// The table as bytes (for a snapshot file): producers in id order, so equal tables
+    /// encode alike.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut ids: Vec<&i64> = self.producers.keys().collect();
+        ids.sort_unstable();
+        out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            let state = &self.producers[id];
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&state.epoch.to_be_bytes());
+            out.extend_from_slice(&state.last_timestamp.to_be_bytes());
+            out.push(state.batches.len() as u8);
+            for b in &state.batches {
+                out.extend_from_slice(&b.first_sequence.to_be_bytes());
+                out.extend_from_slice(&b.last_sequence.to_be_bytes());
+                out.extend_from_slice(&b.base_offset.to_be_bytes());
+                out.extend_from_slice(&b.last_offset.to_be_bytes());
+            }
+        }
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
+        let count = take::<4>(&mut bytes).map(u32::from_be_bytes)?;
+        let mut producers = HashMap::with_capacity((count as usize).min(1 << 16));
+        for _ in 0..count {
+            let id = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
+            let epoch = take::<2>(&mut bytes).map(i16::from_be_bytes)?;
+            let last_timestamp = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
+            let n = take::<1>(&mut bytes)?[0] as usize;
+            if n == 0 || n > BATCHES_KEPT {
+                return Err(CodecError::Malformed {
+                    what: "producer batch count",
+                });
+            }
+            let mut batches = VecDeque::with_capacity(BATCHES_KEPT);
+            for _ in 0..n {
+                batches.push_back(KeptBatch {
+                    first_sequence: take::<4>(&mut bytes).map(i32::from_be_bytes)?,
+                    last_sequence: take::<4>(&mut bytes).map(i32::from_be_bytes)?,
+                    base_offset: take::<8>(&mut bytes).map(i64::from_be_bytes)?,
+                    last_offset: take::<8>(&mut bytes).map(i64::from_be_bytes)?,
+                });
+            }
+            let state = ProducerState {
+                epoch,
+                batches,
+                last_timestamp,
+            };
+            if producers.insert(id, state).is_some() {
+                return Err(CodecError::Malformed {
+                    what: "producer listed twice",
+                });
+            }
+        }
+        if !bytes.is_empty() {
+            return Err(CodecError::Malformed {
+                what: "bytes after the producers",
+            });
+        }
+        Ok(Self { producers })
+    }
+}
+
+fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], CodecError> {
+    let (head, rest) = bytes
+        .split_first_chunk::<N>()
+        .ok_or(CodecError::Truncated)?;
+    *bytes = rest;
+    Ok(*head)
+}
+
+#[cfg(test)]
+mod tests;

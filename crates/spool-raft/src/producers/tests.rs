@@ -1,0 +1,199 @@
+use super::files::{decode_snapshot, encode_snapshot, load_snapshot, write_snapshot};
+use super::*;
+
+fn batch(producer_id: i64, epoch: i16, first: i32, records: i32) -> BatchIdentity {
+    BatchIdentity {
+        producer_id,
+        epoch,
+        first_sequence: first,
+        last_sequence: add_sequence(first, records - 1),
+        max_timestamp: 1_000,
+    }
+}
+
+/// Records a batch the way a log does: at the next offsets.
+fn store(table: &mut ProducerTable, next: &mut i64, b: &BatchIdentity) -> i64 {
+    let count = i64::from(b.last_sequence - b.first_sequence) + 1;
+    let base = *next;
+    table.record(b, base, base + count - 1);
+    *next += count;
+    base
+}
+
+#[test]
+fn a_new_producer_starts_at_sequence_zero() {
+    let table = ProducerTable::default();
+    assert_eq!(table.check(&batch(7, 0, 0, 10)), Verdict::Append);
+    assert_eq!(
+        table.check(&batch(7, 0, 5, 10)),
+        Verdict::Refused(SequenceError::UnknownProducer {
+            producer_id: 7,
+            got: 5
+        })
+    );
+}
+
+#[test]
+fn retries_of_the_last_five_batches_are_answered_with_their_offsets() {
+    let mut table = ProducerTable::default();
+    let mut next = 100;
+    let mut bases = Vec::new();
+    for i in 0..7 {
+        let b = batch(7, 0, i * 10, 10);
+        assert_eq!(table.check(&b), Verdict::Append);
+        bases.push(store(&mut table, &mut next, &b));
+        // Another producer's records in between move the offsets.
+        next += 3;
+    }
+    for i in 2..7 {
+        assert_eq!(
+            table.check(&batch(7, 0, i * 10, 10)),
+            Verdict::Duplicate {
+                base_offset: bases[i as usize]
+            }
+        );
+    }
+    // Older than the five kept: neither a duplicate nor next in line.
+    assert!(matches!(
+        table.check(&batch(7, 0, 10, 10)),
+        Verdict::Refused(SequenceError::OutOfOrder {
+            expected: 70,
+            got: 10,
+            ..
+        })
+    ));
+    assert_eq!(table.check(&batch(7, 0, 70, 1)), Verdict::Append);
+}
+
+#[test]
+fn a_gap_is_refused_and_changes_nothing() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &batch(1, 0, 0, 5));
+    let before = table.clone();
+    assert_eq!(
+        table.check(&batch(1, 0, 6, 5)),
+        Verdict::Refused(SequenceError::OutOfOrder {
+            producer_id: 1,
+            expected: 5,
+            got: 6
+        })
+    );
+    // A batch overlapping a kept one without matching it is no duplicate either.
+    assert!(matches!(
+        table.check(&batch(1, 0, 2, 5)),
+        Verdict::Refused(SequenceError::OutOfOrder { .. })
+    ));
+    assert_eq!(table, before);
+}
+
+#[test]
+fn an_older_epoch_is_fenced_and_a_newer_one_starts_afresh() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &batch(1, 3, 0, 5));
+    assert_eq!(
+        table.check(&batch(1, 2, 5, 5)),
+        Verdict::Refused(SequenceError::Fenced {
+            producer_id: 1,
+            epoch: 2,
+            current: 3
+        })
+    );
+    assert!(matches!(
+        table.check(&batch(1, 4, 5, 5)),
+        Verdict::Refused(SequenceError::OutOfOrder { expected: 0, .. })
+    ));
+    assert_eq!(table.check(&batch(1, 4, 0, 5)), Verdict::Append);
+    store(&mut table, &mut next, &batch(1, 4, 0, 5));
+    // The old epoch's batches are gone with it.
+    assert!(matches!(
+        table.check(&batch(1, 3, 0, 5)),
+        Verdict::Refused(SequenceError::Fenced { .. })
+    ));
+    assert_eq!(table.get(1).map(|s| s.batches.len()), Some(1));
+}
+
+#[test]
+fn sequences_wrap_after_the_largest() {
+    let wrapped = batch(1, 0, i32::MAX - 1, 4);
+    assert_eq!(wrapped.last_sequence, 1);
+    let mut table = ProducerTable::default();
+    let near_end = BatchIdentity {
+        first_sequence: 5,
+        last_sequence: i32::MAX,
+        ..batch(1, 0, 5, 1)
+    };
+    table.record(&near_end, 0, 0);
+    assert_eq!(table.check(&batch(1, 0, 0, 3)), Verdict::Append);
+    assert!(matches!(
+        table.check(&batch(1, 0, 1, 3)),
+        Verdict::Refused(SequenceError::OutOfOrder { expected: 0, .. })
+    ));
+}
+
+#[test]
+fn retention_and_expiry_forget_producers() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &batch(1, 0, 0, 10)); // 0..=9
+    store(&mut table, &mut next, &batch(2, 0, 0, 10)); // 10..=19
+    store(&mut table, &mut next, &batch(1, 0, 10, 10)); // 20..=29
+    table.remove_below(10);
+    assert_eq!(table.get(1).map(|s| s.batches.len()), Some(1));
+    assert!(table.get(2).is_some());
+    table.remove_below(20);
+    assert!(table.get(2).is_none());
+    let mut old = batch(3, 0, 0, 1);
+    old.max_timestamp = 10;
+    table.record(&old, 30, 30);
+    assert_eq!(table.expire(1_000 + 500, 600), 1);
+    assert!(table.get(3).is_none() && table.get(1).is_some());
+}
+
+#[test]
+fn snapshots_round_trip_and_damage_is_refused() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    for id in 0..20 {
+        for s in 0..(id as i32 % 7 + 1) {
+            store(&mut table, &mut next, &batch(id, (id % 3) as i16, s * 4, 4));
+        }
+    }
+    let bytes = encode_snapshot(42, &table);
+    assert_eq!(decode_snapshot(&bytes), Ok((42, table.clone())));
+    for bit in (0..bytes.len() * 8).step_by(7) {
+        let mut damaged = bytes.clone();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        assert!(decode_snapshot(&damaged).is_err(), "bit {bit}");
+    }
+    for len in 0..bytes.len() {
+        assert!(decode_snapshot(&bytes[..len]).is_err(), "len {len}");
+    }
+}
+
+#[test]
+fn the_newest_readable_snapshot_at_or_before_a_point_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    let mut tables = Vec::new();
+    for at in [10u64, 20, 30] {
+        store(&mut table, &mut next, &batch(at as i64, 0, 0, 1));
+        write_snapshot(dir.path(), at, &encode_snapshot(at, &table)).unwrap();
+        tables.push(table.clone());
+    }
+    assert_eq!(load_snapshot(dir.path(), 25), Some((20, tables[1].clone())));
+    assert_eq!(load_snapshot(dir.path(), 30), Some((30, tables[2].clone())));
+    assert_eq!(load_snapshot(dir.path(), 9), None);
+    // A damaged newest one falls back to the one before.
+    let newest = dir.path().join(format!("{:020}.producers", 30));
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&newest, bytes).unwrap();
+    assert_eq!(load_snapshot(dir.path(), 30), Some((20, tables[1].clone())));
+    // Only the newest few stay.
+    write_snapshot(dir.path(), 40, &encode_snapshot(40, &table)).unwrap();
+    assert_eq!(load_snapshot(dir.path(), 10), None);
+}
