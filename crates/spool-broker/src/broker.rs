@@ -183,6 +183,8 @@ pub struct Broker {
     pub(crate) fetch_memory: Arc<tokio::sync::Semaphore>,
     /// The consumer groups this node coordinates.
     pub(crate) groups: crate::groups::Groups,
+    /// Producer ids this node hands out.
+    pub(crate) producer_ids: crate::producer_ids::ProducerIds,
 }
 
 /// How long a single node waits to have registered with itself before serving.
@@ -281,6 +283,7 @@ impl Broker {
                     options.fetch_memory_bytes.clamp(1024 * 1024, 1 << 40),
                 )),
                 groups: crate::groups::Groups::default(),
+                producer_ids: crate::producer_ids::ProducerIds::default(),
                 options,
             }
         });

@@ -12,6 +12,7 @@ mod fetch;
 mod groups;
 mod identity;
 mod partition;
+mod producer_ids;
 mod reconcile;
 mod replicas;
 mod topic_config;
@@ -29,6 +30,7 @@ pub use groups::{
     OffsetEntry, REBALANCE_BUCKETS, RebalanceSnapshot,
 };
 pub use partition::Acks;
+pub use producer_ids::ProducerIdentity;
 pub use spool_controller::{
     AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,
 };

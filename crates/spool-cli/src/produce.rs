@@ -88,6 +88,10 @@ pub struct ProduceArgs {
     /// the records were read (`partition offset`, or a JSON object per line).
     #[arg(long)]
     print_offsets: bool,
+    /// Number records so that a retry never stores them twice (with acks=all; on by
+    /// default). `--idempotence false` retries as at-least-once.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    idempotence: bool,
 }
 
 pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCode> {
@@ -106,6 +110,7 @@ pub async fn run(args: ProduceArgs, context: &Context) -> anyhow::Result<ExitCod
         compression: args.compression.into(),
         request_timeout: Duration::from_millis(args.timeout_ms),
         delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
+        idempotence: args.idempotence,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);

@@ -435,6 +435,7 @@ impl Client {
                     Some(e) => Err(ApiError::from(e)),
                     None => Ok(Produced {
                         base_offset: p.base_offset,
+                        batch_base_offsets: p.batch_base_offsets,
                         log_append_time_ms: p.log_append_time_ms,
                     }),
                 })
@@ -484,6 +485,23 @@ impl Client {
                     .collect()
             })
         }))
+    }
+
+    /// A new producer identity (id, epoch) for an idempotent producer.
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), ClientError> {
+        let response = self
+            .broker
+            .clone()
+            .init_producer_id(self.call(v1::InitProducerIdRequest::default()))
+            .await?
+            .into_inner();
+        let epoch = i16::try_from(response.producer_epoch).map_err(|_| {
+            ClientError::Transport(format!(
+                "the broker answered producer epoch {}, out of range",
+                response.producer_epoch
+            ))
+        })?;
+        Ok((response.producer_id, epoch))
     }
 
     /// Offsets of partitions, each answered on its own.

@@ -149,10 +149,13 @@ pub struct PartitionBatches {
 }
 
 /// Where a partition's produced batches landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Produced {
     /// Offset of the first record; -1 with acks=none.
     pub base_offset: i64,
+    /// Each batch's first offset, in request order (empty with acks=none, or from a
+    /// broker that does not say).
+    pub batch_base_offsets: Vec<i64>,
     pub log_append_time_ms: i64,
 }
 

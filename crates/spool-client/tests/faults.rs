@@ -2,7 +2,9 @@
 //! with NOT_LEADER for every partition and fails others as a dropped connection would,
 //! and once it has answered NOT_LEADER, fails every metadata call. The producer retries
 //! with the leaders it knows; every record must still be taken by `send` and land once, in
-//! send order.
+//! send order. A second proxy mode passes some produce calls on and then loses their
+//! answers: the idempotent producer's retries must store nothing twice (and a producer
+//! without idempotence does, which shows the faults bite).
 #![allow(clippy::unwrap_used)]
 
 use std::pin::Pin;
@@ -30,6 +32,8 @@ struct Flaky {
     injected: Arc<AtomicU32>,
     /// Set with the first NOT_LEADER: metadata calls fail from then on.
     metadata_down: AtomicBool,
+    /// Pass some produce calls on and answer them with a transport error instead.
+    lose_answers: bool,
 }
 
 #[tonic::async_trait]
@@ -60,6 +64,14 @@ impl Broker for Flaky {
     ) -> Result<Response<v1::ProduceResponse>, Status> {
         let call = self.produce_calls.fetch_add(1, Ordering::SeqCst);
         let request = request.into_inner();
+        if self.lose_answers {
+            let answer = self.upstream.clone().produce(request).await;
+            if call % 3 == 1 && answer.is_ok() {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                return Err(Status::unavailable("connection reset by peer"));
+            }
+            return answer;
+        }
         if call % 3 == 1 {
             self.injected.fetch_add(1, Ordering::SeqCst);
             self.metadata_down.store(true, Ordering::SeqCst);
@@ -121,10 +133,72 @@ impl Broker for Flaky {
             .list_offsets(request.into_inner())
             .await
     }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        self.upstream
+            .clone()
+            .init_producer_id(request.into_inner())
+            .await
+    }
 }
 
 #[tokio::test]
 async fn order_survives_injected_not_leader_and_dropped_calls() {
+    let run = through_proxy(false, ProducerConfig::default()).await;
+    assert!(run.injected >= 3, "faults were injected");
+    assert_eq!(
+        run.acknowledged, run.expected,
+        "dense offsets in send order"
+    );
+    assert_eq!(run.stored, run.expected, "each record once, in order");
+    run.node.shutdown().await.unwrap();
+}
+
+/// Answers lost after the records were stored: the idempotent producer's retries are
+/// answered from the log, so every record is stored once, at the offset its sender was
+/// told. Without idempotence the same faults store records twice.
+#[tokio::test]
+async fn lost_answers_store_nothing_twice_with_idempotence() {
+    let run = through_proxy(true, ProducerConfig::default()).await;
+    assert!(run.injected >= 3, "answers were lost");
+    assert_eq!(run.stored, run.expected, "each record once, in order");
+    assert_eq!(run.acknowledged, run.expected, "acknowledged where stored");
+    run.node.shutdown().await.unwrap();
+
+    let without = ProducerConfig {
+        idempotence: false,
+        ..ProducerConfig::default()
+    };
+    let run = through_proxy(true, without).await;
+    assert!(run.injected >= 3, "answers were lost");
+    let stored: usize = run.stored.iter().map(Vec::len).sum();
+    assert!(
+        stored > 3000,
+        "without idempotence, lost answers must show as duplicates ({stored} stored)"
+    );
+    run.node.shutdown().await.unwrap();
+}
+
+/// What one run through the proxy produced.
+struct Run {
+    node: spool_server::NodeHandle,
+    _dir: tempfile::TempDir,
+    injected: u32,
+    /// Per partition: the values in the order the records were acknowledged, each at
+    /// the offset it was acknowledged with.
+    acknowledged: [Vec<String>; 2],
+    /// Per partition: the values the log holds, in offset order.
+    stored: [Vec<String>; 2],
+    /// Per partition: each value once, in send order.
+    expected: [Vec<String>; 2],
+}
+
+/// Sends 3000 records over two partitions through a faulty proxy; reads back what the
+/// node stored directly.
+async fn through_proxy(lose_answers: bool, config: ProducerConfig) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(ServerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -159,6 +233,7 @@ async fn order_survives_injected_not_leader_and_dropped_calls() {
         produce_calls: AtomicU32::new(0),
         injected: Arc::clone(&injected),
         metadata_down: AtomicBool::new(false),
+        lose_answers,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -174,53 +249,74 @@ async fn order_survives_injected_not_leader_and_dropped_calls() {
         linger: Duration::from_millis(1),
         retry_backoff: Duration::from_millis(5),
         retry_backoff_max: Duration::from_millis(20),
-        ..ProducerConfig::default()
+        ..config
     };
     let producer = Producer::new(through_proxy, config);
     let mut acks = Vec::new();
     for i in 0..3000u32 {
-        acks.push(
-            producer
-                .send(ProducerRecord::new("f", format!("{i:05}")).partition(i % 2))
-                .await
-                .unwrap(),
-        );
+        let value = format!("{i:05}");
+        let ack = producer
+            .send(ProducerRecord::new("f", value.clone()).partition(i % 2))
+            .await
+            .unwrap();
+        acks.push((value, ack));
+        // In waves, so that the records take many requests.
+        if i % 100 == 99 {
+            producer.flush().await;
+        }
     }
-    let mut next = [0i64, 0];
-    for ack in acks {
+    let mut acknowledged: [Vec<(i64, String)>; 2] = [Vec::new(), Vec::new()];
+    for (value, ack) in acks {
         let meta = tokio::time::timeout(Duration::from_secs(30), ack)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            meta.offset, next[meta.partition as usize],
-            "dense offsets in send order"
-        );
-        next[meta.partition as usize] += 1;
+        acknowledged[meta.partition as usize].push((meta.offset, value));
     }
     producer.close().await;
-    assert!(injected.load(Ordering::SeqCst) >= 3, "faults were injected");
 
-    let config = ConsumerConfig {
+    let consumer_config = ConsumerConfig {
         offset_reset: OffsetReset::Earliest,
         ..ConsumerConfig::default()
     };
-    let mut consumer = Consumer::new(direct, config);
-    consumer.assign(&[("f", 0), ("f", 1)]).await.unwrap();
-    let mut seen = [Vec::new(), Vec::new()];
-    for _ in 0..3000 {
-        let r = consumer.next().await.unwrap().unwrap();
-        seen[r.partition as usize].push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+    let mut stored = [Vec::new(), Vec::new()];
+    for p in 0..2u32 {
+        let end = direct
+            .list_offsets(vec![("f".into(), p, spool_client::OffsetSpec::Latest)])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let mut consumer = Consumer::new(direct.clone(), consumer_config.clone());
+        consumer.assign(&[("f", p)]).await.unwrap();
+        while (stored[p as usize].len() as i64) < end {
+            let r = consumer.next().await.unwrap().unwrap();
+            assert_eq!(r.offset, stored[p as usize].len() as i64, "dense offsets");
+            stored[p as usize].push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
     }
-    for (p, values) in seen.iter().enumerate() {
-        let expected: Vec<String> = (0..3000u32)
-            .filter(|i| i % 2 == p as u32)
+    // Each acknowledged offset holds the acknowledged value.
+    let acknowledged = acknowledged.map(|records| {
+        let mut placed = vec![String::new(); records.len()];
+        for (offset, value) in records {
+            if let Some(slot) = usize::try_from(offset).ok().and_then(|o| placed.get_mut(o)) {
+                *slot = value;
+            }
+        }
+        placed
+    });
+    let expected = [0u32, 1].map(|p| {
+        (0..3000u32)
+            .filter(|i| i % 2 == p)
             .map(|i| format!("{i:05}"))
-            .collect();
-        assert_eq!(
-            values, &expected,
-            "partition {p}: each record once, in order"
-        );
+            .collect()
+    });
+    Run {
+        node,
+        _dir: dir,
+        injected: injected.load(Ordering::SeqCst),
+        acknowledged,
+        stored,
+        expected,
     }
-    node.shutdown().await.unwrap();
 }

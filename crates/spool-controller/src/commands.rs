@@ -59,7 +59,17 @@ pub enum Command {
         partition: u32,
         group: u64,
     },
+    /// A block of `count` producer ids for `broker`.
+    AllocateProducerIds {
+        broker: BrokerId,
+        count: i64,
+        /// A tag the broker picks, to know the recorded block for its own.
+        request: u64,
+    },
 }
+
+/// Most producer ids one block holds.
+pub const MAX_PRODUCER_ID_BLOCK: i64 = 1_000_000;
 
 /// A broker asking to join.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +160,25 @@ impl Controller {
                     topic,
                     partition,
                     group,
+                }]
+            }
+            Command::AllocateProducerIds {
+                broker,
+                count,
+                request,
+            } => {
+                if !(1..=MAX_PRODUCER_ID_BLOCK).contains(&count) {
+                    return Err(ControllerError::InvalidRequest {
+                        reason: format!(
+                            "a producer id block holds 1 to {MAX_PRODUCER_ID_BLOCK} ids, not {count}"
+                        ),
+                    });
+                }
+                vec![MetadataRecord::AllocateProducerIds {
+                    broker,
+                    first: state.next_producer_id,
+                    count,
+                    request,
                 }]
             }
         };

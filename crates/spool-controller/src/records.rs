@@ -83,6 +83,15 @@ pub enum MetadataRecord {
     SetLeaders {
         leaders: Vec<LeaderReport>,
     },
+    /// Producer ids `[first, first + count)` go to `broker`, which hands them out to
+    /// idempotent producers. Blocks never overlap: `first` is where the last one ended.
+    AllocateProducerIds {
+        broker: BrokerId,
+        first: i64,
+        count: i64,
+        /// The asking broker's tag for its request: it takes the block only if its own.
+        request: u64,
+    },
 }
 
 impl MetadataRecord {
@@ -101,6 +110,7 @@ impl MetadataRecord {
             Self::Reassign { .. } => "reassign",
             Self::CompleteReassignment { .. } => "complete_reassignment",
             Self::SetLeaders { .. } => "set_leaders",
+            Self::AllocateProducerIds { .. } => "allocate_producer_ids",
         }
     }
 }

@@ -144,6 +144,19 @@ impl Peers {
                     })
                     .await
             }
+            Command::AllocateProducerIds {
+                broker,
+                count,
+                request,
+            } => {
+                client
+                    .allocate_producer_ids(v1::AllocateProducerIdsRequest {
+                        broker_id: broker,
+                        count,
+                        request,
+                    })
+                    .await
+            }
         }
         .map_err(|s| status(address, s))?
         .into_inner();

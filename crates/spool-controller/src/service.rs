@@ -197,6 +197,19 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
+    async fn allocate_producer_ids(
+        &self,
+        request: Request<v1::AllocateProducerIdsRequest>,
+    ) -> Result<Response<v1::ControllerResponse>, Status> {
+        let r = request.into_inner();
+        self.run(Command::AllocateProducerIds {
+            broker: r.broker_id,
+            count: r.count,
+            request: r.request,
+        })
+        .await
+    }
+
     async fn voter_status(
         &self,
         _request: Request<v1::VoterStatusRequest>,

@@ -154,6 +154,12 @@ pub struct ClusterState {
     pub topics: BTreeMap<String, TopicRecord>,
     /// The next Raft group id a partition gets (0 is the controller's own group).
     pub next_group: u64,
+    /// The first producer id not yet given to any broker.
+    #[serde(default)]
+    pub next_producer_id: i64,
+    /// The block of producer ids each broker was given last.
+    #[serde(default, with = "producer_blocks_as_list")]
+    pub producer_id_blocks: BTreeMap<BrokerId, ProducerIdBlock>,
     /// The offset after the last record applied: the metadata epoch clients see.
     #[serde(skip)]
     pub offset: i64,
@@ -288,6 +294,25 @@ impl ClusterState {
                     }
                 }
             }
+            MetadataRecord::AllocateProducerIds {
+                broker,
+                first,
+                count,
+                request,
+            } => {
+                // A block decided against an older state would overlap one given since.
+                if *first >= self.next_producer_id && *count > 0 {
+                    self.next_producer_id = first + count;
+                    self.producer_id_blocks.insert(
+                        *broker,
+                        ProducerIdBlock {
+                            first: *first,
+                            count: *count,
+                            request: *request,
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -410,5 +435,40 @@ mod brokers_as_list {
     ) -> Result<BTreeMap<BrokerId, BrokerRecord>, D::Error> {
         let list = Vec::<BrokerRecord>::deserialize(deserializer)?;
         Ok(list.into_iter().map(|b| (b.id, b)).collect())
+    }
+}
+
+/// Producer ids `[first, first + count)`, given to one broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdBlock {
+    pub first: i64,
+    pub count: i64,
+    /// The tag of the request it answered.
+    pub request: u64,
+}
+
+/// Producer id blocks as a list of (broker, block): JSON object keys are strings, which
+/// a checkpoint read through the record enum's tag could not turn back into numbers.
+mod producer_blocks_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{BrokerId, ProducerIdBlock};
+
+    pub fn serialize<S: Serializer>(
+        blocks: &BTreeMap<BrokerId, ProducerIdBlock>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<(BrokerId, ProducerIdBlock)> =
+            blocks.iter().map(|(id, block)| (*id, *block)).collect();
+        list.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<BrokerId, ProducerIdBlock>, D::Error> {
+        let list = Vec::<(BrokerId, ProducerIdBlock)>::deserialize(deserializer)?;
+        Ok(list.into_iter().collect())
     }
 }

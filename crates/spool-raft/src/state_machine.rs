@@ -64,6 +64,8 @@ pub struct PartitionStateMachine {
     dir: std::path::PathBuf,
     /// Producers idle this long (by their newest record's timestamp) are forgotten.
     producer_expiry_ms: i64,
+    /// When idle producers were last looked for.
+    producers_expired: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -123,6 +125,7 @@ impl PartitionStateMachine {
             answers: Answers::default(),
             dir,
             producer_expiry_ms,
+            producers_expired: std::time::Instant::now(),
         }
     }
 
@@ -161,25 +164,30 @@ impl PartitionStateMachine {
             .unwrap_or_default()
     }
 
-    /// Writes the producer table beside the segments once enough has been applied since
-    /// the last time (off this task: a snapshot is a shortcut for restarts, not state),
-    /// and forgets producers idle past the expiry.
-    fn snapshot_producers(&mut self, applied_bytes: u64) {
+    /// Forgets producers idle past the expiry (looked for at most every tenth of it, and
+    /// only while entries are applied: an idle partition's table costs nothing), and
+    /// writes the producer table beside the segments once enough has been applied since
+    /// the last time (off this task: a snapshot is a shortcut for restarts, not state).
+    fn maintain_producers(&mut self, applied_bytes: u64) {
         let mut producers = self.shared.applied_producers.lock();
+        let every = std::time::Duration::from_millis((self.producer_expiry_ms / 10).max(1) as u64);
+        if self.producers_expired.elapsed() >= every {
+            self.producers_expired = std::time::Instant::now();
+            let now = wall_clock_ms();
+            let expired = producers.table.expire(now, self.producer_expiry_ms);
+            self.shared
+                .producers
+                .lock()
+                .expire(now, self.producer_expiry_ms);
+            if expired > 0 {
+                tracing::debug!(group = self.group, expired, "idle producers expired");
+            }
+        }
         producers.since_snapshot += applied_bytes;
         if producers.since_snapshot < PRODUCER_SNAPSHOT_BYTES {
             return;
         }
         producers.since_snapshot = 0;
-        let now = wall_clock_ms();
-        let expired = producers.table.expire(now, self.producer_expiry_ms);
-        self.shared
-            .producers
-            .lock()
-            .expire(now, self.producer_expiry_ms);
-        if expired > 0 {
-            tracing::debug!(group = self.group, expired, "idle producers expired");
-        }
         let Some(index) = producers.index else { return };
         let bytes = crate::producers::files::encode_snapshot(index, &producers.table);
         drop(producers);
@@ -253,7 +261,7 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
                 self.answers.0.push((responder, Produced { base_offset }));
             }
         }
-        self.snapshot_producers(applied_bytes);
+        self.maintain_producers(applied_bytes);
         // Memberships the snapshot covers are no longer needed, except the last of them.
         if let Some((snap, _)) = *self.shared.snapshot_end.lock() {
             let covered = self

@@ -67,6 +67,10 @@ struct PartitionQueue {
     ready: VecDeque<ClosedBatch>,
     in_flight: bool,
     retry_at: Option<Instant>,
+    /// The producer id generation `next_sequence` counts under.
+    sequence_generation: u64,
+    /// The sequence of the next record shipped for the first time.
+    next_sequence: i32,
 }
 
 #[derive(Debug)]
@@ -281,6 +285,35 @@ impl Accumulator {
             && !queue.in_flight
         {
             queue.retry_at = None;
+        }
+    }
+
+    /// The first sequence for a batch of `records` shipped for the first time under
+    /// producer id generation `generation`.
+    pub fn take_sequence(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        generation: u64,
+        records: usize,
+    ) -> i32 {
+        let Some(queue) = self.queue(topic, partition) else {
+            return 0;
+        };
+        if queue.sequence_generation != generation {
+            queue.sequence_generation = generation;
+            queue.next_sequence = 0;
+        }
+        let first = queue.next_sequence;
+        queue.next_sequence = super::identity::add_sequence(first, records);
+        first
+    }
+
+    /// The partition's batches were numbered afresh up to `next`.
+    pub fn restart_sequence(&mut self, topic: &str, partition: u32, generation: u64, next: i32) {
+        if let Some(queue) = self.queue(topic, partition) {
+            queue.sequence_generation = generation;
+            queue.next_sequence = next;
         }
     }
 

@@ -7,14 +7,21 @@
 //! it carries for that partition (all that closed while the previous one was out, up to
 //! 4 MiB) travel as one partition entry, which the broker validates all or none and
 //! appends as consecutive entries; and a shipment that must be retried goes back to the
-//! front of its partition's queue, ahead of everything sent after it. (A leader failing
-//! midway can leave a committed prefix of a shipment behind the error: its retry stores
-//! those records twice, at-least-once, until the idempotent producer.) Different partitions proceed in parallel.
+//! front of its partition's queue, ahead of everything sent after it. Different partitions
+//! proceed in parallel.
+//!
+//! **Exactly once per partition (idempotence, on by default with acks=all).** The
+//! producer takes a producer id and numbers each partition's records; a retry of records
+//! the partition already holds (an answer lost, a leader failing midway through a
+//! shipment) is answered with the offsets they were stored at, not stored again. See
+//! `identity`. Without idempotence, such a retry stores the records twice
+//! (at-least-once).
 //!
 //! **Back-pressure.** Records wait in a buffer of `buffer_bytes`. When it is full, `send`
 //! waits for room and `try_send` returns [`ProducerError::BufferFull`].
 
 mod accumulator;
+mod identity;
 mod leaders;
 mod sender;
 
@@ -54,6 +61,9 @@ pub struct ProducerConfig {
     /// with jitter.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// Number records so that retries are never stored twice (default true). Takes
+    /// effect with acks=all only.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -68,6 +78,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
+            idempotence: true,
         }
     }
 }
@@ -210,6 +221,8 @@ pub(crate) struct Shared {
     pub drained: Notify,
     pub buffer: Semaphore,
     pub closing: watch::Sender<bool>,
+    /// The producer id and its generation (idempotence).
+    pub identity: tokio::sync::Mutex<identity::Identity>,
 }
 
 /// A batching, retrying producer. Cheap to clone; clones share batches and buffer.
@@ -228,6 +241,7 @@ impl Producer {
             wake: Notify::new(),
             drained: Notify::new(),
             closing: watch::Sender::new(false),
+            identity: tokio::sync::Mutex::new(identity::Identity::default()),
             config,
         });
         let sender = tokio::spawn(sender::run(Arc::clone(&shared)));

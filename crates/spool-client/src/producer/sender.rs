@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::accumulator::{ClosedBatch, Payload, Shipment, seed};
+use super::identity::SequenceFix;
 use super::leaders::{self, Waiting};
 use super::{ProducerError, Shared};
 use crate::error::{ApiError, ClientError};
@@ -57,7 +58,51 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// Sends shipments to one leader and settles each of them; then, for those put back for
 /// another attempt, watches for a newly elected leader to send them to at once.
 async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipment>) {
-    let compression = shared.accumulator.lock().compression;
+    // The leader epoch each partition is known to have been in when sent (0: unknown):
+    // a leader elected in a newer one replaced the leader it was sent to.
+    let epochs: Vec<u64> = shipments
+        .iter()
+        .map(|s| shared.cluster.known_epoch(&s.topic, s.partition))
+        .collect();
+    let producer = match shared.producer_id().await {
+        Ok(producer) => producer,
+        Err(error) => {
+            let at = Instant::now();
+            let mut waiting = Vec::new();
+            for (shipment, epoch) in shipments.into_iter().zip(epochs) {
+                let failed = Failed {
+                    reason: format!("no producer id: {error}"),
+                    suspect: None,
+                    epoch,
+                    at,
+                };
+                waiting.extend(retry(&shared, shipment, failed).await);
+            }
+            shared.wake.notify_one();
+            leaders::expedite_when_elected(&shared, waiting, None).await;
+            return;
+        }
+    };
+    let compression = {
+        let mut accumulator = shared.accumulator.lock();
+        // Batches shipped for the first time take their partition's next sequences.
+        if let Some(producer) = producer {
+            for shipment in &mut shipments {
+                for batch in &mut shipment.batches {
+                    if let Payload::Building(builder) = &mut batch.payload {
+                        let sequence = accumulator.take_sequence(
+                            &shipment.topic,
+                            shipment.partition,
+                            producer.generation,
+                            batch.records,
+                        );
+                        builder.set_producer(producer.id, producer.epoch, sequence);
+                    }
+                }
+            }
+        }
+        accumulator.compression
+    };
     for batch in shipments.iter_mut().flat_map(|s| s.batches.iter_mut()) {
         if let Payload::Building(_) = batch.payload {
             let Payload::Building(builder) =
@@ -68,12 +113,6 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
             batch.payload = Payload::Built(compression.finish(builder));
         }
     }
-    // The leader epoch each partition is known to have been in when sent (0: unknown):
-    // a leader elected in a newer one replaced the leader it was sent to.
-    let epochs: Vec<u64> = shipments
-        .iter()
-        .map(|s| shared.cluster.known_epoch(&s.topic, s.partition))
-        .collect();
     let request: Vec<PartitionBatches> = shipments
         .iter()
         .map(|s| PartitionBatches {
@@ -137,7 +176,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                     })
                 });
                 match result {
-                    Ok(produced) => settle_all(&shared, shipment, Ok, produced.base_offset),
+                    Ok(produced) => settle_produced(&shared, shipment, &produced),
                     Err(api) if api.code.is_retriable() => {
                         // A follower names the leader: go there without asking around.
                         if let Some((node, address)) = &api.leader {
@@ -156,12 +195,23 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                         };
                         waiting.extend(retry(&shared, shipment, failed).await);
                     }
-                    Err(api) => settle_all(
-                        &shared,
-                        shipment,
-                        |_| Err(ProducerError::Api(api.clone())),
-                        -1,
-                    ),
+                    Err(api) => match shared.fix_sequence(api.code, shipment, producer).await {
+                        Ok(SequenceFix::Renumbered(shipment)) => {
+                            let failed = Failed {
+                                reason: api.to_string(),
+                                suspect: None,
+                                epoch,
+                                at: answered_at,
+                            };
+                            waiting.extend(retry(&shared, shipment, failed).await);
+                        }
+                        Ok(SequenceFix::Fail(shipment)) | Err(shipment) => settle_all(
+                            &shared,
+                            shipment,
+                            |_| Err(ProducerError::Api(api.clone())),
+                            -1,
+                        ),
+                    },
                 }
             }
         }
@@ -190,6 +240,26 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
     }
     shared.wake.notify_one();
     leaders::expedite_when_elected(&shared, waiting, suspect).await;
+}
+
+/// Settles an acknowledged shipment, each batch at the offset the answer gives it (a
+/// retried batch at the offset it was first stored at); from a broker that gives only
+/// the first, at consecutive offsets.
+fn settle_produced(shared: &Shared, shipment: Shipment, produced: &crate::types::Produced) {
+    if produced.batch_base_offsets.len() != shipment.batches.len() {
+        return settle_all(shared, shipment, Ok, produced.base_offset);
+    }
+    for (batch, base) in shipment
+        .batches
+        .into_iter()
+        .zip(&produced.batch_base_offsets)
+    {
+        settle(shared, batch, Ok(*base));
+    }
+    shared
+        .accumulator
+        .lock()
+        .release(&shipment.topic, shipment.partition);
 }
 
 /// Settles every batch of a shipment; batches follow each other at consecutive offsets

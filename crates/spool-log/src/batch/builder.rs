@@ -131,6 +131,15 @@ impl BatchBuilder {
         self.finish_as(codec)
     }
 
+    /// Names the producer and the sequence of the first record, for a batch whose
+    /// producer is known only once it is shipped (an idempotent producer numbers batches
+    /// in the order it first sends them).
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        self.options.producer_id = producer_id;
+        self.options.producer_epoch = producer_epoch;
+        self.options.base_sequence = base_sequence;
+    }
+
     /// Writes the header and CRC and returns the batch.
     pub fn finish(self) -> Bytes {
         self.finish_as(Compression::None)

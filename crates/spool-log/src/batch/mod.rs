@@ -421,6 +421,16 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Gives a finished batch another producer identity and first sequence; the CRC is
+/// computed again (a pass over the batch, for the rare batch numbered afresh).
+pub fn set_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// The max timestamp of a batch already verified elsewhere (at least a header long).
 pub(crate) fn max_timestamp_unchecked(batch: &[u8]) -> i64 {
     read_i64(batch, MAX_TIMESTAMP)

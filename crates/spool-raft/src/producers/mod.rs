@@ -25,7 +25,10 @@ pub struct BatchIdentity {
     pub epoch: i16,
     pub first_sequence: i32,
     pub last_sequence: i32,
-    pub max_timestamp: i64,
+    /// When this replica came upon the batch, by its clock: expiry counts from the
+    /// newest. (Not the records' timestamps, which a producer replaying old data sets
+    /// far in the past.)
+    pub seen_ms: i64,
 }
 
 impl BatchIdentity {
@@ -41,7 +44,7 @@ impl BatchIdentity {
             epoch: batch.producer_epoch(),
             first_sequence: first,
             last_sequence: add_sequence(first, batch.last_offset_delta()),
-            max_timestamp: batch.max_timestamp(),
+            seen_ms: wall_clock_ms(),
         })
     }
 }
@@ -66,8 +69,8 @@ pub struct ProducerState {
     pub epoch: i16,
     /// Oldest first.
     pub batches: VecDeque<KeptBatch>,
-    /// The newest record timestamp of its batches: expiry counts from here.
-    pub last_timestamp: i64,
+    /// When the newest of its batches was come upon (see `BatchIdentity::seen_ms`).
+    pub last_seen_ms: i64,
 }
 
 /// What the leader does with an idempotent batch.
@@ -182,7 +185,7 @@ impl ProducerTable {
             .or_insert_with(|| ProducerState {
                 epoch: batch.epoch,
                 batches: VecDeque::with_capacity(BATCHES_KEPT),
-                last_timestamp: batch.max_timestamp,
+                last_seen_ms: batch.seen_ms,
             });
         if batch.epoch < state.epoch {
             return;
@@ -200,7 +203,7 @@ impl ProducerTable {
             base_offset,
             last_offset,
         });
-        state.last_timestamp = state.last_timestamp.max(batch.max_timestamp);
+        state.last_seen_ms = state.last_seen_ms.max(batch.seen_ms);
     }
 
     /// Forgets batches below `log_start` (retention removed them), and producers left
@@ -212,12 +215,11 @@ impl ProducerTable {
         });
     }
 
-    /// Forgets producers whose newest record is older than `now_ms - idle_ms`; returns
-    /// how many.
+    /// Forgets producers with no batch since `now_ms - idle_ms`; returns how many.
     pub fn expire(&mut self, now_ms: i64, idle_ms: i64) -> usize {
         let before = self.producers.len();
         let cutoff = now_ms.saturating_sub(idle_ms);
-        self.producers.retain(|_, s| s.last_timestamp >= cutoff);
+        self.producers.retain(|_, s| s.last_seen_ms >= cutoff);
         before - self.producers.len()
     }
 
@@ -231,7 +233,7 @@ impl ProducerTable {
             let state = &self.producers[id];
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&state.epoch.to_be_bytes());
-            out.extend_from_slice(&state.last_timestamp.to_be_bytes());
+            out.extend_from_slice(&state.last_seen_ms.to_be_bytes());
             out.push(state.batches.len() as u8);
             for b in &state.batches {
                 out.extend_from_slice(&b.first_sequence.to_be_bytes());
@@ -248,7 +250,7 @@ impl ProducerTable {
         for _ in 0..count {
             let id = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
             let epoch = take::<2>(&mut bytes).map(i16::from_be_bytes)?;
-            let last_timestamp = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
+            let last_seen_ms = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
             let n = take::<1>(&mut bytes)?[0] as usize;
             if n == 0 || n > BATCHES_KEPT {
                 return Err(CodecError::Malformed {
@@ -267,7 +269,7 @@ impl ProducerTable {
             let state = ProducerState {
                 epoch,
                 batches,
-                last_timestamp,
+                last_seen_ms,
             };
             if producers.insert(id, state).is_some() {
                 return Err(CodecError::Malformed {
@@ -294,3 +296,9 @@ fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], CodecError> {
 
 #[cfg(test)]
 mod tests;
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -7,7 +7,7 @@ fn batch(producer_id: i64, epoch: i16, first: i32, records: i32) -> BatchIdentit
         epoch,
         first_sequence: first,
         last_sequence: add_sequence(first, records - 1),
-        max_timestamp: 1_000,
+        seen_ms: 1_000,
     }
 }
 
@@ -145,7 +145,7 @@ fn retention_and_expiry_forget_producers() {
     table.remove_below(20);
     assert!(table.get(2).is_none());
     let mut old = batch(3, 0, 0, 1);
-    old.max_timestamp = 10;
+    old.seen_ms = 10;
     table.record(&old, 30, 30);
     assert_eq!(table.expire(1_000 + 500, 600), 1);
     assert!(table.get(3).is_none() && table.get(1).is_some());

@@ -288,6 +288,24 @@ impl v1::broker_server::Broker for BrokerService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn init_producer_id(
+        &self,
+        request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let request = request.into_inner();
+        let identity = self
+            .broker
+            .init_producer_id(Some(&request.transactional_id))
+            .await
+            .map_err(|e| {
+                spool_proto::error_to_status(self.listener.wire_error(&self.broker, &e))
+            })?;
+        Ok(Response::new(v1::InitProducerIdResponse {
+            producer_id: identity.producer_id,
+            producer_epoch: i32::from(identity.epoch),
+        }))
+    }
+
     async fn list_offsets(
         &self,
         request: Request<v1::ListOffsetsRequest>,
