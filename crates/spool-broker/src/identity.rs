@@ -128,7 +128,7 @@ fn write_atomically(path: &Path, file: &IdentityFile) -> Result<(), BrokerError>
 }
 
 /// A random, non-zero 63-bit number.
-fn new_incarnation() -> u64 {
+pub(crate) fn new_incarnation() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
         std::time::SystemTime::now()

@@ -43,7 +43,8 @@ impl Broker {
         let mut block = self.producer_ids.block.lock().await;
         if block.is_empty() {
             let node = self.options.node_id;
-            let request = request_tag();
+            // Random: no other request of any process is likely to pick it.
+            let request = crate::identity::new_incarnation();
             self.controller
                 .execute(Command::AllocateProducerIds {
                     broker: node,
@@ -70,16 +71,4 @@ impl Broker {
             epoch: 0,
         })
     }
-}
-
-/// A tag no other request of any process is likely to pick.
-fn request_tag() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
 }

@@ -169,6 +169,61 @@ impl Load {
     }
 }
 
+/// Checks that the partitions hold each value at most once and each sender's values of a
+/// partition in the order they were sent (the idempotent producer's promise), besides
+/// everything `check_acknowledged` checks; and that no record failed (a failed record
+/// would leave a gap). Returns how many records the partitions hold.
+pub async fn check_exactly_once(
+    cluster: &impl Replicas,
+    topic: &str,
+    replicas: &[Vec<u64>],
+    report: &LoadReport,
+    within: Duration,
+) -> Result<usize, TestkitError> {
+    let broken = |reason: String| TestkitError::Call { node: 0, reason };
+    if report.failed > 0 {
+        return Err(broken(format!(
+            "{} records failed: {:?}",
+            report.failed, report.failures
+        )));
+    }
+    let total = check_acknowledged(cluster, topic, replicas, report, within).await?;
+    if total != report.acked.len() {
+        return Err(broken(format!(
+            "{total} records stored for {} acknowledged: a retry was stored twice",
+            report.acked.len()
+        )));
+    }
+    for (partition, nodes) in replicas.iter().enumerate() {
+        let partition = partition as u32;
+        let batches = replicas_agree(cluster, nodes, topic, partition, within).await?;
+        // sender -> last number seen in this partition
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for record in records_of(topic, partition, &batches) {
+            let value = record.value.unwrap_or_default();
+            let value = String::from_utf8_lossy(&value);
+            let Some((sender, n)) = value
+                .split_once('-')
+                .and_then(|(s, n)| Some((s.to_string(), n.parse::<u64>().ok()?)))
+            else {
+                return Err(broken(format!(
+                    "partition {partition}: a value {value:?} no sender wrote"
+                )));
+            };
+            if let Some(before) = last.insert(sender.clone(), n)
+                && before >= n
+            {
+                return Err(broken(format!(
+                    "partition {partition}: {sender}-{n} is stored after {sender}-{before} \
+                     (offset {}): a duplicate or a reordering",
+                    record.offset
+                )));
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Decodes stored batches into records.
 pub fn records_of(topic: &str, partition: u32, batches: &[Bytes]) -> Vec<ConsumerRecord> {
     let topic: Arc<str> = Arc::from(topic);

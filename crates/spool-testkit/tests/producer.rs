@@ -89,3 +89,59 @@ async fn records_waiting_on_a_leader_cut_off_from_its_quorum_go_to_the_new_leade
     );
     producer.close().await;
 }
+
+/// The idempotent producer through leader kills: while two senders write with acks=all,
+/// each partition's leader is killed in turn and restarted. Every record is stored exactly
+/// once, at the offset it was acknowledged with, in send order; a retry whose first
+/// attempt the killed leader had committed is answered from the log, not stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kills_under_load_store_every_record_exactly_once() {
+    const KILLED: &str = "killed";
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    let replicas = cluster.create_topic(KILLED, 2, 3).await.expect("topic");
+    for p in 0..2 {
+        cluster.leader(KILLED, p, WITHIN).await.expect("leader");
+    }
+    let load = spool_testkit::load::Load::start(
+        cluster.client().await.expect("client"),
+        KILLED,
+        2,
+        Acks::All,
+        2,
+        64,
+    );
+    for round in 0..4u32 {
+        let partition = round % 2;
+        let before = load.acked_count();
+        wait_for(WITHIN, "writes before the kill", || async {
+            (load.acked_count() > before + 300).then_some(())
+        })
+        .await
+        .expect("the load makes progress");
+        let leader = cluster
+            .leader(KILLED, partition, WITHIN)
+            .await
+            .expect("leader");
+        cluster.kill(leader).await.expect("kill");
+        let before = load.acked_count();
+        wait_for(WITHIN, "writes without the killed leader", || async {
+            (load.acked_count() > before + 300).then_some(())
+        })
+        .await
+        .expect("the load goes on");
+        cluster.restart(leader).await.expect("restart");
+    }
+    let report = load.finish().await;
+    let stored = spool_testkit::load::check_exactly_once(
+        &cluster,
+        KILLED,
+        &replicas,
+        &report,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("exactly once");
+    assert!(stored > 2400, "{stored} records stored");
+}
