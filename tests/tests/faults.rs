@@ -12,7 +12,7 @@ use common::*;
 use spool_client::{Acks, Client, NewTopic, OffsetToCommit, PartitionBatches, PartitionSet};
 use spool_log::batch::{BatchBuilder, BatchOptions};
 use spool_system_tests::{ComposeCluster, InsideReport, InsideWriter};
-use spool_testkit::load::{check_acknowledged, records_of};
+use spool_testkit::load::{check_exactly_once, records_of};
 use spool_testkit::{Replicas, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,9 +185,9 @@ async fn compose_down_and_up_keeps_topics_records_and_committed_offsets() {
 
     let client = cluster.client().await.expect("client");
     let replicas = vec![cluster.running(); PARTITIONS as usize];
-    check_acknowledged(&cluster, "kept", &replicas, &report, WITHIN)
+    check_exactly_once(&cluster, "kept", &replicas, &report, WITHIN)
         .await
-        .expect("every acknowledged record on every replica");
+        .expect("every acknowledged record on every replica, exactly once");
     let committed = wait_for(WITHIN, "the group's offsets", || async {
         let (_, address) = client.find_coordinator("keepers").await.ok()?;
         let coordinator = Client::connect(&[address], Duration::from_secs(5))

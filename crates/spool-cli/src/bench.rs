@@ -77,6 +77,10 @@ pub struct LoadArgs {
     /// Concurrent send loops sharing the producer.
     #[arg(long, default_value_t = 1)]
     concurrency: u64,
+    /// Number records so retries are never stored twice (with acks=all; on by default,
+    /// as in the SDK).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    idempotence: bool,
     /// Records per second to aim for (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -228,6 +232,7 @@ async fn produce(
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
         compression: args.compression.into(),
+        idempotence: args.idempotence,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);

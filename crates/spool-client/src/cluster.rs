@@ -151,6 +151,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// A new producer identity from the bootstrap node, or from any other known node when
+    /// it cannot answer (any broker hands ids out).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), ClientError> {
+        let mut answer = self.bootstrap.init_producer_id().await;
+        if answer.is_ok() {
+            return answer;
+        }
+        let known: Vec<u64> = self.state.read().brokers.keys().copied().collect();
+        for node in known {
+            let Ok(client) = self.connection(Some(node)).await else {
+                continue;
+            };
+            if client.address() == self.bootstrap.address() {
+                continue;
+            }
+            answer = client.init_producer_id().await;
+            if answer.is_ok() {
+                return answer;
+            }
+        }
+        answer
+    }
+
     /// Metadata from the bootstrap node, or from any other known node when it cannot
     /// answer; `suspect` is asked last.
     async fn ask_for_metadata(

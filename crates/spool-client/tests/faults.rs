@@ -34,6 +34,7 @@ struct Flaky {
     metadata_down: AtomicBool,
     /// Pass some produce calls on and answer them with a transport error instead.
     lose_answers: bool,
+    deep_losses: AtomicU32,
 }
 
 #[tonic::async_trait]
@@ -65,8 +66,17 @@ impl Broker for Flaky {
         let call = self.produce_calls.fetch_add(1, Ordering::SeqCst);
         let request = request.into_inner();
         if self.lose_answers {
+            // Deep shipments (five batches of a partition or more) are the ones whose
+            // retry must still be answered whole: lose a few of those answers too.
+            let deep = request
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .any(|p| p.batches.len() >= 5);
             let answer = self.upstream.clone().produce(request).await;
-            if call % 3 == 1 && answer.is_ok() {
+            let lose =
+                call % 3 == 1 || (deep && self.deep_losses.fetch_add(1, Ordering::SeqCst) < 4);
+            if lose && answer.is_ok() {
                 self.injected.fetch_add(1, Ordering::SeqCst);
                 return Err(Status::unavailable("connection reset by peer"));
             }
@@ -234,6 +244,7 @@ async fn through_proxy(lose_answers: bool, config: ProducerConfig) -> Run {
         injected: Arc::clone(&injected),
         metadata_down: AtomicBool::new(false),
         lose_answers,
+        deep_losses: AtomicU32::new(0),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -254,14 +265,14 @@ async fn through_proxy(lose_answers: bool, config: ProducerConfig) -> Run {
     let producer = Producer::new(through_proxy, config);
     let mut acks = Vec::new();
     for i in 0..3000u32 {
-        let value = format!("{i:05}");
+        let value = value_of(i);
         let ack = producer
             .send(ProducerRecord::new("f", value.clone()).partition(i % 2))
             .await
             .unwrap();
         acks.push((value, ack));
         // In waves, so that the records take many requests.
-        if i % 100 == 99 {
+        if i % 1000 == 999 {
             producer.flush().await;
         }
     }
@@ -305,12 +316,7 @@ async fn through_proxy(lose_answers: bool, config: ProducerConfig) -> Run {
         }
         placed
     });
-    let expected = [0u32, 1].map(|p| {
-        (0..3000u32)
-            .filter(|i| i % 2 == p)
-            .map(|i| format!("{i:05}"))
-            .collect()
-    });
+    let expected = [0u32, 1].map(|p| (0..3000u32).filter(|i| i % 2 == p).map(value_of).collect());
     Run {
         node,
         _dir: dir,
@@ -319,4 +325,9 @@ async fn through_proxy(lose_answers: bool, config: ProducerConfig) -> Run {
         stored,
         expected,
     }
+}
+
+/// Record `i`'s value: numbered, and long enough that a 2 KiB batch holds about twenty.
+fn value_of(i: u32) -> String {
+    format!("{i:05}-{}", "v".repeat(90))
 }

@@ -509,6 +509,10 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
                 };
                 log.reset(upto.index + 1, next_offset, term_of(&upto))
                     .map_err(io_error)?;
+                // Whatever the log held is gone, an uncommitted tail of another term too:
+                // the table at its end is the applied one.
+                let applied = self.shared.applied_producers.lock().table.clone();
+                *self.shared.producers.lock() = applied;
             } else {
                 log.purge_through_index(upto.index).map_err(io_error)?;
             }

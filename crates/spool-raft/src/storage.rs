@@ -70,6 +70,9 @@ pub fn open_group_storage(
     })
 }
 
+/// Entries replayed at a start beyond which the table is written down at once.
+const REPLAY_SNAPSHOT_ENTRIES: u64 = 10_000;
+
 /// Rebuilds the producer tables: at the applied point from the newest snapshot at or
 /// before it and the entries after that, then at the log's end from the entries after
 /// the applied point. Producers whose batches retention removed are left out, as a
@@ -87,6 +90,13 @@ fn restore_producers(
     let applied_end = applied.map_or(0, |at| at + 1);
     files::replay(reader, &mut table, from, applied_end)?;
     table.remove_below(reader.start_offset());
+    // A long replay is not repeated at the next start.
+    if let Some(at) = applied
+        && at.saturating_sub(from) >= REPLAY_SNAPSHOT_ENTRIES
+        && let Err(error) = files::write_snapshot(dir, at, &files::encode_snapshot(at, &table))
+    {
+        tracing::warn!(dir = %dir.display(), %error, "could not write a producer snapshot");
+    }
     let mut at_end = table.clone();
     files::replay(reader, &mut at_end, applied_end, u64::MAX)?;
     *shared.applied_producers.lock() = AppliedProducers {

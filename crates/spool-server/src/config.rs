@@ -284,6 +284,21 @@ impl ServerConfig {
         Ok(timing)
     }
 
+    /// How long partitions keep an idle producer's sequence state: at least a minute, or
+    /// retries of live producers would be stored twice.
+    pub(crate) fn producer_expiry(&self) -> Result<Duration, ServerError> {
+        if self.producer_id_expiration_ms < 60_000 {
+            return Err(ServerError::InvalidSetting {
+                name: "producer_id_expiration_ms",
+                reason: format!(
+                    "{} ms is under the minimum of 60000: producers would be forgotten between their retries",
+                    self.producer_id_expiration_ms
+                ),
+            });
+        }
+        Ok(Duration::from_millis(self.producer_id_expiration_ms))
+    }
+
     /// The controller voters, parsed from `id@host:port,...`.
     pub fn voters(&self) -> Result<BTreeMap<u64, String>, ServerError> {
         parse_voters(&self.controller_voters)

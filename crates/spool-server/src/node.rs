@@ -113,7 +113,7 @@ impl Node {
                 .unwrap_or_else(|| cluster_addr.to_string()),
             data_dir: config.data_dir.clone(),
             min_free_bytes: config.min_free_bytes,
-            producer_expiry: Duration::from_millis(config.producer_id_expiration_ms.max(1)),
+            producer_expiry: config.producer_expiry()?,
             flush: config.flush_policy(),
             topic_defaults: config.topic_defaults()?,
             default_partitions: config.default_partitions.max(1),

@@ -171,8 +171,9 @@ impl Load {
 
 /// Checks that the partitions hold each value at most once and each sender's values of a
 /// partition in the order they were sent (the idempotent producer's promise), besides
-/// everything `check_acknowledged` checks; and that no record failed (a failed record
-/// would leave a gap). Returns how many records the partitions hold.
+/// everything `check_acknowledged` checks; when no delivery failed, that they hold
+/// exactly the acknowledged records. (A record whose delivery failed may or may not be
+/// stored, but once at most.) Returns how many records the partitions hold.
 pub async fn check_exactly_once(
     cluster: &impl Replicas,
     topic: &str,
@@ -181,16 +182,10 @@ pub async fn check_exactly_once(
     within: Duration,
 ) -> Result<usize, TestkitError> {
     let broken = |reason: String| TestkitError::Call { node: 0, reason };
-    if report.failed > 0 {
-        return Err(broken(format!(
-            "{} records failed: {:?}",
-            report.failed, report.failures
-        )));
-    }
     let total = check_acknowledged(cluster, topic, replicas, report, within).await?;
-    if total != report.acked.len() {
+    if report.failed == 0 && total != report.acked.len() {
         return Err(broken(format!(
-            "{total} records stored for {} acknowledged: a retry was stored twice",
+            "{total} records stored for {} acknowledged and none failed: a retry was stored twice",
             report.acked.len()
         )));
     }

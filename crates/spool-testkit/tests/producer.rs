@@ -126,14 +126,28 @@ async fn leader_kills_under_load_store_every_record_exactly_once() {
             .expect("leader");
         cluster.kill(leader).await.expect("kill");
         let before = load.acked_count();
-        wait_for(WITHIN, "writes without the killed leader", || async {
+        if let Err(error) = wait_for(WITHIN, "writes without the killed leader", || async {
             (load.acked_count() > before + 300).then_some(())
         })
         .await
-        .expect("the load goes on");
+        {
+            panic!(
+                "round {round}, node {leader} killed: {error}; acknowledged {} then {} (partition 0: {}, 1: {}); failures {:?}",
+                before,
+                load.acked_count(),
+                load.acked_on(0),
+                load.acked_on(1),
+                load.failures_so_far()
+            );
+        }
         cluster.restart(leader).await.expect("restart");
     }
     let report = load.finish().await;
+    assert_eq!(
+        report.failed, 0,
+        "no record may fail (a gap): {:?}",
+        report.failures
+    );
     let stored = spool_testkit::load::check_exactly_once(
         &cluster,
         KILLED,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use spool_client::{Acks, Client, NewTopic};
 use spool_system_tests::{ComposeCluster, docker_or_skip};
-use spool_testkit::load::{Load, check_acknowledged};
+use spool_testkit::load::{Load, check_exactly_once};
 use spool_testkit::{Replicas, wait_for};
 
 pub const PARTITIONS: u32 = 3;
@@ -87,17 +87,18 @@ pub async fn next_acks(load: &Load, partitions: &[u32]) {
     .expect("writes are acknowledged again");
 }
 
-/// Stops the load and checks every acknowledged record on every replica.
+/// Stops the load and checks every acknowledged record on every replica, exactly once (the
+/// load's producer is idempotent).
 pub async fn check(cluster: &ComposeCluster, topic: &str, load: Load) -> usize {
     let report = load.finish().await;
     assert!(report.acked.len() >= 100, "too little was acknowledged");
     let replicas = vec![cluster.running(); PARTITIONS as usize];
-    let stored = check_acknowledged(cluster, topic, &replicas, &report, WITHIN)
+    let stored = check_exactly_once(cluster, topic, &replicas, &report, WITHIN)
         .await
-        .expect("every acknowledged record on every replica");
+        .expect("every acknowledged record on every replica, exactly once");
     assert!(stored >= report.acked.len());
     eprintln!(
-        "{} records acknowledged, all found on every replica ({} stored, {} deliveries failed: {:?})",
+        "{} records acknowledged, each found once on every replica ({} stored, {} deliveries failed: {:?})",
         report.acked.len(),
         stored,
         report.failed,

@@ -41,6 +41,8 @@ pub(crate) struct ClosedBatch {
     pub attempts: u32,
     /// When its first record was added; the delivery timeout counts from here.
     pub created: Instant,
+    /// The producer id its sequences were given under, once shipped (idempotence).
+    pub stamped: Option<super::identity::ProducerId>,
 }
 
 impl ClosedBatch {
@@ -197,12 +199,13 @@ impl Accumulator {
         self.pending_records
     }
 
-    /// Takes what is shippable of each idle partition (its closed batches, up to 4 MiB);
-    /// returns them and when to look again.
+    /// Takes what is shippable of each idle partition (its closed batches, up to 4 MiB
+    /// and `max_batches`); returns them and when to look again.
     pub fn take_ready(
         &mut self,
         now: Instant,
         linger: Duration,
+        max_batches: usize,
     ) -> (Vec<Shipment>, Option<Instant>) {
         let mut out = Vec::new();
         let mut next: Option<Instant> = None;
@@ -233,7 +236,9 @@ impl Accumulator {
                 let mut bytes = 0;
                 while let Some(front) = queue.ready.front() {
                     let size = front.size();
-                    if !batches.is_empty() && bytes + size > MAX_SHIPMENT_BYTES {
+                    if !batches.is_empty()
+                        && (bytes + size > MAX_SHIPMENT_BYTES || batches.len() >= max_batches)
+                    {
                         break;
                     }
                     bytes += size;
@@ -276,6 +281,16 @@ impl Accumulator {
             }
             queue.in_flight = false;
             queue.retry_at = Some(retry_at);
+        }
+    }
+
+    /// Batches taken for a shipment go back in front of their partition's queue, unsent,
+    /// while the shipment they were taken with is in flight.
+    pub fn put_back(&mut self, topic: &str, partition: u32, batches: Vec<ClosedBatch>) {
+        if let Some(queue) = self.queue(topic, partition) {
+            for batch in batches.into_iter().rev() {
+                queue.ready.push_front(batch);
+            }
         }
     }
 
@@ -338,6 +353,7 @@ fn close(queue: &mut PartitionQueue) {
             records: open.records,
             attempts: 0,
             created: open.created,
+            stamped: None,
         });
     }
 }

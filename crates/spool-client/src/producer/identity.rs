@@ -21,6 +21,10 @@ use super::accumulator::{Payload, Shipment};
 use crate::Acks;
 use crate::error::ClientError;
 
+/// Batches of one producer a partition remembers: a retry of any of them is answered
+/// from there.
+pub(crate) const BATCHES_REMEMBERED: usize = 5;
+
 /// The identity the producer's batches carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProducerId {
@@ -66,12 +70,7 @@ impl Shared {
         if let Some(current) = identity.current {
             return Ok(Some(current));
         }
-        let (id, epoch) = self
-            .cluster
-            .connection(None)
-            .await?
-            .init_producer_id()
-            .await?;
+        let (id, epoch) = self.cluster.init_producer_id().await?;
         identity.generation += 1;
         let current = ProducerId {
             id,
@@ -84,24 +83,26 @@ impl Shared {
     }
 
     /// Gives up `used` (if still current): the next shipment asks for a new id.
-    async fn discard_producer_id(&self, used: ProducerId) {
+    pub(crate) async fn discard_producer_id(&self, used: ProducerId) {
         let mut identity = self.identity.lock().await;
         if identity.current == Some(used) {
             identity.current = None;
         }
     }
 
-    /// Handles a partition's refusal of a shipment for its producer id or sequence.
-    /// `None`: the error is not about sequences.
+    /// Handles a partition's refusal of a shipment for its producer id or sequence
+    /// (its batches all carry one id). `Err`: the error is not about sequences.
     pub(crate) async fn fix_sequence(
         &self,
         code: ErrorCode,
         mut shipment: Shipment,
-        used: Option<ProducerId>,
     ) -> Result<SequenceFix, Shipment> {
-        let Some(used) = used else {
+        let Some(used) = shipment.batches.first().and_then(|b| b.stamped) else {
             return Err(shipment);
         };
+        if shipment.batches.iter().any(|b| b.stamped != Some(used)) {
+            return Err(shipment);
+        }
         match code {
             ErrorCode::UnknownProducerId => {
                 let mut next = 0;
@@ -122,8 +123,8 @@ impl Shared {
                 tracing::debug!(topic = %shipment.topic, partition = shipment.partition, "the partition forgot this producer; numbering afresh");
                 Ok(SequenceFix::Renumbered(shipment))
             }
+            // The caller fails the batches, which gives the id up.
             ErrorCode::OutOfOrderSequence | ErrorCode::InvalidProducerEpoch => {
-                self.discard_producer_id(used).await;
                 Ok(SequenceFix::Fail(shipment))
             }
             _ => Err(shipment),

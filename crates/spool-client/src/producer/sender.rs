@@ -25,10 +25,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let wake = shared.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let (shipments, next) = shared
-            .accumulator
-            .lock()
-            .take_ready(Instant::now(), shared.config.linger);
+        let (shipments, next) = shared.accumulator.lock().take_ready(
+            Instant::now(),
+            shared.config.linger,
+            max_batches(&shared),
+        );
         let mut by_leader: HashMap<Option<u64>, Vec<Shipment>> = HashMap::new();
         for shipment in shipments {
             let leader = shared.cluster.leader(&shipment.topic, shipment.partition);
@@ -88,6 +89,21 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
         // Batches shipped for the first time take their partition's next sequences.
         if let Some(producer) = producer {
             for shipment in &mut shipments {
+                // A retry numbered under an earlier producer id ships alone: a shipment's
+                // batches share one id, which a refusal is then about.
+                let first_new = shipment
+                    .batches
+                    .iter()
+                    .position(|b| matches!(b.payload, Payload::Building(_)));
+                if let Some(first_new) = first_new
+                    && shipment.batches[..first_new]
+                        .iter()
+                        .any(|b| b.stamped != Some(producer))
+                {
+                    let unsent = shipment.batches.split_off(first_new);
+                    accumulator.put_back(&shipment.topic, shipment.partition, unsent);
+                    continue;
+                }
                 for batch in &mut shipment.batches {
                     if let Payload::Building(builder) = &mut batch.payload {
                         let sequence = accumulator.take_sequence(
@@ -97,6 +113,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                             batch.records,
                         );
                         builder.set_producer(producer.id, producer.epoch, sequence);
+                        batch.stamped = Some(producer);
                     }
                 }
             }
@@ -195,7 +212,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                         };
                         waiting.extend(retry(&shared, shipment, failed).await);
                     }
-                    Err(api) => match shared.fix_sequence(api.code, shipment, producer).await {
+                    Err(api) => match shared.fix_sequence(api.code, shipment).await {
                         Ok(SequenceFix::Renumbered(shipment)) => {
                             let failed = Failed {
                                 reason: api.to_string(),
@@ -205,12 +222,9 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                             };
                             waiting.extend(retry(&shared, shipment, failed).await);
                         }
-                        Ok(SequenceFix::Fail(shipment)) | Err(shipment) => settle_all(
-                            &shared,
-                            shipment,
-                            |_| Err(ProducerError::Api(api.clone())),
-                            -1,
-                        ),
+                        Ok(SequenceFix::Fail(shipment)) | Err(shipment) => {
+                            fail(&shared, shipment, ProducerError::Api(api.clone())).await;
+                        }
                     },
                 }
             }
@@ -232,8 +246,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                     };
                     waiting.extend(retry(&shared, shipment, failed).await);
                 } else {
-                    let failure = ProducerError::from(clone_error(&error));
-                    settle_all(&shared, shipment, |_| Err(failure.clone()), -1);
+                    fail(&shared, shipment, ProducerError::from(clone_error(&error))).await;
                 }
             }
         }
@@ -260,6 +273,27 @@ fn settle_produced(shared: &Shared, shipment: Shipment, produced: &crate::types:
         .accumulator
         .lock()
         .release(&shipment.topic, shipment.partition);
+}
+
+/// Fails a shipment for good. Its sequences are then a gap the partition would refuse
+/// the next batches for (if they were not stored) or hold (if they were): the producer
+/// id they were numbered under is given up, and the next batches take a new one.
+async fn fail(shared: &Shared, shipment: Shipment, error: ProducerError) {
+    let stamped = shipment.batches.iter().find_map(|b| b.stamped);
+    settle_all(shared, shipment, |_| Err(error.clone()), -1);
+    if let Some(used) = stamped {
+        shared.discard_producer_id(used).await;
+    }
+}
+
+/// Most batches of one partition in a shipment: an idempotent producer's retry must be
+/// answered whole from what the partition remembers of it (its last five batches).
+fn max_batches(shared: &Shared) -> usize {
+    if shared.idempotent() {
+        super::identity::BATCHES_REMEMBERED
+    } else {
+        usize::MAX
+    }
 }
 
 /// Settles every batch of a shipment; batches follow each other at consecutive offsets
@@ -311,7 +345,7 @@ async fn retry(shared: &Shared, mut shipment: Shipment, failed: Failed) -> Optio
     let oldest = shipment.batches.iter().map(|b| b.created).min();
     if oldest.is_some_and(|created| created.elapsed() >= config.delivery_timeout) {
         let error = ProducerError::DeliveryTimeout(config.delivery_timeout, failed.reason);
-        settle_all(shared, shipment, |_| Err(error.clone()), -1);
+        fail(shared, shipment, error).await;
         return None;
     }
     let attempts = shipment.batches.iter_mut().map(|b| {
