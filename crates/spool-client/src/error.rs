@@ -49,7 +49,11 @@ impl ClientError {
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown if status.details().is_empty() => {
+            // Without a typed error, these come from the connection, not the broker: a
+            // node going down resets the calls in flight (CANCELLED).
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                if status.details().is_empty() =>
+            {
                 ClientError::Transport(status.message().to_string())
             }
             _ => ClientError::Api(spool_proto::status_error(&status).into()),
