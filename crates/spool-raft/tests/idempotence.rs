@@ -266,3 +266,125 @@ async fn a_truncated_tail_leaves_the_producer_table_with_it() {
         node.stop().await;
     }
 }
+
+/// A leader cut off with a long uncommitted batch of a producer; the others write a few
+/// large records and cut their logs by retention past where the old leader's log ends.
+/// The old leader returns, cannot be sent entries it lacks, installs a snapshot beyond its
+/// log's end and starts its log afresh there. Its producer table must lose the stranded
+/// batch too: leading again, it must not answer the producer's retry with offsets that
+/// now hold other records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_past_the_log_end_leaves_no_stranded_batch_in_the_table() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (nodes, members) = start_nodes(root.path(), 3).await;
+    let mut replicas = Vec::new();
+    for node in &nodes {
+        replicas.push(
+            node.node
+                .create_replica(spool_raft::ReplicaSpec {
+                    group: 23,
+                    dir: node.dir.join("g23"),
+                    log_config: spool_log::LogConfig {
+                        segment_bytes: 4096,
+                        index_interval_bytes: 512,
+                        flush: spool_log::FlushPolicy::Always,
+                        ..spool_log::LogConfig::default()
+                    },
+                    initial_members: members.clone(),
+                })
+                .await
+                .expect("create replica"),
+        );
+    }
+    let leader = leader_of(&replicas).await;
+    assert_eq!(
+        leader
+            .append(vec![idempotent(9, 0, 0, 2)], AckLevel::All)
+            .await
+            .expect("committed"),
+        [0]
+    );
+    for replica in &replicas {
+        wait_high_watermark(replica, 2, "the first batch everywhere").await;
+    }
+    let cut = leader.node_id();
+    for node in &nodes {
+        for other in &nodes {
+            if (node.id == cut) != (other.id == cut) {
+                node.node.faults().cut(other.id);
+            }
+        }
+    }
+    // 500 records only the cut-off leader holds, at offsets 2 to 501.
+    let stranded = leader
+        .append(vec![idempotent(9, 0, 2, 500)], AckLevel::Leader)
+        .await
+        .expect("appended on the cut-off leader");
+    assert_eq!(stranded, [2]);
+
+    let others: Vec<_> = replicas
+        .iter()
+        .filter(|r| r.node_id() != cut)
+        .cloned()
+        .collect();
+    let new_leader = leader_of(&others).await;
+    // Ten large records, a segment each, then retention keeps about the last one.
+    let large = "x".repeat(3000);
+    for i in 0..10 {
+        new_leader
+            .append(vec![batch(&format!("{i}{large}"), 1)], AckLevel::All)
+            .await
+            .expect("a large record");
+    }
+    let policy = spool_log::RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(4096),
+    };
+    for replica in &others {
+        wait_high_watermark(replica, 12, "the large records").await;
+        replica
+            .apply_retention(&policy, 0)
+            .await
+            .expect("retention");
+    }
+    wait_for(&others, Duration::from_secs(10), "the purges", || {
+        others
+            .iter()
+            .all(|r| r.reader().start_offset() > 2)
+            .then_some(())
+    })
+    .await;
+
+    for node in &nodes {
+        node.node.faults().heal_all();
+    }
+    let old = replicas
+        .iter()
+        .find(|r| r.node_id() == cut)
+        .expect("the old leader");
+    wait_high_watermark(old, 12, "the old leader to catch up").await;
+    assert!(
+        old.reader().start_offset() > 2,
+        "the old leader caught up by entries, not by a snapshot"
+    );
+    new_leader.transfer_leader(cut).await.expect("transfer");
+    wait_for(
+        &replicas,
+        Duration::from_secs(10),
+        "the old leader to lead again",
+        || old.is_leader().then_some(()),
+    )
+    .await;
+    // Retention removed the producer's only committed batch: it is unknown here now, as
+    // on the replicas that never saw the stranded batch.
+    match old
+        .append(vec![idempotent(9, 0, 2, 500)], AckLevel::All)
+        .await
+    {
+        Err(ReplicaError::Sequence(SequenceError::UnknownProducer { .. })) => {}
+        other => panic!("the retry of the stranded batch was answered {other:?}"),
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -169,11 +169,12 @@ impl Load {
     }
 }
 
-/// Checks that the partitions hold each value at most once and each sender's values of a
-/// partition in the order they were sent (the idempotent producer's promise), besides
-/// everything `check_acknowledged` checks; when no delivery failed, that they hold
-/// exactly the acknowledged records. (A record whose delivery failed may or may not be
-/// stored, but once at most.) Returns how many records the partitions hold.
+/// Checks that the partitions hold each of the load's values at most once and each
+/// sender's values of a partition in the order they were sent (the idempotent producer's
+/// promise), besides everything `check_acknowledged` checks; when no delivery failed,
+/// that they hold exactly the acknowledged records. (A record whose delivery failed may or
+/// may not be stored, but once at most.) Values other writers put in the topic are left
+/// out. Returns how many of the load's records the partitions hold.
 pub async fn check_exactly_once(
     cluster: &impl Replicas,
     topic: &str,
@@ -182,41 +183,45 @@ pub async fn check_exactly_once(
     within: Duration,
 ) -> Result<usize, TestkitError> {
     let broken = |reason: String| TestkitError::Call { node: 0, reason };
-    let total = check_acknowledged(cluster, topic, replicas, report, within).await?;
-    if report.failed == 0 && total != report.acked.len() {
-        return Err(broken(format!(
-            "{total} records stored for {} acknowledged and none failed: a retry was stored twice",
-            report.acked.len()
-        )));
-    }
+    check_acknowledged(cluster, topic, replicas, report, within).await?;
+    let mut total = 0;
     for (partition, nodes) in replicas.iter().enumerate() {
         let partition = partition as u32;
         let batches = replicas_agree(cluster, nodes, topic, partition, within).await?;
         // sender -> last number seen in this partition
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
         for record in records_of(topic, partition, &batches) {
             let value = record.value.unwrap_or_default();
-            let value = String::from_utf8_lossy(&value);
-            let Some((sender, n)) = value
-                .split_once('-')
-                .and_then(|(s, n)| Some((s.to_string(), n.parse::<u64>().ok()?)))
-            else {
-                return Err(broken(format!(
-                    "partition {partition}: a value {value:?} no sender wrote"
-                )));
+            let Some((sender, n)) = load_value(&value) else {
+                continue;
             };
-            if let Some(before) = last.insert(sender.clone(), n)
+            total += 1;
+            if let Some(before) = last.insert(sender, n)
                 && before >= n
             {
                 return Err(broken(format!(
-                    "partition {partition}: {sender}-{n} is stored after {sender}-{before} \
+                    "partition {partition}: s{sender}-{n} is stored after s{sender}-{before} \
                      (offset {}): a duplicate or a reordering",
                     record.offset
                 )));
             }
         }
     }
+    if report.failed == 0 && total != report.acked.len() {
+        return Err(broken(format!(
+            "{total} of the load's records stored for {} acknowledged and none failed: a \
+             retry was stored twice",
+            report.acked.len()
+        )));
+    }
     Ok(total)
+}
+
+/// The sender and number of a value the load wrote (`s{sender}-{n}`).
+fn load_value(value: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (sender, n) = text.strip_prefix('s')?.split_once('-')?;
+    Some((sender.parse().ok()?, n.parse().ok()?))
 }
 
 /// Decodes stored batches into records.
