@@ -2,7 +2,7 @@
 //! acknowledgement; afterwards each acknowledged value must be found at exactly the
 //! offset it was acknowledged with, on every replica.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,16 +19,17 @@ use crate::{Replicas, TestkitError, replicas_agree};
 #[derive(Debug, Default)]
 struct Acked(std::sync::Mutex<Vec<(u32, i64, String)>>);
 
-/// Failed deliveries counted by reason.
+/// Failed deliveries counted by reason, and the values that failed.
 #[derive(Debug, Default)]
-struct Failures(std::sync::Mutex<BTreeMap<String, u64>>);
+struct Failures(std::sync::Mutex<(BTreeMap<String, u64>, BTreeSet<String>)>);
 
 impl Failures {
-    fn add(&self, reason: impl std::fmt::Display) {
+    fn add(&self, value: String, reason: impl std::fmt::Display) {
         // Node addresses and ids vary; the first words say what went wrong.
         let reason: String = reason.to_string().chars().take(60).collect();
-        if let Ok(mut counts) = self.0.lock() {
-            *counts.entry(reason).or_default() += 1;
+        if let Ok(mut failures) = self.0.lock() {
+            *failures.0.entry(reason).or_default() += 1;
+            failures.1.insert(value);
         }
     }
 }
@@ -51,6 +52,8 @@ pub struct LoadReport {
     pub failed: u64,
     /// The same, by the start of the error's message.
     pub failures: BTreeMap<String, u64>,
+    /// The values whose delivery failed.
+    pub failed_values: BTreeSet<String>,
     /// Offsets acknowledged for two records: a write that was lost (the checker fails).
     pub acked_twice: Vec<((u32, i64), String, String)>,
 }
@@ -101,7 +104,7 @@ impl Load {
                     let delivery = match producer.send(record).await {
                         Ok(delivery) => delivery,
                         Err(error) => {
-                            failed.add(error);
+                            failed.add(value, error);
                             continue;
                         }
                     };
@@ -113,7 +116,7 @@ impl Load {
                                     acked.push((meta.partition, meta.offset, value));
                                 }
                             }
-                            Err(error) => failed.add(error),
+                            Err(error) => failed.add(value, error),
                         }
                     });
                 }
@@ -143,7 +146,11 @@ impl Load {
 
     /// Why records failed so far, with how many failed for each reason.
     pub fn failures_so_far(&self) -> BTreeMap<String, u64> {
-        self.failed.0.lock().map(|f| f.clone()).unwrap_or_default()
+        self.failed
+            .0
+            .lock()
+            .map(|f| f.0.clone())
+            .unwrap_or_default()
     }
 
     /// Stops sending, waits for every outstanding record to settle, and reports.
@@ -160,21 +167,29 @@ impl Load {
             }
         }
         let failures = self.failures_so_far();
+        let failed_values = self
+            .failed
+            .0
+            .lock()
+            .map(|f| f.1.clone())
+            .unwrap_or_default();
         LoadReport {
             acked,
             failed: failures.values().sum(),
             failures,
+            failed_values,
             acked_twice,
         }
     }
 }
 
-/// Checks that the partitions hold each of the load's values at most once and each
-/// sender's values of a partition in the order they were sent (the idempotent producer's
-/// promise), besides everything `check_acknowledged` checks; when no delivery failed,
-/// that they hold exactly the acknowledged records. (A record whose delivery failed may or
-/// may not be stored, but once at most.) Values other writers put in the topic are left
-/// out. Returns how many of the load's records the partitions hold.
+/// Checks the idempotent producer's promise on top of everything `check_acknowledged`
+/// checks: each of the load's values is stored at most once, in the partition it was sent
+/// to, and is either acknowledged (then in send order among its sender's acknowledged
+/// values) or one whose delivery failed (which may or may not be stored, once at most).
+/// Other writers' values in the topic are left out; a value that looks like the load's
+/// but is not one it sent fails the check. Returns how many of the load's records the
+/// partitions hold.
 pub async fn check_exactly_once(
     cluster: &impl Replicas,
     topic: &str,
@@ -184,44 +199,72 @@ pub async fn check_exactly_once(
 ) -> Result<usize, TestkitError> {
     let broken = |reason: String| TestkitError::Call { node: 0, reason };
     check_acknowledged(cluster, topic, replicas, report, within).await?;
+    let acknowledged: std::collections::HashSet<&str> =
+        report.acked.values().map(String::as_str).collect();
+    let partitions = replicas.len() as u64;
     let mut total = 0;
     for (partition, nodes) in replicas.iter().enumerate() {
         let partition = partition as u32;
         let batches = replicas_agree(cluster, nodes, topic, partition, within).await?;
-        // sender -> last number seen in this partition
+        let mut seen = std::collections::HashSet::new();
+        // sender -> last acknowledged number seen in this partition
         let mut last: BTreeMap<u64, u64> = BTreeMap::new();
         for record in records_of(topic, partition, &batches) {
             let value = record.value.unwrap_or_default();
-            let Some((sender, n)) = load_value(&value) else {
+            let text = String::from_utf8_lossy(&value);
+            let looks_like_load =
+                text.starts_with('s') && text[1..].starts_with(|c: char| c.is_ascii_digit());
+            if !looks_like_load {
                 continue;
+            }
+            let at = record.offset;
+            let Some((sender, n)) = load_value(&text) else {
+                return Err(broken(format!(
+                    "partition {partition} offset {at}: {text:?} is no value the load wrote"
+                )));
             };
             total += 1;
-            if let Some(before) = last.insert(sender, n)
-                && before >= n
-            {
+            if n % partitions != u64::from(partition) {
                 return Err(broken(format!(
-                    "partition {partition}: s{sender}-{n} is stored after s{sender}-{before} \
-                     (offset {}): a duplicate or a reordering",
-                    record.offset
+                    "partition {partition} offset {at}: {text} was sent to another partition"
+                )));
+            }
+            if !seen.insert((sender, n)) {
+                return Err(broken(format!(
+                    "partition {partition} offset {at}: {text} is stored twice"
+                )));
+            }
+            if acknowledged.contains(text.as_ref()) {
+                if let Some(before) = last.insert(sender, n)
+                    && before >= n
+                {
+                    return Err(broken(format!(
+                        "partition {partition} offset {at}: {text} is stored after \
+                         s{sender}-{before}, sent later"
+                    )));
+                }
+            } else if !report.failed_values.contains(text.as_ref()) {
+                return Err(broken(format!(
+                    "partition {partition} offset {at}: {text} is stored, but was neither \
+                     acknowledged nor failed"
                 )));
             }
         }
     }
     if report.failed == 0 && total != report.acked.len() {
         return Err(broken(format!(
-            "{total} of the load's records stored for {} acknowledged and none failed: a \
-             retry was stored twice",
+            "{total} of the load's records stored for {} acknowledged and none failed",
             report.acked.len()
         )));
     }
     Ok(total)
 }
 
-/// The sender and number of a value the load wrote (`s{sender}-{n}`).
-fn load_value(value: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(value).ok()?;
+/// The sender and number of a value the load wrote (exactly `s{sender}-{n}`).
+fn load_value(text: &str) -> Option<(u64, u64)> {
     let (sender, n) = text.strip_prefix('s')?.split_once('-')?;
-    Some((sender.parse().ok()?, n.parse().ok()?))
+    let (sender, n): (u64, u64) = (sender.parse().ok()?, n.parse().ok()?);
+    (format!("s{sender}-{n}") == text).then_some((sender, n))
 }
 
 /// Decodes stored batches into records.

@@ -92,6 +92,8 @@ pub async fn next_acks(load: &Load, partitions: &[u32]) {
 pub async fn check(cluster: &ComposeCluster, topic: &str, load: Load) -> usize {
     let report = load.finish().await;
     assert!(report.acked.len() >= 100, "too little was acknowledged");
+    // Every replica is read: a node left down would go unchecked.
+    assert_eq!(cluster.running().len(), 3, "a node is down at the check");
     let replicas = vec![cluster.running(); PARTITIONS as usize];
     let stored = check_exactly_once(cluster, topic, &replicas, &report, WITHIN)
         .await
