@@ -18,6 +18,12 @@ pub(crate) mod files;
 /// Batches remembered per producer: a retry of any of them is answered from here.
 pub const BATCHES_KEPT: usize = 5;
 
+/// Producers one partition remembers at most. Beyond it, the one whose newest batch is
+/// oldest in the log goes: a choice the log alone makes, so every replica makes it
+/// alike. (Short-lived producers, each with a new id, would otherwise pile up until they
+/// expire.)
+pub const PRODUCERS_KEPT: usize = 10_000;
+
 /// Who wrote a batch and which sequence numbers it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchIdentity {
@@ -179,6 +185,7 @@ impl ProducerTable {
     /// Records a batch the log now holds at `[base_offset, last_offset]`. A batch of an
     /// older epoch than the table's (which a leader never stores) changes nothing.
     pub fn record(&mut self, batch: &BatchIdentity, base_offset: i64, last_offset: i64) {
+        let newcomer = !self.producers.contains_key(&batch.producer_id);
         let state = self
             .producers
             .entry(batch.producer_id)
@@ -204,6 +211,21 @@ impl ProducerTable {
             last_offset,
         });
         state.last_seen_ms = state.last_seen_ms.max(batch.seen_ms);
+        if newcomer && self.producers.len() > PRODUCERS_KEPT {
+            self.evict_stalest();
+        }
+    }
+
+    /// Forgets the producer whose newest batch is oldest in the log.
+    fn evict_stalest(&mut self) {
+        let stalest = self
+            .producers
+            .iter()
+            .min_by_key(|(id, s)| (s.batches.back().map_or(i64::MIN, |b| b.last_offset), **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = stalest {
+            self.producers.remove(&id);
+        }
     }
 
     /// Forgets batches below `log_start` (retention removed them), and producers left

@@ -197,3 +197,25 @@ fn the_newest_readable_snapshot_at_or_before_a_point_is_loaded() {
     write_snapshot(dir.path(), 40, &encode_snapshot(40, &table)).unwrap();
     assert_eq!(load_snapshot(dir.path(), 10), None);
 }
+
+#[test]
+fn beyond_the_cap_the_producer_longest_silent_in_the_log_goes() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    for id in 0..PRODUCERS_KEPT as i64 {
+        store(&mut table, &mut next, &batch(id, 0, 0, 1));
+    }
+    // Producer 0 writes again: producer 1 is now the longest silent.
+    store(&mut table, &mut next, &batch(0, 0, 1, 1));
+    store(&mut table, &mut next, &batch(999_993, 0, 0, 1));
+    assert_eq!(table.len(), PRODUCERS_KEPT);
+    assert!(table.get(1).is_none(), "the longest silent producer stayed");
+    assert!(table.get(0).is_some() && table.get(999_993).is_some());
+    assert_eq!(
+        table.check(&batch(1, 0, 1, 1)),
+        Verdict::Refused(SequenceError::UnknownProducer {
+            producer_id: 1,
+            got: 1
+        })
+    );
+}
