@@ -202,13 +202,7 @@ async fn a_truncated_tail_leaves_the_producer_table_with_it() {
     }
 
     let cut = leader.node_id();
-    for node in &nodes {
-        for other in &nodes {
-            if (node.id == cut) != (other.id == cut) {
-                node.node.faults().cut(other.id);
-            }
-        }
-    }
+    isolate(&nodes, cut);
     // Taken by the cut-off leader's log only.
     let stranded = leader
         .append(vec![idempotent(9, 0, 2, 3)], AckLevel::Leader)
@@ -308,13 +302,7 @@ async fn a_snapshot_past_the_log_end_leaves_no_stranded_batch_in_the_table() {
         wait_high_watermark(replica, 2, "the first batch everywhere").await;
     }
     let cut = leader.node_id();
-    for node in &nodes {
-        for other in &nodes {
-            if (node.id == cut) != (other.id == cut) {
-                node.node.faults().cut(other.id);
-            }
-        }
-    }
+    isolate(&nodes, cut);
     // 500 records only the cut-off leader holds, at offsets 2 to 501.
     let stranded = leader
         .append(vec![idempotent(9, 0, 2, 500)], AckLevel::Leader)

@@ -107,13 +107,7 @@ async fn idle_groups_quiesce_wake_on_writes_and_fail_over_when_the_leader_node_d
     // The leader's node goes silent (every link to it cut): the followers' nodes notice
     // and elect.
     let dead = leader.node_id();
-    for node in &nodes {
-        for other in &nodes {
-            if (node.id == dead) != (other.id == dead) {
-                node.node.faults().cut(other.id);
-            }
-        }
-    }
+    isolate(&nodes, dead);
     let survivors: Vec<_> = replicas
         .iter()
         .filter(|r| r.node_id() != dead)

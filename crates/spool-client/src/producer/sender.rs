@@ -204,22 +204,12 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                                 address,
                             );
                         }
-                        let failed = Failed {
-                            reason: api.to_string(),
-                            suspect: None,
-                            epoch,
-                            at: answered_at,
-                        };
+                        let failed = Failed::answered(&api, epoch, answered_at);
                         waiting.extend(retry(&shared, shipment, failed).await);
                     }
                     Err(api) => match shared.fix_sequence(api.code, shipment).await {
                         Ok(SequenceFix::Renumbered(shipment)) => {
-                            let failed = Failed {
-                                reason: api.to_string(),
-                                suspect: None,
-                                epoch,
-                                at: answered_at,
-                            };
+                            let failed = Failed::answered(&api, epoch, answered_at);
                             waiting.extend(retry(&shared, shipment, failed).await);
                         }
                         Ok(SequenceFix::Fail(shipment)) | Err(shipment) => {
@@ -335,6 +325,18 @@ struct Failed {
     epoch: u64,
     /// When the failure was known.
     at: Instant,
+}
+
+impl Failed {
+    /// A partition's answer refused the shipment.
+    fn answered(api: &ApiError, epoch: u64, at: Instant) -> Self {
+        Self {
+            reason: api.to_string(),
+            suspect: None,
+            epoch,
+            at,
+        }
+    }
 }
 
 /// Puts a shipment back for another attempt, unless its time is up: at once if the

@@ -233,3 +233,14 @@ pub async fn restart(id: NodeId, dir: std::path::PathBuf, addr: &str) -> TestNod
     let listener = TcpListener::bind(addr).await.expect("rebind");
     TestNode::start(id, dir, listener).await
 }
+
+/// Cuts every link between node `id` and the others, both ways.
+pub fn isolate(nodes: &[TestNode], id: NodeId) {
+    for node in nodes {
+        for other in nodes {
+            if (node.id == id) != (other.id == id) {
+                node.node.faults().cut(other.id);
+            }
+        }
+    }
+}
