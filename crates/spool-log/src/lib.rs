@@ -32,5 +32,5 @@ pub use log::{Appended, Entry, EntryPayload, Log, LogEnd, Purged};
 pub use reader::{FetchedBatches, LogBounds, LogReader, StoredEntry};
 pub use recovery::{RecoveryReport, TailTruncation};
 pub use segment::{create_dir_durably, sync_filesystem};
-pub use segment_header::{SegmentHeader, index_file_name, segment_file_name};
+pub use segment_header::{SegmentHeader, index_file_name, segment_file_name, txn_index_file_name};
 pub use sync::SyncJob;

@@ -174,6 +174,12 @@ impl LogReader {
         self.shared.segments.read().iter().map(|s| s.size()).sum()
     }
 
+    /// The base offset of the segment that holds `offset` (the first segment's for an
+    /// offset below the log start, the last one's for one past the end).
+    pub fn segment_base(&self, offset: i64) -> i64 {
+        self.shared.segment_for_offset(offset).header.base_offset
+    }
+
     pub fn segment_count(&self) -> usize {
         self.shared.segments.read().len()
     }

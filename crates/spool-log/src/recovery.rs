@@ -47,6 +47,7 @@ pub struct TailTruncation {
 pub(crate) struct Listing {
     pub segments: BTreeMap<i64, PathBuf>,
     pub indexes: BTreeMap<i64, PathBuf>,
+    pub txn_indexes: BTreeMap<i64, PathBuf>,
     pub temporary: Vec<PathBuf>,
 }
 
@@ -62,6 +63,9 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing> {
             }
             Some((base, FileRole::Index)) => {
                 listing.indexes.insert(base, entry.path());
+            }
+            Some((base, FileRole::TxnIndex)) => {
+                listing.txn_indexes.insert(base, entry.path());
             }
             None if name.ends_with(".tmp") => listing.temporary.push(entry.path()),
             None => {}
@@ -82,6 +86,7 @@ pub(crate) fn recover(
         listing
             .indexes
             .iter()
+            .chain(&listing.txn_indexes)
             .filter(|(base, _)| !listing.segments.contains_key(base))
             .map(|(_, path)| path),
     ) {

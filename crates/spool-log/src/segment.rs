@@ -164,7 +164,8 @@ impl Segment {
     /// Deletes the segment's files. Readers holding the segment keep reading the open file.
     pub fn delete_files(&self) -> Result<()> {
         remove_if_exists(&self.path)?;
-        remove_if_exists(&self.index_path)
+        remove_if_exists(&self.index_path)?;
+        remove_if_exists(&self.path.with_extension("txnindex"))
     }
 
     pub fn size(&self) -> u64 {

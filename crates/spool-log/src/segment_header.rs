@@ -82,12 +82,19 @@ pub fn index_file_name(base_offset: i64) -> String {
     format!("{base_offset:020}.index")
 }
 
-/// The base offset in a segment or index file name, and which of the two it is.
+/// `{base_offset:020}.txnindex`: the aborted transactions whose markers the segment holds.
+pub fn txn_index_file_name(base_offset: i64) -> String {
+    format!("{base_offset:020}.txnindex")
+}
+
+/// The base offset in a segment or index file name, and which kind it is.
 pub(crate) fn parse_file_name(name: &str) -> Option<(i64, FileRole)> {
     let (stem, role) = if let Some(stem) = name.strip_suffix(".log") {
         (stem, FileRole::Segment)
     } else if let Some(stem) = name.strip_suffix(".index") {
         (stem, FileRole::Index)
+    } else if let Some(stem) = name.strip_suffix(".txnindex") {
+        (stem, FileRole::TxnIndex)
     } else {
         return None;
     };
@@ -101,6 +108,7 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(i64, FileRole)> {
 pub(crate) enum FileRole {
     Segment,
     Index,
+    TxnIndex,
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub(crate) struct GroupShared {
 pub(crate) struct AppliedProducers {
     pub index: Option<u64>,
     pub table: ProducerTable,
+    /// The transactions aborted in the retained log.
+    pub aborted: crate::producers::aborted::AbortedIndex,
     /// Bytes of data entries applied since the last snapshot of the table.
     pub since_snapshot: u64,
 }
@@ -210,7 +212,8 @@ impl PartitionLogStore {
                 if verdict == Verdict::Append {
                     let count = i64::from(batch.offset_count());
                     if let Some((identity, _)) = producer {
-                        table.record(identity, next_offset, next_offset + count - 1);
+                        // Aborts are indexed once applied, not at the log's end.
+                        let _ = table.record(identity, next_offset, next_offset + count - 1);
                     }
                     next_offset += count;
                 }
@@ -228,7 +231,8 @@ impl PartitionLogStore {
             (applied.index.map_or(0, |i| i + 1), applied.table.clone())
         };
         let reader = log.reader();
-        crate::producers::files::replay(&reader, &mut table, from, u64::MAX).map_err(io_error)?;
+        crate::producers::files::replay(&reader, &mut table, from, u64::MAX, |_| {})
+            .map_err(io_error)?;
         *self.shared.producers.lock() = table;
         Ok(())
     }
@@ -519,11 +523,9 @@ impl RaftLogStorage<PartitionRaft> for PartitionLogStore {
             // Producers whose batches are all gone leave the tables.
             let start = log.start_offset();
             self.shared.producers.lock().remove_below(start);
-            self.shared
-                .applied_producers
-                .lock()
-                .table
-                .remove_below(start);
+            let mut applied = self.shared.applied_producers.lock();
+            applied.table.remove_below(start);
+            applied.aborted.remove_below(start);
             Ok(())
         })?;
         let mut purged = self.shared.purged.lock();

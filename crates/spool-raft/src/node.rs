@@ -339,6 +339,8 @@ impl RaftNode {
             rebuild::write_marker(&spec.dir)?;
         }
         let high_watermark = storage.state_machine.high_watermark();
+        let last_stable = storage.state_machine.last_stable();
+        let shared = Arc::clone(&storage.shared);
         let snapshot_target = Arc::clone(&storage.state_machine.snapshot_target);
         let network = GroupNetworkFactory::new(spec.group, Arc::clone(&self.pool));
         let raft = Raft::new(
@@ -366,6 +368,8 @@ impl RaftNode {
             raft,
             reader: storage.reader,
             high_watermark,
+            last_stable,
+            shared,
             log: storage.log,
             snapshot_target,
             dir: spec.dir,

@@ -47,6 +47,8 @@ pub struct PartitionReplica {
     pub(crate) raft: Raft,
     pub(crate) reader: LogReader,
     pub(crate) high_watermark: watch::Receiver<i64>,
+    pub(crate) last_stable: watch::Receiver<i64>,
+    pub(crate) shared: Arc<crate::log_store::GroupShared>,
     pub(crate) log: SharedLog,
     pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
     pub(crate) dir: PathBuf,
@@ -135,6 +137,33 @@ impl PartitionReplica {
     /// The offset after the last committed record; wakes fetches as it moves.
     pub fn high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.clone()
+    }
+
+    /// The last stable offset: the high watermark, or the first offset of the oldest
+    /// transaction still open below it. read_committed readers stop here.
+    pub fn last_stable(&self) -> watch::Receiver<i64> {
+        self.last_stable.clone()
+    }
+
+    /// The aborted transactions whose records reach into `[from, upper)`, as (producer
+    /// id, first offset), oldest first.
+    pub fn aborted_transactions(&self, from: i64, upper: i64) -> Vec<(i64, i64)> {
+        self.shared
+            .applied_producers
+            .lock()
+            .aborted
+            .overlapping(from, upper)
+    }
+
+    /// The transactions open at the applied point, as (first offset, producer id, epoch),
+    /// oldest first.
+    pub fn open_transactions(&self) -> Vec<(i64, i64, i16)> {
+        let applied = self.shared.applied_producers.lock();
+        applied
+            .table
+            .open_transactions()
+            .map(|(first, id)| (first, id, applied.table.get(id).map_or(-1, |s| s.epoch)))
+            .collect()
     }
 
     /// The group's current Raft term as this replica knows it.

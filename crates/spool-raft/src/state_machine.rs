@@ -57,6 +57,11 @@ pub struct PartitionStateMachine {
     memberships: Vec<StoredMembership>,
     next_offset: i64,
     high_watermark: watch::Sender<i64>,
+    /// The last stable offset: the high watermark, or the first offset of the oldest
+    /// transaction still open below it.
+    last_stable: watch::Sender<i64>,
+    /// Where aborted transactions' markers are looked up (for their index files).
+    reader: spool_log::LogReader,
     pub(crate) snapshot_target: Arc<Mutex<Option<SnapshotTarget>>>,
     /// Producers to answer once the high watermark covers their entries (reused).
     answers: Answers,
@@ -66,6 +71,15 @@ pub struct PartitionStateMachine {
     producer_expiry_ms: i64,
     /// When idle producers were last looked for.
     producers_expired: std::time::Instant,
+}
+
+/// Where a partition's producer state lives beside its segments, and how long an idle
+/// producer is kept.
+#[derive(Debug)]
+pub(crate) struct ProducerFiles {
+    pub dir: std::path::PathBuf,
+    pub reader: spool_log::LogReader,
+    pub expiry_ms: i64,
 }
 
 #[derive(Default)]
@@ -87,9 +101,13 @@ impl PartitionStateMachine {
         shared: Arc<GroupShared>,
         last_log_id: Option<LogId>,
         log_start_offset: i64,
-        dir: std::path::PathBuf,
-        producer_expiry_ms: i64,
+        files: ProducerFiles,
     ) -> Self {
+        let ProducerFiles {
+            dir,
+            reader,
+            expiry_ms: producer_expiry_ms,
+        } = files;
         let record = store.get(group).unwrap_or_default();
         if let Some(snapshot) = &record.snapshot
             && let Some(last) = snapshot.last_log_id
@@ -121,6 +139,8 @@ impl PartitionStateMachine {
             memberships,
             next_offset,
             high_watermark: watch::Sender::new(next_offset),
+            last_stable: watch::Sender::new(next_offset),
+            reader,
             snapshot_target: Arc::new(Mutex::new(None)),
             answers: Answers::default(),
             dir,
@@ -137,6 +157,22 @@ impl PartitionStateMachine {
     /// Watches the offset after the last applied (so committed) record.
     pub fn high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
+    }
+
+    /// Watches the last stable offset: what read_committed readers read up to.
+    pub fn last_stable(&self) -> watch::Receiver<i64> {
+        self.last_stable.subscribe()
+    }
+
+    /// Publishes the last stable offset as of the applied point.
+    pub(crate) fn publish_last_stable(&self) {
+        let first_open = self.shared.applied_producers.lock().table.first_unstable();
+        let stable = first_open.map_or(self.next_offset, |f| f.min(self.next_offset));
+        self.last_stable.send_if_modified(|now| {
+            let moved = *now != stable;
+            *now = stable;
+            moved
+        });
     }
 
     fn snapshot_record(&self) -> Option<SnapshotRecord> {
@@ -189,11 +225,18 @@ impl PartitionStateMachine {
         }
         producers.since_snapshot = 0;
         let Some(index) = producers.index else { return };
+        if producers.aborted.damaged {
+            return;
+        }
         let bytes = crate::producers::files::encode_snapshot(index, &producers.table);
+        // The aborts the snapshot covers are on disk before it is.
+        let unsynced = producers.aborted.take_unsynced();
         drop(producers);
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = crate::producers::files::write_snapshot(&dir, index, &bytes) {
+            let written = crate::producers::aborted::sync_files(&unsynced)
+                .and_then(|()| crate::producers::files::write_snapshot(&dir, index, &bytes));
+            if let Err(error) = written {
                 tracing::warn!(dir = %dir.display(), %error, "could not write a producer snapshot");
             }
         });
@@ -240,8 +283,10 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
                         .ok()
                         .and_then(|batch| BatchIdentity::of(&batch));
                     let mut producers = self.shared.applied_producers.lock();
-                    if let Some(identity) = identity {
-                        producers.table.record(&identity, base, next - 1);
+                    if let Some(identity) = identity
+                        && let Some(ended) = producers.table.record(&identity, base, next - 1)
+                    {
+                        producers.aborted.push(ended, &self.reader);
                     }
                     producers.index = Some(entry.log_id.index);
                     base
@@ -276,7 +321,10 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
         if let Some(applied) = self.applied {
             self.shared.recent.lock().trim_through(applied.index);
         }
-        // Published before any producer hears back: an answered record is readable.
+        // Published before any producer hears back: an answered record is readable. The
+        // stable offset first: whoever sees the high watermark move sees it moved too
+        // (both are applied, so committed, offsets).
+        self.publish_last_stable();
         self.high_watermark.send_replace(self.next_offset);
         for (responder, produced) in self.answers.0.drain(..) {
             responder.send(produced);
@@ -325,6 +373,7 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
             let mut producers = self.shared.applied_producers.lock();
             producers.index = meta.last_log_id.map(|id| id.index);
             producers.table.remove_below(snapshot.next_offset);
+            producers.aborted.remove_below(snapshot.next_offset);
         }
         let saved = record.clone();
         self.store
@@ -338,6 +387,7 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
         if let Some(last) = meta.last_log_id {
             *self.shared.snapshot_end.lock() = Some((last, snapshot.next_offset));
         }
+        self.publish_last_stable();
         self.high_watermark.send_replace(self.next_offset);
         Ok(())
     }

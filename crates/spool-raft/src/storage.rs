@@ -10,8 +10,9 @@ use spool_log::{Log, LogConfig, LogReader};
 use crate::error::ReplicaError;
 use crate::flusher::{Flusher, SharedLog};
 use crate::log_store::{AppliedProducers, GroupShared, PartitionLogStore};
+use crate::producers::aborted::{AbortedIndex, sync_files};
 use crate::producers::{ProducerTable, files};
-use crate::state_machine::PartitionStateMachine;
+use crate::state_machine::{PartitionStateMachine, ProducerFiles};
 use crate::state_store::NodeStateStore;
 use crate::types::{GroupId, log_id};
 
@@ -23,6 +24,7 @@ pub struct GroupStorage {
     /// Reads records for fetches (bounded by the high watermark).
     pub reader: LogReader,
     pub(crate) log: SharedLog,
+    pub(crate) shared: Arc<GroupShared>,
 }
 
 /// Opens (recovering, or creating) the log in `dir` and the group's Raft storage on it.
@@ -56,17 +58,23 @@ pub fn open_group_storage(
         Arc::clone(&shared),
         last_log_id,
         bounds.start_offset,
-        dir.to_path_buf(),
-        producer_expiry_ms,
+        ProducerFiles {
+            dir: dir.to_path_buf(),
+            reader: reader.clone(),
+            expiry_ms: producer_expiry_ms,
+        },
     );
     restore_producers(dir, &reader, &shared, state_machine.applied_index())?;
+    state_machine.publish_last_stable();
     let log: SharedLog = Arc::new(Mutex::new(log));
-    let log_store = PartitionLogStore::new(group, Arc::clone(&log), shared, store, flusher);
+    let log_store =
+        PartitionLogStore::new(group, Arc::clone(&log), Arc::clone(&shared), store, flusher);
     Ok(GroupStorage {
         log_store,
         state_machine,
         reader,
         log,
+        shared,
     })
 }
 
@@ -83,25 +91,43 @@ fn restore_producers(
     shared: &GroupShared,
     applied: Option<u64>,
 ) -> Result<(), ReplicaError> {
-    let (mut table, from) = match applied.and_then(|at| files::load_snapshot(dir, at)) {
+    let mut aborted = AbortedIndex::load(dir).map_err(|e| ReplicaError::StateFile {
+        path: dir.to_path_buf(),
+        reason: format!("aborted-transaction index: {e}"),
+    })?;
+    // A damaged index may miss an abort a snapshot covers: the whole log is replayed.
+    let rebuild = std::mem::take(&mut aborted.damaged);
+    let snapshot = applied
+        .filter(|_| !rebuild)
+        .and_then(|at| files::load_snapshot(dir, at));
+    let (mut table, from) = match snapshot {
         Some((at, table)) => (table, at + 1),
         None => (ProducerTable::default(), 0),
     };
     let applied_end = applied.map_or(0, |at| at + 1);
-    files::replay(reader, &mut table, from, applied_end)?;
-    table.remove_below(reader.start_offset());
+    files::replay(reader, &mut table, from, applied_end, |ended| {
+        aborted.push(ended, reader);
+    })?;
+    let start = reader.start_offset();
+    table.remove_below(start);
+    aborted.remove_below(start);
     // A long replay is not repeated at the next start.
     if let Some(at) = applied
         && at.saturating_sub(from) >= REPLAY_SNAPSHOT_ENTRIES
-        && let Err(error) = files::write_snapshot(dir, at, &files::encode_snapshot(at, &table))
+        && !aborted.damaged
     {
-        tracing::warn!(dir = %dir.display(), %error, "could not write a producer snapshot");
+        let written = sync_files(&aborted.take_unsynced())
+            .and_then(|()| files::write_snapshot(dir, at, &files::encode_snapshot(at, &table)));
+        if let Err(error) = written {
+            tracing::warn!(dir = %dir.display(), %error, "could not write a producer snapshot");
+        }
     }
     let mut at_end = table.clone();
-    files::replay(reader, &mut at_end, applied_end, u64::MAX)?;
+    files::replay(reader, &mut at_end, applied_end, u64::MAX, |_| {})?;
     *shared.applied_producers.lock() = AppliedProducers {
         index: applied,
         table,
+        aborted,
         since_snapshot: 0,
     };
     *shared.producers.lock() = at_end;

@@ -156,11 +156,7 @@ async fn retries_are_answered_from_the_log_by_every_leader_and_after_a_restart()
     drop(leader);
 
     // Every node restarts: the tables come back from the logs.
-    let mut restarted = Vec::new();
-    for node in nodes {
-        let (id, dir, addr) = node.stop().await;
-        restarted.push(restart(id, dir, &addr).await);
-    }
+    let restarted = restart_all(nodes).await;
     let replicas = open_everywhere(&restarted, 21, &members).await;
     let leader = leader_of(&replicas).await;
     let retried = leader

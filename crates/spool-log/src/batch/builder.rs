@@ -16,6 +16,8 @@ pub struct BatchOptions {
     pub producer_epoch: i16,
     pub base_sequence: i32,
     pub transactional: bool,
+    /// A control batch (a transaction marker), which only brokers write.
+    pub control: bool,
 }
 
 impl Default for BatchOptions {
@@ -26,6 +28,7 @@ impl Default for BatchOptions {
             producer_epoch: -1,
             base_sequence: -1,
             transactional: false,
+            control: false,
         }
     }
 }
@@ -140,6 +143,11 @@ impl BatchBuilder {
         self.options.base_sequence = base_sequence;
     }
 
+    /// Marks the batch as part of its producer's transaction (or not).
+    pub fn set_transactional(&mut self, transactional: bool) {
+        self.options.transactional = transactional;
+    }
+
     /// Writes the header and CRC and returns the batch.
     pub fn finish(self) -> Bytes {
         self.finish_as(Compression::None)
@@ -152,6 +160,9 @@ impl BatchBuilder {
         }
         if self.options.transactional {
             attributes |= 0x10;
+        }
+        if self.options.control {
+            attributes |= 0x20;
         }
         let total = self.buf.len();
         let mut header = &mut self.buf[..BATCH_HEADER_LEN];

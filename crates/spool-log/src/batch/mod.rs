@@ -22,10 +22,12 @@
 
 mod builder;
 pub mod codec;
+mod control;
 mod records;
 pub(crate) mod varint;
 
 pub use builder::{BatchBuilder, BatchOptions};
+pub use control::{ControlMarker, control_batch};
 pub use records::{Header, HeaderIter, Record, RecordIter};
 
 use std::fmt;

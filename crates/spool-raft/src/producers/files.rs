@@ -1,7 +1,7 @@
 //! Producer-table snapshots beside a partition's segments, so that a restart replays only
 //! the entries after the newest one instead of the whole log; and the replay itself.
 //!
-//! `{index:020}.producers`: magic "SPPT", version 1, the Raft index the table is at
+//! `{index:020}.producers`: magic "SPPT", version 2, the Raft index the table is at
 //! (u64), the encoded table, and a CRC-32C of everything before it. A snapshot is only
 //! ever a shortcut: one that is damaged or missing costs a longer replay, never a wrong
 //! table.
@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use spool_log::{FrameKind, LogReader, RecordBatch};
 
-use super::{BatchIdentity, ProducerTable};
+use super::{AbortedTxn, BatchIdentity, ProducerTable};
 use crate::error::CodecError;
 
 const MAGIC: &[u8; 4] = b"SPPT";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const SUFFIX: &str = ".producers";
 /// Snapshots kept: the newest may be past the applied point a crash leaves on record, so
 /// an older one stays for that restart.
@@ -106,12 +106,14 @@ pub(crate) fn load_snapshot(dir: &Path, index: u64) -> Option<(u64, ProducerTabl
     None
 }
 
-/// Records into `table` every idempotent batch stored at Raft indexes `[from, to)`.
+/// Records into `table` every producer's batch and marker stored at Raft indexes
+/// `[from, to)`; `aborted` hears of each transaction an abort marker ended.
 pub(crate) fn replay(
     reader: &LogReader,
     table: &mut ProducerTable,
     from: u64,
     to: u64,
+    mut aborted: impl FnMut(AbortedTxn),
 ) -> Result<(), spool_log::LogError> {
     let bounds = reader.bounds();
     let mut next = from.max(bounds.first_index);
@@ -130,7 +132,9 @@ pub(crate) fn replay(
             };
             if let Some(identity) = BatchIdentity::of(&batch) {
                 let base = entry.header.base_offset;
-                table.record(&identity, base, entry.header.next_offset() - 1);
+                if let Some(ended) = table.record(&identity, base, entry.header.next_offset() - 1) {
+                    aborted(ended);
+                }
             }
         }
     }

@@ -7,12 +7,14 @@
 //! and the entries after it. Producers whose batches retention removed leave it, as does
 //! a producer idle for longer than the configured expiry.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use spool_log::RecordBatch;
+use spool_log::batch::ControlMarker;
 
 use crate::error::CodecError;
 
+pub(crate) mod aborted;
 pub(crate) mod files;
 
 /// Batches remembered per producer: a retry of any of them is answered from here.
@@ -24,35 +26,86 @@ pub const BATCHES_KEPT: usize = 5;
 /// expire.)
 pub const PRODUCERS_KEPT: usize = 10_000;
 
-/// Who wrote a batch and which sequence numbers it carries.
+/// Who wrote a batch, which sequence numbers it carries, and what it is to a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchIdentity {
     pub producer_id: i64,
     pub epoch: i16,
+    /// -1 for a batch without sequences (a marker, or a coordinator's transactional
+    /// offsets), which is checked for its epoch only.
     pub first_sequence: i32,
     pub last_sequence: i32,
+    pub kind: BatchKind,
     /// When this replica came upon the batch, by its clock: expiry counts from the
     /// newest. (Not the records' timestamps, which a producer replaying old data sets
     /// far in the past.)
     pub seen_ms: i64,
 }
 
+/// What a producer's batch is to its transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// Records; `transactional` ones belong to the producer's open transaction.
+    Data { transactional: bool },
+    /// The commit or abort marker that ends the producer's transaction.
+    Marker(ControlMarker),
+}
+
 impl BatchIdentity {
-    /// The identity of an idempotent batch; `None` for a batch of a plain producer (or a
-    /// control batch, which carries no sequence).
+    /// The identity of a batch of an idempotent or transactional producer, or of a
+    /// transaction marker; `None` for a batch of a plain producer.
     pub fn of(batch: &RecordBatch<'_>) -> Option<Self> {
-        if batch.producer_id() < 0 || batch.base_sequence() < 0 || batch.is_control() {
+        if batch.producer_id() < 0 {
             return None;
         }
+        let kind = if batch.is_control() {
+            BatchKind::Marker(ControlMarker::of(batch)?)
+        } else {
+            BatchKind::Data {
+                transactional: batch.is_transactional(),
+            }
+        };
         let first = batch.base_sequence();
+        let sequenced = first >= 0 && matches!(kind, BatchKind::Data { .. });
+        if !sequenced
+            && kind
+                == (BatchKind::Data {
+                    transactional: false,
+                })
+        {
+            return None;
+        }
         Some(Self {
             producer_id: batch.producer_id(),
             epoch: batch.producer_epoch(),
-            first_sequence: first,
-            last_sequence: add_sequence(first, batch.last_offset_delta()),
+            first_sequence: if sequenced { first } else { -1 },
+            last_sequence: if sequenced {
+                add_sequence(first, batch.last_offset_delta())
+            } else {
+                -1
+            },
+            kind,
             seen_ms: wall_clock_ms(),
         })
     }
+
+    fn sequenced(&self) -> bool {
+        self.first_sequence >= 0
+    }
+}
+
+/// A transaction that ended in an abort: readers at read_committed skip its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    /// Its first record's offset.
+    pub first_offset: i64,
+    /// Its abort marker's offset.
+    pub last_offset: i64,
+    /// The first offset of the oldest transaction still open when it was aborted (its
+    /// own first offset at most): no transaction aborted later begins below it, which
+    /// lets a lookup stop early.
+    pub stable_bound: i64,
 }
 
 /// Sequences wrap from `i32::MAX` to 0, as Kafka's do.
@@ -77,6 +130,10 @@ pub struct ProducerState {
     pub batches: VecDeque<KeptBatch>,
     /// When the newest of its batches was come upon (see `BatchIdentity::seen_ms`).
     pub last_seen_ms: i64,
+    /// The offset of its newest batch or marker: what retention and the cap go by.
+    pub newest_offset: i64,
+    /// The first offset of its open transaction, if one is open.
+    pub txn_first: Option<i64>,
 }
 
 /// What the leader does with an idempotent batch.
@@ -114,6 +171,8 @@ pub enum SequenceError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerTable {
     producers: HashMap<i64, ProducerState>,
+    /// Open transactions: (first offset, producer id).
+    open: BTreeSet<(i64, i64)>,
 }
 
 impl ProducerTable {
@@ -129,10 +188,21 @@ impl ProducerTable {
         self.producers.get(&producer_id)
     }
 
+    /// The first offset of the oldest open transaction: a read_committed reader stops
+    /// there.
+    pub fn first_unstable(&self) -> Option<i64> {
+        self.open.first().map(|(first, _)| *first)
+    }
+
+    /// Open transactions as (first offset, producer id), oldest first.
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.open.iter().copied()
+    }
+
     /// Whether the batch may be appended after everything the table has seen.
     pub fn check(&self, batch: &BatchIdentity) -> Verdict {
         let Some(state) = self.producers.get(&batch.producer_id) else {
-            return if batch.first_sequence == 0 {
+            return if !batch.sequenced() || batch.first_sequence == 0 {
                 Verdict::Append
             } else {
                 Verdict::Refused(SequenceError::UnknownProducer {
@@ -147,6 +217,9 @@ impl ProducerTable {
                 epoch: batch.epoch,
                 current: state.epoch,
             });
+        }
+        if !batch.sequenced() {
+            return Verdict::Append;
         }
         if batch.epoch > state.epoch {
             // A new epoch starts its sequences afresh.
@@ -182,9 +255,15 @@ impl ProducerTable {
         }
     }
 
-    /// Records a batch the log now holds at `[base_offset, last_offset]`. A batch of an
+    /// Records a batch the log now holds at `[base_offset, last_offset]`; returns the
+    /// transaction it aborted, if it is an abort marker that ended one. A batch of an
     /// older epoch than the table's (which a leader never stores) changes nothing.
-    pub fn record(&mut self, batch: &BatchIdentity, base_offset: i64, last_offset: i64) {
+    pub fn record(
+        &mut self,
+        batch: &BatchIdentity,
+        base_offset: i64,
+        last_offset: i64,
+    ) -> Option<AbortedTxn> {
         let newcomer = !self.producers.contains_key(&batch.producer_id);
         let state = self
             .producers
@@ -193,35 +272,64 @@ impl ProducerTable {
                 epoch: batch.epoch,
                 batches: VecDeque::with_capacity(BATCHES_KEPT),
                 last_seen_ms: batch.seen_ms,
+                newest_offset: last_offset,
+                txn_first: None,
             });
         if batch.epoch < state.epoch {
-            return;
+            return None;
         }
         if batch.epoch > state.epoch {
             state.epoch = batch.epoch;
             state.batches.clear();
         }
-        if state.batches.len() == BATCHES_KEPT {
-            state.batches.pop_front();
-        }
-        state.batches.push_back(KeptBatch {
-            first_sequence: batch.first_sequence,
-            last_sequence: batch.last_sequence,
-            base_offset,
-            last_offset,
-        });
         state.last_seen_ms = state.last_seen_ms.max(batch.seen_ms);
+        state.newest_offset = state.newest_offset.max(last_offset);
+        let mut aborted = None;
+        match batch.kind {
+            BatchKind::Marker(marker) => {
+                if let Some(first) = state.txn_first.take() {
+                    let stable_bound = self.open.first().map_or(first, |(f, _)| *f);
+                    self.open.remove(&(first, batch.producer_id));
+                    aborted = (!marker.commit).then_some(AbortedTxn {
+                        producer_id: batch.producer_id,
+                        first_offset: first,
+                        last_offset: base_offset,
+                        stable_bound,
+                    });
+                }
+            }
+            BatchKind::Data { transactional } => {
+                if transactional && state.txn_first.is_none() {
+                    state.txn_first = Some(base_offset);
+                    self.open.insert((base_offset, batch.producer_id));
+                }
+                if batch.sequenced() {
+                    if state.batches.len() == BATCHES_KEPT {
+                        state.batches.pop_front();
+                    }
+                    state.batches.push_back(KeptBatch {
+                        first_sequence: batch.first_sequence,
+                        last_sequence: batch.last_sequence,
+                        base_offset,
+                        last_offset,
+                    });
+                }
+            }
+        }
         if newcomer && self.producers.len() > PRODUCERS_KEPT {
             self.evict_stalest();
         }
+        aborted
     }
 
-    /// Forgets the producer whose newest batch is oldest in the log.
+    /// Forgets the producer, without an open transaction, whose newest batch is oldest
+    /// in the log.
     fn evict_stalest(&mut self) {
         let stalest = self
             .producers
             .iter()
-            .min_by_key(|(id, s)| (s.batches.back().map_or(i64::MIN, |b| b.last_offset), **id))
+            .filter(|(_, s)| s.txn_first.is_none())
+            .min_by_key(|(id, s)| (s.newest_offset, **id))
             .map(|(id, _)| *id);
         if let Some(id) = stalest {
             self.producers.remove(&id);
@@ -229,19 +337,23 @@ impl ProducerTable {
     }
 
     /// Forgets batches below `log_start` (retention removed them), and producers left
-    /// with none: the table stays what the retained log alone gives.
+    /// with nothing at or above it and no open transaction: the table stays what the
+    /// retained log alone gives.
     pub fn remove_below(&mut self, log_start: i64) {
         self.producers.retain(|_, state| {
             state.batches.retain(|b| b.last_offset >= log_start);
-            !state.batches.is_empty()
+            state.newest_offset >= log_start || state.txn_first.is_some()
         });
     }
 
-    /// Forgets producers with no batch since `now_ms - idle_ms`; returns how many.
+    /// Forgets producers with no batch since `now_ms - idle_ms` and no open transaction
+    /// (that one ends by its coordinator's marker, however long it takes); returns how
+    /// many.
     pub fn expire(&mut self, now_ms: i64, idle_ms: i64) -> usize {
         let before = self.producers.len();
         let cutoff = now_ms.saturating_sub(idle_ms);
-        self.producers.retain(|_, s| s.last_seen_ms >= cutoff);
+        self.producers
+            .retain(|_, s| s.last_seen_ms >= cutoff || s.txn_first.is_some());
         before - self.producers.len()
     }
 
@@ -256,6 +368,8 @@ impl ProducerTable {
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&state.epoch.to_be_bytes());
             out.extend_from_slice(&state.last_seen_ms.to_be_bytes());
+            out.extend_from_slice(&state.newest_offset.to_be_bytes());
+            out.extend_from_slice(&state.txn_first.unwrap_or(-1).to_be_bytes());
             out.push(state.batches.len() as u8);
             for b in &state.batches {
                 out.extend_from_slice(&b.first_sequence.to_be_bytes());
@@ -269,12 +383,16 @@ impl ProducerTable {
     pub fn decode(mut bytes: &[u8]) -> Result<Self, CodecError> {
         let count = take::<4>(&mut bytes).map(u32::from_be_bytes)?;
         let mut producers = HashMap::with_capacity((count as usize).min(1 << 16));
+        let mut open = BTreeSet::new();
         for _ in 0..count {
             let id = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
             let epoch = take::<2>(&mut bytes).map(i16::from_be_bytes)?;
             let last_seen_ms = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
+            let newest_offset = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
+            let txn_first = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
+            let txn_first = (txn_first >= 0).then_some(txn_first);
             let n = take::<1>(&mut bytes)?[0] as usize;
-            if n == 0 || n > BATCHES_KEPT {
+            if n > BATCHES_KEPT {
                 return Err(CodecError::Malformed {
                     what: "producer batch count",
                 });
@@ -288,10 +406,15 @@ impl ProducerTable {
                     last_offset: take::<8>(&mut bytes).map(i64::from_be_bytes)?,
                 });
             }
+            if let Some(first) = txn_first {
+                open.insert((first, id));
+            }
             let state = ProducerState {
                 epoch,
                 batches,
                 last_seen_ms,
+                newest_offset,
+                txn_first,
             };
             if producers.insert(id, state).is_some() {
                 return Err(CodecError::Malformed {
@@ -304,7 +427,7 @@ impl ProducerTable {
                 what: "bytes after the producers",
             });
         }
-        Ok(Self { producers })
+        Ok(Self { producers, open })
     }
 }
 

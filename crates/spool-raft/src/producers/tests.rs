@@ -7,6 +7,32 @@ fn batch(producer_id: i64, epoch: i16, first: i32, records: i32) -> BatchIdentit
         epoch,
         first_sequence: first,
         last_sequence: add_sequence(first, records - 1),
+        kind: BatchKind::Data {
+            transactional: false,
+        },
+        seen_ms: 1_000,
+    }
+}
+
+fn transactional(producer_id: i64, epoch: i16, first: i32, records: i32) -> BatchIdentity {
+    BatchIdentity {
+        kind: BatchKind::Data {
+            transactional: true,
+        },
+        ..batch(producer_id, epoch, first, records)
+    }
+}
+
+fn marker(producer_id: i64, epoch: i16, commit: bool) -> BatchIdentity {
+    BatchIdentity {
+        producer_id,
+        epoch,
+        first_sequence: -1,
+        last_sequence: -1,
+        kind: BatchKind::Marker(ControlMarker {
+            commit,
+            coordinator_epoch: 0,
+        }),
         seen_ms: 1_000,
     }
 }
@@ -15,9 +41,101 @@ fn batch(producer_id: i64, epoch: i16, first: i32, records: i32) -> BatchIdentit
 fn store(table: &mut ProducerTable, next: &mut i64, b: &BatchIdentity) -> i64 {
     let count = i64::from(b.last_sequence - b.first_sequence) + 1;
     let base = *next;
-    table.record(b, base, base + count - 1);
+    let _ = table.record(b, base, base + count - 1);
     *next += count;
     base
+}
+
+/// Records a marker at the next offset; returns the transaction it aborted.
+fn end(table: &mut ProducerTable, next: &mut i64, m: &BatchIdentity) -> Option<AbortedTxn> {
+    assert_eq!(table.check(m), Verdict::Append);
+    let at = *next;
+    *next += 1;
+    table.record(m, at, at)
+}
+
+#[test]
+fn open_transactions_hold_the_stable_offset_until_their_markers() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &batch(1, 0, 0, 5));
+    assert_eq!(table.first_unstable(), None);
+    let a = store(&mut table, &mut next, &transactional(2, 0, 0, 5));
+    let b = store(&mut table, &mut next, &transactional(3, 0, 0, 5));
+    store(&mut table, &mut next, &transactional(2, 0, 5, 5));
+    assert_eq!(table.first_unstable(), Some(a));
+    // Committing the older one moves the bound to the younger.
+    assert_eq!(end(&mut table, &mut next, &marker(2, 0, true)), None);
+    assert_eq!(table.first_unstable(), Some(b));
+    // A new transaction of the first producer opens after.
+    let c = store(&mut table, &mut next, &transactional(2, 0, 10, 5));
+    let aborted = end(&mut table, &mut next, &marker(3, 0, false)).expect("an abort");
+    assert_eq!(
+        aborted,
+        AbortedTxn {
+            producer_id: 3,
+            first_offset: b,
+            last_offset: next - 1,
+            stable_bound: b,
+        }
+    );
+    assert_eq!(table.first_unstable(), Some(c));
+    // A marker for a producer with nothing open ends nothing.
+    assert_eq!(end(&mut table, &mut next, &marker(3, 0, false)), None);
+    let aborted = end(&mut table, &mut next, &marker(2, 0, false)).expect("an abort");
+    assert_eq!((aborted.first_offset, aborted.stable_bound), (c, c));
+    assert_eq!(table.first_unstable(), None);
+}
+
+#[test]
+fn a_marker_of_a_newer_epoch_fences_the_older_producer() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &transactional(5, 0, 0, 3));
+    // The coordinator aborts the transaction of a producer started again, at epoch 1.
+    assert!(end(&mut table, &mut next, &marker(5, 1, false)).is_some());
+    assert!(matches!(
+        table.check(&transactional(5, 0, 3, 1)),
+        Verdict::Refused(SequenceError::Fenced { current: 1, .. })
+    ));
+    assert!(matches!(
+        table.check(&marker(5, 0, true)),
+        Verdict::Refused(SequenceError::Fenced { .. })
+    ));
+    // The new instance starts its sequences at 0.
+    assert_eq!(table.check(&transactional(5, 1, 0, 1)), Verdict::Append);
+    // A marker for a producer the partition never saw fences it all the same.
+    assert!(end(&mut table, &mut next, &marker(9, 4, false)).is_none());
+    assert!(matches!(
+        table.check(&transactional(9, 3, 0, 1)),
+        Verdict::Refused(SequenceError::Fenced { current: 4, .. })
+    ));
+}
+
+#[test]
+fn an_open_transaction_outlives_expiry_retention_and_the_cap_and_survives_a_snapshot() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    let first = store(&mut table, &mut next, &transactional(1, 0, 0, 2));
+    for id in 2..(PRODUCERS_KEPT as i64 + 5) {
+        store(&mut table, &mut next, &batch(id, 0, 0, 1));
+    }
+    assert!(
+        table.get(1).is_some(),
+        "the cap evicted an open transaction"
+    );
+    table.remove_below(next);
+    assert!(
+        table.get(1).is_some(),
+        "retention removed an open transaction"
+    );
+    assert_eq!(table.expire(i64::MAX, 1), 0);
+    assert_eq!(table.first_unstable(), Some(first));
+    let mut bytes = Vec::new();
+    table.encode(&mut bytes);
+    let decoded = ProducerTable::decode(&bytes).expect("decodes");
+    assert_eq!(decoded, table);
+    assert_eq!(decoded.first_unstable(), Some(first));
 }
 
 #[test]
@@ -124,7 +242,7 @@ fn sequences_wrap_after_the_largest() {
         last_sequence: i32::MAX,
         ..batch(1, 0, 5, 1)
     };
-    table.record(&near_end, 0, 0);
+    let _ = table.record(&near_end, 0, 0);
     assert_eq!(table.check(&batch(1, 0, 0, 3)), Verdict::Append);
     assert!(matches!(
         table.check(&batch(1, 0, 1, 3)),
@@ -146,7 +264,7 @@ fn retention_and_expiry_forget_producers() {
     assert!(table.get(2).is_none());
     let mut old = batch(3, 0, 0, 1);
     old.seen_ms = 10;
-    table.record(&old, 30, 30);
+    let _ = table.record(&old, 30, 30);
     assert_eq!(table.expire(1_000 + 500, 600), 1);
     assert!(table.get(3).is_none() && table.get(1).is_some());
 }

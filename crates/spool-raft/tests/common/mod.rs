@@ -234,6 +234,16 @@ pub async fn restart(id: NodeId, dir: std::path::PathBuf, addr: &str) -> TestNod
     TestNode::start(id, dir, listener).await
 }
 
+/// Stops every node, then starts each again on its address.
+pub async fn restart_all(nodes: Vec<TestNode>) -> Vec<TestNode> {
+    let mut restarted = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let (id, dir, addr) = node.stop().await;
+        restarted.push(restart(id, dir, &addr).await);
+    }
+    restarted
+}
+
 /// Cuts every link between node `id` and the others, both ways.
 pub fn isolate(nodes: &[TestNode], id: NodeId) {
     for node in nodes {
