@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: [&str; 7] = [
+const PROTOS: [&str; 8] = [
     "spool/v1/common.proto",
     "spool/v1/broker.proto",
     "spool/v1/admin.proto",
     "spool/v1/group.proto",
+    "spool/v1/transaction.proto",
     "spool/v1/raft.proto",
     "spool/v1/cluster.proto",
     "spool/v1/controller.proto",

@@ -72,6 +72,8 @@ pub struct BrokerOptions {
     pub metadata_checkpoint_bytes: u64,
     /// Consumer group coordination.
     pub groups: crate::groups::GroupOptions,
+    /// How transactions are coordinated here.
+    pub transactions: crate::transactions::TransactionOptions,
 }
 
 /// This node as clients see it.
@@ -183,6 +185,7 @@ pub struct Broker {
     pub(crate) fetch_memory: Arc<tokio::sync::Semaphore>,
     /// The consumer groups this node coordinates.
     pub(crate) groups: crate::groups::Groups,
+    pub(crate) transactions: crate::transactions::Transactions,
     /// Producer ids this node hands out.
     pub(crate) producer_ids: crate::producer_ids::ProducerIds,
 }
@@ -283,6 +286,7 @@ impl Broker {
                     options.fetch_memory_bytes.clamp(1024 * 1024, 1 << 40),
                 )),
                 groups: crate::groups::Groups::default(),
+                transactions: crate::transactions::Transactions::default(),
                 producer_ids: crate::producer_ids::ProducerIds::default(),
                 options,
             }
@@ -612,6 +616,12 @@ impl Broker {
                 });
             }
             let mut batch = ValidBatch::new(bytes.clone())?;
+            if batch.view().is_control() {
+                // Markers are the transaction coordinator's to write, never a client's.
+                return Err(BrokerError::InvalidRequest {
+                    reason: "a produce request may not carry a control batch".into(),
+                });
+            }
             let config = &state.config;
             if config.timestamp_type == crate::topic_config::TimestampType::LogAppendTime {
                 // The broker's clock: a copy of the batch, stamped (its CRC redone).
@@ -677,6 +687,9 @@ impl Broker {
         match query {
             OffsetQuery::Earliest => Ok(partition.reader.start_offset()),
             OffsetQuery::Latest => Ok(partition.high_watermark()),
+            OffsetQuery::LastStable => {
+                Ok(partition.readable_end(spool_types::IsolationLevel::ReadCommitted))
+            }
             OffsetQuery::Timestamp(ts) => {
                 Ok(partition.offset_for_timestamp(ts).await?.unwrap_or(-1))
             }

@@ -71,12 +71,16 @@ pub enum BrokerError {
     /// A group operation the group's state machine refused; its code is kept.
     #[error(transparent)]
     Group(#[from] spool_group::GroupError),
-    #[error("this node is not the coordinator of group {group:?}")]
-    NotCoordinator { group: String },
-    #[error("no coordinator is available for group {group:?} yet: {reason}")]
-    CoordinatorNotAvailable { group: String, reason: String },
-    #[error("the coordinator of group {group:?} is loading its groups")]
-    CoordinatorLoading { group: String },
+    /// A transaction operation the coordinator's state machine refused; its code is kept.
+    #[error(transparent)]
+    Txn(#[from] spool_txn::TxnError),
+    /// `key` names what is coordinated, as in `group "g"` or `transactional id "t"`.
+    #[error("this node is not the coordinator of {key}")]
+    NotCoordinator { key: String },
+    #[error("no coordinator is available for {key} yet: {reason}")]
+    CoordinatorNotAvailable { key: String, reason: String },
+    #[error("the coordinator of {key} is loading its state")]
+    CoordinatorLoading { key: String },
     #[error("topic {topic:?} is internal: clients cannot {action} it")]
     InternalTopic { topic: String, action: &'static str },
     #[error("data directory {dir} belongs to node {found}, not node {expected}")]
@@ -120,6 +124,7 @@ impl BrokerError {
             BrokerError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
             BrokerError::Controller(e) => e.code(),
             BrokerError::Group(e) => e.code(),
+            BrokerError::Txn(e) => e.code(),
             BrokerError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
             BrokerError::CoordinatorNotAvailable { .. } => ErrorCode::CoordinatorNotAvailable,
             BrokerError::CoordinatorLoading { .. } => ErrorCode::CoordinatorLoadInProgress,

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::partition::Partition;
+use spool_types::IsolationLevel;
 
 /// The default of `BrokerOptions::fetch_memory_bytes`: bytes of fetched batches all fetch
 /// sessions of a node may hold at once. Queued responses of consumers that read slowly
@@ -97,6 +98,8 @@ pub struct FetchSpec {
     pub max_wait: Duration,
     /// Keep streaming new batches; otherwise end once every partition is caught up.
     pub follow: bool,
+    /// read_committed reads up to each partition's last stable offset.
+    pub isolation: IsolationLevel,
 }
 
 /// One response: data or an error for some partitions.
@@ -118,13 +121,19 @@ pub struct FetchPartitionData {
     pub log_start_offset: i64,
     pub batches: Vec<Bytes>,
     pub next_offset: i64,
+    pub last_stable_offset: i64,
+    /// read_committed: (producer id, first offset) of each aborted transaction whose
+    /// records reach into `batches`, oldest first.
+    pub aborted: Vec<(i64, i64)>,
 }
 
 struct Cursor {
     partition: Arc<Partition>,
     next: i64,
     max_bytes: Option<usize>,
-    high_watermark: watch::Receiver<i64>,
+    /// What the reader may read up to: the high watermark, or for read_committed the
+    /// last stable offset.
+    readable: watch::Receiver<i64>,
     /// The leader epoch the client fetches in: once the replica's term moves on (a new
     /// leader), the client is told to look for it.
     epoch: Option<u64>,
@@ -156,7 +165,7 @@ impl Broker {
                 });
             match found {
                 Ok(partition) => cursors.push(Cursor {
-                    high_watermark: partition.high_watermark.clone(),
+                    readable: partition.readable_watch(spec.isolation),
                     epoch: position.leader_epoch,
                     partition,
                     next: position.offset,
@@ -205,8 +214,10 @@ impl Broker {
                     ));
                     continue;
                 }
-                let high_watermark = *cursor.high_watermark.borrow_and_update();
-                if cursor.next == high_watermark {
+                cursor.readable.borrow_and_update();
+                let high_watermark = cursor.partition.high_watermark();
+                let readable = cursor.partition.readable_end(spec.isolation);
+                if cursor.next == readable {
                     continue;
                 }
                 let budget = spec.max_bytes.saturating_sub(pending_bytes);
@@ -243,7 +254,7 @@ impl Broker {
                 }
                 let limit = grant.num_permits().max(1);
                 let partition = &cursor.partition;
-                match partition.read(cursor.next, limit).await {
+                match partition.read(cursor.next, limit, spec.isolation).await {
                     Ok(fetched) => {
                         if fetched.batches.is_empty() {
                             continue;
@@ -258,6 +269,12 @@ impl Broker {
                         }
                         pending.memory.push(grant);
                         pending.memory.push(own);
+                        let aborted = match spec.isolation {
+                            IsolationLevel::ReadCommitted => partition
+                                .replica
+                                .aborted_transactions(cursor.next, fetched.next_offset),
+                            IsolationLevel::ReadUncommitted => Vec::new(),
+                        };
                         cursor.next = fetched.next_offset;
                         deadline.get_or_insert_with(|| Instant::now() + spec.max_wait);
                         pending.partitions.push(FetchPartitionData {
@@ -268,6 +285,9 @@ impl Broker {
                             log_start_offset: partition.reader.start_offset(),
                             batches: fetched.batches,
                             next_offset: fetched.next_offset,
+                            last_stable_offset: partition
+                                .readable_end(IsolationLevel::ReadCommitted),
+                            aborted,
                         });
                     }
                     Err(error) => {
@@ -285,7 +305,7 @@ impl Broker {
             rotate = rotate.wrapping_add(1);
             let caught_up = cursors
                 .iter()
-                .all(|c| c.done || c.next >= *c.high_watermark.borrow());
+                .all(|c| c.done || c.next >= *c.readable.borrow());
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             let has_errors = failed_now || pending.partitions.iter().any(|p| p.error.is_some());
             if !pending.partitions.is_empty()
@@ -312,13 +332,13 @@ impl Broker {
             // past the partition's end once this replica knows it.
             let recheck = cursors
                 .iter()
-                .any(|c| !c.done && (c.epoch.is_some() || c.next > *c.high_watermark.borrow()))
+                .any(|c| !c.done && (c.epoch.is_some() || c.next > *c.readable.borrow()))
                 .then(|| Instant::now() + EPOCH_RECHECK);
             let woken = {
                 let changes = cursors
                     .iter_mut()
                     .filter(|c| !c.done)
-                    .map(|c| Box::pin(c.high_watermark.changed()));
+                    .map(|c| Box::pin(c.readable.changed()));
                 let wake = match (deadline, recheck) {
                     (Some(d), Some(r)) => Some(d.min(r)),
                     (d, r) => d.or(r),
@@ -363,5 +383,7 @@ fn failed(topic: &str, partition: u32, error: BrokerError, offset: i64) -> Fetch
         log_start_offset: -1,
         batches: Vec::new(),
         next_offset: offset,
+        last_stable_offset: -1,
+        aborted: Vec::new(),
     }
 }

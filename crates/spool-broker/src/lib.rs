@@ -7,6 +7,7 @@
 
 mod broker;
 mod cluster;
+mod coordinator;
 mod error;
 mod fetch;
 mod groups;
@@ -17,6 +18,7 @@ mod reconcile;
 mod replicas;
 mod topic_config;
 mod topics;
+mod transactions;
 
 pub use broker::{
     AppendOutcome, Broker, BrokerOptions, NodeAddress, NodeInfo, PartitionInfo, PartitionStats,
@@ -35,13 +37,20 @@ pub use spool_controller::{
     AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,
 };
 pub use spool_raft::{DEFAULT_PRODUCER_EXPIRY, RaftNode, RaftTiming};
+pub use spool_txn::TxnConfig;
 pub use topic_config::{TopicConfig, TopicConfigDefaults};
+pub use transactions::{
+    OpenTransaction, TRANSACTIONS_TOPIC, TransactionDescription, TransactionListing,
+    TransactionOptions,
+};
 
 /// Offset semantics for [`Broker::list_offset`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetQuery {
     Earliest,
     Latest,
+    /// The last stable offset: where a read_committed reader's end is.
+    LastStable,
     /// The first record at or after this timestamp (ms).
     Timestamp(i64),
 }

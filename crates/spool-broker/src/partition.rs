@@ -6,6 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use spool_log::{FetchedBatches, LogReader, RetentionPolicy};
 use spool_raft::PartitionReplica;
+use spool_types::IsolationLevel;
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
@@ -34,6 +35,9 @@ pub(crate) struct Partition {
     pub reader: LogReader,
     /// The offset after the last committed record; consumers read below it.
     pub high_watermark: watch::Receiver<i64>,
+    /// The first offset of the oldest open transaction, or the high watermark:
+    /// read_committed consumers read below it.
+    pub last_stable: watch::Receiver<i64>,
     pub retention: Mutex<RetentionPolicy>,
 }
 
@@ -74,6 +78,7 @@ impl Partition {
             index,
             reader: replica.reader().clone(),
             high_watermark: replica.high_watermark(),
+            last_stable: replica.last_stable(),
             replica,
             retention: Mutex::new(retention),
         }
@@ -81,6 +86,24 @@ impl Partition {
 
     pub fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
+    }
+
+    /// What a reader at `isolation` reads up to now. (The stable offset is published
+    /// before the high watermark, so it may be a step ahead of the value read here.)
+    pub fn readable_end(&self, isolation: IsolationLevel) -> i64 {
+        let high_watermark = self.high_watermark();
+        match isolation {
+            IsolationLevel::ReadUncommitted => high_watermark,
+            IsolationLevel::ReadCommitted => (*self.last_stable.borrow()).min(high_watermark),
+        }
+    }
+
+    /// The watch that moves when what a reader at `isolation` may read grows.
+    pub fn readable_watch(&self, isolation: IsolationLevel) -> watch::Receiver<i64> {
+        match isolation {
+            IsolationLevel::ReadUncommitted => self.high_watermark.clone(),
+            IsolationLevel::ReadCommitted => self.last_stable.clone(),
+        }
     }
 
     /// Whether this replica's high watermark is the partition's: it leads and has applied
@@ -99,15 +122,22 @@ impl Partition {
             .is_ok()
     }
 
-    /// Reads committed batches from `from`, off the async threads.
-    pub async fn read(&self, from: i64, max_bytes: usize) -> Result<FetchedBatches, BrokerError> {
+    /// Reads committed batches from `from` (up to the stable offset for read_committed),
+    /// off the async threads.
+    pub async fn read(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        isolation: IsolationLevel,
+    ) -> Result<FetchedBatches, BrokerError> {
         let reader = self.reader.clone();
         // Asked before the high watermark is read: the state machine moves the high
         // watermark before the entry shows as applied, so a yes is never older than the
         // value read after it.
         let knows = self.knows_high_watermark();
         let upper = self.high_watermark();
-        if from == upper {
+        let readable = self.readable_end(isolation);
+        if from == upper || (from >= readable && from <= upper) {
             // Nothing to read: answer without a trip to the blocking pool.
             return Ok(FetchedBatches {
                 batches: Vec::new(),
@@ -132,7 +162,7 @@ impl Partition {
                 end: upper,
             });
         }
-        tokio::task::spawn_blocking(move || reader.read(from, upper, max_bytes))
+        tokio::task::spawn_blocking(move || reader.read(from, readable, max_bytes))
             .await
             .map_err(|_| BrokerError::ShuttingDown)?
             .map_err(BrokerError::from)

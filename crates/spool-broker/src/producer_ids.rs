@@ -27,19 +27,9 @@ pub struct ProducerIdentity {
 }
 
 impl Broker {
-    /// A new producer identity for an idempotent producer. Transactional ids (which keep
-    /// their producer id and bump its epoch) are not taken yet.
-    pub async fn init_producer_id(
-        &self,
-        transactional_id: Option<&str>,
-    ) -> Result<ProducerIdentity, BrokerError> {
-        if let Some(id) = transactional_id.filter(|id| !id.is_empty()) {
-            return Err(BrokerError::InvalidRequest {
-                reason: format!(
-                    "transactional id {id:?}: this version has idempotent producers only, not transactions"
-                ),
-            });
-        }
+    /// A new producer identity for an idempotent producer. (A transactional producer asks
+    /// its transaction coordinator: see `init_transactional_producer`.)
+    pub async fn init_producer_id(&self) -> Result<ProducerIdentity, BrokerError> {
         let mut block = self.producer_ids.block.lock().await;
         if block.is_empty() {
             let node = self.options.node_id;

@@ -30,7 +30,8 @@ pub(crate) async fn run(broker: Weak<Broker>, mut metadata: watch::Receiver<Arc<
             };
             broker.reconcile(&state).await;
             // Requests waiting for a coordinator look again at the replicas now here.
-            broker.groups.changed();
+            broker.groups.coordinators.changed();
+            broker.transactions.coordinators.changed();
         }
         tokio::select! {
             changed = metadata.changed() => if changed.is_err() { return },

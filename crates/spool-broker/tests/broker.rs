@@ -226,6 +226,7 @@ async fn a_waiting_fetch_wakes_when_a_batch_is_appended() {
         min_bytes: 1,
         max_wait: Duration::from_secs(60),
         follow: true,
+        isolation: Default::default(),
     };
     let mut rx = broker.fetch(spec, 1);
     broker
@@ -265,6 +266,7 @@ async fn fetching_outside_the_log_reports_offset_out_of_range() {
             min_bytes: 1,
             max_wait: Duration::from_millis(10),
             follow: true,
+            isolation: Default::default(),
         };
         let mut rx = broker.fetch(spec, 1);
         let chunk = rx.recv().await.unwrap();

@@ -48,6 +48,10 @@ pub struct ConsumeArgs {
     follow: bool,
     #[arg(long, value_enum, default_value_t = Format::Value)]
     pub(crate) format: Format,
+    /// read_committed prints only what committed transactions wrote (and everything
+    /// written outside transactions), stopping at each partition's last stable offset.
+    #[arg(long, default_value = "read_uncommitted")]
+    pub(crate) isolation: spool_client::IsolationLevel,
 }
 
 #[derive(Serialize)]
@@ -111,6 +115,7 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
             min_bytes: 1,
             max_wait: Duration::from_millis(100),
             follow: args.follow,
+            isolation: args.isolation,
         };
         streams.push(leader.fetch(options).await?);
     }
@@ -131,7 +136,11 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
                 .unwrap_or(0);
             let start = starts[index];
             let topic: std::sync::Arc<str> = std::sync::Arc::from(fetched.topic.as_str());
+            let mut aborted = spool_client::AbortedTransactions::new(&fetched.aborted);
             for bytes in &fetched.batches {
+                if aborted.skips(bytes) {
+                    continue;
+                }
                 decoded.clear();
                 spool_client::decode_batch(&topic, fetched.partition, bytes, start, &mut decoded)?;
                 for record in &decoded {
@@ -253,11 +262,16 @@ async fn start_offsets(
     args: &ConsumeArgs,
     partitions: &[u32],
 ) -> anyhow::Result<Vec<i64>> {
+    // The end, as this reader sees it.
+    let end = match args.isolation {
+        spool_client::IsolationLevel::ReadUncommitted => OffsetSpec::Latest,
+        spool_client::IsolationLevel::ReadCommitted => OffsetSpec::LastStable,
+    };
     let spec = match (args.offset, args.from_beginning, args.timestamp) {
         (Some(offset), _, _) => return Ok(vec![offset; partitions.len()]),
         (None, true, _) => OffsetSpec::Earliest,
         (None, false, Some(ts)) => OffsetSpec::Timestamp(ts),
-        (None, false, None) => OffsetSpec::Latest,
+        (None, false, None) => end,
     };
     let queries = partitions
         .iter()
@@ -272,11 +286,7 @@ async fn start_offsets(
         } else {
             // No record that recent: start at the end.
             leader
-                .list_offsets(vec![(
-                    args.topic.clone(),
-                    partitions[i],
-                    OffsetSpec::Latest,
-                )])
+                .list_offsets(vec![(args.topic.clone(), partitions[i], end)])
                 .await?
                 .remove(0)?
         });

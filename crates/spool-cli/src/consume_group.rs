@@ -23,6 +23,7 @@ pub async fn run(args: ConsumeArgs, context: &Context) -> anyhow::Result<ExitCod
         } else {
             OffsetReset::Latest
         },
+        isolation: args.isolation,
         ..ConsumerConfig::default()
     };
     let mut settings = GroupConfig::new(&group, &[args.topic.as_str()]);

@@ -114,9 +114,18 @@ pub async fn run(command: GroupCommand, context: &Context) -> anyhow::Result<Exi
 
 /// A connection to the node coordinating `group`, retried while one is being elected.
 pub(crate) async fn coordinator(client: &Client, group: &str) -> anyhow::Result<Client> {
+    coordinator_found_by(client, || client.find_coordinator(group)).await
+}
+
+/// A connection to the coordinator `find` names, asked again while one is being elected.
+pub(crate) async fn coordinator_found_by<F, Fut>(client: &Client, find: F) -> anyhow::Result<Client>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, String), spool_client::ClientError>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        match client.find_coordinator(group).await {
+        match find().await {
             Ok((node, address)) => return Ok(client.to_node(node, &address).await?),
             Err(error)
                 if error

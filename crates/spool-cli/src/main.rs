@@ -14,6 +14,7 @@ mod offsets;
 mod output;
 mod produce;
 mod topic;
+mod transaction;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -90,6 +91,11 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: group::GroupCommand,
+    },
+    /// List, describe and abort transactions; find and end hanging ones.
+    Transaction {
+        #[command(subcommand)]
+        command: transaction::TransactionCommand,
     },
     /// Show the earliest and latest offsets of a topic's partitions.
     Offsets(offsets::OffsetsArgs),
@@ -233,6 +239,7 @@ fn run_async(command: Command, context: Context) -> anyhow::Result<ExitCode> {
             Command::Consume(args) => consume::run(args, &context).await,
             Command::Offsets(args) => offsets::run(args, &context).await,
             Command::Group { command } => group::run(command, &context).await,
+            Command::Transaction { command } => transaction::run(command, &context).await,
             Command::Bench { command } => bench::run(command, &context).await,
             Command::Demo { command } => demo::run(command, &context).await,
             Command::Health(args) => health::run(args).await,

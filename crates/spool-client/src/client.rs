@@ -8,6 +8,7 @@ use spool_proto::v1;
 use spool_proto::v1::admin_client::AdminClient;
 use spool_proto::v1::broker_client::BrokerClient;
 use spool_proto::v1::groups_client::GroupsClient;
+use spool_proto::v1::transactions_client::TransactionsClient;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
@@ -21,9 +22,10 @@ const ADMIN_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// A connection to a Spool cluster. Cheap to clone; clones share one HTTP/2 connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    broker: BrokerClient<Channel>,
+    pub(crate) broker: BrokerClient<Channel>,
     admin: AdminClient<Channel>,
     pub(crate) groups: GroupsClient<Channel>,
+    pub(crate) transactions: TransactionsClient<Channel>,
     address: String,
     /// Deadline of every unary call (fetch streams run until closed).
     timeout: Duration,
@@ -84,6 +86,9 @@ impl Client {
                             .max_decoding_message_size(MAX_MESSAGE_BYTES)
                             .max_encoding_message_size(MAX_MESSAGE_BYTES),
                         groups: GroupsClient::new(channel.clone())
+                            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(ADMIN_REQUEST_BYTES),
+                        transactions: TransactionsClient::new(channel.clone())
                             .max_decoding_message_size(MAX_MESSAGE_BYTES)
                             .max_encoding_message_size(ADMIN_REQUEST_BYTES),
                         admin: AdminClient::new(channel)
@@ -467,6 +472,10 @@ impl Client {
             min_bytes: options.min_bytes,
             max_wait_ms: options.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             follow: options.follow,
+            isolation: match options.isolation {
+                IsolationLevel::ReadUncommitted => v1::IsolationLevel::ReadUncommitted,
+                IsolationLevel::ReadCommitted => v1::IsolationLevel::ReadCommitted,
+            } as i32,
         };
         let stream = self.broker.clone().fetch(request).await?.into_inner();
         Ok(stream.map(|item| {
@@ -481,6 +490,12 @@ impl Client {
                         high_watermark: p.high_watermark,
                         batches: p.batches,
                         next_offset: p.next_offset,
+                        last_stable_offset: p.last_stable_offset,
+                        aborted: p
+                            .aborted_transactions
+                            .into_iter()
+                            .map(|a| (a.producer_id, a.first_offset))
+                            .collect(),
                     })
                     .collect()
             })
@@ -517,6 +532,7 @@ impl Client {
                         OffsetSpec::Earliest => (v1::OffsetSpec::Earliest, 0),
                         OffsetSpec::Latest => (v1::OffsetSpec::Latest, 0),
                         OffsetSpec::Timestamp(ts) => (v1::OffsetSpec::Timestamp, ts),
+                        OffsetSpec::LastStable => (v1::OffsetSpec::LastStable, 0),
                     };
                     v1::ListOffsetsPartition {
                         topic,

@@ -9,13 +9,14 @@ mod consumer;
 mod error;
 mod groups;
 mod producer;
+mod transactions;
 mod types;
 
 pub use client::Client;
 pub use compression::Compression;
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, GroupConfig, GroupConsumer,
-    GroupEvent, OffsetReset, SeekTo, decode_batch,
+    AbortedTransactions, Consumer, ConsumerConfig, ConsumerError, ConsumerRecord, GroupConfig,
+    GroupConsumer, GroupEvent, OffsetReset, SeekTo, decode_batch,
 };
 pub use error::{ApiError, ClientError};
 pub use groups::{
@@ -24,7 +25,9 @@ pub use groups::{
 };
 pub use producer::{
     DeliveryFuture, Producer, ProducerConfig, ProducerError, ProducerRecord, RecordMetadata,
+    Transaction,
 };
 pub use spool_types::ErrorCode;
 pub use spool_types::{murmur2, partition_for_key};
+pub use transactions::{OpenTransaction, TransactionDescription, TransactionSummary};
 pub use types::*;

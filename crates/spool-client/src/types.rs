@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::ApiError;
+pub use spool_types::IsolationLevel;
 
 /// When a produce call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,6 +180,9 @@ pub struct FetchOptions {
     pub max_wait: Duration,
     /// Keep streaming; otherwise the stream ends when every partition is caught up.
     pub follow: bool,
+    /// read_committed stops at each partition's last stable offset and lists the
+    /// aborted transactions to skip.
+    pub isolation: IsolationLevel,
 }
 
 /// One partition's part of a fetch response.
@@ -192,6 +196,11 @@ pub struct FetchedPartition {
     /// Stored Kafka RecordBatch v2; the first may start before the requested offset.
     pub batches: Vec<Bytes>,
     pub next_offset: i64,
+    /// The first offset of the oldest open transaction, or the high watermark.
+    pub last_stable_offset: i64,
+    /// read_committed: (producer id, first offset) of the aborted transactions reaching
+    /// into `batches` (see `AbortedTransactions`).
+    pub aborted: Vec<(i64, i64)>,
 }
 
 /// Which offset a list-offsets call asks for.
@@ -199,5 +208,7 @@ pub struct FetchedPartition {
 pub enum OffsetSpec {
     Earliest,
     Latest,
+    /// The last stable offset: the end as a read_committed reader sees it.
+    LastStable,
     Timestamp(i64),
 }

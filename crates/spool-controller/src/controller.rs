@@ -249,6 +249,24 @@ impl Controller {
     }
 
     /// Waits until this node's metadata has applied `offset`.
+    /// Asks `broker` (through its cluster listener) to mark a transaction's outcome in
+    /// the partitions it leads: one answer per partition, in order.
+    pub async fn write_txn_markers(
+        &self,
+        broker: BrokerId,
+        markers: crate::TxnMarkers,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        let state = self.current();
+        let address = state
+            .address_of(broker)
+            .ok_or_else(|| ControllerError::Unreachable {
+                address: format!("node {broker}"),
+                reason: "not in the cluster's metadata".into(),
+            })?
+            .to_string();
+        self.peers.write_txn_markers(&address, markers).await
+    }
+
     pub async fn wait_applied(&self, offset: i64) -> Result<Arc<ClusterState>, ControllerError> {
         let mut state = self.state.subscribe();
         let applied = tokio::time::timeout(DECISION_WAIT, state.wait_for(|s| s.offset >= offset))

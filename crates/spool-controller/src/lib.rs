@@ -28,7 +28,7 @@ pub use controller::{
     TopicDefaults,
 };
 pub use error::ControllerError;
-pub use remote::to_wire;
+pub use remote::{TxnMarkers, to_wire};
 pub use service::ControllerService;
 pub use state::{
     BrokerId, BrokerLoad, BrokerRecord, ClusterState, Incarnation, LeaderReport, PartitionRecord,

@@ -16,6 +16,16 @@ use crate::state::{BrokerId, LeaderReport};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A transaction's outcome, to be marked in partitions another node leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnMarkers {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+    pub partitions: Vec<(String, u32)>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
     channels: parking_lot::Mutex<HashMap<String, Channel>>,
@@ -67,6 +77,37 @@ impl Peers {
             .map_err(|s| status(address, s))?
             .into_inner();
         answer(response.error).map(drop)
+    }
+
+    /// Asks the node at `address` (its cluster listener) to append a transaction marker
+    /// to each of `partitions` it leads; one answer per partition.
+    pub(crate) async fn write_txn_markers(
+        &self,
+        address: &str,
+        markers: TxnMarkers,
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        let request = v1::WriteTxnMarkersRequest {
+            producer_id: markers.producer_id,
+            producer_epoch: i32::from(markers.producer_epoch),
+            commit: markers.commit,
+            coordinator_epoch: markers.coordinator_epoch,
+            partitions: markers
+                .partitions
+                .into_iter()
+                .map(|(topic, partition)| v1::TopicPartition { topic, partition })
+                .collect(),
+        };
+        let mut client = ReplicaAdminClient::new(self.channel(address)?);
+        let response = client
+            .write_txn_markers(request)
+            .await
+            .map_err(|s| status(address, s))?
+            .into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| answer(r.error))
+            .collect())
     }
 
     pub(crate) async fn forward(

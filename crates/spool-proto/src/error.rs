@@ -45,6 +45,11 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::OutOfOrderSequence => v1::ErrorCode::OutOfOrderSequence,
             ErrorCode::InvalidProducerEpoch => v1::ErrorCode::InvalidProducerEpoch,
             ErrorCode::UnknownProducerId => v1::ErrorCode::UnknownProducerId,
+            ErrorCode::InvalidTxnState => v1::ErrorCode::InvalidTxnState,
+            ErrorCode::InvalidProducerIdMapping => v1::ErrorCode::InvalidProducerIdMapping,
+            ErrorCode::ConcurrentTransactions => v1::ErrorCode::ConcurrentTransactions,
+            ErrorCode::InvalidTransactionTimeout => v1::ErrorCode::InvalidTransactionTimeout,
+            ErrorCode::ProducerFenced => v1::ErrorCode::ProducerFenced,
             _ => v1::ErrorCode::Unknown,
         }
     }
@@ -88,7 +93,12 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::UnreleasedInstanceId
         | ErrorCode::OutOfOrderSequence
         | ErrorCode::InvalidProducerEpoch
-        | ErrorCode::UnknownProducerId => Code::FailedPrecondition,
+        | ErrorCode::UnknownProducerId
+        | ErrorCode::InvalidTxnState
+        | ErrorCode::InvalidProducerIdMapping
+        | ErrorCode::ProducerFenced => Code::FailedPrecondition,
+        ErrorCode::ConcurrentTransactions => Code::Unavailable,
+        ErrorCode::InvalidTransactionTimeout => Code::InvalidArgument,
         ErrorCode::BrokerIdInUse => Code::AlreadyExists,
         ErrorCode::FencedLeaderEpoch | ErrorCode::UnknownLeaderEpoch => Code::FailedPrecondition,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,

@@ -13,8 +13,10 @@ pub mod v1 {
 }
 
 mod error;
+mod partitions;
 
 pub use error::{error_to_status, status_error};
+pub use partitions::{partition_pairs, topic_partitions, topic_partitions_of};
 
 /// The encoded descriptor set of every spool.v1 file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -129,6 +129,15 @@ pub struct ServerConfig {
     pub offsets_topic_partitions: u32,
     /// Its replication factor (default 0: three, or fewer when fewer brokers are live).
     pub offsets_topic_replication_factor: u32,
+    /// Partitions of `__transaction_state`, fixed when it is first created (default 16).
+    pub transaction_state_partitions: u32,
+    /// Its replication factor (default 0: three, or fewer when fewer brokers are live).
+    pub transaction_state_replication_factor: u32,
+    /// The longest transaction timeout a producer may ask for (default 900000).
+    pub transaction_max_timeout_ms: i64,
+    /// A transactional id with no transaction for this long is forgotten (default
+    /// 604800000, a week).
+    pub transactional_id_expiration_ms: i64,
     /// A group member that sends no heartbeat for this long is removed and its
     /// partitions move (default 45000).
     pub group_session_timeout_ms: i32,
@@ -185,6 +194,10 @@ impl Default for ServerConfig {
             max_streams_per_connection: 1024,
             offsets_topic_partitions: 16,
             offsets_topic_replication_factor: 0,
+            transaction_state_partitions: 16,
+            transaction_state_replication_factor: 0,
+            transaction_max_timeout_ms: 15 * 60 * 1000,
+            transactional_id_expiration_ms: 7 * 24 * 60 * 60 * 1000,
             group_session_timeout_ms: 45_000,
             group_heartbeat_interval_ms: 5_000,
             group_max_members: 10_000,
@@ -221,6 +234,37 @@ impl ServerConfig {
     }
 
     /// Consumer group settings, checked.
+    pub(crate) fn transaction_options(
+        &self,
+    ) -> Result<spool_broker::TransactionOptions, ServerError> {
+        if !(1..=1000).contains(&self.transaction_state_partitions) {
+            return Err(ServerError::InvalidSetting {
+                name: "transaction_state_partitions",
+                reason: "between 1 and 1000".into(),
+            });
+        }
+        if self.transaction_max_timeout_ms < 1 {
+            return Err(ServerError::InvalidSetting {
+                name: "transaction_max_timeout_ms",
+                reason: "at least 1".into(),
+            });
+        }
+        if self.transactional_id_expiration_ms < 1 {
+            return Err(ServerError::InvalidSetting {
+                name: "transactional_id_expiration_ms",
+                reason: "at least 1".into(),
+            });
+        }
+        Ok(spool_broker::TransactionOptions {
+            topic_partitions: self.transaction_state_partitions,
+            topic_replication_factor: self.transaction_state_replication_factor,
+            coordinator: spool_broker::TxnConfig {
+                max_timeout_ms: self.transaction_max_timeout_ms,
+                id_expiration_ms: self.transactional_id_expiration_ms,
+            },
+        })
+    }
+
     pub(crate) fn group_options(&self) -> Result<spool_broker::GroupOptions, ServerError> {
         let (session, interval) = (
             self.group_session_timeout_ms,

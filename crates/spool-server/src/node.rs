@@ -15,6 +15,7 @@ use spool_proto::v1::admin_server::AdminServer;
 use spool_proto::v1::broker_server::BrokerServer;
 use spool_proto::v1::groups_server::GroupsServer;
 use spool_proto::v1::replica_admin_server::ReplicaAdminServer;
+use spool_proto::v1::transactions_server::TransactionsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,7 +28,7 @@ use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
 use crate::services::{
     ADMIN_MESSAGE_BYTES, AdminService, BrokerService, GroupsService, Listener, MAX_MESSAGE_BYTES,
-    ReplicaAdminService,
+    ReplicaAdminService, TransactionsService,
 };
 
 /// How long a stopping node waits for the controller to fence it, then tries to hand its
@@ -129,6 +130,7 @@ impl Node {
             heartbeat_interval: Duration::from_millis(config.broker_heartbeat_ms.max(10)),
             metadata_checkpoint_bytes: config.metadata_checkpoint_bytes.max(4096),
             groups: config.group_options()?,
+            transactions: config.transaction_options()?,
         };
         if config.node_id == 0 {
             return Err(ServerError::InvalidSetting {
@@ -183,6 +185,14 @@ impl Node {
                 )
                 .add_service(
                     GroupsServer::new(GroupsService {
+                        broker: Arc::clone(&broker),
+                        listener: kind,
+                    })
+                    .max_decoding_message_size(ADMIN_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .add_service(
+                    TransactionsServer::new(TransactionsService {
                         broker: Arc::clone(&broker),
                         listener: kind,
                     })

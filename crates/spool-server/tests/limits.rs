@@ -71,6 +71,7 @@ fn fetch(topic: &str, max_bytes: u32, follow: bool) -> v1::FetchRequest {
         min_bytes: 1,
         max_wait_ms: 100,
         follow,
+        isolation: Default::default(),
     }
 }
 

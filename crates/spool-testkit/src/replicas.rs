@@ -51,6 +51,7 @@ pub async fn committed_batches(
             min_bytes: 1,
             max_wait: Duration::from_millis(10),
             follow: false,
+            isolation: Default::default(),
         })
         .await
         .map_err(fail)?;

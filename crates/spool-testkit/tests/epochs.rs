@@ -74,6 +74,7 @@ async fn fetch_from(
             min_bytes: 1,
             max_wait: Duration::from_millis(100),
             follow,
+            isolation: Default::default(),
         })
         .await
         .expect("fetch")

@@ -57,10 +57,20 @@ pub enum ErrorCode {
     InvalidProducerEpoch = 34,
     /// The partition holds no state for the producer and the batch does not start at 0.
     UnknownProducerId = 35,
+    /// The transaction is not in a state that allows this (e.g. a commit after an abort began).
+    InvalidTxnState = 36,
+    /// The transactional id is unknown, or is held by another producer id: initialize again.
+    InvalidProducerIdMapping = 37,
+    /// The producer's previous transaction is still being completed: retry shortly.
+    ConcurrentTransactions = 38,
+    /// The transaction timeout is outside what the node allows.
+    InvalidTransactionTimeout = 39,
+    /// A newer instance of this transactional producer took over (or its transaction timed out): this one must stop.
+    ProducerFenced = 40,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -97,6 +107,11 @@ impl ErrorCode {
         ErrorCode::OutOfOrderSequence,
         ErrorCode::InvalidProducerEpoch,
         ErrorCode::UnknownProducerId,
+        ErrorCode::InvalidTxnState,
+        ErrorCode::InvalidProducerIdMapping,
+        ErrorCode::ConcurrentTransactions,
+        ErrorCode::InvalidTransactionTimeout,
+        ErrorCode::ProducerFenced,
     ];
 
     /// The wire number of this code.
@@ -127,6 +142,7 @@ impl ErrorCode {
                 | ErrorCode::NotCoordinator
                 | ErrorCode::CoordinatorLoadInProgress
                 | ErrorCode::StaleMemberEpoch
+                | ErrorCode::ConcurrentTransactions
         )
     }
 
@@ -169,6 +185,11 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
             ErrorCode::InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
             ErrorCode::UnknownProducerId => "UNKNOWN_PRODUCER_ID",
+            ErrorCode::InvalidTxnState => "INVALID_TXN_STATE",
+            ErrorCode::InvalidProducerIdMapping => "INVALID_PRODUCER_ID_MAPPING",
+            ErrorCode::ConcurrentTransactions => "CONCURRENT_TRANSACTIONS",
+            ErrorCode::InvalidTransactionTimeout => "INVALID_TRANSACTION_TIMEOUT",
+            ErrorCode::ProducerFenced => "PRODUCER_FENCED",
         }
     }
 }

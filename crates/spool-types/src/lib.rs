@@ -3,10 +3,12 @@
 
 mod error_code;
 mod ids;
+mod isolation;
 mod partitioner;
 mod topic;
 
 pub use error_code::ErrorCode;
 pub use ids::{NodeId, PartitionId};
+pub use isolation::IsolationLevel;
 pub use partitioner::{murmur2, partition_for_key};
 pub use topic::{InvalidTopicName, TopicName};

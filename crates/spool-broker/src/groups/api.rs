@@ -6,7 +6,6 @@ use std::time::Duration;
 use spool_group::records::OffsetValue;
 use spool_group::{GroupError, HeartbeatRequest, HeartbeatResponse, MemberState, OffsetCommit};
 
-use super::{COORDINATOR_WAIT, OFFSETS_TOPIC};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
@@ -93,51 +92,8 @@ impl Broker {
     pub async fn find_coordinator(&self, group: &str) -> Result<(u64, String), BrokerError> {
         spool_group::check_group_id(group)?;
         self.ensure_offsets_topic().await?;
-        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
-        let mut metadata = self.controller.state();
-        let mut local = self.groups.changes.subscribe();
-        loop {
-            // Watches first, then the look: a change in between wakes the wait.
-            metadata.borrow_and_update();
-            local.borrow_and_update();
-            let replica_changes = self
-                .coordinator_partition(group)
-                .and_then(|index| self.partition(OFFSETS_TOPIC, index).ok())
-                .map(|p| p.replica.changes());
-            let error = match self.coordinator_now(group) {
-                Ok(found) => return Ok(found),
-                Err(error) => error,
-            };
-            let woke = tokio::time::timeout_at(deadline, async {
-                tokio::select! {
-                    Ok(()) = metadata.changed() => {}
-                    Ok(()) = local.changed() => {}
-                    () = super::replica_changed(replica_changes) => {}
-                }
-            })
-            .await;
-            if woke.is_err() {
-                return Err(error);
-            }
-        }
-    }
-
-    fn coordinator_now(&self, group: &str) -> Result<(u64, String), BrokerError> {
-        let index = self.coordinator_partition(group).ok_or_else(|| {
-            BrokerError::CoordinatorNotAvailable {
-                group: group.to_string(),
-                reason: format!("{OFFSETS_TOPIC} is not in this node's metadata yet"),
-            }
-        })?;
-        let info = self.describe_topic(OFFSETS_TOPIC)?;
-        let partition = info.partitions.get(index as usize);
-        match partition.and_then(|p| Some((p.leader?, p.leader_address.clone()?))) {
-            Some(found) => Ok(found),
-            None => Err(BrokerError::CoordinatorNotAvailable {
-                group: group.to_string(),
-                reason: format!("{OFFSETS_TOPIC}-{index} has no leader yet"),
-            }),
-        }
+        self.find_coordinator_of(&self.groups.coordinators, group)
+            .await
     }
 
     /// A member's heartbeat. With `wait` and nothing new for the member, it waits up to
@@ -149,7 +105,7 @@ impl Broker {
         wait: Duration,
     ) -> Result<HeartbeatResponse, BrokerError> {
         spool_group::check_group_id(&request.group)?;
-        let shard = self.shard_for(&request.group).await?;
+        let shard = self.group_shard(&request.group).await?;
         let group = request.group.clone();
         let mut changes = shard.watch_group(&group);
         changes.borrow_and_update();
@@ -164,7 +120,7 @@ impl Broker {
             ..HeartbeatRequest::default()
         };
         let response = shard
-            .run(&group, move |c, ctx| {
+            .run_group(&group, move |c, ctx| {
                 c.heartbeat(&request, ctx.steady_ms, &ctx.topics)
             })
             .await?;
@@ -190,7 +146,7 @@ impl Broker {
             return Ok(response);
         }
         shard
-            .run(&group, move |c, ctx| {
+            .run_group(&group, move |c, ctx| {
                 c.heartbeat(&again, ctx.steady_ms, &ctx.topics)
             })
             .await
@@ -205,10 +161,10 @@ impl Broker {
         epoch: i32,
         commits: Vec<OffsetCommit>,
     ) -> Result<(), BrokerError> {
-        let shard = self.shard_for(group).await?;
+        let shard = self.group_shard(group).await?;
         let (g, m) = (group.to_string(), member.to_string());
         shard
-            .run(group, move |c, ctx| {
+            .run_group(group, move |c, ctx| {
                 c.commit_offsets(&g, &m, epoch, &commits, ctx.now_ms, &ctx.topics)
             })
             .await
@@ -221,10 +177,10 @@ impl Broker {
         partitions: Option<Vec<(String, u32)>>,
     ) -> Result<Vec<OffsetEntry>, BrokerError> {
         spool_group::check_group_id(group)?;
-        let shard = self.shard_for(group).await?;
+        let shard = self.group_shard(group).await?;
         let g = group.to_string();
         let found = shard
-            .run(group, move |c, _| {
+            .run_group(group, move |c, _| {
                 Ok(spool_group::Outcome {
                     records: Vec::new(),
                     value: c.committed(&g, partitions.as_deref()),
@@ -236,11 +192,11 @@ impl Broker {
 
     /// The groups this node coordinates.
     pub async fn list_groups(&self) -> Vec<GroupListing> {
-        let shards: Vec<_> = self.groups.shards.lock().values().cloned().collect();
+        let shards = self.groups.coordinators.running();
         let mut out = Vec::new();
         for shard in shards {
             let listed = shard
-                .run("", |c, _| {
+                .run_group("", |c, _| {
                     Ok(spool_group::Outcome {
                         records: Vec::new(),
                         value: c.list(),
@@ -265,11 +221,11 @@ impl Broker {
 
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, BrokerError> {
         spool_group::check_group_id(group)?;
-        let shard = self.shard_for(group).await?;
+        let shard = self.group_shard(group).await?;
         let g = group.to_string();
         let me = self.options.node_id;
         shard
-            .run(group, move |c, _| {
+            .run_group(group, move |c, _| {
                 let found = c
                     .group(&g)
                     .ok_or_else(|| GroupError::GroupIdNotFound(g.clone()))?;
@@ -318,9 +274,9 @@ impl Broker {
 
     /// Deletes a group without members, offsets and all.
     pub async fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
-        let shard = self.shard_for(group).await?;
+        let shard = self.group_shard(group).await?;
         let g = group.to_string();
-        shard.run(group, move |c, _| c.delete_group(&g)).await
+        shard.run_group(group, move |c, _| c.delete_group(&g)).await
     }
 
     /// Sets the committed offsets of a group without members.
@@ -329,10 +285,10 @@ impl Broker {
         group: &str,
         offsets: Vec<OffsetCommit>,
     ) -> Result<(), BrokerError> {
-        let shard = self.shard_for(group).await?;
+        let shard = self.group_shard(group).await?;
         let g = group.to_string();
         shard
-            .run(group, move |c, ctx| {
+            .run_group(group, move |c, ctx| {
                 c.reset_offsets(&g, &offsets, ctx.now_ms, &ctx.topics)
             })
             .await
@@ -345,10 +301,10 @@ impl Broker {
         settings: spool_group::GroupSettings,
     ) -> Result<(), BrokerError> {
         spool_group::check_group_id(group)?;
-        let shard = self.shard_for(group).await?;
+        let shard = self.group_shard(group).await?;
         let g = group.to_string();
         shard
-            .run(group, move |c, _| c.set_settings(&g, settings))
+            .run_group(group, move |c, _| c.set_settings(&g, settings))
             .await
     }
 }

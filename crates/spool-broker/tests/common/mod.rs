@@ -36,6 +36,7 @@ pub fn options(dir: &std::path::Path) -> BrokerOptions {
         heartbeat_interval: std::time::Duration::from_millis(500),
         metadata_checkpoint_bytes: spool_broker::DEFAULT_CHECKPOINT_BYTES,
         groups: spool_broker::GroupOptions::default(),
+        transactions: spool_broker::TransactionOptions::default(),
     }
 }
 
@@ -86,6 +87,7 @@ pub fn from_start(topic: &str, partitions: u32) -> FetchSpec {
         min_bytes: 1,
         max_wait: Duration::from_millis(100),
         follow: false,
+        isolation: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::membership::{self, Change, MemberSettings, Partition, Shared};
-use super::{Consumer, ConsumerError, ConsumerRecord, Key, OffsetReset};
+use super::{Consumer, ConsumerError, ConsumerRecord, Key};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::groups::{OffsetToCommit, PartitionSet};
@@ -81,7 +81,8 @@ pub enum GroupEvent {
 pub struct GroupConsumer {
     consumer: Consumer,
     config: GroupConfig,
-    offset_reset: OffsetReset,
+    /// Where partitions without a committed offset start.
+    reset: OffsetSpec,
     bootstrap: Client,
     shared: Arc<Shared>,
     changes: mpsc::Receiver<Change>,
@@ -139,7 +140,7 @@ impl Consumer {
             leave_rx,
         ));
         GroupConsumer {
-            offset_reset: self.config.offset_reset,
+            reset: self.config.reset_spec(),
             consumer: self,
             config: group,
             bootstrap,
@@ -311,11 +312,7 @@ impl GroupConsumer {
             .filter(|p| !committed.contains_key(*p))
             .map(|(t, p)| (Arc::from(t.as_str()), *p))
             .collect();
-        let spec = match self.offset_reset {
-            OffsetReset::Earliest => OffsetSpec::Earliest,
-            OffsetReset::Latest => OffsetSpec::Latest,
-        };
-        let reset = self.consumer.lookup(&missing, spec).await?;
+        let reset = self.consumer.lookup(&missing, self.reset).await?;
         let mut out: Vec<(Key, i64)> = committed
             .into_iter()
             .map(|((t, p), o)| ((Arc::from(t.as_str()), p), o))

@@ -15,15 +15,17 @@ use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
 mod group;
+mod isolation;
 mod membership;
 mod routing;
 
 pub use group::{GroupConfig, GroupConsumer, GroupEvent};
+pub use isolation::AbortedTransactions;
 
 use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::error::{ApiError, ClientError};
-use crate::types::OffsetSpec;
+use crate::types::{IsolationLevel, OffsetSpec};
 
 /// How long an offset lookup waits for partitions without a reachable leader.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -46,6 +48,23 @@ pub struct ConsumerConfig {
     pub fetch_max_wait: Duration,
     /// Where new or out-of-range positions start (default latest, as in Kafka).
     pub offset_reset: OffsetReset,
+    /// read_committed reads only what committed transactions wrote (and everything
+    /// written outside transactions), up to each partition's last stable offset
+    /// (default read_uncommitted, as in Kafka).
+    pub isolation: IsolationLevel,
+}
+
+impl ConsumerConfig {
+    /// Where a partition without a position starts: at read_committed, "latest" is the
+    /// last stable offset (starting at the high watermark could land inside an open
+    /// transaction and show only its tail).
+    pub(crate) fn reset_spec(&self) -> OffsetSpec {
+        match (self.offset_reset, self.isolation) {
+            (OffsetReset::Earliest, _) => OffsetSpec::Earliest,
+            (OffsetReset::Latest, IsolationLevel::ReadUncommitted) => OffsetSpec::Latest,
+            (OffsetReset::Latest, IsolationLevel::ReadCommitted) => OffsetSpec::LastStable,
+        }
+    }
 }
 
 impl Default for ConsumerConfig {
@@ -55,6 +74,7 @@ impl Default for ConsumerConfig {
             prefetch_bytes: 8 * 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
             offset_reset: OffsetReset::Latest,
+            isolation: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -164,10 +184,7 @@ impl Consumer {
         {
             self.reset_pending = None;
         }
-        let reset = match self.config.offset_reset {
-            OffsetReset::Earliest => OffsetSpec::Earliest,
-            OffsetReset::Latest => OffsetSpec::Latest,
-        };
+        let reset = self.config.reset_spec();
         let new: Vec<Key> = wanted
             .into_iter()
             .filter(|k| !self.positions.contains_key(k))
@@ -401,6 +418,7 @@ impl Consumer {
         let settings = routing::SessionSettings {
             max_bytes: self.config.fetch_max_bytes,
             max_wait: self.config.fetch_max_wait,
+            isolation: self.config.isolation,
         };
         let task = tokio::spawn(routing::run(
             Arc::clone(&self.cluster),

@@ -20,10 +20,11 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
-use super::{Chunk, ConsumerError, Key, decode_batch};
+use super::{AbortedTransactions, Chunk, ConsumerError, Key, decode_batch};
 use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::error::ClientError;
+use crate::types::IsolationLevel;
 use crate::types::{FetchOptions, FetchPosition};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -36,6 +37,7 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(2);
 pub(super) struct SessionSettings {
     pub max_bytes: u32,
     pub max_wait: Duration,
+    pub isolation: IsolationLevel,
 }
 
 /// Why a session ended, and which partitions it gives back.
@@ -269,6 +271,7 @@ async fn session(
         min_bytes: 1,
         max_wait: settings.max_wait,
         follow: true,
+        isolation: settings.isolation,
     };
     let mut stream = match client.fetch(options).await {
         Ok(stream) => stream,
@@ -320,7 +323,11 @@ async fn session(
                 continue;
             }
             let start = positions.lock().get(&key).copied().unwrap_or(0);
+            let mut aborted = AbortedTransactions::new(&part.aborted);
             for batch in &part.batches {
+                if aborted.skips(batch) {
+                    continue;
+                }
                 if let Err(error) = decode_batch(&topic, part.partition, batch, start, &mut records)
                 {
                     let _ = tx.send(Err(error)).await;

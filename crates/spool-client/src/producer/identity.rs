@@ -58,7 +58,7 @@ impl Shared {
     /// Whether batches carry a producer id and sequences (idempotence asked for, and
     /// acks=all, without which a retry has nothing to be checked against).
     pub(crate) fn idempotent(&self) -> bool {
-        self.config.idempotence && self.config.acks == Acks::All
+        (self.config.idempotence && self.config.acks == Acks::All) || self.txn.is_some()
     }
 
     /// The producer's identity, asked for on first use; `None` when not idempotent.
@@ -70,6 +70,12 @@ impl Shared {
         if let Some(current) = identity.current {
             return Ok(Some(current));
         }
+        if self.txn.is_some() {
+            // A transactional producer's id comes from its coordinator only.
+            return Err(ClientError::Transport(
+                "the transactional producer has no producer id: init_transactions first".into(),
+            ));
+        }
         let (id, epoch) = self.cluster.init_producer_id().await?;
         identity.generation += 1;
         let current = ProducerId {
@@ -80,6 +86,23 @@ impl Shared {
         identity.current = Some(current);
         tracing::debug!(producer_id = id, epoch, "idempotent producer id assigned");
         Ok(Some(current))
+    }
+
+    /// Takes `id` at `epoch` (from a transaction coordinator): every partition numbers
+    /// its records afresh.
+    pub(crate) async fn set_producer_id(&self, id: i64, epoch: i16) {
+        let mut identity = self.identity.lock().await;
+        identity.generation += 1;
+        identity.current = Some(ProducerId {
+            id,
+            epoch,
+            generation: identity.generation,
+        });
+    }
+
+    /// The identity batches are stamped with now, if there is one.
+    pub(crate) async fn current_producer_id(&self) -> Option<ProducerId> {
+        self.identity.lock().await.current
     }
 
     /// Gives up `used` (if still current): the next shipment asks for a new id.

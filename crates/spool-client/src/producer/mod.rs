@@ -24,6 +24,9 @@ mod accumulator;
 mod identity;
 mod leaders;
 mod sender;
+mod transaction;
+
+pub use transaction::Transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +67,13 @@ pub struct ProducerConfig {
     /// Number records so that retries are never stored twice (default true). Takes
     /// effect with acks=all only.
     pub idempotence: bool,
+    /// Makes the producer transactional (see `Producer::init_transactions`): its records
+    /// are sent inside transactions, committed or aborted whole. It implies idempotence
+    /// and acks=all. The id names the producer across restarts: a new instance with the
+    /// same id fences the old one.
+    pub transactional_id: Option<String>,
+    /// A transaction open longer than this is aborted by its coordinator (default 60 s).
+    pub transaction_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -79,6 +89,8 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             idempotence: true,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -158,6 +170,12 @@ pub enum ProducerError {
     Closed,
     #[error("the connection failed: {0}")]
     Transport(String),
+    #[error("the producer has no transactional id")]
+    NotTransactional,
+    #[error("{0}")]
+    TransactionState(String),
+    #[error("the transaction was aborted: {0}")]
+    TransactionAborted(String),
 }
 
 impl From<ClientError> for ProducerError {
@@ -223,6 +241,8 @@ pub(crate) struct Shared {
     pub closing: watch::Sender<bool>,
     /// The producer id and its generation (idempotence).
     pub identity: tokio::sync::Mutex<identity::Identity>,
+    /// The transactional producer's standing with its coordinator.
+    pub txn: Option<Box<transaction::TxnClient>>,
 }
 
 /// A batching, retrying producer. Cheap to clone; clones share batches and buffer.
@@ -233,8 +253,15 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(client: Client, config: ProducerConfig) -> Self {
+    pub fn new(client: Client, mut config: ProducerConfig) -> Self {
+        let txn = config.transactional_id.clone().map(|id| {
+            // Transactions build on idempotence, which needs acks=all.
+            config.idempotence = true;
+            config.acks = Acks::All;
+            Box::new(transaction::TxnClient::new(id, config.transaction_timeout))
+        });
         let shared = Arc::new(Shared {
+            txn,
             buffer: Semaphore::new(config.buffer_bytes.min(Semaphore::MAX_PERMITS)),
             accumulator: parking_lot::Mutex::new(Accumulator::new(config.compression)),
             cluster: Cluster::new(client),
@@ -293,6 +320,10 @@ impl Producer {
         if *self.shared.closing.borrow() {
             self.shared.buffer.add_permits(permits as usize);
             return Err(ProducerError::Closed);
+        }
+        if let Err(error) = transaction::check_open(&self.shared) {
+            self.shared.buffer.add_permits(permits as usize);
+            return Err(error);
         }
         let partitions = match self.shared.cluster.partition_count(&record.topic).await {
             Ok(n) => n,

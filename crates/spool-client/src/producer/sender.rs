@@ -68,22 +68,18 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
     let producer = match shared.producer_id().await {
         Ok(producer) => producer,
         Err(error) => {
-            let at = Instant::now();
-            let mut waiting = Vec::new();
-            for (shipment, epoch) in shipments.into_iter().zip(epochs) {
-                let failed = Failed {
-                    reason: format!("no producer id: {error}"),
-                    suspect: None,
-                    epoch,
-                    at,
-                };
-                waiting.extend(retry(&shared, shipment, failed).await);
-            }
-            shared.wake.notify_one();
-            leaders::expedite_when_elected(&shared, waiting, None).await;
-            return;
+            let reason = format!("no producer id: {error}");
+            return retry_unsent(&shared, shipments, epochs, reason).await;
         }
     };
+    // A transactional producer's partitions join its transaction before their first
+    // batch ships there.
+    if let Some(producer) = producer
+        && let Err(error) = shared.add_to_transaction(&shipments, producer).await
+    {
+        let reason = format!("not added to the transaction: {error}");
+        return retry_unsent(&shared, shipments, epochs, reason).await;
+    }
     let compression = {
         let mut accumulator = shared.accumulator.lock();
         // Batches shipped for the first time take their partition's next sequences.
@@ -113,6 +109,7 @@ async fn ship(shared: Arc<Shared>, leader: Option<u64>, mut shipments: Vec<Shipm
                             batch.records,
                         );
                         builder.set_producer(producer.id, producer.epoch, sequence);
+                        builder.set_transactional(shared.txn.is_some());
                         batch.stamped = Some(producer);
                     }
                 }
@@ -271,9 +268,35 @@ fn settle_produced(shared: &Shared, shipment: Shipment, produced: &crate::types:
 async fn fail(shared: &Shared, shipment: Shipment, error: ProducerError) {
     let stamped = shipment.batches.iter().find_map(|b| b.stamped);
     settle_all(shared, shipment, |_| Err(error.clone()), -1);
-    if let Some(used) = stamped {
+    if shared.txn.is_some() {
+        // The transaction can only abort; the producer keeps its id to say so, and
+        // takes a new epoch after.
+        shared.transaction_failed(&error.to_string()).await;
+    } else if let Some(used) = stamped {
         shared.discard_producer_id(used).await;
     }
+}
+
+/// Puts shipments that could not be sent back for another attempt.
+async fn retry_unsent(
+    shared: &Arc<Shared>,
+    shipments: Vec<Shipment>,
+    epochs: Vec<u64>,
+    reason: String,
+) {
+    let at = Instant::now();
+    let mut waiting = Vec::new();
+    for (shipment, epoch) in shipments.into_iter().zip(epochs) {
+        let failed = Failed {
+            reason: reason.clone(),
+            suspect: None,
+            epoch,
+            at,
+        };
+        waiting.extend(retry(shared, shipment, failed).await);
+    }
+    shared.wake.notify_one();
+    leaders::expedite_when_elected(shared, waiting, None).await;
 }
 
 /// Most batches of one partition in a shipment: an idempotent producer's retry must be

@@ -8,7 +8,7 @@ use spool_broker::{
     Acks, Broker, BrokerError, FetchChunk, FetchPosition, FetchSpec, OffsetQuery, ProducePartition,
 };
 use spool_proto::v1;
-use spool_types::ErrorCode;
+use spool_types::{ErrorCode, IsolationLevel};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -44,6 +44,9 @@ fn too_many(what: String) -> Status {
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+/// A transactional producer's transaction timeout when it names none (Kafka's default).
+const DEFAULT_TRANSACTION_TIMEOUT_MS: i64 = 60_000;
 
 #[tonic::async_trait]
 impl v1::broker_server::Broker for BrokerService {
@@ -274,6 +277,16 @@ impl v1::broker_server::Broker for BrokerService {
                 ms => Duration::from_millis(u64::from(ms)),
             },
             follow: request.follow,
+            isolation: match v1::IsolationLevel::try_from(request.isolation) {
+                Ok(v1::IsolationLevel::ReadCommitted) => IsolationLevel::ReadCommitted,
+                Ok(v1::IsolationLevel::ReadUncommitted) => IsolationLevel::ReadUncommitted,
+                Err(_) => {
+                    return Err(spool_proto::error_to_status(v1::Error::new(
+                        ErrorCode::InvalidRequest,
+                        format!("unknown isolation level {}", request.isolation),
+                    )));
+                }
+            },
         };
         let chunks = self.broker.fetch(spec, FETCH_QUEUE);
         let stream = MeteredFetch {
@@ -293,13 +306,20 @@ impl v1::broker_server::Broker for BrokerService {
         request: Request<v1::InitProducerIdRequest>,
     ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
         let request = request.into_inner();
-        let identity = self
-            .broker
-            .init_producer_id(Some(&request.transactional_id))
-            .await
-            .map_err(|e| {
-                spool_proto::error_to_status(self.listener.wire_error(&self.broker, &e))
-            })?;
+        let identity = if request.transactional_id.is_empty() {
+            self.broker.init_producer_id().await
+        } else {
+            let timeout_ms = match request.transaction_timeout_ms {
+                0 => DEFAULT_TRANSACTION_TIMEOUT_MS,
+                ms => i64::from(ms),
+            };
+            self.broker
+                .init_transactional_producer(&request.transactional_id, timeout_ms)
+                .await
+        };
+        let identity = identity.map_err(|e| {
+            spool_proto::error_to_status(self.listener.wire_error(&self.broker, &e))
+        })?;
         Ok(Response::new(v1::InitProducerIdResponse {
             producer_id: identity.producer_id,
             producer_epoch: i32::from(identity.epoch),
@@ -316,6 +336,7 @@ impl v1::broker_server::Broker for BrokerService {
         for p in request.into_inner().partitions {
             let query = match v1::OffsetSpec::try_from(p.spec) {
                 Ok(v1::OffsetSpec::Latest) => Some(OffsetQuery::Latest),
+                Ok(v1::OffsetSpec::LastStable) => Some(OffsetQuery::LastStable),
                 Ok(v1::OffsetSpec::Earliest) => Some(OffsetQuery::Earliest),
                 Ok(v1::OffsetSpec::Timestamp) => Some(OffsetQuery::Timestamp(p.timestamp_ms)),
                 Err(_) => None,
@@ -406,6 +427,15 @@ fn to_wire(
                 log_start_offset: p.log_start_offset,
                 batches: p.batches,
                 next_offset: p.next_offset,
+                last_stable_offset: p.last_stable_offset,
+                aborted_transactions: p
+                    .aborted
+                    .into_iter()
+                    .map(|(producer_id, first_offset)| v1::AbortedTransaction {
+                        producer_id,
+                        first_offset,
+                    })
+                    .collect(),
             }
         })
         .collect();

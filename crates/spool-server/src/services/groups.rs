@@ -30,26 +30,6 @@ fn assignment(topics: Vec<v1::TopicPartitions>) -> Assignment {
     out
 }
 
-fn wire_partitions<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, u32)>,
-) -> Vec<v1::TopicPartitions> {
-    let mut out: Vec<v1::TopicPartitions> = Vec::new();
-    for (topic, partition) in pairs {
-        match out.last_mut() {
-            Some(last) if last.topic == topic => last.partitions.push(partition),
-            _ => out.push(v1::TopicPartitions {
-                topic: topic.to_string(),
-                partitions: vec![partition],
-            }),
-        }
-    }
-    out
-}
-
-fn wire_pairs(pairs: &[(String, u32)]) -> Vec<v1::TopicPartitions> {
-    wire_partitions(pairs.iter().map(|(t, p)| (t.as_str(), *p)))
-}
-
 fn commits(offsets: Vec<v1::OffsetToCommit>) -> Vec<OffsetCommit> {
     offsets
         .into_iter()
@@ -97,9 +77,9 @@ fn described(d: GroupDescription) -> v1::DescribeGroupResponse {
                 pattern: m.pattern,
                 member_epoch: m.epoch,
                 state: m.state,
-                assigned: wire_pairs(&m.assigned),
-                revoking: wire_pairs(&m.revoking),
-                target: wire_pairs(&m.target),
+                assigned: spool_proto::topic_partitions_of(&m.assigned),
+                revoking: spool_proto::topic_partitions_of(&m.revoking),
+                target: spool_proto::topic_partitions_of(&m.target),
             })
             .collect(),
         offsets: d.offsets.into_iter().map(committed).collect(),
@@ -157,7 +137,7 @@ impl v1::groups_server::Groups for GroupsService {
             member_id: answer.member,
             member_epoch: answer.epoch,
             heartbeat_interval_ms: answer.heartbeat_interval_ms,
-            assignment: wire_partitions(answer.assignment.iter()),
+            assignment: spool_proto::topic_partitions(answer.assignment.iter()),
             state: match answer.state {
                 MemberState::Stable => v1::MemberState::Stable,
                 MemberState::UnrevokedPartitions => v1::MemberState::UnrevokedPartitions,

@@ -5,11 +5,13 @@ mod admin;
 mod broker;
 mod groups;
 mod replica_admin;
+mod transactions;
 
 pub(crate) use admin::AdminService;
 pub(crate) use broker::BrokerService;
 pub(crate) use groups::GroupsService;
 pub(crate) use replica_admin::ReplicaAdminService;
+pub(crate) use transactions::TransactionsService;
 
 use spool_broker::{Broker, BrokerError};
 use spool_proto::v1;

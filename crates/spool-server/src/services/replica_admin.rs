@@ -36,6 +36,38 @@ impl v1::replica_admin_server::ReplicaAdmin for ReplicaAdminService {
         )
     }
 
+    async fn write_txn_markers(
+        &self,
+        request: Request<v1::WriteTxnMarkersRequest>,
+    ) -> Result<Response<v1::WriteTxnMarkersResponse>, Status> {
+        let r = request.into_inner();
+        let epoch = i16::try_from(r.producer_epoch)
+            .map_err(|_| Status::invalid_argument("producer epoch out of range"))?;
+        let partitions: Vec<(String, u32)> = r
+            .partitions
+            .into_iter()
+            .map(|p| (p.topic, p.partition))
+            .collect();
+        let results = self
+            .broker
+            .write_local_markers(
+                r.producer_id,
+                epoch,
+                r.commit,
+                r.coordinator_epoch,
+                &partitions,
+            )
+            .await;
+        Ok(Response::new(v1::WriteTxnMarkersResponse {
+            results: results
+                .into_iter()
+                .map(|outcome| v1::ReplicaAdminResponse {
+                    error: outcome.err().as_ref().map(wire_error),
+                })
+                .collect(),
+        }))
+    }
+
     async fn set_link_faults(
         &self,
         request: Request<v1::SetLinkFaultsRequest>,

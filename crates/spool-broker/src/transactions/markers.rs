@@ -1,0 +1,118 @@
+//! Writing a transaction's commit or abort markers to its partitions: appended here for
+//! the partitions this node leads, asked of their leaders' cluster listeners for the
+//! others. A marker written twice (a retry after a lost answer) is harmless: it ends
+//! nothing the first did not, and readers skip control batches.
+
+use std::collections::BTreeMap;
+
+use spool_controller::TxnMarkers;
+use spool_log::batch::{ControlMarker, control_batch};
+use spool_raft::AckLevel;
+use spool_txn::Transaction;
+
+use crate::broker::{Broker, now_ms};
+use crate::error::BrokerError;
+
+impl Broker {
+    /// Writes the markers of `t`'s outcome to every partition of it; Ok once all are
+    /// committed. Partitions of topics deleted meanwhile need none.
+    pub(crate) async fn write_txn_markers(
+        &self,
+        t: &Transaction,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<(), BrokerError> {
+        let metadata = self.controller.current();
+        let mut by_leader: BTreeMap<u64, Vec<(String, u32)>> = BTreeMap::new();
+        for (topic, partition) in &t.partitions {
+            let Some(record) = metadata.topics.get(topic) else {
+                continue;
+            };
+            let leader = record
+                .partitions
+                .get(*partition as usize)
+                .and_then(|p| p.leader)
+                .ok_or(BrokerError::NotLeader {
+                    leader: None,
+                    address: None,
+                })?;
+            by_leader
+                .entry(leader)
+                .or_default()
+                .push((topic.clone(), *partition));
+        }
+        let writes = by_leader.into_iter().map(|(node, partitions)| async move {
+            let results = if node == self.options.node_id {
+                self.write_local_markers(
+                    t.producer_id,
+                    t.producer_epoch,
+                    commit,
+                    coordinator_epoch,
+                    &partitions,
+                )
+                .await
+            } else {
+                let markers = TxnMarkers {
+                    producer_id: t.producer_id,
+                    producer_epoch: t.producer_epoch,
+                    commit,
+                    coordinator_epoch,
+                    partitions,
+                };
+                match self.controller.write_txn_markers(node, markers).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| r.map_err(BrokerError::from))
+                        .collect(),
+                    Err(error) => vec![Err(BrokerError::from(error))],
+                }
+            };
+            results
+                .into_iter()
+                .collect::<Result<Vec<()>, BrokerError>>()
+        });
+        for written in futures_util::future::join_all(writes).await {
+            written?;
+        }
+        Ok(())
+    }
+
+    /// Appends a marker to each of `partitions`, which this node must lead; one answer
+    /// per partition, once its marker is committed.
+    pub async fn write_local_markers(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        partitions: &[(String, u32)],
+    ) -> Vec<Result<(), BrokerError>> {
+        let marker = ControlMarker {
+            commit,
+            coordinator_epoch,
+        };
+        let writes = partitions.iter().map(|(topic, index)| async move {
+            let partition = match self.partition(topic, *index) {
+                Ok(partition) => partition,
+                // Deleted meanwhile: nothing is left to mark.
+                Err(BrokerError::UnknownTopic { .. }) => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            if !partition.replica.is_leader() {
+                let hint = partition.replica.leader();
+                return Err(BrokerError::NotLeader {
+                    leader: hint.node,
+                    address: None,
+                });
+            }
+            let batch = control_batch(producer_id, producer_epoch, marker, now_ms());
+            partition
+                .replica
+                .append(vec![batch], AckLevel::All)
+                .await
+                .map(drop)
+                .map_err(BrokerError::from)
+        });
+        futures_util::future::join_all(writes).await
+    }
+}

@@ -1,0 +1,400 @@
+//! Transactions through the SDK on a three-node cluster: read_committed readers see each
+//! committed transaction whole and never a record of an aborted one, an open transaction
+//! holds them back, and a producer started again under the same transactional id fences
+//! the old instance (whose open transaction is aborted).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use spool_client::{
+    AbortedTransactions, Consumer, ConsumerConfig, ErrorCode, FetchOptions, FetchPosition,
+    IsolationLevel, OffsetReset, OffsetSpec, Producer, ProducerConfig, ProducerError,
+    ProducerRecord, decode_batch,
+};
+use spool_testkit::{ClusterOptions, TestCluster, wait_for};
+
+const WITHIN: Duration = Duration::from_secs(30);
+const PARTITIONS: u32 = 3;
+
+fn transactional(id: &str) -> ProducerConfig {
+    ProducerConfig {
+        transactional_id: Some(id.to_string()),
+        ..ProducerConfig::default()
+    }
+}
+
+async fn reader(cluster: &TestCluster, topic: &str, isolation: IsolationLevel) -> Consumer {
+    reader_with(cluster, topic, PARTITIONS, isolation).await
+}
+
+/// A read_committed reader of every partition of `topic`.
+async fn reader_of(cluster: &TestCluster, topic: &str, partitions: u32) -> Consumer {
+    reader_with(cluster, topic, partitions, IsolationLevel::ReadCommitted).await
+}
+
+async fn reader_with(
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: u32,
+    isolation: IsolationLevel,
+) -> Consumer {
+    let mut consumer = Consumer::new(
+        cluster.client().await.expect("client"),
+        ConsumerConfig {
+            offset_reset: OffsetReset::Earliest,
+            isolation,
+            ..ConsumerConfig::default()
+        },
+    );
+    let partitions: Vec<(&str, u32)> = (0..partitions).map(|p| (topic, p)).collect();
+    consumer.assign(&partitions).await.expect("assign");
+    consumer
+}
+
+/// Reads until `done` holds for what was read, or the deadline passes.
+async fn read_until(
+    consumer: &mut Consumer,
+    seen: &mut Vec<String>,
+    done: impl Fn(&[String]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !done(seen) {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(record))) => {
+                let value = record.value.expect("a value");
+                seen.push(String::from_utf8(value.to_vec()).expect("utf-8"));
+            }
+            Ok(Some(Err(error))) => panic!("read failed: {error}"),
+            Ok(None) | Err(_) => panic!("read only {} records in time", seen.len()),
+        }
+    }
+}
+
+/// Every value a read_committed fetch of all partitions returns up to their ends.
+async fn read_to_end(cluster: &TestCluster, topic: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    for partition in 0..PARTITIONS {
+        let leader = cluster
+            .leader(topic, partition, WITHIN)
+            .await
+            .expect("leader");
+        let client = cluster.node_client(leader).await.expect("client");
+        let options = FetchOptions {
+            positions: vec![FetchPosition {
+                topic: topic.to_string(),
+                partition,
+                offset: 0,
+                leader_epoch: None,
+            }],
+            max_bytes: 1024 * 1024,
+            min_bytes: 1,
+            max_wait: Duration::from_millis(100),
+            follow: false,
+            isolation: IsolationLevel::ReadCommitted,
+        };
+        let mut stream = client.fetch(options).await.expect("fetch");
+        let name: Arc<str> = Arc::from(topic);
+        while let Some(response) = stream.next().await {
+            for fetched in response.expect("fetched") {
+                assert!(fetched.error.is_none(), "{:?}", fetched.error);
+                let mut aborted = AbortedTransactions::new(&fetched.aborted);
+                for batch in &fetched.batches {
+                    if aborted.skips(batch) {
+                        continue;
+                    }
+                    let mut records = Vec::new();
+                    decode_batch(&name, partition, batch, 0, &mut records).expect("decode");
+                    values.extend(records.into_iter().map(|r| {
+                        String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8")
+                    }));
+                }
+            }
+        }
+    }
+    values
+}
+
+fn by_transaction(values: &[String]) -> BTreeMap<u32, usize> {
+    let mut counts = BTreeMap::new();
+    for value in values {
+        let txn: u32 = value
+            .strip_prefix("t")
+            .and_then(|v| v.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .expect("a load value");
+        *counts.entry(txn).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_sees_committed_transactions_whole_and_aborted_ones_never() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    let topic = "orders";
+    cluster
+        .create_topic(topic, PARTITIONS, 3)
+        .await
+        .expect("topic");
+    let producer = Producer::new(cluster.client().await.expect("client"), transactional("t1"));
+    producer.init_transactions().await.expect("init");
+
+    const TRANSACTIONS: u32 = 12;
+    const RECORDS: u32 = 30;
+    let aborted = |t: u32| t.is_multiple_of(3);
+    for t in 0..TRANSACTIONS {
+        let txn = producer.transaction().await.expect("begin");
+        for r in 0..RECORDS {
+            let record = ProducerRecord::new(topic, format!("t{t}-{r}")).partition(r % PARTITIONS);
+            txn.send(record).await.expect("send");
+        }
+        if aborted(t) {
+            txn.abort().await.expect("abort");
+        } else {
+            txn.commit().await.expect("commit");
+        }
+    }
+    let committed: BTreeSet<u32> = (0..TRANSACTIONS).filter(|t| !aborted(*t)).collect();
+    let expected = committed.len() * RECORDS as usize;
+
+    // The aborted records are in the log: a read_uncommitted reader sees them all.
+    let mut everything = Vec::new();
+    let mut uncommitted = reader(&cluster, topic, IsolationLevel::ReadUncommitted).await;
+    read_until(&mut uncommitted, &mut everything, |seen| {
+        seen.len() >= (TRANSACTIONS * RECORDS) as usize
+    })
+    .await;
+    assert_eq!(by_transaction(&everything).len(), TRANSACTIONS as usize);
+
+    // A transaction left open holds read_committed readers back at its first offset.
+    let open = producer.transaction().await.expect("begin the open one");
+    for r in 0..RECORDS {
+        let record =
+            ProducerRecord::new(topic, format!("t{TRANSACTIONS}-{r}")).partition(r % PARTITIONS);
+        open.send(record)
+            .await
+            .expect("send")
+            .wait()
+            .await
+            .expect("acknowledged");
+    }
+    let leader = cluster.leader(topic, 0, WITHIN).await.expect("leader");
+    let leader_client = cluster.node_client(leader).await.expect("leader client");
+    let bounds = leader_client
+        .list_offsets(vec![
+            (topic.to_string(), 0, OffsetSpec::LastStable),
+            (topic.to_string(), 0, OffsetSpec::Latest),
+        ])
+        .await
+        .expect("offsets");
+    let (stable, end) = (
+        bounds[0].clone().expect("lso"),
+        bounds[1].clone().expect("hw"),
+    );
+    assert!(
+        stable < end,
+        "the open transaction's records are below the stable offset: {stable} vs {end}"
+    );
+
+    // A read to the end stops before it: everything committed, nothing of it.
+    let upto_stable = read_to_end(&cluster, topic).await;
+    assert_eq!(
+        upto_stable.len(),
+        expected,
+        "read_committed read to its end"
+    );
+    assert!(
+        !by_transaction(&upto_stable).contains_key(&TRANSACTIONS),
+        "a record of the open transaction was read"
+    );
+    let mut seen = Vec::new();
+    let mut committed_reader = reader(&cluster, topic, IsolationLevel::ReadCommitted).await;
+    read_until(&mut committed_reader, &mut seen, |seen| {
+        seen.len() >= expected
+    })
+    .await;
+    // Committing the open one releases it, whole.
+    open.commit().await.expect("commit the open one");
+    read_until(&mut committed_reader, &mut seen, |seen| {
+        seen.len() >= expected + RECORDS as usize
+    })
+    .await;
+    let counts = by_transaction(&seen);
+    let mut want: BTreeSet<u32> = committed.clone();
+    want.insert(TRANSACTIONS);
+    assert_eq!(
+        counts.keys().copied().collect::<BTreeSet<_>>(),
+        want,
+        "aborted records were read"
+    );
+    assert!(
+        counts.values().all(|n| *n == RECORDS as usize),
+        "a transaction was read in part or twice: {counts:?}"
+    );
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "a record was read twice");
+
+    // Every partition's transactions are closed: the stable offset is the end.
+    wait_for(WITHIN, "the stable offset to reach the end", || async {
+        let bounds = leader_client
+            .list_offsets(vec![
+                (topic.to_string(), 0, OffsetSpec::LastStable),
+                (topic.to_string(), 0, OffsetSpec::Latest),
+            ])
+            .await
+            .ok()?;
+        let (stable, end) = (bounds[0].clone().ok()?, bounds[1].clone().ok()?);
+        (stable == end).then_some(())
+    })
+    .await
+    .expect("stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_fences_the_old_one_and_its_open_transaction_is_aborted() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    let topic = "payments";
+    cluster
+        .create_topic(topic, PARTITIONS, 3)
+        .await
+        .expect("topic");
+    let old = Producer::new(
+        cluster.client().await.expect("client"),
+        transactional("pay"),
+    );
+    old.init_transactions().await.expect("init the old one");
+    let zombie = old.transaction().await.expect("begin");
+    for r in 0..10 {
+        let record = ProducerRecord::new(topic, format!("zombie-{r}")).partition(r % PARTITIONS);
+        zombie
+            .send(record)
+            .await
+            .expect("send")
+            .wait()
+            .await
+            .expect("acknowledged");
+    }
+
+    // The new instance takes over: the old one's open transaction is aborted.
+    let new = Producer::new(
+        cluster.client().await.expect("client"),
+        transactional("pay"),
+    );
+    new.init_transactions().await.expect("init the new one");
+    let txn = new.transaction().await.expect("begin");
+    for r in 0..10 {
+        let record = ProducerRecord::new(topic, format!("fresh-{r}")).partition(r % PARTITIONS);
+        txn.send(record).await.expect("send");
+    }
+    txn.commit().await.expect("commit");
+
+    // The old instance can neither commit nor write on.
+    match zombie.commit().await {
+        Err(ProducerError::Api(api)) => assert_eq!(api.code, ErrorCode::ProducerFenced),
+        other => panic!("the zombie's commit was not fenced: {other:?}"),
+    }
+    if let Ok(txn) = old.transaction().await {
+        let late = txn
+            .send(ProducerRecord::new(topic, "zombie-late").partition(0))
+            .await;
+        if let Ok(delivery) = late {
+            assert!(
+                delivery.wait().await.is_err(),
+                "a fenced producer's record was stored"
+            );
+        }
+    }
+
+    let mut seen = Vec::new();
+    let mut committed_reader = reader(&cluster, topic, IsolationLevel::ReadCommitted).await;
+    read_until(&mut committed_reader, &mut seen, |seen| seen.len() >= 10).await;
+    assert!(
+        seen.iter().all(|v| v.starts_with("fresh-")),
+        "a zombie record was read: {seen:?}"
+    );
+}
+
+/// The coordinator decides a commit and is killed before its markers are all written (one
+/// partition's leader is cut off, so its marker cannot commit); the coordinator elected
+/// after it finds the decided commit in its replay and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_decided_by_a_coordinator_killed_before_its_markers_is_finished_by_the_next() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    let topic = "ledger";
+    const SPREAD: u32 = 6;
+    cluster.create_topic(topic, SPREAD, 3).await.expect("topic");
+    let producer = Producer::new(
+        cluster.client().await.expect("client"),
+        transactional("mid"),
+    );
+    producer.init_transactions().await.expect("init");
+    let client = cluster.client().await.expect("client");
+    let (coordinator, _) = client
+        .find_transaction_coordinator("mid")
+        .await
+        .expect("coordinator");
+    // A partition led elsewhere: its leader is cut off once the records are in.
+    let mut stalled = None;
+    for partition in 0..SPREAD {
+        let leader = cluster
+            .leader(topic, partition, WITHIN)
+            .await
+            .expect("leader");
+        if leader != coordinator {
+            stalled = Some((partition, leader));
+            break;
+        }
+    }
+    let (stalled_partition, cut_off) = stalled.expect("a partition not led by the coordinator");
+
+    let txn = producer.transaction().await.expect("begin");
+    for r in 0..SPREAD * 5 {
+        let record = ProducerRecord::new(topic, format!("t0-{r}")).partition(r % SPREAD);
+        txn.send(record).await.expect("send");
+    }
+    producer.flush().await;
+    cluster.isolate(cut_off).await.expect("isolate");
+    // Decided: the coordinator answers once prepare_commit is committed (it and the third
+    // node are a quorum of `__transaction_state`), while the cut-off leader's marker
+    // cannot commit.
+    txn.commit().await.expect("commit decided");
+    let stuck = cluster
+        .node_client(cut_off)
+        .await
+        .expect("client")
+        .open_transactions(topic, stalled_partition)
+        .await
+        .expect("open transactions");
+    assert_eq!(stuck.len(), 1, "the cut-off partition's marker was written");
+    cluster
+        .kill(coordinator)
+        .await
+        .expect("kill the coordinator");
+    cluster.heal_all().await.expect("heal");
+
+    // The next coordinator completes the commit: every record becomes readable, whole.
+    let mut seen = Vec::new();
+    let mut committed_reader = reader_of(&cluster, topic, SPREAD).await;
+    read_until(&mut committed_reader, &mut seen, |seen| {
+        seen.len() >= (SPREAD * 5) as usize
+    })
+    .await;
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), (SPREAD * 5) as usize);
+    let client = cluster.client().await.expect("client");
+    wait_for(WITHIN, "the transaction to complete", || async {
+        let (node, address) = client.find_transaction_coordinator("mid").await.ok()?;
+        let there = client.to_node(node, &address).await.ok()?;
+        let t = there.describe_transaction("mid").await.ok()?;
+        (t.state == "complete_commit" && node != coordinator).then_some(())
+    })
+    .await
+    .expect("completed by the next coordinator");
+}
