@@ -113,6 +113,8 @@ impl BrokerError {
                 SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
                 SequenceError::Fenced { .. } => ErrorCode::InvalidProducerEpoch,
                 SequenceError::UnknownProducer { .. } => ErrorCode::UnknownProducerId,
+                // A deposed transaction coordinator's marker: it coordinates no more.
+                SequenceError::StaleCoordinator { .. } => ErrorCode::NotCoordinator,
             },
             BrokerError::Storage(_)
             | BrokerError::Replication { .. }

@@ -134,6 +134,9 @@ struct Cursor {
     /// What the reader may read up to: the high watermark, or for read_committed the
     /// last stable offset.
     readable: watch::Receiver<i64>,
+    /// The high watermark too (read_committed reads up to the lesser of the two, and
+    /// the stable offset may move before it).
+    high_watermark: watch::Receiver<i64>,
     /// The leader epoch the client fetches in: once the replica's term moves on (a new
     /// leader), the client is told to look for it.
     epoch: Option<u64>,
@@ -166,6 +169,7 @@ impl Broker {
             match found {
                 Ok(partition) => cursors.push(Cursor {
                     readable: partition.readable_watch(spec.isolation),
+                    high_watermark: partition.high_watermark.clone(),
                     epoch: position.leader_epoch,
                     partition,
                     next: position.offset,
@@ -215,6 +219,7 @@ impl Broker {
                     continue;
                 }
                 cursor.readable.borrow_and_update();
+                cursor.high_watermark.borrow_and_update();
                 let high_watermark = cursor.partition.high_watermark();
                 let readable = cursor.partition.readable_end(spec.isolation);
                 if cursor.next == readable {
@@ -254,7 +259,17 @@ impl Broker {
                 }
                 let limit = grant.num_permits().max(1);
                 let partition = &cursor.partition;
-                match partition.read(cursor.next, limit, spec.isolation).await {
+                // Looked up before the read: retention removing an aborted transaction's
+                // entry meanwhile also moves the log start, and the read then refuses an
+                // offset below it rather than sending the records unmarked.
+                let aborted = match spec.isolation {
+                    IsolationLevel::ReadCommitted => partition
+                        .replica
+                        .aborted_transactions(cursor.next, readable.max(cursor.next)),
+                    IsolationLevel::ReadUncommitted => Vec::new(),
+                };
+                let read = partition.read_below(cursor.next, limit, spec.isolation, readable);
+                match read.await {
                     Ok(fetched) => {
                         if fetched.batches.is_empty() {
                             continue;
@@ -269,12 +284,6 @@ impl Broker {
                         }
                         pending.memory.push(grant);
                         pending.memory.push(own);
-                        let aborted = match spec.isolation {
-                            IsolationLevel::ReadCommitted => partition
-                                .replica
-                                .aborted_transactions(cursor.next, fetched.next_offset),
-                            IsolationLevel::ReadUncommitted => Vec::new(),
-                        };
                         cursor.next = fetched.next_offset;
                         deadline.get_or_insert_with(|| Instant::now() + spec.max_wait);
                         pending.partitions.push(FetchPartitionData {
@@ -335,10 +344,19 @@ impl Broker {
                 .any(|c| !c.done && (c.epoch.is_some() || c.next > *c.readable.borrow()))
                 .then(|| Instant::now() + EPOCH_RECHECK);
             let woken = {
-                let changes = cursors
-                    .iter_mut()
-                    .filter(|c| !c.done)
-                    .map(|c| Box::pin(c.readable.changed()));
+                let changes = cursors.iter_mut().filter(|c| !c.done).map(|c| {
+                    let Cursor {
+                        readable,
+                        high_watermark,
+                        ..
+                    } = c;
+                    Box::pin(async move {
+                        tokio::select! {
+                            changed = readable.changed() => changed,
+                            changed = high_watermark.changed() => changed,
+                        }
+                    })
+                });
                 let wake = match (deadline, recheck) {
                     (Some(d), Some(r)) => Some(d.min(r)),
                     (d, r) => d.or(r),

@@ -130,13 +130,25 @@ impl Partition {
         max_bytes: usize,
         isolation: IsolationLevel,
     ) -> Result<FetchedBatches, BrokerError> {
+        self.read_below(from, max_bytes, isolation, i64::MAX).await
+    }
+
+    /// As `read`, but nothing at or past `end` (what a read_committed fetch looked its
+    /// aborted transactions up for).
+    pub async fn read_below(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        isolation: IsolationLevel,
+        end: i64,
+    ) -> Result<FetchedBatches, BrokerError> {
         let reader = self.reader.clone();
         // Asked before the high watermark is read: the state machine moves the high
         // watermark before the entry shows as applied, so a yes is never older than the
         // value read after it.
         let knows = self.knows_high_watermark();
         let upper = self.high_watermark();
-        let readable = self.readable_end(isolation);
+        let readable = self.readable_end(isolation).min(end);
         if from == upper || (from >= readable && from <= upper) {
             // Nothing to read: answer without a trip to the blocking pool.
             return Ok(FetchedBatches {

@@ -37,6 +37,8 @@ pub enum BenchCommand {
     Group(crate::bench_group::GroupBenchArgs),
     /// Offset commits to one group coordinator: throughput and latency.
     Commits(crate::bench_group::CommitBenchArgs),
+    /// Transactional producers committing transactions back to back.
+    Transactions(crate::bench_txn::TxnBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +98,10 @@ pub struct ConsumeArgs {
     /// Records to read.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
+    /// read_committed reads what committed transactions wrote (and everything written
+    /// outside transactions), skipping aborted ones.
+    #[arg(long, default_value = "read_uncommitted")]
+    isolation: spool_client::IsolationLevel,
     #[arg(long)]
     json: bool,
 }
@@ -149,6 +155,7 @@ pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<Exi
     let command = match command {
         BenchCommand::Group(args) => return crate::bench_group::run(args, context).await,
         BenchCommand::Commits(args) => return crate::bench_group::commits(args, context).await,
+        BenchCommand::Transactions(args) => return crate::bench_txn::run(args, context).await,
         other => other,
     };
     let client = context.connect().await?;
@@ -165,7 +172,9 @@ pub async fn run(command: BenchCommand, context: &Context) -> anyhow::Result<Exi
             ensure_topic(&client, &args.topic, args.partitions).await?;
             e2e(client, &args).await?
         }
-        BenchCommand::Group(_) | BenchCommand::Commits(_) => return Ok(ExitCode::SUCCESS),
+        BenchCommand::Group(_) | BenchCommand::Commits(_) | BenchCommand::Transactions(_) => {
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     report.print(json);
     Ok(ExitCode::SUCCESS)
@@ -188,13 +197,13 @@ pub(crate) async fn ensure_topic(
     Ok(())
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Microseconds, from 1 us to an hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
 }
 
 /// Shows progress on a terminal; silent otherwise.
-fn progress(
+pub(crate) fn progress(
     mode: &'static str,
     done: Arc<AtomicU64>,
     total: u64,
@@ -353,6 +362,7 @@ async fn consume(client: Client, args: &ConsumeArgs) -> anyhow::Result<Report> {
         client,
         ConsumerConfig {
             offset_reset: OffsetReset::Earliest,
+            isolation: args.isolation,
             ..ConsumerConfig::default()
         },
     );

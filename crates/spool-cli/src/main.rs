@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_group;
+mod bench_txn;
 mod cluster;
 mod consume;
 mod consume_group;

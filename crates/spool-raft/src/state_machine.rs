@@ -368,12 +368,15 @@ impl RaftStateMachine<PartitionRaft> for PartitionStateMachine {
         self.applied = meta.last_log_id;
         self.memberships.clear();
         self.next_offset = snapshot.next_offset;
-        // The log restarts after the snapshot: no producer batch is left below it.
+        // The log restarts after the snapshot, and the table with it: what this replica
+        // knew before is not what the retained log says (a transaction it saw open may
+        // have ended in entries retention removed). The entries after the snapshot,
+        // applied next, rebuild it as every replica that holds them does.
         {
             let mut producers = self.shared.applied_producers.lock();
             producers.index = meta.last_log_id.map(|id| id.index);
-            producers.table.remove_below(snapshot.next_offset);
-            producers.aborted.remove_below(snapshot.next_offset);
+            producers.table = crate::producers::ProducerTable::default();
+            producers.aborted.remove_below(i64::MAX);
         }
         let saved = record.clone();
         self.store

@@ -97,9 +97,13 @@ fn restore_producers(
     })?;
     // A damaged index may miss an abort a snapshot covers: the whole log is replayed.
     let rebuild = std::mem::take(&mut aborted.damaged);
+    // A snapshot older than the retained log would skip the entries retention removed
+    // after it (a transaction's marker among them): the retained log is replayed whole.
+    let first_index = reader.bounds().first_index;
     let snapshot = applied
         .filter(|_| !rebuild)
-        .and_then(|at| files::load_snapshot(dir, at));
+        .and_then(|at| files::load_snapshot(dir, at))
+        .filter(|(at, _)| at + 1 >= first_index);
     let (mut table, from) = match snapshot {
         Some((at, table)) => (table, at + 1),
         None => (ProducerTable::default(), 0),

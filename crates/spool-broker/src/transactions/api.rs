@@ -135,6 +135,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let metadata = self.controller.current();
         for (topic, partition) in &partitions {
+            crate::topics::refuse_internal(topic, "write to")?;
             let count = metadata
                 .topics
                 .get(topic)

@@ -25,17 +25,19 @@ impl Broker {
         let metadata = self.controller.current();
         let mut by_leader: BTreeMap<u64, Vec<(String, u32)>> = BTreeMap::new();
         for (topic, partition) in &t.partitions {
-            let Some(record) = metadata.topics.get(topic) else {
+            // Deleted (or created again with fewer partitions) per the metadata: nothing
+            // is left to mark.
+            let Some(found) = metadata
+                .topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(*partition as usize))
+            else {
                 continue;
             };
-            let leader = record
-                .partitions
-                .get(*partition as usize)
-                .and_then(|p| p.leader)
-                .ok_or(BrokerError::NotLeader {
-                    leader: None,
-                    address: None,
-                })?;
+            let leader = found.leader.ok_or(BrokerError::NotLeader {
+                leader: None,
+                address: None,
+            })?;
             by_leader
                 .entry(leader)
                 .or_default()
@@ -59,11 +61,19 @@ impl Broker {
                     coordinator_epoch,
                     partitions,
                 };
+                let expected = markers.partitions.len();
                 match self.controller.write_txn_markers(node, markers).await {
-                    Ok(results) => results
+                    // Every partition answered, or the write is not done.
+                    Ok(results) if results.len() == expected => results
                         .into_iter()
                         .map(|r| r.map_err(BrokerError::from))
                         .collect(),
+                    Ok(results) => vec![Err(BrokerError::Replication {
+                        reason: format!(
+                            "node {node} answered {} of {expected} markers",
+                            results.len()
+                        ),
+                    })],
                     Err(error) => vec![Err(BrokerError::from(error))],
                 }
             };
@@ -94,8 +104,18 @@ impl Broker {
         let writes = partitions.iter().map(|(topic, index)| async move {
             let partition = match self.partition(topic, *index) {
                 Ok(partition) => partition,
-                // Deleted meanwhile: nothing is left to mark.
-                Err(BrokerError::UnknownTopic { .. }) => return Ok(()),
+                // Deleted, as the metadata says: nothing is left to mark. Missing here
+                // only (this node stopping, or behind on metadata): not written.
+                Err(BrokerError::UnknownTopic { .. } | BrokerError::UnknownPartition { .. })
+                    if self
+                        .controller
+                        .current()
+                        .topics
+                        .get(topic)
+                        .is_none_or(|t| t.partitions.len() <= *index as usize) =>
+                {
+                    return Ok(());
+                }
                 Err(error) => return Err(error),
             };
             if !partition.replica.is_leader() {

@@ -127,6 +127,9 @@ impl Shared {
             return Err(shipment);
         }
         match code {
+            // A transactional producer the partition forgot may be a zombie whose fencing
+            // marker retention removed: it does not start over there, it fails.
+            ErrorCode::UnknownProducerId if self.txn.is_some() => Ok(SequenceFix::Fail(shipment)),
             ErrorCode::UnknownProducerId => {
                 let mut next = 0;
                 for batch in &mut shipment.batches {

@@ -212,7 +212,15 @@ impl Producer {
             ));
         }
         if txn.is_open() {
-            self.end(false).await?;
+            // The last one was left open (dropped, or its end failed): abort it. One the
+            // coordinator already ended answers INVALID_TXN_STATE, which ends it here too.
+            match self.end(false).await {
+                Err(ProducerError::Api(api)) if api.code == ErrorCode::InvalidTxnState => {
+                    txn.progress.lock().await.added.clear();
+                    txn.set_open(false);
+                }
+                other => other?,
+            }
         }
         txn.set_open(true);
         Ok(Transaction { producer: self })

@@ -1,7 +1,7 @@
 //! Producer-table snapshots beside a partition's segments, so that a restart replays only
 //! the entries after the newest one instead of the whole log; and the replay itself.
 //!
-//! `{index:020}.producers`: magic "SPPT", version 2, the Raft index the table is at
+//! `{index:020}.producers`: magic "SPPT", version 3, the Raft index the table is at
 //! (u64), the encoded table, and a CRC-32C of everything before it. A snapshot is only
 //! ever a shortcut: one that is damaged or missing costs a longer replay, never a wrong
 //! table.
@@ -16,7 +16,7 @@ use super::{AbortedTxn, BatchIdentity, ProducerTable};
 use crate::error::CodecError;
 
 const MAGIC: &[u8; 4] = b"SPPT";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const SUFFIX: &str = ".producers";
 /// Snapshots kept: the newest may be past the applied point a crash leaves on record, so
 /// an older one stays for that restart.

@@ -134,6 +134,10 @@ pub struct ProducerState {
     pub newest_offset: i64,
     /// The first offset of its open transaction, if one is open.
     pub txn_first: Option<i64>,
+    /// The epoch of the newest coordinator that wrote a marker for it (-1: none): a
+    /// marker of an older coordinator (one deposed while its write was on the way) is
+    /// refused, so it cannot end a later transaction of the same producer epoch.
+    pub coordinator_epoch: i32,
 }
 
 /// What the leader does with an idempotent batch.
@@ -166,6 +170,14 @@ pub enum SequenceError {
         "producer {producer_id} is not known to this partition (it was idle past the expiry, or retention removed its records) and sent sequence {got}, not 0"
     )]
     UnknownProducer { producer_id: i64, got: i32 },
+    #[error(
+        "a transaction marker for producer {producer_id} from coordinator epoch {got} is stale: one from epoch {current} was written"
+    )]
+    StaleCoordinator {
+        producer_id: i64,
+        got: i32,
+        current: i32,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -216,6 +228,16 @@ impl ProducerTable {
                 producer_id: batch.producer_id,
                 epoch: batch.epoch,
                 current: state.epoch,
+            });
+        }
+        if let BatchKind::Marker(marker) = batch.kind
+            && marker.coordinator_epoch >= 0
+            && marker.coordinator_epoch < state.coordinator_epoch
+        {
+            return Verdict::Refused(SequenceError::StaleCoordinator {
+                producer_id: batch.producer_id,
+                got: marker.coordinator_epoch,
+                current: state.coordinator_epoch,
             });
         }
         if !batch.sequenced() {
@@ -274,10 +296,11 @@ impl ProducerTable {
                 last_seen_ms: batch.seen_ms,
                 newest_offset: last_offset,
                 txn_first: None,
+                coordinator_epoch: -1,
             });
-        if batch.epoch < state.epoch {
-            return None;
-        }
+        // Whatever the log holds is recorded, even of an epoch older than the table's
+        // (a leader that had forgotten the producer took it): every replica must decide
+        // alike from the same log, whatever it remembered before.
         if batch.epoch > state.epoch {
             state.epoch = batch.epoch;
             state.batches.clear();
@@ -287,6 +310,7 @@ impl ProducerTable {
         let mut aborted = None;
         match batch.kind {
             BatchKind::Marker(marker) => {
+                state.coordinator_epoch = state.coordinator_epoch.max(marker.coordinator_epoch);
                 if let Some(first) = state.txn_first.take() {
                     let stable_bound = self.open.first().map_or(first, |(f, _)| *f);
                     self.open.remove(&(first, batch.producer_id));
@@ -370,6 +394,7 @@ impl ProducerTable {
             out.extend_from_slice(&state.last_seen_ms.to_be_bytes());
             out.extend_from_slice(&state.newest_offset.to_be_bytes());
             out.extend_from_slice(&state.txn_first.unwrap_or(-1).to_be_bytes());
+            out.extend_from_slice(&state.coordinator_epoch.to_be_bytes());
             out.push(state.batches.len() as u8);
             for b in &state.batches {
                 out.extend_from_slice(&b.first_sequence.to_be_bytes());
@@ -391,6 +416,7 @@ impl ProducerTable {
             let newest_offset = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
             let txn_first = take::<8>(&mut bytes).map(i64::from_be_bytes)?;
             let txn_first = (txn_first >= 0).then_some(txn_first);
+            let coordinator_epoch = take::<4>(&mut bytes).map(i32::from_be_bytes)?;
             let n = take::<1>(&mut bytes)?[0] as usize;
             if n > BATCHES_KEPT {
                 return Err(CodecError::Malformed {
@@ -415,6 +441,7 @@ impl ProducerTable {
                 last_seen_ms,
                 newest_offset,
                 txn_first,
+                coordinator_epoch,
             };
             if producers.insert(id, state).is_some() {
                 return Err(CodecError::Malformed {

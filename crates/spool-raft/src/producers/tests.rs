@@ -24,6 +24,10 @@ fn transactional(producer_id: i64, epoch: i16, first: i32, records: i32) -> Batc
 }
 
 fn marker(producer_id: i64, epoch: i16, commit: bool) -> BatchIdentity {
+    marker_from(producer_id, epoch, commit, 0)
+}
+
+fn marker_from(producer_id: i64, epoch: i16, commit: bool, coordinator: i32) -> BatchIdentity {
     BatchIdentity {
         producer_id,
         epoch,
@@ -31,7 +35,7 @@ fn marker(producer_id: i64, epoch: i16, commit: bool) -> BatchIdentity {
         last_sequence: -1,
         kind: BatchKind::Marker(ControlMarker {
             commit,
-            coordinator_epoch: 0,
+            coordinator_epoch: coordinator,
         }),
         seen_ms: 1_000,
     }
@@ -336,4 +340,39 @@ fn beyond_the_cap_the_producer_longest_silent_in_the_log_goes() {
             got: 1
         })
     );
+}
+
+#[test]
+fn a_deposed_coordinators_marker_cannot_end_a_later_transaction() {
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &transactional(4, 0, 0, 2));
+    // The coordinator of term 7 commits the first transaction.
+    assert!(end(&mut table, &mut next, &marker_from(4, 0, true, 7)).is_none());
+    // The producer's next transaction, same epoch.
+    let second = store(&mut table, &mut next, &transactional(4, 0, 2, 2));
+    // A marker of the coordinator deposed before term 7, delivered late, is refused.
+    assert_eq!(
+        table.check(&marker_from(4, 0, false, 6)),
+        Verdict::Refused(SequenceError::StaleCoordinator {
+            producer_id: 4,
+            got: 6,
+            current: 7
+        })
+    );
+    assert_eq!(table.first_unstable(), Some(second));
+    // An operator's marker (no coordinator epoch) is taken, and leaves the epoch be.
+    assert_eq!(table.check(&marker_from(4, 0, false, -1)), Verdict::Append);
+    assert_eq!(table.check(&marker_from(4, 0, false, 7)), Verdict::Append);
+}
+
+#[test]
+fn replicas_record_what_the_log_holds_even_of_an_older_epoch() {
+    // A leader that had forgotten producer 3 stored its epoch-0 batch; a follower that
+    // remembers epoch 1 must still record it, or the two disagree on what is open.
+    let mut table = ProducerTable::default();
+    let mut next = 0;
+    store(&mut table, &mut next, &batch(3, 1, 0, 1));
+    let first = store(&mut table, &mut next, &transactional(3, 0, 0, 1));
+    assert_eq!(table.first_unstable(), Some(first));
 }
