@@ -145,7 +145,7 @@ fn committed(o: v1::CommittedOffset) -> CommittedOffset {
     }
 }
 
-fn offsets_to_wire(offsets: Vec<OffsetToCommit>) -> Vec<v1::OffsetToCommit> {
+pub(crate) fn offsets_to_wire(offsets: Vec<OffsetToCommit>) -> Vec<v1::OffsetToCommit> {
     offsets
         .into_iter()
         .map(|o| v1::OffsetToCommit {

@@ -29,5 +29,7 @@ pub use producer::{
 };
 pub use spool_types::ErrorCode;
 pub use spool_types::{murmur2, partition_for_key};
-pub use transactions::{OpenTransaction, TransactionDescription, TransactionSummary};
+pub use transactions::{
+    GroupMetadata, OpenTransaction, TransactionDescription, TransactionSummary,
+};
 pub use types::*;

@@ -5,6 +5,7 @@ use spool_proto::v1;
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::groups::OffsetToCommit;
 
 /// A transactional id as a coordinator lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,27 @@ pub struct TransactionDescription {
     pub started_ms: i64,
     pub updated_ms: i64,
     pub partitions: Vec<(String, u32)>,
+}
+
+/// Whose offsets a transaction commits: the group, and the member committing them
+/// (Kafka's consumer group metadata). `GroupMetadata::outside` for a consumer that
+/// assigns itself partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadata {
+    pub group: String,
+    pub member_id: String,
+    pub member_epoch: i32,
+}
+
+impl GroupMetadata {
+    /// A commit from outside the group's membership (allowed while it has no members).
+    pub fn outside(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            member_id: String::new(),
+            member_epoch: -1,
+        }
+    }
 }
 
 /// A transaction open at a partition, as its leader's log shows it.
@@ -92,6 +114,50 @@ impl Client {
                 producer_id: producer.0,
                 producer_epoch: i32::from(producer.1),
                 partitions: spool_proto::topic_partitions_of(partitions),
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Adds `group`'s coordinator partition to the producer's transaction (asked of its
+    /// transaction coordinator).
+    pub async fn add_offsets_to_txn(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &str,
+    ) -> Result<(), ClientError> {
+        self.transactions
+            .clone()
+            .add_offsets_to_txn(self.call(v1::AddOffsetsToTxnRequest {
+                transactional_id: transactional_id.to_string(),
+                producer_id: producer.0,
+                producer_epoch: i32::from(producer.1),
+                group: group.to_string(),
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// Commits `group`'s offsets inside the producer's transaction (asked of the group's
+    /// coordinator).
+    pub async fn txn_offset_commit(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &GroupMetadata,
+        offsets: Vec<OffsetToCommit>,
+    ) -> Result<(), ClientError> {
+        self.transactions
+            .clone()
+            .txn_offset_commit(self.call(v1::TxnOffsetCommitRequest {
+                transactional_id: transactional_id.to_string(),
+                producer_id: producer.0,
+                producer_epoch: i32::from(producer.1),
+                group: group.group.clone(),
+                member_id: group.member_id.clone(),
+                member_epoch: group.member_epoch,
+                offsets: crate::groups::offsets_to_wire(offsets),
             }))
             .await?;
         Ok(())

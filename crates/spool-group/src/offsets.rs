@@ -33,6 +33,40 @@ impl Coordinator {
         now_ms: i64,
         topics: &TopicsSnapshot,
     ) -> Result<Outcome<()>, GroupError> {
+        self.check_commit(group, member, epoch, commits, topics)?;
+        let mut tx = Tx::new(self);
+        write_offsets(&mut tx, group, commits, now_ms);
+        Ok(tx.finish(()))
+    }
+
+    /// The records of a commit made inside a producer's transaction, checked as
+    /// `commit_offsets` checks its own but not applied: they take effect when the
+    /// transaction commits (the caller keeps them until its marker).
+    pub fn transactional_offsets(
+        &self,
+        group: &str,
+        member: &str,
+        epoch: i32,
+        commits: &[OffsetCommit],
+        now_ms: i64,
+        topics: &TopicsSnapshot,
+    ) -> Result<Vec<GroupRecord>, GroupError> {
+        self.check_commit(group, member, epoch, commits, topics)?;
+        Ok(commits
+            .iter()
+            .map(|commit| offset_record(group, commit, now_ms))
+            .collect())
+    }
+
+    /// Whether `member` at `epoch` may commit `commits` to `group`.
+    fn check_commit(
+        &self,
+        group: &str,
+        member: &str,
+        epoch: i32,
+        commits: &[OffsetCommit],
+        topics: &TopicsSnapshot,
+    ) -> Result<(), GroupError> {
         check_group_id(group)?;
         check_commits(commits, topics)?;
         let existing = self.groups.get(group);
@@ -76,9 +110,7 @@ impl Coordinator {
                 });
             }
         }
-        let mut tx = Tx::new(self);
-        write_offsets(&mut tx, group, commits, now_ms);
-        Ok(tx.finish(()))
+        Ok(())
     }
 
     /// Sets the committed offsets of a group without members (an operator's reset).
@@ -180,16 +212,20 @@ fn check_commits(commits: &[OffsetCommit], topics: &TopicsSnapshot) -> Result<()
 
 fn write_offsets(tx: &mut Tx<'_>, group: &str, commits: &[OffsetCommit], now_ms: i64) {
     for commit in commits {
-        tx.write(GroupRecord::Offset {
-            group: group.to_string(),
-            topic: commit.topic.clone(),
-            partition: commit.partition,
-            value: Some(OffsetValue {
-                offset: commit.offset,
-                leader_epoch: commit.leader_epoch,
-                metadata: commit.metadata.clone(),
-                commit_ms: now_ms,
-            }),
-        });
+        tx.write(offset_record(group, commit, now_ms));
+    }
+}
+
+fn offset_record(group: &str, commit: &OffsetCommit, now_ms: i64) -> GroupRecord {
+    GroupRecord::Offset {
+        group: group.to_string(),
+        topic: commit.topic.clone(),
+        partition: commit.partition,
+        value: Some(OffsetValue {
+            offset: commit.offset,
+            leader_epoch: commit.leader_epoch,
+            metadata: commit.metadata.clone(),
+            commit_ms: now_ms,
+        }),
     }
 }

@@ -398,3 +398,77 @@ async fn a_commit_decided_by_a_coordinator_killed_before_its_markers_is_finished
     .await
     .expect("completed by the next coordinator");
 }
+
+/// The committed offset of `topic`-0 in `group`, as its coordinator answers (-1: none).
+async fn committed(cluster: &TestCluster, group: &str, topic: &str) -> Option<i64> {
+    let client = cluster.client().await.ok()?;
+    let (node, address) = client.find_coordinator(group).await.ok()?;
+    let coordinator = client.to_node(node, &address).await.ok()?;
+    let partitions = spool_client::PartitionSet::from([(topic.to_string(), vec![0])]);
+    let found = coordinator.fetch_committed(group, &partitions).await.ok()?;
+    Some(found.first().map_or(-1, |c| c.offset))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_sent_in_a_transaction_take_effect_only_when_it_commits() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    cluster.create_topic("input", 1, 3).await.expect("input");
+    cluster.create_topic("output", 1, 3).await.expect("output");
+    let producer = Producer::new(
+        cluster.client().await.expect("client"),
+        transactional("ctp"),
+    );
+    producer.init_transactions().await.expect("init");
+    let group = spool_client::GroupMetadata::outside("workers");
+    let offset = |n: i64| {
+        vec![spool_client::OffsetToCommit {
+            topic: "input".into(),
+            partition: 0,
+            offset: n,
+            leader_epoch: -1,
+            metadata: String::new(),
+        }]
+    };
+
+    // Aborted: neither the output nor the offset.
+    let txn = producer.transaction().await.expect("begin");
+    txn.send(ProducerRecord::new("output", "t0-0").partition(0))
+        .await
+        .expect("send");
+    txn.send_offsets(&group, offset(5)).await.expect("offsets");
+    txn.abort().await.expect("abort");
+    assert_eq!(committed(&cluster, "workers", "input").await, Some(-1));
+
+    // Committed: the offset is not visible before the commit, and is after it.
+    let txn = producer.transaction().await.expect("begin");
+    txn.send(ProducerRecord::new("output", "t1-0").partition(0))
+        .await
+        .expect("send");
+    txn.send_offsets(&group, offset(7)).await.expect("offsets");
+    assert_eq!(
+        committed(&cluster, "workers", "input").await,
+        Some(-1),
+        "an offset of an open transaction is visible"
+    );
+    txn.commit().await.expect("commit");
+    wait_for(WITHIN, "the offset to take effect", || async {
+        (committed(&cluster, "workers", "input").await == Some(7)).then_some(())
+    })
+    .await
+    .expect("committed offset");
+
+    // The group's coordinator fails over: it replays the same offset.
+    let client = cluster.client().await.expect("client");
+    let (node, _) = client
+        .find_coordinator("workers")
+        .await
+        .expect("coordinator");
+    cluster.kill(node).await.expect("kill");
+    wait_for(WITHIN, "the offset after a failover", || async {
+        (committed(&cluster, "workers", "input").await == Some(7)).then_some(())
+    })
+    .await
+    .expect("committed offset after failover");
+}

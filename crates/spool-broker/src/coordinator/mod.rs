@@ -25,6 +25,44 @@ pub(crate) use shard::{Context, Job, Queue, Reply, Shard, ShardHost};
 /// client's own deadline is not reached first.
 pub(crate) const COORDINATOR_WAIT: Duration = Duration::from_secs(5);
 
+/// How a record is written to a coordinator's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Plain,
+    /// Inside a producer's transaction: a transactional batch under its id and epoch,
+    /// which the transaction's marker later commits or aborts.
+    Transactional {
+        producer_id: i64,
+        epoch: i16,
+    },
+    /// A transaction's commit or abort marker: a control batch, nothing else.
+    Marker {
+        producer_id: i64,
+        epoch: i16,
+        marker: spool_log::batch::ControlMarker,
+    },
+}
+
+impl Framing {
+    /// How a stored batch was framed.
+    pub(crate) fn of(batch: &spool_log::RecordBatch<'_>) -> Option<Self> {
+        let (producer_id, epoch) = (batch.producer_id(), batch.producer_epoch());
+        if batch.is_control() {
+            let marker = spool_log::batch::ControlMarker::of(batch)?;
+            return Some(Framing::Marker {
+                producer_id,
+                epoch,
+                marker,
+            });
+        }
+        Some(if batch.is_transactional() && producer_id >= 0 {
+            Framing::Transactional { producer_id, epoch }
+        } else {
+            Framing::Plain
+        })
+    }
+}
+
 /// One kind of coordinated state: what a shard's task holds, replays and writes.
 pub(crate) trait Machine: Send + Sized + 'static {
     /// What operations run on.
@@ -46,6 +84,23 @@ pub(crate) trait Machine: Send + Sized + 'static {
     fn scratch(&self) -> Self::State;
     fn shared(&self) -> Self::Shared;
     fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Self::Record, String>;
+    /// A record read back from a batch framed so; `None` to skip it. By default markers
+    /// are skipped and records decoded whatever their framing.
+    fn decode_framed(
+        framing: Framing,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Option<Self::Record>, String> {
+        match (framing, key) {
+            (Framing::Marker { .. }, _) => Ok(None),
+            (_, Some(key)) => Self::decode(key, value).map(Some),
+            (_, None) => Err("no key".into()),
+        }
+    }
+    /// How `record` is written (every record of one operation is framed alike).
+    fn framing(_record: &Self::Record) -> Framing {
+        Framing::Plain
+    }
     /// Writes the record's key and value; false for a tombstone (no value).
     fn encode(record: &Self::Record, key: &mut Vec<u8>, value: &mut Vec<u8>) -> bool;
     fn apply(&mut self, record: &Self::Record);

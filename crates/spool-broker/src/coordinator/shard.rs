@@ -19,7 +19,7 @@ use spool_log::batch::{BatchBuilder, BatchOptions};
 use spool_raft::AckLevel;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Machine;
+use super::{Framing, Machine};
 use crate::error::BrokerError;
 use crate::partition::Partition;
 
@@ -297,7 +297,21 @@ impl<M: Machine> Task<M> {
             }
             for bytes in &fetched.batches {
                 let batch = RecordBatch::new(bytes)?;
-                if batch.is_control() {
+                if batch.last_offset() < offset {
+                    continue;
+                }
+                let bad = |at: i64, reason: String| BrokerError::InvalidRequest {
+                    reason: format!("{} record at offset {at}: {reason}", M::KEY),
+                };
+                let framing = Framing::of(&batch)
+                    .ok_or_else(|| bad(batch.base_offset(), "unknown control record".into()))?;
+                if let Framing::Marker { .. } = framing {
+                    let decoded = M::decode_framed(framing, None, None)
+                        .map_err(|e| bad(batch.base_offset(), e))?;
+                    if let Some(decoded) = decoded {
+                        self.machine.apply(&decoded);
+                        count += 1;
+                    }
                     continue;
                 }
                 for record in batch.records()? {
@@ -305,17 +319,12 @@ impl<M: Machine> Task<M> {
                     if record.offset() < offset {
                         continue;
                     }
-                    let bad = |reason: String| BrokerError::InvalidRequest {
-                        reason: format!(
-                            "{} record at offset {}: {reason}",
-                            M::KEY,
-                            record.offset()
-                        ),
-                    };
-                    let key = record.key().ok_or_else(|| bad("no key".into()))?;
-                    let decoded = M::decode(key, record.value()).map_err(bad)?;
-                    self.machine.apply(&decoded);
-                    count += 1;
+                    let decoded = M::decode_framed(framing, record.key(), record.value())
+                        .map_err(|e| bad(record.offset(), e))?;
+                    if let Some(decoded) = decoded {
+                        self.machine.apply(&decoded);
+                        count += 1;
+                    }
                 }
             }
             offset = fetched.next_offset;
@@ -497,9 +506,35 @@ fn encode<M: Machine>(operations: &[Vec<M::Record>], now_ms: i64) -> Vec<Bytes> 
     let mut builder = BatchBuilder::new(BatchOptions::default());
     let (mut key, mut value) = (Vec::new(), Vec::new());
     for operation in operations.iter().filter(|op| !op.is_empty()) {
-        if builder.size() >= BATCH_BYTES {
+        let framing = M::framing(&operation[0]);
+        if builder.size() >= BATCH_BYTES || (framing != Framing::Plain && !builder.is_empty()) {
             let full = std::mem::replace(&mut builder, BatchBuilder::new(BatchOptions::default()));
             batches.push(full.finish());
+        }
+        match framing {
+            Framing::Marker {
+                producer_id,
+                epoch,
+                marker,
+            } => {
+                batches.push(spool_log::batch::control_batch(
+                    producer_id,
+                    epoch,
+                    marker,
+                    now_ms,
+                ));
+                continue;
+            }
+            Framing::Transactional { producer_id, epoch } => {
+                // A batch of its own, under the producer's id and epoch.
+                builder = BatchBuilder::new(BatchOptions {
+                    producer_id,
+                    producer_epoch: epoch,
+                    transactional: true,
+                    ..BatchOptions::default()
+                });
+            }
+            Framing::Plain => {}
         }
         for record in operation {
             key.clear();
@@ -511,6 +546,10 @@ fn encode<M: Machine>(operations: &[Vec<M::Record>], now_ms: i64) -> Vec<Bytes> 
                 has_value.then_some(value.as_slice()),
                 &[],
             );
+        }
+        if framing != Framing::Plain {
+            let done = std::mem::replace(&mut builder, BatchBuilder::new(BatchOptions::default()));
+            batches.push(done.finish());
         }
     }
     if !builder.is_empty() {

@@ -3,7 +3,7 @@
 //! group changes, the groups published for the metrics, rebalance durations, session
 //! expiry and offsets retention).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::OFFSETS_TOPIC;
 use super::stats::{GroupStats, RebalanceStats};
-use crate::coordinator::{Context, Job, Machine, Queue, Reply, Shard, shard::steady_ms};
+use crate::coordinator::{Context, Framing, Job, Machine, Queue, Reply, Shard, shard::steady_ms};
 use crate::error::BrokerError;
 
 /// How often retention looks for expired groups, at most: a quarter of the retention when
@@ -32,8 +32,168 @@ pub(crate) struct GroupsShared {
     stats: Mutex<Vec<GroupStats>>,
 }
 
+/// What the group machine writes: a group record, an offset committed inside a
+/// producer's transaction, or a transaction's marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupEntry {
+    Plain(GroupRecord),
+    Transactional {
+        producer_id: i64,
+        epoch: i16,
+        record: GroupRecord,
+    },
+    Marker {
+        producer_id: i64,
+        epoch: i16,
+        marker: spool_log::batch::ControlMarker,
+    },
+}
+
+fn plain(records: Vec<GroupRecord>) -> Vec<GroupEntry> {
+    records.into_iter().map(GroupEntry::Plain).collect()
+}
+
+/// The groups, and the offsets committed inside transactions that have not ended.
+#[derive(Debug, Default)]
+pub(crate) struct GroupsState {
+    pub coordinator: Coordinator,
+    /// Per producer: the epoch and the offset records of its open transaction, applied
+    /// when its commit marker is written here and dropped at an abort.
+    pending: BTreeMap<i64, (i16, Vec<GroupRecord>)>,
+    /// Per producer: the newest epoch and coordinator epoch its batches and markers here
+    /// carried. The partition refuses older ones; they are refused here first, so that a
+    /// zombie's request is answered with an error instead of failing the write.
+    producers: HashMap<i64, (i16, i32)>,
+}
+
+impl GroupsState {
+    fn new(config: CoordinatorConfig) -> Self {
+        Self {
+            coordinator: Coordinator::new(config),
+            ..Self::default()
+        }
+    }
+
+    /// What an entry does, written or replayed.
+    fn apply(&mut self, entry: &GroupEntry) {
+        match entry {
+            GroupEntry::Plain(record) => self.coordinator.apply(record),
+            GroupEntry::Transactional {
+                producer_id,
+                epoch,
+                record,
+            } => {
+                self.raise(*producer_id, *epoch, -1);
+                let pending = self
+                    .pending
+                    .entry(*producer_id)
+                    .or_insert_with(|| (*epoch, Vec::new()));
+                pending.0 = *epoch;
+                pending.1.push(record.clone());
+            }
+            GroupEntry::Marker {
+                producer_id,
+                epoch,
+                marker,
+            } => {
+                self.raise(*producer_id, *epoch, marker.coordinator_epoch);
+                if let Some((_, records)) = self.pending.remove(producer_id)
+                    && marker.commit
+                {
+                    for record in &records {
+                        self.coordinator.apply(record);
+                    }
+                }
+            }
+        }
+    }
+
+    fn raise(&mut self, producer_id: i64, epoch: i16, coordinator_epoch: i32) {
+        let known = self.producers.entry(producer_id).or_insert((epoch, -1));
+        known.0 = known.0.max(epoch);
+        known.1 = known.1.max(coordinator_epoch);
+    }
+
+    /// Refuses a producer epoch older than one written here.
+    fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), BrokerError> {
+        match self.producers.get(&producer_id) {
+            Some((current, _)) if epoch < *current => {
+                Err(BrokerError::Txn(spool_txn::TxnError::Fenced {
+                    id: String::new(),
+                    producer_id,
+                    epoch,
+                    current: *current,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Offsets committed inside `producer_id`'s transaction: checked, then kept until the
+    /// transaction ends.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn stage_offsets(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        member: &str,
+        member_epoch: i32,
+        commits: &[spool_group::OffsetCommit],
+        context: &Context,
+    ) -> Result<Vec<GroupEntry>, BrokerError> {
+        self.check_producer(producer_id, epoch)?;
+        let records = self.coordinator.transactional_offsets(
+            group,
+            member,
+            member_epoch,
+            commits,
+            context.now_ms,
+            &context.topics,
+        )?;
+        let entries: Vec<GroupEntry> = records
+            .into_iter()
+            .map(|record| GroupEntry::Transactional {
+                producer_id,
+                epoch,
+                record,
+            })
+            .collect();
+        for entry in &entries {
+            self.apply(entry);
+        }
+        Ok(entries)
+    }
+
+    /// A transaction's marker written through this coordinator: its offsets take effect
+    /// (commit) or are dropped (abort).
+    pub(crate) fn end_transaction(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        marker: spool_log::batch::ControlMarker,
+    ) -> Result<Vec<GroupEntry>, BrokerError> {
+        self.check_producer(producer_id, epoch)?;
+        if let Some((_, coordinator_epoch)) = self.producers.get(&producer_id)
+            && marker.coordinator_epoch >= 0
+            && marker.coordinator_epoch < *coordinator_epoch
+        {
+            return Err(BrokerError::NotCoordinator {
+                key: format!("producer {producer_id}"),
+            });
+        }
+        let entry = GroupEntry::Marker {
+            producer_id,
+            epoch,
+            marker,
+        };
+        self.apply(&entry);
+        Ok(vec![entry])
+    }
+}
+
 pub(crate) struct GroupMachine {
-    coordinator: Coordinator,
+    state: GroupsState,
     shared: Arc<GroupsShared>,
     rebalances: Arc<RebalanceStats>,
     /// Something changed since the stats were last published.
@@ -52,7 +212,7 @@ pub(crate) struct GroupMachine {
 impl GroupMachine {
     pub(crate) fn new(config: CoordinatorConfig, rebalances: Arc<RebalanceStats>) -> Self {
         Self {
-            coordinator: Coordinator::new(config),
+            state: GroupsState::new(config),
             shared: Arc::default(),
             rebalances,
             stats_dirty: true,
@@ -68,7 +228,7 @@ impl GroupMachine {
     /// retention, when shorter).
     fn retention_job(&mut self) -> Option<Job<Self>> {
         let now = tokio::time::Instant::now();
-        let retention = self.coordinator.config().offsets_retention_ms;
+        let retention = self.state.coordinator.config().offsets_retention_ms;
         let every = match u64::try_from(retention) {
             Ok(ms) => Duration::from_millis(ms / 4).clamp(Duration::from_secs(1), RETENTION_EVERY),
             // Kept forever: nothing to look for.
@@ -81,15 +241,15 @@ impl GroupMachine {
             return None;
         }
         self.retention_ran = Some(now);
-        Some(Box::new(move |c: &mut Coordinator, ctx: &Context| {
-            let outcome = c.expire_groups(ctx.now_ms, ctx.steady_ms);
+        Some(Box::new(move |s: &mut GroupsState, ctx: &Context| {
+            let outcome = s.coordinator.expire_groups(ctx.now_ms, ctx.steady_ms);
             for group in &outcome.value {
                 tracing::info!(
                     group,
                     "group removed: empty for the offsets retention period"
                 );
             }
-            (outcome.records, Box::new(|_| {}) as Reply)
+            (plain(outcome.records), Box::new(|_| {}) as Reply)
         }))
     }
 
@@ -98,7 +258,11 @@ impl GroupMachine {
     fn track_rebalances(&mut self, touched: &BTreeSet<String>, began: tokio::time::Instant) {
         let now = tokio::time::Instant::now();
         for group in touched {
-            let found = self.coordinator.group(group).map(|g| (g.state(), g.epoch));
+            let found = self
+                .state
+                .coordinator
+                .group(group)
+                .map(|g| (g.state(), g.epoch));
             if let Some((_, epoch)) = found
                 && self.epochs.insert(group.clone(), epoch) != Some(epoch)
             {
@@ -134,6 +298,7 @@ impl GroupMachine {
             return;
         }
         let stats = self
+            .state
             .coordinator
             .groups()
             .map(|g| GroupStats {
@@ -155,46 +320,113 @@ impl GroupMachine {
 }
 
 impl Machine for GroupMachine {
-    type State = Coordinator;
-    type Record = GroupRecord;
+    type State = GroupsState;
+    type Record = GroupEntry;
     type Shared = Arc<GroupsShared>;
     const KEY: &'static str = "group";
     const TOPIC: &'static str = OFFSETS_TOPIC;
 
-    fn state(&mut self) -> &mut Coordinator {
-        &mut self.coordinator
+    fn state(&mut self) -> &mut GroupsState {
+        &mut self.state
     }
 
-    fn scratch(&self) -> Coordinator {
-        Coordinator::new(*self.coordinator.config())
+    fn scratch(&self) -> GroupsState {
+        GroupsState::new(*self.state.coordinator.config())
     }
 
     fn shared(&self) -> Arc<GroupsShared> {
         Arc::clone(&self.shared)
     }
 
-    fn decode(key: &[u8], value: Option<&[u8]>) -> Result<GroupRecord, String> {
-        GroupRecord::decode(key, value).map_err(|e| e.to_string())
+    fn decode(key: &[u8], value: Option<&[u8]>) -> Result<GroupEntry, String> {
+        GroupRecord::decode(key, value)
+            .map(GroupEntry::Plain)
+            .map_err(|e| e.to_string())
     }
 
-    fn encode(record: &GroupRecord, key: &mut Vec<u8>, value: &mut Vec<u8>) -> bool {
-        record.encode_into(key, value)
+    fn decode_framed(
+        framing: Framing,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Option<GroupEntry>, String> {
+        let record = || {
+            let key = key.ok_or_else(|| "no key".to_string())?;
+            GroupRecord::decode(key, value).map_err(|e| e.to_string())
+        };
+        Ok(Some(match framing {
+            Framing::Plain => GroupEntry::Plain(record()?),
+            Framing::Transactional { producer_id, epoch } => GroupEntry::Transactional {
+                producer_id,
+                epoch,
+                record: record()?,
+            },
+            Framing::Marker {
+                producer_id,
+                epoch,
+                marker,
+            } => GroupEntry::Marker {
+                producer_id,
+                epoch,
+                marker,
+            },
+        }))
     }
 
-    fn apply(&mut self, record: &GroupRecord) {
-        self.coordinator.apply(record);
+    fn framing(entry: &GroupEntry) -> Framing {
+        match entry {
+            GroupEntry::Plain(_) => Framing::Plain,
+            GroupEntry::Transactional {
+                producer_id, epoch, ..
+            } => Framing::Transactional {
+                producer_id: *producer_id,
+                epoch: *epoch,
+            },
+            GroupEntry::Marker {
+                producer_id,
+                epoch,
+                marker,
+            } => Framing::Marker {
+                producer_id: *producer_id,
+                epoch: *epoch,
+                marker: *marker,
+            },
+        }
     }
 
-    fn snapshot_records(&self) -> Vec<GroupRecord> {
-        self.coordinator.snapshot_records()
+    fn encode(entry: &GroupEntry, key: &mut Vec<u8>, value: &mut Vec<u8>) -> bool {
+        match entry {
+            GroupEntry::Plain(record) | GroupEntry::Transactional { record, .. } => {
+                record.encode_into(key, value)
+            }
+            // Written as a control batch, never as a record.
+            GroupEntry::Marker { .. } => false,
+        }
+    }
+
+    fn apply(&mut self, entry: &GroupEntry) {
+        self.state.apply(entry);
+    }
+
+    fn snapshot_records(&self) -> Vec<GroupEntry> {
+        let mut entries = plain(self.state.coordinator.snapshot_records());
+        // Offsets of transactions still open are written again under their producer,
+        // so that what the checkpoint lets the log drop does not take them along.
+        for (producer_id, (epoch, records)) in &self.state.pending {
+            entries.extend(records.iter().map(|record| GroupEntry::Transactional {
+                producer_id: *producer_id,
+                epoch: *epoch,
+                record: record.clone(),
+            }));
+        }
+        entries
     }
 
     fn loaded(&mut self, _queue: &Queue<Self>) {
         tracing::info!(
-            groups = self.coordinator.groups().count(),
+            groups = self.state.coordinator.groups().count(),
             "consumer groups loaded"
         );
-        self.coordinator.start_sessions(steady_ms());
+        self.state.coordinator.start_sessions(steady_ms());
     }
 
     fn tick(&mut self) -> Vec<Job<Self>> {
@@ -204,8 +436,8 @@ impl Machine for GroupMachine {
             .lock()
             .retain(|_, tx| tx.receiver_count() > 0);
         self.publish_stats();
-        let mut jobs: Vec<Job<Self>> = vec![Box::new(|c: &mut Coordinator, ctx: &Context| {
-            let outcome = c.expire(ctx.steady_ms);
+        let mut jobs: Vec<Job<Self>> = vec![Box::new(|s: &mut GroupsState, ctx: &Context| {
+            let outcome = s.coordinator.expire(ctx.steady_ms);
             for (group, member) in &outcome.value {
                 tracing::info!(
                     group,
@@ -213,37 +445,41 @@ impl Machine for GroupMachine {
                     "member removed: its session or revocation time ran out"
                 );
             }
-            (outcome.records, Box::new(|_| {}) as Reply)
+            (plain(outcome.records), Box::new(|_| {}) as Reply)
         })];
         jobs.extend(self.retention_job());
         jobs
     }
 
-    fn prelude(&mut self, context: &Context) -> Vec<GroupRecord> {
+    fn prelude(&mut self, context: &Context) -> Vec<GroupEntry> {
         // A topic deleted (or created anew) since the last write: its offsets go first, so
         // that every commit in this write, checked against these topics, is kept.
         let gone = self.incarnations.gone(&context.topics);
         if gone.is_empty() {
             return Vec::new();
         }
-        let dropped = self.coordinator.drop_topic_offsets(&gone);
+        let dropped = self.state.coordinator.drop_topic_offsets(&gone);
         for (group, topic) in &dropped.value {
             tracing::info!(group, topic, "committed offsets of a deleted topic removed");
         }
-        dropped.records
+        plain(dropped.records)
     }
 
     fn written(
         &mut self,
-        operations: &[Vec<GroupRecord>],
+        operations: &[Vec<GroupEntry>],
         began: tokio::time::Instant,
         _queue: &Queue<Self>,
     ) {
         let touched: BTreeSet<String> = operations
             .iter()
             .flatten()
-            .filter(|r| !matches!(r, GroupRecord::Offset { .. }))
-            .map(|r| r.group().to_string())
+            .filter_map(|e| match e {
+                GroupEntry::Plain(r) if !matches!(r, GroupRecord::Offset { .. }) => {
+                    Some(r.group().to_string())
+                }
+                _ => None,
+            })
             .collect();
         self.stats_dirty |= operations.iter().any(|op| !op.is_empty());
         self.track_rebalances(&touched, began);
@@ -265,9 +501,9 @@ impl Shard<GroupMachine> {
         T: Send + 'static,
         F: FnOnce(&mut Coordinator, &Context) -> Result<Outcome<T>, GroupError> + Send + 'static,
     {
-        self.run(group, move |c, ctx| {
-            operation(c, ctx)
-                .map(|o| (o.records, o.value))
+        self.run(group, move |s, ctx| {
+            operation(&mut s.coordinator, ctx)
+                .map(|o| (plain(o.records), o.value))
                 .map_err(BrokerError::Group)
         })
         .await

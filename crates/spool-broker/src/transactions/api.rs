@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use spool_txn::{EndOutcome, InitAnswer, TxnCoordinator, TxnError};
 
+use crate::OFFSETS_TOPIC;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::producer_ids::ProducerIdentity;
@@ -133,9 +134,67 @@ impl Broker {
         epoch: i16,
         partitions: Vec<(String, u32)>,
     ) -> Result<(), BrokerError> {
+        for (topic, _) in &partitions {
+            crate::topics::refuse_internal(topic, "write to")?;
+        }
+        self.add_to_txn(transactional_id, producer_id, epoch, partitions)
+            .await
+    }
+
+    /// Adds `group`'s coordinator partition to the producer's transaction, before the
+    /// producer commits the group's offsets inside it (`txn_offset_commit`).
+    pub async fn add_offsets_to_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+    ) -> Result<(), BrokerError> {
+        spool_group::check_group_id(group)?;
+        self.ensure_offsets_topic().await?;
+        let index = self
+            .coordinator_partition::<crate::groups::GroupMachine>(group)
+            .ok_or_else(|| BrokerError::CoordinatorNotAvailable {
+                key: format!("group {group:?}"),
+                reason: format!("{OFFSETS_TOPIC} is not in this node's metadata yet"),
+            })?;
+        let partitions = vec![(OFFSETS_TOPIC.to_string(), index)];
+        self.add_to_txn(transactional_id, producer_id, epoch, partitions)
+            .await
+    }
+
+    /// Commits offsets of `group` inside the producer's transaction (asked of the group's
+    /// coordinator): they take effect when the transaction commits, and never if it
+    /// aborts. `member` and `member_epoch` fence it as a plain commit is fenced.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn txn_offset_commit(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        member: &str,
+        member_epoch: i32,
+        commits: Vec<spool_group::OffsetCommit>,
+    ) -> Result<(), BrokerError> {
+        let shard = self.group_shard(group).await?;
+        let (g, m) = (group.to_string(), member.to_string());
+        shard
+            .run(group, move |s, ctx| {
+                s.stage_offsets(producer_id, epoch, &g, &m, member_epoch, &commits, ctx)
+                    .map(|entries| (entries, ()))
+            })
+            .await
+    }
+
+    async fn add_to_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<(String, u32)>,
+    ) -> Result<(), BrokerError> {
         let metadata = self.controller.current();
         for (topic, partition) in &partitions {
-            crate::topics::refuse_internal(topic, "write to")?;
             let count = metadata
                 .topics
                 .get(topic)

@@ -10,6 +10,7 @@ use spool_log::batch::{ControlMarker, control_batch};
 use spool_raft::AckLevel;
 use spool_txn::Transaction;
 
+use crate::OFFSETS_TOPIC;
 use crate::broker::{Broker, now_ms};
 use crate::error::BrokerError;
 
@@ -102,6 +103,11 @@ impl Broker {
             coordinator_epoch,
         };
         let writes = partitions.iter().map(|(topic, index)| async move {
+            if topic == OFFSETS_TOPIC {
+                return self
+                    .mark_offsets(*index, producer_id, producer_epoch, marker)
+                    .await;
+            }
             let partition = match self.partition(topic, *index) {
                 Ok(partition) => partition,
                 // Deleted, as the metadata says: nothing is left to mark. Missing here
@@ -134,5 +140,41 @@ impl Broker {
                 .map_err(BrokerError::from)
         });
         futures_util::future::join_all(writes).await
+    }
+
+    /// A marker for a partition of `__consumer_offsets` goes through the group
+    /// coordinator running there, in order with its writes: the offsets the transaction
+    /// committed there take effect, or are dropped.
+    async fn mark_offsets(
+        &self,
+        index: u32,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: ControlMarker,
+    ) -> Result<(), BrokerError> {
+        let shard = self
+            .groups
+            .coordinators
+            .shards
+            .lock()
+            .get(&index)
+            .filter(|shard| !shard.is_stopped())
+            .cloned();
+        let Some(shard) = shard else {
+            let hint = self
+                .partition(OFFSETS_TOPIC, index)
+                .ok()
+                .and_then(|p| p.replica.leader().node);
+            return Err(BrokerError::NotLeader {
+                leader: hint.filter(|node| *node != self.options.node_id),
+                address: None,
+            });
+        };
+        shard
+            .run("", move |s, _| {
+                s.end_transaction(producer_id, producer_epoch, marker)
+                    .map(|entries| (entries, ()))
+            })
+            .await
     }
 }

@@ -164,6 +164,16 @@ impl GroupConsumer {
         self.shared.epoch.load(Ordering::Acquire)
     }
 
+    /// The group and this member as a transaction that commits its offsets names them
+    /// (`Transaction::send_offsets`).
+    pub fn group_metadata(&self) -> crate::GroupMetadata {
+        crate::GroupMetadata {
+            group: self.config.group.clone(),
+            member_id: self.shared.member_id.clone(),
+            member_epoch: self.member_epoch(),
+        }
+    }
+
     /// The partitions this member reads now.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         self.consumer.assignment()

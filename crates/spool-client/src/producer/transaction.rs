@@ -23,6 +23,8 @@ use super::identity::ProducerId;
 use super::{DeliveryFuture, Producer, ProducerError, ProducerRecord, Shared};
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::groups::OffsetToCommit;
+use crate::transactions::GroupMetadata;
 
 /// A transactional producer's standing with its coordinator.
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub(crate) struct TxnClient {
 pub(crate) struct Progress {
     /// Partitions added to the open transaction.
     added: HashSet<(Arc<str>, u32)>,
+    /// Groups whose offsets the open transaction commits.
+    groups: HashSet<String>,
     /// The coordinator, once found.
     coordinator: Option<Client>,
     /// Why a record of the open transaction failed: it can only abort.
@@ -216,7 +220,9 @@ impl Producer {
             // coordinator already ended answers INVALID_TXN_STATE, which ends it here too.
             match self.end(false).await {
                 Err(ProducerError::Api(api)) if api.code == ErrorCode::InvalidTxnState => {
-                    txn.progress.lock().await.added.clear();
+                    let mut progress = txn.progress.lock().await;
+                    progress.added.clear();
+                    progress.groups.clear();
                     txn.set_open(false);
                 }
                 other => other?,
@@ -224,6 +230,60 @@ impl Producer {
         }
         txn.set_open(true);
         Ok(Transaction { producer: self })
+    }
+
+    async fn send_offsets(
+        &self,
+        group: &GroupMetadata,
+        offsets: Vec<OffsetToCommit>,
+    ) -> Result<(), ProducerError> {
+        let txn = self.txn()?;
+        let producer = self.shared.current_producer_id().await.ok_or_else(|| {
+            ProducerError::TransactionState("call init_transactions first".into())
+        })?;
+        let known = txn.progress.lock().await.groups.contains(&group.group);
+        if !known {
+            self.shared
+                .coordinator_call(txn, |client| {
+                    let (id, name) = (txn.id.clone(), group.group.clone());
+                    async move {
+                        client
+                            .add_offsets_to_txn(&id, (producer.id, producer.epoch), &name)
+                            .await
+                    }
+                })
+                .await?;
+            txn.progress.lock().await.groups.insert(group.group.clone());
+        }
+        // Asked of the group's coordinator, found (again) as needed.
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let bootstrap = self.shared.cluster.bootstrap();
+            let answer = match bootstrap.find_coordinator(&group.group).await {
+                Ok((node, address)) => match bootstrap.to_node(node, &address).await {
+                    Ok(coordinator) => {
+                        coordinator
+                            .txn_offset_commit(
+                                &txn.id,
+                                (producer.id, producer.epoch),
+                                group,
+                                offsets.clone(),
+                            )
+                            .await
+                    }
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            };
+            match answer {
+                Err(error) if retriable(&error) && Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other.map_err(ProducerError::from),
+            }
+        }
     }
 
     /// Flushes, then commits or aborts the open transaction at the coordinator.
@@ -237,7 +297,8 @@ impl Producer {
         })?;
         let (added, failed) = {
             let mut progress = txn.progress.lock().await;
-            (!progress.added.is_empty(), progress.failed.take())
+            let added = !progress.added.is_empty() || !progress.groups.is_empty();
+            (added, progress.failed.take())
         };
         let commit = commit && failed.is_none();
         if added {
@@ -252,7 +313,11 @@ impl Producer {
                 })
                 .await?;
         }
-        txn.progress.lock().await.added.clear();
+        {
+            let mut progress = txn.progress.lock().await;
+            progress.added.clear();
+            progress.groups.clear();
+        }
         txn.set_open(false);
         match failed {
             Some(reason) => {
@@ -270,6 +335,17 @@ impl Transaction<'_> {
     /// Adds a record to the transaction (see `Producer::send`).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ProducerError> {
         self.producer.send(record).await
+    }
+
+    /// Commits `group`'s consumed offsets as part of the transaction: they take effect
+    /// when it commits, and never if it aborts (consume-transform-produce: the input's
+    /// progress and the output are one outcome).
+    pub async fn send_offsets(
+        &self,
+        group: &GroupMetadata,
+        offsets: Vec<OffsetToCommit>,
+    ) -> Result<(), ProducerError> {
+        self.producer.send_offsets(group, offsets).await
     }
 
     /// Waits for every record to be acknowledged, then commits. If any record failed,

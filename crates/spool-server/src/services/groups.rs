@@ -30,7 +30,7 @@ fn assignment(topics: Vec<v1::TopicPartitions>) -> Assignment {
     out
 }
 
-fn commits(offsets: Vec<v1::OffsetToCommit>) -> Vec<OffsetCommit> {
+pub(crate) fn commits(offsets: Vec<v1::OffsetToCommit>) -> Vec<OffsetCommit> {
     offsets
         .into_iter()
         .map(|o| OffsetCommit {

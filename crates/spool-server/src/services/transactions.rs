@@ -60,6 +60,42 @@ impl v1::transactions_server::Transactions for TransactionsService {
         Ok(Response::new(v1::TxnResponse {}))
     }
 
+    async fn add_offsets_to_txn(
+        &self,
+        request: Request<v1::AddOffsetsToTxnRequest>,
+    ) -> Result<Response<v1::TxnResponse>, Status> {
+        let r = request.into_inner();
+        self.broker
+            .add_offsets_to_txn(
+                &r.transactional_id,
+                r.producer_id,
+                epoch(r.producer_epoch)?,
+                &r.group,
+            )
+            .await
+            .map_err(|e| self.status(&e))?;
+        Ok(Response::new(v1::TxnResponse {}))
+    }
+
+    async fn txn_offset_commit(
+        &self,
+        request: Request<v1::TxnOffsetCommitRequest>,
+    ) -> Result<Response<v1::TxnResponse>, Status> {
+        let r = request.into_inner();
+        self.broker
+            .txn_offset_commit(
+                r.producer_id,
+                epoch(r.producer_epoch)?,
+                &r.group,
+                &r.member_id,
+                r.member_epoch,
+                super::groups::commits(r.offsets),
+            )
+            .await
+            .map_err(|e| self.status(&e))?;
+        Ok(Response::new(v1::TxnResponse {}))
+    }
+
     async fn end_txn(
         &self,
         request: Request<v1::EndTxnRequest>,
