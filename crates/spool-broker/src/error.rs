@@ -71,6 +71,10 @@ pub enum BrokerError {
     /// A group operation the group's state machine refused; its code is kept.
     #[error(transparent)]
     Group(#[from] spool_group::GroupError),
+    #[error(
+        "group {group:?} has offsets of a transaction that is decided but not yet marked here: retry shortly"
+    )]
+    UnstableOffsets { group: String },
     /// A transaction operation the coordinator's state machine refused; its code is kept.
     #[error(transparent)]
     Txn(#[from] spool_txn::TxnError),
@@ -127,6 +131,7 @@ impl BrokerError {
             BrokerError::Controller(e) => e.code(),
             BrokerError::Group(e) => e.code(),
             BrokerError::Txn(e) => e.code(),
+            BrokerError::UnstableOffsets { .. } => ErrorCode::UnstableOffsetCommit,
             BrokerError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
             BrokerError::CoordinatorNotAvailable { .. } => ErrorCode::CoordinatorNotAvailable,
             BrokerError::CoordinatorLoading { .. } => ErrorCode::CoordinatorLoadInProgress,

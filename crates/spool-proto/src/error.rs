@@ -50,6 +50,7 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::ConcurrentTransactions => v1::ErrorCode::ConcurrentTransactions,
             ErrorCode::InvalidTransactionTimeout => v1::ErrorCode::InvalidTransactionTimeout,
             ErrorCode::ProducerFenced => v1::ErrorCode::ProducerFenced,
+            ErrorCode::UnstableOffsetCommit => v1::ErrorCode::UnstableOffsetCommit,
             _ => v1::ErrorCode::Unknown,
         }
     }
@@ -97,7 +98,7 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidTxnState
         | ErrorCode::InvalidProducerIdMapping
         | ErrorCode::ProducerFenced => Code::FailedPrecondition,
-        ErrorCode::ConcurrentTransactions => Code::Unavailable,
+        ErrorCode::ConcurrentTransactions | ErrorCode::UnstableOffsetCommit => Code::Unavailable,
         ErrorCode::InvalidTransactionTimeout => Code::InvalidArgument,
         ErrorCode::BrokerIdInUse => Code::AlreadyExists,
         ErrorCode::FencedLeaderEpoch | ErrorCode::UnknownLeaderEpoch => Code::FailedPrecondition,

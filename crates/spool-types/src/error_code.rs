@@ -67,10 +67,13 @@ pub enum ErrorCode {
     InvalidTransactionTimeout = 39,
     /// A newer instance of this transactional producer took over (or its transaction timed out): this one must stop.
     ProducerFenced = 40,
+    /// A transaction that committed offsets of this group is decided but not yet marked
+    /// at the group's coordinator: retry shortly.
+    UnstableOffsetCommit = 41,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::Unknown,
         ErrorCode::NotLeader,
         ErrorCode::UnknownTopicOrPartition,
@@ -112,6 +115,7 @@ impl ErrorCode {
         ErrorCode::ConcurrentTransactions,
         ErrorCode::InvalidTransactionTimeout,
         ErrorCode::ProducerFenced,
+        ErrorCode::UnstableOffsetCommit,
     ];
 
     /// The wire number of this code.
@@ -143,6 +147,7 @@ impl ErrorCode {
                 | ErrorCode::CoordinatorLoadInProgress
                 | ErrorCode::StaleMemberEpoch
                 | ErrorCode::ConcurrentTransactions
+                | ErrorCode::UnstableOffsetCommit
         )
     }
 
@@ -190,6 +195,7 @@ impl ErrorCode {
             ErrorCode::ConcurrentTransactions => "CONCURRENT_TRANSACTIONS",
             ErrorCode::InvalidTransactionTimeout => "INVALID_TRANSACTION_TIMEOUT",
             ErrorCode::ProducerFenced => "PRODUCER_FENCED",
+            ErrorCode::UnstableOffsetCommit => "UNSTABLE_OFFSET_COMMIT",
         }
     }
 }

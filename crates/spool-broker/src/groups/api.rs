@@ -7,6 +7,10 @@ use spool_group::records::OffsetValue;
 use spool_group::{GroupError, HeartbeatRequest, HeartbeatResponse, MemberState, OffsetCommit};
 
 use crate::broker::Broker;
+
+/// How long an offset fetch waits for a decided transaction's marker before answering
+/// UNSTABLE_OFFSET_COMMIT.
+const UNSTABLE_WAIT: Duration = Duration::from_secs(5);
 use crate::error::BrokerError;
 
 /// A group as `list_groups` shows it.
@@ -177,17 +181,32 @@ impl Broker {
         partitions: Option<Vec<(String, u32)>>,
     ) -> Result<Vec<OffsetEntry>, BrokerError> {
         spool_group::check_group_id(group)?;
-        let shard = self.group_shard(group).await?;
-        let g = group.to_string();
-        let found = shard
-            .run_group(group, move |c, _| {
-                Ok(spool_group::Outcome {
-                    records: Vec::new(),
-                    value: c.committed(&g, partitions.as_deref()),
+        // Offsets a decided transaction committed take effect once its marker is here
+        // (soon after): until then the answer would be older than what was committed.
+        let deadline = tokio::time::Instant::now() + UNSTABLE_WAIT;
+        loop {
+            let shard = self.group_shard(group).await?;
+            let mut markers = shard.shared.markers.subscribe();
+            markers.borrow_and_update();
+            let (g, keys) = (group.to_string(), partitions.clone());
+            let found = shard
+                .run(group, move |s, _| {
+                    if s.has_pending(&g, keys.as_deref()) {
+                        return Err(BrokerError::UnstableOffsets { group: g.clone() });
+                    }
+                    Ok((Vec::new(), s.coordinator.committed(&g, keys.as_deref())))
                 })
-            })
-            .await?;
-        Ok(found.into_iter().map(|(key, v)| entry(key, v)).collect())
+                .await;
+            match found {
+                Ok(found) => return Ok(found.into_iter().map(|(key, v)| entry(key, v)).collect()),
+                Err(BrokerError::UnstableOffsets { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline, markers.changed()).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The groups this node coordinates.

@@ -30,6 +30,9 @@ pub(crate) struct GroupsShared {
     changes: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// The groups as the metrics show them, published by the task now and then.
     stats: Mutex<Vec<GroupStats>>,
+    /// Moves whenever a transaction's marker is written here (its offsets took effect or
+    /// were dropped): offset fetches waiting on pending offsets look again.
+    pub markers: watch::Sender<u64>,
 }
 
 /// What the group machine writes: a group record, an offset committed inside a
@@ -108,6 +111,27 @@ impl GroupsState {
         }
     }
 
+    /// Whether an open transaction holds offsets of `group` (for these partitions, or any).
+    pub(crate) fn has_pending(&self, group: &str, partitions: Option<&[(String, u32)]>) -> bool {
+        self.pending
+            .values()
+            .flat_map(|(_, records)| records)
+            .any(|r| match r {
+                GroupRecord::Offset {
+                    group: g,
+                    topic,
+                    partition,
+                    ..
+                } => {
+                    g == group
+                        && partitions.is_none_or(|keys| {
+                            keys.iter().any(|(t, p)| t == topic && p == partition)
+                        })
+                }
+                _ => false,
+            })
+    }
+
     fn raise(&mut self, producer_id: i64, epoch: i16, coordinator_epoch: i32) {
         let known = self.producers.entry(producer_id).or_insert((epoch, -1));
         known.0 = known.0.max(epoch);
@@ -142,6 +166,11 @@ impl GroupsState {
         commits: &[spool_group::OffsetCommit],
         context: &Context,
     ) -> Result<Vec<GroupEntry>, BrokerError> {
+        if producer_id < 0 || epoch < 0 {
+            return Err(BrokerError::InvalidRequest {
+                reason: format!("producer {producer_id} at epoch {epoch} is not a producer"),
+            });
+        }
         self.check_producer(producer_id, epoch)?;
         let records = self.coordinator.transactional_offsets(
             group,
@@ -483,6 +512,13 @@ impl Machine for GroupMachine {
             .collect();
         self.stats_dirty |= operations.iter().any(|op| !op.is_empty());
         self.track_rebalances(&touched, began);
+        if operations
+            .iter()
+            .flatten()
+            .any(|e| matches!(e, GroupEntry::Marker { .. }))
+        {
+            self.shared.markers.send_modify(|n| *n = n.wrapping_add(1));
+        }
         // Waiters wake before the answers go out: a member's next long poll, sent once it
         // has this answer, must not be woken by the change it already knows.
         let changes = self.shared.changes.lock();

@@ -577,6 +577,14 @@ impl Coordinated {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                // A transaction's offsets are about to take effect: ask again shortly.
+                Err(error)
+                    if Instant::now() < deadline
+                        && error.code() == Some(ErrorCode::UnstableOffsetCommit) =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
                 Err(error) => return Err(error.into()),
             }
         }

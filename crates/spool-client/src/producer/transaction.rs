@@ -281,7 +281,15 @@ impl Producer {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-                other => return other.map_err(ProducerError::from),
+                Err(error) => {
+                    // Written or not, the offsets are in doubt: the transaction can only
+                    // abort, or it would commit its output without its input's progress.
+                    let reason =
+                        format!("offsets of group {:?} not committed: {error}", group.group);
+                    self.shared.transaction_failed(&reason).await;
+                    return Err(ProducerError::from(error));
+                }
+                Ok(()) => return Ok(()),
             }
         }
     }
