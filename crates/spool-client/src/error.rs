@@ -50,8 +50,12 @@ impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
             // Without a typed error, these come from the connection, not the broker: a
-            // node going down resets the calls in flight (CANCELLED).
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            // node going down resets the calls in flight (CANCELLED), or breaks the
+            // HTTP/2 stream under them (an h2 protocol error is INTERNAL).
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
                 if status.details().is_empty() =>
             {
                 ClientError::Transport(status.message().to_string())
