@@ -155,6 +155,16 @@ impl PartitionReplica {
             .overlapping(from, upper)
     }
 
+    /// A producer's newest epoch and the newest coordinator epoch that marked it, at the
+    /// log's end: what the leader checks an append of its batches against.
+    pub fn producer_epochs(&self, producer_id: i64) -> Option<(i16, i32)> {
+        self.shared
+            .producers
+            .lock()
+            .get(producer_id)
+            .map(|s| (s.epoch, s.coordinator_epoch))
+    }
+
     /// The transactions open at the applied point, as (first offset, producer id, epoch),
     /// oldest first.
     pub fn open_transactions(&self) -> Vec<(i64, i64, i16)> {

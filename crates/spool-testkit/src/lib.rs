@@ -9,6 +9,7 @@
 
 pub mod load;
 mod node;
+mod reads;
 mod replicas;
 pub mod rng;
 
@@ -25,6 +26,7 @@ use spool_server::FlushSetting;
 
 pub use node::NodeSpec;
 use node::Running;
+pub use reads::PartitionRead;
 pub use replicas::{Replicas, committed_batches, replicas_agree};
 
 #[derive(Debug, thiserror::Error)]
@@ -581,6 +583,18 @@ impl TestCluster {
             None
         })
         .await
+    }
+
+    /// A partition read to its end through its leader, as a reader at `isolation` sees
+    /// it (read_committed: up to the last stable offset, aborted records left out).
+    pub async fn read_to_end(
+        &self,
+        topic: &str,
+        partition: u32,
+        isolation: spool_client::IsolationLevel,
+        within: Duration,
+    ) -> Result<PartitionRead, TestkitError> {
+        reads::read_to_end(self, topic, partition, isolation, within).await
     }
 
     /// Every committed batch `node` holds of a partition, as stored.

@@ -4,14 +4,11 @@
 //! the old instance (whose open transaction is aborted).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use spool_client::{
-    AbortedTransactions, Consumer, ConsumerConfig, ErrorCode, FetchOptions, FetchPosition,
-    IsolationLevel, OffsetReset, OffsetSpec, Producer, ProducerConfig, ProducerError,
-    ProducerRecord, decode_batch,
+    Consumer, ConsumerConfig, ErrorCode, IsolationLevel, OffsetReset, OffsetSpec, Producer,
+    ProducerConfig, ProducerError, ProducerRecord,
 };
 use spool_testkit::{ClusterOptions, TestCluster, wait_for};
 
@@ -76,42 +73,15 @@ async fn read_until(
 async fn read_to_end(cluster: &TestCluster, topic: &str) -> Vec<String> {
     let mut values = Vec::new();
     for partition in 0..PARTITIONS {
-        let leader = cluster
-            .leader(topic, partition, WITHIN)
+        let read = cluster
+            .read_to_end(topic, partition, IsolationLevel::ReadCommitted, WITHIN)
             .await
-            .expect("leader");
-        let client = cluster.node_client(leader).await.expect("client");
-        let options = FetchOptions {
-            positions: vec![FetchPosition {
-                topic: topic.to_string(),
-                partition,
-                offset: 0,
-                leader_epoch: None,
-            }],
-            max_bytes: 1024 * 1024,
-            min_bytes: 1,
-            max_wait: Duration::from_millis(100),
-            follow: false,
-            isolation: IsolationLevel::ReadCommitted,
-        };
-        let mut stream = client.fetch(options).await.expect("fetch");
-        let name: Arc<str> = Arc::from(topic);
-        while let Some(response) = stream.next().await {
-            for fetched in response.expect("fetched") {
-                assert!(fetched.error.is_none(), "{:?}", fetched.error);
-                let mut aborted = AbortedTransactions::new(&fetched.aborted);
-                for batch in &fetched.batches {
-                    if aborted.skips(batch) {
-                        continue;
-                    }
-                    let mut records = Vec::new();
-                    decode_batch(&name, partition, batch, 0, &mut records).expect("decode");
-                    values.extend(records.into_iter().map(|r| {
-                        String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8")
-                    }));
-                }
-            }
-        }
+            .expect("read to the end");
+        values.extend(
+            read.records
+                .into_iter()
+                .map(|r| String::from_utf8(r.value.expect("value").to_vec()).expect("utf-8")),
+        );
     }
     values
 }

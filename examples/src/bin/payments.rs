@@ -9,33 +9,53 @@
 //! `cargo run -p spool-examples --bin payments [ORDERS]` (with `spool dev` running):
 //! publishes ORDERS orders (default 100), then processes orders until that many payments
 //! of this run are written, and prints them counted per order.
+//!
+//! `cargo run -p spool-examples --bin payments serve`: only processes, every order that
+//! comes, until stopped. Kill it at any moment and start it again: no order is charged
+//! twice or skipped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
 use spool_client::{
-    Consumer, ConsumerConfig, GroupConfig, GroupEvent, IsolationLevel, OffsetReset, OffsetToCommit,
-    Producer, ProducerConfig, ProducerRecord,
+    Client, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer, GroupEvent,
+    IsolationLevel, OffsetReset, OffsetToCommit, Producer, ProducerConfig, ProducerRecord,
 };
 
 const ORDERS: &str = "orders";
 const PAYMENTS: &str = "payments";
 const GROUP: &str = "payment-service";
+/// The transactional id: the same for every run of this one instance, so that a new run
+/// fences what is left of the last one. (A run that crashed still holds its partitions in
+/// the group until its session times out; the new run gets them then.)
+const INSTANCE: &str = "payment-service-0";
 /// Orders handled per transaction at most.
 const BATCH: usize = 50;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let orders: u64 = std::env::args().nth(1).map_or(Ok(100), |n| n.parse())?;
     let client = spool_examples::connect().await?;
     spool_examples::ensure_topic(&client, ORDERS, 3).await?;
     spool_examples::ensure_topic(&client, PAYMENTS, 3).await?;
+    match std::env::args().nth(1).as_deref() {
+        Some("serve") => {
+            let mut service = PaymentService::start(&client).await?;
+            loop {
+                service.process_batch(None).await?;
+            }
+        }
+        count => demo(&client, count.map_or(Ok(100), str::parse)?).await,
+    }
+}
+
+/// Publishes `orders` orders tagged with this run, charges them, and checks that a
+/// read_committed reader sees each payment once.
+async fn demo(client: &Client, orders: u64) -> anyhow::Result<()> {
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis()
         .to_string();
-
     let orders_out = Producer::new(client.clone(), ProducerConfig::default());
     for id in 0..orders {
         let order_id = format!("order-{id:05}");
@@ -47,75 +67,12 @@ async fn main() -> anyhow::Result<()> {
     orders_out.close().await;
     println!("published {orders} orders");
 
-    // The group's committed offsets move only with the transactions: no automatic commits.
-    let config = ConsumerConfig {
-        offset_reset: OffsetReset::Earliest,
-        isolation: IsolationLevel::ReadCommitted,
-        ..ConsumerConfig::default()
-    };
-    let mut group = GroupConfig::new(GROUP, &[ORDERS]);
-    group.auto_commit = None;
-    let mut consumer = Consumer::new(client.clone(), config).subscribe(group);
-    let payments = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            transactional_id: Some("payment-service-0".into()),
-            ..ProducerConfig::default()
-        },
-    );
-    payments.init_transactions().await?;
-
+    let mut service = PaymentService::start(client).await?;
     let mut charged = 0u64;
     while charged < orders {
-        // A batch of orders: whatever arrives within a short wait, up to BATCH.
-        let mut batch = Vec::new();
-        while batch.len() < BATCH {
-            match tokio::time::timeout(Duration::from_millis(100), consumer.next_event()).await {
-                Ok(Ok(GroupEvent::Record(record))) => batch.push(record),
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => return Err(error.into()),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let txn = payments.transaction().await?;
-        let mut next: BTreeMap<(String, u32), i64> = BTreeMap::new();
-        for record in &batch {
-            let order: serde_json::Value =
-                serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
-            if order["run"].as_str() == Some(run.as_str()) {
-                let payment = json!({
-                    "type": "PaymentCharged", "run": run,
-                    "order_id": order["order_id"], "amount_cents": order["amount_cents"],
-                });
-                let key = order["order_id"].as_str().unwrap_or_default().to_string();
-                txn.send(ProducerRecord::new(PAYMENTS, payment.to_string()).key(key))
-                    .await?;
-                charged += 1;
-            }
-            next.insert(
-                (record.topic.to_string(), record.partition),
-                record.offset + 1,
-            );
-        }
-        let offsets = next
-            .into_iter()
-            .map(|((topic, partition), offset)| OffsetToCommit {
-                topic,
-                partition,
-                offset,
-                leader_epoch: -1,
-                metadata: String::new(),
-            })
-            .collect();
-        txn.send_offsets(&consumer.group_metadata(), offsets)
-            .await?;
-        txn.commit().await?;
+        charged += service.process_batch(Some(&run)).await?;
     }
-    payments.close().await;
-    consumer.close().await?;
+    service.close().await?;
 
     // What a read_committed reader of `payments` sees of this run.
     let mut reader = Consumer::new(
@@ -152,4 +109,96 @@ async fn main() -> anyhow::Result<()> {
         "not exactly once"
     );
     Ok(())
+}
+
+/// The group member reading orders and the transactional producer writing payments.
+struct PaymentService {
+    consumer: GroupConsumer,
+    payments: Producer,
+}
+
+impl PaymentService {
+    async fn start(client: &Client) -> anyhow::Result<Self> {
+        // The group's committed offsets move only with the transactions: no automatic
+        // commits.
+        let config = ConsumerConfig {
+            offset_reset: OffsetReset::Earliest,
+            isolation: IsolationLevel::ReadCommitted,
+            ..ConsumerConfig::default()
+        };
+        let mut group = GroupConfig::new(GROUP, &[ORDERS]);
+        group.auto_commit = None;
+        let consumer = Consumer::new(client.clone(), config).subscribe(group);
+        let payments = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                transactional_id: Some(INSTANCE.into()),
+                ..ProducerConfig::default()
+            },
+        );
+        // Fences an earlier run and ends its open transaction (aborted): its orders'
+        // offsets are then the committed ones again, and this run reads from them.
+        payments.init_transactions().await?;
+        Ok(Self { consumer, payments })
+    }
+
+    /// Charges the orders that arrive within a short wait (up to BATCH) in one
+    /// transaction with their offsets; with `run`, only that run's orders are charged
+    /// (the others are passed over). Returns how many were charged.
+    async fn process_batch(&mut self, run: Option<&str>) -> anyhow::Result<u64> {
+        let mut batch: Vec<ConsumerRecord> = Vec::new();
+        while batch.len() < BATCH {
+            match tokio::time::timeout(Duration::from_millis(100), self.consumer.next_event()).await
+            {
+                Ok(Ok(GroupEvent::Record(record))) => batch.push(record),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.payments.transaction().await?;
+        let mut next: BTreeMap<(String, u32), i64> = BTreeMap::new();
+        let mut charged = 0;
+        for record in &batch {
+            let order: serde_json::Value =
+                serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+            if run.is_none_or(|run| order["run"].as_str() == Some(run)) {
+                let payment = json!({
+                    "type": "PaymentCharged", "run": order["run"],
+                    "order_id": order["order_id"], "amount_cents": order["amount_cents"],
+                });
+                let key = order["order_id"].as_str().unwrap_or_default().to_string();
+                txn.send(ProducerRecord::new(PAYMENTS, payment.to_string()).key(key))
+                    .await?;
+                charged += 1;
+            }
+            next.insert(
+                (record.topic.to_string(), record.partition),
+                record.offset + 1,
+            );
+        }
+        let offsets = next
+            .into_iter()
+            .map(|((topic, partition), offset)| OffsetToCommit {
+                topic,
+                partition,
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+            })
+            .collect();
+        txn.send_offsets(&self.consumer.group_metadata(), offsets)
+            .await?;
+        txn.commit().await?;
+        Ok(charged)
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        self.payments.close().await;
+        self.consumer.close().await?;
+        Ok(())
+    }
 }

@@ -50,6 +50,9 @@ pub(crate) struct Context {
     /// A clock that never jumps, for session and revocation deadlines.
     pub steady_ms: i64,
     pub topics: Arc<TopicsSnapshot>,
+    /// The coordinator partition's replica: what its log already holds beyond what the
+    /// state keeps (a producer's epochs, which checkpoints do not carry).
+    pub replica: Arc<spool_raft::PartitionReplica>,
 }
 
 pub(crate) type Reply = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
@@ -242,6 +245,7 @@ impl<M: Machine> Task<M> {
             now_ms: now_ms(),
             steady_ms: steady_ms(),
             topics: self.host.topics(),
+            replica: Arc::clone(&self.partition.replica),
         }
     }
 

@@ -63,9 +63,11 @@ pub(crate) struct GroupsState {
     /// Per producer: the epoch and the offset records of its open transaction, applied
     /// when its commit marker is written here and dropped at an abort.
     pending: BTreeMap<i64, (i16, Vec<GroupRecord>)>,
-    /// Per producer: the newest epoch and coordinator epoch its batches and markers here
-    /// carried. The partition refuses older ones; they are refused here first, so that a
-    /// zombie's request is answered with an error instead of failing the write.
+    /// Per producer: the newest epoch and coordinator epoch its batches and markers
+    /// written or replayed here carried. The partition refuses older ones; they are
+    /// refused here first (against these and the partition's own table, which knows what
+    /// a checkpoint let the log drop), so that a zombie's request is answered with an
+    /// error instead of failing the write and stopping the coordinator.
     producers: HashMap<i64, (i16, i32)>,
 }
 
@@ -138,15 +140,30 @@ impl GroupsState {
         known.1 = known.1.max(coordinator_epoch);
     }
 
+    /// The newest (epoch, coordinator epoch) of a producer, here or in the partition.
+    fn known_epochs(&self, producer_id: i64, context: &Context) -> Option<(i16, i32)> {
+        let here = self.producers.get(&producer_id).copied();
+        let logged = context.replica.producer_epochs(producer_id);
+        match (here, logged) {
+            (Some(a), Some(b)) => Some((a.0.max(b.0), a.1.max(b.1))),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Refuses a producer epoch older than one written here.
-    fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), BrokerError> {
-        match self.producers.get(&producer_id) {
-            Some((current, _)) if epoch < *current => {
+    fn check_producer(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        context: &Context,
+    ) -> Result<(), BrokerError> {
+        match self.known_epochs(producer_id, context) {
+            Some((current, _)) if epoch < current => {
                 Err(BrokerError::Txn(spool_txn::TxnError::Fenced {
                     id: String::new(),
                     producer_id,
                     epoch,
-                    current: *current,
+                    current,
                 }))
             }
             _ => Ok(()),
@@ -171,7 +188,7 @@ impl GroupsState {
                 reason: format!("producer {producer_id} at epoch {epoch} is not a producer"),
             });
         }
-        self.check_producer(producer_id, epoch)?;
+        self.check_producer(producer_id, epoch, context)?;
         let records = self.coordinator.transactional_offsets(
             group,
             member,
@@ -201,11 +218,12 @@ impl GroupsState {
         producer_id: i64,
         epoch: i16,
         marker: spool_log::batch::ControlMarker,
+        context: &Context,
     ) -> Result<Vec<GroupEntry>, BrokerError> {
-        self.check_producer(producer_id, epoch)?;
-        if let Some((_, coordinator_epoch)) = self.producers.get(&producer_id)
+        self.check_producer(producer_id, epoch, context)?;
+        if let Some((_, coordinator_epoch)) = self.known_epochs(producer_id, context)
             && marker.coordinator_epoch >= 0
-            && marker.coordinator_epoch < *coordinator_epoch
+            && marker.coordinator_epoch < coordinator_epoch
         {
             return Err(BrokerError::NotCoordinator {
                 key: format!("producer {producer_id}"),

@@ -171,8 +171,8 @@ impl Broker {
             });
         };
         shard
-            .run("", move |s, _| {
-                s.end_transaction(producer_id, producer_epoch, marker)
+            .run("", move |s, ctx| {
+                s.end_transaction(producer_id, producer_epoch, marker, ctx)
                     .map(|entries| (entries, ()))
             })
             .await
