@@ -1,8 +1,10 @@
 //! The payment service (consume `orders`, produce `payments`, commit the orders read, in
 //! one transaction) killed with SIGKILL again and again while orders keep coming, each
-//! time while a transaction of it is open, then left to catch up: every order is charged
-//! exactly once as a read_committed reader sees `payments`, though the killed runs left
-//! aborted payments behind (read_uncommitted sees them).
+//! time while a transaction of it is open, every other time once that transaction has
+//! written payments (and in the second test, every other time, the node coordinating its
+//! transactions killed first), then left to catch up: every order is charged exactly once
+//! as a read_committed reader sees `payments`, though the killed runs left aborted
+//! payments behind (read_uncommitted sees them).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use spool_client::{Client, IsolationLevel, Producer, ProducerConfig, ProducerRecord};
+use spool_client::{Client, IsolationLevel, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
 use spool_testkit::{ClusterOptions, TestCluster, rng::Rng, wait_for};
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -82,6 +84,73 @@ fn start_service(bootstrap: &str) -> tokio::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payment_service_killed_mid_transaction_charges_every_order_once() {
+    killed_repeatedly(false).await;
+}
+
+/// As above, and every other time the node coordinating the service's transactions is
+/// killed first, while the transaction is open (and restarted after the service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payment_service_killed_with_its_transaction_coordinator_charges_every_order_once() {
+    killed_repeatedly(true).await;
+}
+
+async fn transaction_coordinator(client: &Client) -> Option<(u64, Client)> {
+    let (node, address) = client.find_transaction_coordinator(INSTANCE).await.ok()?;
+    Some((node, client.to_node(node, &address).await.ok()?))
+}
+
+/// Whether an open transaction holds records in some partition of `payments`.
+async fn payments_unstable(client: &Client) -> bool {
+    let mut queries = Vec::new();
+    for partition in 0..PARTITIONS {
+        queries.push(("payments".to_string(), partition, OffsetSpec::LastStable));
+        queries.push(("payments".to_string(), partition, OffsetSpec::Latest));
+    }
+    let Ok(answers) = client.list_offsets(queries).await else {
+        return false;
+    };
+    answers
+        .chunks(2)
+        .any(|pair| matches!(pair, [Ok(stable), Ok(end)] if stable < end))
+}
+
+fn signal(service: &tokio::process::Child, signal: rustix::process::Signal) {
+    let pid = service
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        .expect("the service runs");
+    rustix::process::kill_process(pid, signal).expect("signalled");
+}
+
+/// Waits until the service's open transaction has written payments and freezes the
+/// service (SIGSTOP) there; a freeze that came after the transaction ended (its commit
+/// was already asked for) is let go (SIGCONT) and tried again.
+async fn frozen_with_payments_open(client: &Client, service: &tokio::process::Child) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service's transaction never held payments"
+        );
+        if !payments_unstable(client).await {
+            continue;
+        }
+        signal(service, rustix::process::Signal::STOP);
+        let still_open = match transaction_coordinator(client).await {
+            Some((_, coordinator)) => coordinator
+                .describe_transaction(INSTANCE)
+                .await
+                .is_ok_and(|txn| txn.state == "ongoing"),
+            None => false,
+        };
+        if still_open && payments_unstable(client).await {
+            return;
+        }
+        signal(service, rustix::process::Signal::CONT);
+    }
+}
+
+async fn killed_repeatedly(kill_coordinators: bool) {
     let kills = spool_testkit::rng::env_u64("SPOOL_PIPELINE_KILLS", 6);
     let seed = spool_testkit::rng::seed_from_env("SPOOL_PIPELINE_SEED");
     eprintln!("seed {seed}, {kills} kills");
@@ -130,20 +199,42 @@ async fn payment_service_killed_mid_transaction_charges_every_order_once() {
             let client = client.clone();
             let epoch = Arc::clone(&epoch);
             async move {
-                let (node, address) = client.find_transaction_coordinator(INSTANCE).await.ok()?;
-                let coordinator = client.to_node(node, &address).await.ok()?;
+                let (node, coordinator) = transaction_coordinator(&client).await?;
                 let txn = coordinator.describe_transaction(INSTANCE).await.ok()?;
                 let ours = txn.producer_epoch as u64 > epoch.load(Ordering::Relaxed) || kill == 0;
-                (ours && txn.state == "ongoing" && !txn.partitions.is_empty())
-                    .then_some(txn.producer_epoch)
+                if !ours || txn.state != "ongoing" || txn.partitions.is_empty() {
+                    return None;
+                }
+                Some((txn.producer_epoch, node))
             }
         })
         .await
         .expect("the service opens a transaction");
+        let (open, coordinator) = open;
         epoch.store(open as u64, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
+        if kill % 2 == 0 {
+            // Every other run is killed only once its open transaction has written
+            // payments: frozen when they show, and killed if its transaction is still open.
+            frozen_with_payments_open(&client, &service).await;
+        }
+        let node_killed = (kill_coordinators && kill % 2 == 1).then_some(coordinator);
+        if let Some(node) = node_killed {
+            cluster.kill(node).await.expect("coordinator killed");
+            // The service goes on with a new coordinator for a while, or not.
+            tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+        } else if kill % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
+        }
         service.kill().await.expect("killed");
-        eprintln!("kill {kill}: the run at epoch {open} killed with its transaction open");
+        eprintln!(
+            "kill {kill}: the run at epoch {open} killed with its transaction open{}",
+            node_killed.map_or(String::new(), |n| format!(
+                ", and before it node {n}, its transaction coordinator"
+            ))
+        );
+        if let Some(node) = node_killed {
+            cluster.restart(node).await.expect("node restarted");
+        }
     }
 
     stop.store(true, Ordering::Relaxed);
@@ -188,7 +279,8 @@ async fn payment_service_killed_mid_transaction_charges_every_order_once() {
         committed.aborted
     );
     assert!(
-        committed.aborted > 0 && everything.order_ids.len() > committed.order_ids.len(),
+        committed.aborted >= (kills as usize).div_ceil(2)
+            && everything.order_ids.len() > committed.order_ids.len(),
         "the kills cut transactions that had written payments"
     );
 }

@@ -39,13 +39,33 @@ async fn main() -> anyhow::Result<()> {
     spool_examples::ensure_topic(&client, ORDERS, 3).await?;
     spool_examples::ensure_topic(&client, PAYMENTS, 3).await?;
     match std::env::args().nth(1).as_deref() {
-        Some("serve") => {
-            let mut service = PaymentService::start(&client).await?;
-            loop {
-                service.process_batch(None).await?;
-            }
-        }
+        Some("serve") => serve(&client).await,
         count => demo(&client, count.map_or(Ok(100), str::parse)?).await,
+    }
+}
+
+/// Processes orders until stopped. A failed transaction (its coordinator or a leader
+/// lost for longer than the SDK retries, say) starts the service again: the new start
+/// aborts whatever the failed one left open, and reading resumes at the committed offsets.
+async fn serve(client: &Client) -> anyhow::Result<()> {
+    loop {
+        let mut service = match PaymentService::start(client).await {
+            Ok(service) => service,
+            Err(error) => {
+                eprintln!("payment service: could not start ({error:#}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let error = loop {
+            if let Err(error) = service.process_batch(None).await {
+                break error;
+            }
+        };
+        eprintln!("payment service: {error:#}; starting again");
+        if let Err(error) = service.close().await {
+            eprintln!("payment service: leaving the group: {error:#}");
+        }
     }
 }
 
