@@ -15,7 +15,9 @@ use std::time::Duration;
 use spool_client::{Client, IsolationLevel, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
 use spool_testkit::{ClusterOptions, TestCluster, rng::Rng, wait_for};
 
-const WITHIN: Duration = Duration::from_secs(60);
+/// Deadlines: generous, as the first run also creates the internal topics of a young
+/// cluster, on a machine that may be running other tests.
+const WITHIN: Duration = Duration::from_secs(120);
 const PARTITIONS: u32 = 3;
 const INSTANCE: &str = "payment-service-0";
 
@@ -193,14 +195,26 @@ async fn killed_repeatedly(kill_coordinators: bool) {
     // Each run is killed while a transaction of its own (its epoch, above the last run's)
     // is open, after a random extra wait of a few milliseconds.
     let epoch = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(parking_lot::Mutex::new(String::new()));
     for kill in 0..kills {
         let mut service = start_service(&bootstrap);
         let open = wait_for(WITHIN, "a transaction of this run open", || {
             let client = client.clone();
             let epoch = Arc::clone(&epoch);
+            let seen = Arc::clone(&seen);
             async move {
-                let (node, coordinator) = transaction_coordinator(&client).await?;
-                let txn = coordinator.describe_transaction(INSTANCE).await.ok()?;
+                let Some((node, coordinator)) = transaction_coordinator(&client).await else {
+                    *seen.lock() = "no transaction coordinator found".into();
+                    return None;
+                };
+                let txn = match coordinator.describe_transaction(INSTANCE).await {
+                    Ok(txn) => txn,
+                    Err(error) => {
+                        *seen.lock() = format!("node {node}: {error}");
+                        return None;
+                    }
+                };
+                *seen.lock() = format!("node {node}: {txn:?}");
                 let ours = txn.producer_epoch as u64 > epoch.load(Ordering::Relaxed) || kill == 0;
                 if !ours || txn.state != "ongoing" || txn.partitions.is_empty() {
                     return None;
@@ -209,7 +223,7 @@ async fn killed_repeatedly(kill_coordinators: bool) {
             }
         })
         .await
-        .expect("the service opens a transaction");
+        .unwrap_or_else(|error| panic!("run {kill}: {error}; last seen: {}", seen.lock()));
         let (open, coordinator) = open;
         epoch.store(open as u64, Ordering::Relaxed);
         if kill % 2 == 0 {

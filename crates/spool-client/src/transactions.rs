@@ -163,14 +163,16 @@ impl Client {
         Ok(())
     }
 
-    /// Commits (or aborts) the producer's transaction (asked of its coordinator).
+    /// Commits (or aborts) the producer's transaction (asked of its coordinator);
+    /// returns the producer id and epoch to go on with.
     pub async fn end_txn(
         &self,
         transactional_id: &str,
         producer: (i64, i16),
         commit: bool,
-    ) -> Result<(), ClientError> {
-        self.transactions
+    ) -> Result<(i64, i16), ClientError> {
+        let answer = self
+            .transactions
             .clone()
             .end_txn(self.call(v1::EndTxnRequest {
                 transactional_id: transactional_id.to_string(),
@@ -178,8 +180,9 @@ impl Client {
                 producer_epoch: i32::from(producer.1),
                 commit,
             }))
-            .await?;
-        Ok(())
+            .await?
+            .into_inner();
+        Ok((answer.producer_id, epoch(answer.producer_epoch)?))
     }
 
     /// The transactional ids this node coordinates.

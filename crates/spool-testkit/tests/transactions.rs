@@ -454,3 +454,147 @@ async fn offsets_sent_in_a_transaction_take_effect_only_when_it_commits() {
     .await
     .expect("committed offset after failover");
 }
+
+/// One transactional batch of `values` from `producer` at `sequence`.
+fn transactional_batch(producer: (i64, i16), sequence: i32, values: &[&str]) -> bytes::Bytes {
+    let mut builder =
+        spool_log::batch::BatchBuilder::new(spool_log::batch::BatchOptions::default());
+    builder.set_producer(producer.0, producer.1, sequence);
+    builder.set_transactional(true);
+    for value in values {
+        builder.append(1_700_000_000_000, None, Some(value.as_bytes()), &[]);
+    }
+    builder.finish()
+}
+
+/// Produces one batch to partition 0 of `topic` through its leader.
+async fn produce_raw(
+    cluster: &TestCluster,
+    topic: &str,
+    batch: bytes::Bytes,
+) -> Result<(), spool_client::ApiError> {
+    let leader = cluster.leader(topic, 0, WITHIN).await.expect("leader");
+    let client = cluster.node_client(leader).await.expect("client");
+    let outcome = client
+        .produce(
+            spool_client::Acks::All,
+            WITHIN,
+            vec![spool_client::PartitionBatches {
+                topic: topic.to_string(),
+                partition: 0,
+                batches: vec![batch],
+                leader_epoch: None,
+            }],
+        )
+        .await
+        .expect("produce call");
+    outcome
+        .partitions
+        .into_iter()
+        .next()
+        .expect("an answer")
+        .map(drop)
+}
+
+/// Whether partition 0 of `topic` has no transaction open: its last stable offset is its
+/// end.
+async fn stable(client: &spool_client::Client, topic: &str) -> bool {
+    let answers = client
+        .list_offsets(vec![
+            (topic.to_string(), 0, OffsetSpec::LastStable),
+            (topic.to_string(), 0, OffsetSpec::Latest),
+        ])
+        .await
+        .expect("offsets");
+    matches!(answers.as_slice(), [Ok(stable), Ok(end)] if stable == end)
+}
+
+/// A write of a transaction that reaches its partition only after the transaction ended
+/// (a produce request held up past the producer's abort) is refused as fenced: every end
+/// moves the producer to a new epoch, which the markers carry. It opens no transaction
+/// that nobody would end, so read_committed readers are not held back for ever; the
+/// producer goes on at the new epoch, numbering from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothing_back() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    let topic = "late-writes";
+    cluster.create_topic(topic, 1, 3).await.expect("topic");
+    let client = cluster.client().await.expect("client");
+    let id = "late-writer";
+    let coordinator = wait_for(WITHIN, "the transaction coordinator", || async {
+        let (node, address) = client.find_transaction_coordinator(id).await.ok()?;
+        client.to_node(node, &address).await.ok()
+    })
+    .await
+    .expect("coordinator");
+    let producer = coordinator
+        .init_transactional_producer(id, 60_000)
+        .await
+        .expect("init");
+    let partitions = vec![(topic.to_string(), 0)];
+    coordinator
+        .add_partitions_to_txn(id, producer, &partitions)
+        .await
+        .expect("add");
+    produce_raw(&cluster, topic, transactional_batch(producer, 0, &["a1"]))
+        .await
+        .expect("first write");
+    // The next write of the transaction is held up; meanwhile the producer aborts.
+    let late = transactional_batch(producer, 1, &["a2"]);
+    let next = coordinator
+        .end_txn(id, producer, false)
+        .await
+        .expect("abort");
+    assert_eq!(next, (producer.0, producer.1 + 1), "the next epoch");
+    wait_for(WITHIN, "the abort marker", || async {
+        stable(&client, topic).await.then_some(())
+    })
+    .await
+    .expect("marker written");
+
+    let refused = produce_raw(&cluster, topic, late)
+        .await
+        .expect_err("a write of the ended transaction is refused");
+    assert_eq!(refused.code, ErrorCode::InvalidProducerEpoch, "{refused:?}");
+    assert!(stable(&client, topic).await, "nothing is left open");
+
+    // The producer goes on at the new epoch, numbering from 0; the ended epoch is
+    // refused at the coordinator too.
+    assert!(
+        coordinator
+            .add_partitions_to_txn(id, producer, &partitions)
+            .await
+            .is_err()
+    );
+    coordinator
+        .add_partitions_to_txn(id, next, &partitions)
+        .await
+        .expect("add at the new epoch");
+    produce_raw(&cluster, topic, transactional_batch(next, 0, &["b1", "b2"]))
+        .await
+        .expect("write at the new epoch");
+    let after = coordinator.end_txn(id, next, true).await.expect("commit");
+    assert_eq!(after, (next.0, next.1 + 1));
+    // Asked again (its answer lost), the commit is answered alike.
+    assert_eq!(
+        coordinator.end_txn(id, next, true).await.expect("again"),
+        after
+    );
+    let seen = wait_for(WITHIN, "the committed records", || async {
+        let read = cluster
+            .read_to_end(topic, 0, IsolationLevel::ReadCommitted, WITHIN)
+            .await
+            .ok()?;
+        let values: Vec<String> = read
+            .records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        (values.len() == 2).then_some(values)
+    })
+    .await
+    .expect("read");
+    assert_eq!(seen, ["b1", "b2"]);
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::MAX_ID_BYTES;
 use crate::error::TxnError;
 use crate::records::TxnRecord;
-use crate::state::{Transaction, TxnState};
+use crate::state::{LAST_PRODUCER_EPOCH, Transaction, TxnState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnConfig {
@@ -56,6 +56,14 @@ pub enum EndOutcome {
     Prepared,
     /// A retry of an end already decided (or there was nothing to end).
     AlreadyDone,
+}
+
+/// The answer to an end: what it did, and the producer id and epoch to go on with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub outcome: EndOutcome,
+    pub producer_id: i64,
+    pub epoch: i16,
 }
 
 /// The transactional ids whose coordinator partition this is.
@@ -165,6 +173,8 @@ impl TxnCoordinator {
                 // markers fence that instance at every partition it wrote to.
                 let aborting = Transaction {
                     producer_epoch: next_epoch(current.producer_epoch),
+                    last_producer_id: -1,
+                    last_epoch: -1,
                     state: TxnState::PrepareAbort,
                     updated_ms: now_ms,
                     ..current
@@ -173,9 +183,13 @@ impl TxnCoordinator {
                 Ok(Outcome::new(vec![record], InitAnswer::AbortingPrevious))
             }
             TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
-                let t = if current.producer_epoch >= i16::MAX - 1 {
+                let t = if current.producer_epoch >= LAST_PRODUCER_EPOCH {
                     let producer_id = allocate().map_err(TxnError::NoProducerId)?;
-                    fresh(producer_id, timeout, now_ms)
+                    Transaction {
+                        last_producer_id: current.last_producer_id,
+                        last_epoch: current.last_epoch,
+                        ..fresh(producer_id, timeout, now_ms)
+                    }
                 } else {
                     Transaction {
                         producer_epoch: current.producer_epoch + 1,
@@ -245,7 +259,10 @@ impl TxnCoordinator {
     }
 
     /// Commits or aborts the producer's transaction: the outcome is decided once the
-    /// record is written, and completes once every partition has its marker.
+    /// record is written, and completes once every partition has its marker. The
+    /// producer goes on at the next epoch; past the last one, under `fresh_id` (without
+    /// one, that end is refused with `NoProducerId` and changes nothing). An end asked
+    /// again by the producer that ended is answered as done, with where it goes on.
     pub fn end(
         &mut self,
         id: &str,
@@ -253,41 +270,87 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
         now_ms: i64,
-    ) -> Result<Outcome<EndOutcome>, TxnError> {
-        let t = self.current(id, producer_id, epoch)?;
+        fresh_id: Option<i64>,
+    ) -> Result<Outcome<Ended>, TxnError> {
         let refused = |t: &Transaction| TxnError::InvalidState {
             id: id.to_string(),
             state: t.state.name(),
             action: if commit { "commit" } else { "abort" },
         };
+        if let Some(t) = self.transactions.get(id)
+            && t.last_producer_id >= 0
+            && (t.last_producer_id, t.last_epoch) == (producer_id, epoch)
+            && (t.producer_id, t.producer_epoch) != (producer_id, epoch)
+        {
+            // The end of the last transaction, asked again: done if it ended as asked.
+            let done = match t.state {
+                TxnState::PrepareCommit | TxnState::CompleteCommit => commit,
+                TxnState::PrepareAbort | TxnState::CompleteAbort => !commit,
+                TxnState::Empty | TxnState::Ongoing => false,
+            };
+            if !done {
+                return Err(TxnError::Fenced {
+                    id: id.to_string(),
+                    producer_id,
+                    epoch,
+                    current: t.producer_epoch,
+                });
+            }
+            let ended = Ended {
+                outcome: EndOutcome::AlreadyDone,
+                producer_id: t.producer_id,
+                epoch: t.producer_epoch,
+            };
+            return Ok(Outcome::new(Vec::new(), ended));
+        }
+        let t = self.current(id, producer_id, epoch)?;
+        let unchanged = Ended {
+            outcome: EndOutcome::AlreadyDone,
+            producer_id,
+            epoch,
+        };
         match (t.state, commit) {
             (TxnState::Ongoing, _) => {
                 let mut t = t.clone();
+                (t.last_producer_id, t.last_epoch) = (producer_id, epoch);
+                if epoch >= LAST_PRODUCER_EPOCH {
+                    t.producer_id = fresh_id
+                        .ok_or_else(|| TxnError::NoProducerId("the epochs ran out".into()))?;
+                    t.producer_epoch = 0;
+                } else {
+                    t.producer_epoch = epoch + 1;
+                }
                 t.state = if commit {
                     TxnState::PrepareCommit
                 } else {
                     TxnState::PrepareAbort
                 };
                 t.updated_ms = now_ms;
+                let ended = Ended {
+                    outcome: EndOutcome::Prepared,
+                    producer_id: t.producer_id,
+                    epoch: t.producer_epoch,
+                };
                 let record = self.put(id, t);
-                Ok(Outcome::new(vec![record], EndOutcome::Prepared))
+                Ok(Outcome::new(vec![record], ended))
             }
             (TxnState::Empty, _)
             | (TxnState::PrepareCommit | TxnState::CompleteCommit, true)
             | (TxnState::PrepareAbort | TxnState::CompleteAbort, false) => {
-                Ok(Outcome::new(Vec::new(), EndOutcome::AlreadyDone))
+                Ok(Outcome::new(Vec::new(), unchanged))
             }
             _ => Err(refused(t)),
         }
     }
 
     /// Marks the transaction of `id` complete, once every marker of its outcome is
-    /// written at producer `producer_id`, `epoch`. Nothing if it moved on meanwhile.
+    /// written at producer `producer_id`, `epoch` (its `marker_producer`). Nothing if it
+    /// moved on meanwhile.
     pub fn complete(&mut self, id: &str, producer_id: i64, epoch: i16, now_ms: i64) -> Outcome<()> {
         let Some(t) = self.transactions.get(id) else {
             return Outcome::new(Vec::new(), ());
         };
-        if !t.state.is_preparing() || t.producer_id != producer_id || t.producer_epoch != epoch {
+        if !t.state.is_preparing() || t.marker_producer() != (producer_id, epoch) {
             return Outcome::new(Vec::new(), ());
         }
         let mut t = t.clone();
@@ -313,6 +376,8 @@ impl TxnCoordinator {
             return Outcome::new(Vec::new(), false);
         }
         let mut t = t.clone();
+        // Not an end the producer asked for: it is fenced, and cannot ask it again.
+        (t.last_producer_id, t.last_epoch) = (-1, -1);
         t.producer_epoch = next_epoch(t.producer_epoch);
         t.state = TxnState::PrepareAbort;
         t.updated_ms = now_ms;
@@ -371,6 +436,8 @@ fn fresh(producer_id: i64, timeout_ms: i32, now_ms: i64) -> Transaction {
     Transaction {
         producer_id,
         producer_epoch: 0,
+        last_producer_id: -1,
+        last_epoch: -1,
         timeout_ms,
         state: TxnState::Empty,
         partitions: BTreeSet::new(),
@@ -379,9 +446,10 @@ fn fresh(producer_id: i64, timeout_ms: i32, now_ms: i64) -> Transaction {
     }
 }
 
-/// The epoch after `epoch`; at the last one it stays (the next start takes a new id).
+/// The epoch after `epoch`, for an abort that fences the producer: past the last one it
+/// stays there (the next start takes a new id).
 fn next_epoch(epoch: i16) -> i16 {
-    epoch.saturating_add(1).min(i16::MAX - 1)
+    epoch.saturating_add(1)
 }
 
 /// A transactional id: 1 to `MAX_ID_BYTES` bytes, no control characters.

@@ -13,10 +13,12 @@ mod error;
 mod records;
 mod state;
 
-pub use coordinator::{EndOutcome, InitAnswer, Outcome, TxnConfig, TxnCoordinator, check_id};
+pub use coordinator::{
+    EndOutcome, Ended, InitAnswer, Outcome, TxnConfig, TxnCoordinator, check_id,
+};
 pub use error::{RecordError, TxnError};
 pub use records::TxnRecord;
-pub use state::{Transaction, TxnState};
+pub use state::{LAST_PRODUCER_EPOCH, Transaction, TxnState};
 
 /// The longest transactional id taken, in bytes.
 pub const MAX_ID_BYTES: usize = 255;

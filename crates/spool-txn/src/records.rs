@@ -3,10 +3,12 @@
 //! Key: `type u8 = 0`, then the transactional id as `u16 length + UTF-8`. A newer record
 //! with the same key replaces an older one; a null value (a tombstone) removes the id.
 //!
-//! Value: `version u8 = 0`, producer id i64, producer epoch i16, timeout ms i32, state u8
-//! (0 empty, 1 ongoing, 2 prepare commit, 3 prepare abort, 4 complete commit, 5 complete
-//! abort), started ms i64, updated ms i64, partition count u32, then per partition its
-//! topic (`u16 length + UTF-8`) and index u32. Numbers are big-endian.
+//! Value: `version u8 = 1`, producer id i64, producer epoch i16, last producer id i64,
+//! last epoch i16, timeout ms i32, state u8 (0 empty, 1 ongoing, 2 prepare commit,
+//! 3 prepare abort, 4 complete commit, 5 complete abort), started ms i64, updated ms i64,
+//! partition count u32, then per partition its topic (`u16 length + UTF-8`) and index
+//! u32. Numbers are big-endian. Version 0 lacks the last producer id and epoch: they read
+//! as the producer id and the epoch before its own (its markers carried its epoch).
 
 use std::collections::BTreeSet;
 
@@ -14,7 +16,7 @@ use crate::error::RecordError;
 use crate::state::{Transaction, TxnState};
 
 const TYPE_TRANSACTION: u8 = 0;
-const VERSION: u8 = 0;
+const VERSION: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnRecord {
@@ -34,6 +36,8 @@ impl TxnRecord {
         value.push(VERSION);
         value.extend_from_slice(&t.producer_id.to_be_bytes());
         value.extend_from_slice(&t.producer_epoch.to_be_bytes());
+        value.extend_from_slice(&t.last_producer_id.to_be_bytes());
+        value.extend_from_slice(&t.last_epoch.to_be_bytes());
         value.extend_from_slice(&t.timeout_ms.to_be_bytes());
         value.push(t.state.to_u8());
         value.extend_from_slice(&t.started_ms.to_be_bytes());
@@ -63,11 +67,19 @@ impl TxnRecord {
             });
         };
         let version = take::<1>(&mut v)?[0];
-        if version != VERSION {
+        if version > VERSION {
             return Err(RecordError::UnknownVersion(version));
         }
         let producer_id = i64::from_be_bytes(take(&mut v)?);
         let producer_epoch = i16::from_be_bytes(take(&mut v)?);
+        let (last_producer_id, last_epoch) = if version == 0 {
+            (producer_id, producer_epoch - 1)
+        } else {
+            (
+                i64::from_be_bytes(take(&mut v)?),
+                i16::from_be_bytes(take(&mut v)?),
+            )
+        };
         let timeout_ms = i32::from_be_bytes(take(&mut v)?);
         let state = TxnState::from_u8(take::<1>(&mut v)?[0])
             .ok_or(RecordError::Malformed("transaction state"))?;
@@ -88,6 +100,8 @@ impl TxnRecord {
             value: Some(Transaction {
                 producer_id,
                 producer_epoch,
+                last_producer_id,
+                last_epoch,
                 timeout_ms,
                 state,
                 partitions,
@@ -132,6 +146,8 @@ mod tests {
             value: Some(Transaction {
                 producer_id: 4001,
                 producer_epoch: 7,
+                last_producer_id: 4001,
+                last_epoch: 6,
                 timeout_ms: 60_000,
                 state: TxnState::PrepareCommit,
                 partitions: BTreeSet::from([("orders".into(), 2), ("payments".into(), 0)]),
@@ -153,13 +169,26 @@ mod tests {
             let (mut key, mut value) = (Vec::new(), Vec::new());
             let has_value = record.encode_into(&mut key, &mut value);
             let value = has_value.then_some(value);
-            assert_eq!(TxnRecord::decode(&key, value.as_deref()), Ok(record));
+            assert_eq!(
+                TxnRecord::decode(&key, value.as_deref()),
+                Ok(record.clone())
+            );
             for cut in 0..key.len() {
                 assert!(TxnRecord::decode(&key[..cut], value.as_deref()).is_err());
             }
             if let Some(value) = &value {
                 for cut in 0..value.len() {
                     assert!(TxnRecord::decode(&key, Some(&value[..cut])).is_err());
+                }
+                if record.value.is_some() {
+                    // Version 0, without the last producer: it reads as the epoch before.
+                    let mut old = vec![0];
+                    old.extend_from_slice(&value[1..11]);
+                    old.extend_from_slice(&value[21..]);
+                    let decoded = TxnRecord::decode(&key, Some(&old)).expect("version 0");
+                    let t = decoded.value.expect("a value");
+                    assert_eq!((t.last_producer_id, t.last_epoch), (4001, 6));
+                    assert_eq!(Some(t), record.value);
                 }
                 let mut newer = value.clone();
                 newer[0] = 9;

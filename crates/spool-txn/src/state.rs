@@ -58,11 +58,23 @@ impl TxnState {
     }
 }
 
+/// The newest epoch a producer may use; the one after it only marks a transaction ended.
+pub const LAST_PRODUCER_EPOCH: i16 = i16::MAX - 1;
+
 /// A transactional id: its producer, and its current transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
+    /// The producer id and epoch the producer goes on with.
     pub producer_id: i64,
     pub producer_epoch: i16,
+    /// The producer id and epoch the last transaction its producer ended ran under (-1
+    /// and -1 if none, or if the coordinator aborted the transaction since, fencing the
+    /// producer). Every end moves the producer to a newer epoch (or a new id, when the
+    /// epochs run out), and the end's markers carry the epoch after this one: a write of
+    /// the ended transaction that arrives late is refused as fenced, instead of opening a
+    /// transaction nobody will end. An end asked again under these is answered as done.
+    pub last_producer_id: i64,
+    pub last_epoch: i16,
     /// A transaction open longer than this is aborted.
     pub timeout_ms: i32,
     pub state: TxnState,
@@ -72,4 +84,17 @@ pub struct Transaction {
     pub started_ms: i64,
     /// When the state last changed.
     pub updated_ms: i64,
+}
+
+impl Transaction {
+    /// The producer id and epoch of the markers of the transaction ending or last ended:
+    /// the epoch after the one it ran under.
+    pub fn marker_producer(&self) -> (i64, i16) {
+        if self.last_producer_id >= 0 {
+            (self.last_producer_id, self.last_epoch.saturating_add(1))
+        } else {
+            // Aborted by the coordinator, which moved the producer on itself.
+            (self.producer_id, self.producer_epoch)
+        }
+    }
 }

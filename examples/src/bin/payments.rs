@@ -159,6 +159,7 @@ impl PaymentService {
         // Fences an earlier run and ends its open transaction (aborted): its orders'
         // offsets are then the committed ones again, and this run reads from them.
         payments.init_transactions().await?;
+        eprintln!("payment service: started as {INSTANCE}");
         Ok(Self { consumer, payments })
     }
 

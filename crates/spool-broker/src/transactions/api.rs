@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use spool_txn::{EndOutcome, InitAnswer, TxnCoordinator, TxnError};
+use spool_txn::{Ended, InitAnswer, TxnCoordinator, TxnError};
 
 use crate::OFFSETS_TOPIC;
 use crate::broker::Broker;
@@ -225,13 +225,24 @@ impl Broker {
         producer_id: i64,
         epoch: i16,
         commit: bool,
-    ) -> Result<EndOutcome, BrokerError> {
-        let id = transactional_id.to_string();
-        self.txn_run(transactional_id, move |c, now_ms| {
-            c.end(&id, producer_id, epoch, commit, now_ms)
-                .map(|o| (o.records, o.value))
-        })
-        .await
+    ) -> Result<Ended, BrokerError> {
+        let mut fresh_id = None;
+        loop {
+            let id = transactional_id.to_string();
+            let answer = self
+                .txn_run(transactional_id, move |c, now_ms| {
+                    c.end(&id, producer_id, epoch, commit, now_ms, fresh_id)
+                        .map(|o| (o.records, o.value))
+                })
+                .await;
+            match answer {
+                // The producer's epochs ran out: it goes on under a new id.
+                Err(BrokerError::Txn(TxnError::NoProducerId(_))) if fresh_id.is_none() => {
+                    fresh_id = Some(self.init_producer_id().await?.producer_id);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The transactional ids this node coordinates.

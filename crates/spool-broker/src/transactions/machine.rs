@@ -51,10 +51,8 @@ impl TxnMachine {
     /// Writes the markers of a decided transaction (retrying until they are all
     /// committed or this shard stops), then queues its completion.
     fn complete(&mut self, id: &str, t: &Transaction, queue: &Queue<Self>) {
-        if !self
-            .completing
-            .insert((id.to_string(), t.producer_id, t.producer_epoch))
-        {
+        let (producer_id, epoch) = t.marker_producer();
+        if !self.completing.insert((id.to_string(), producer_id, epoch)) {
             return;
         }
         let (id, t) = (id.to_string(), t.clone());
@@ -84,7 +82,6 @@ impl TxnMachine {
                     }
                 }
             }
-            let (producer_id, epoch) = (t.producer_id, t.producer_epoch);
             let job: Job<TxnMachine> = Box::new(move |c: &mut TxnCoordinator, ctx: &Context| {
                 let outcome = c.complete(&id, producer_id, epoch, ctx.now_ms);
                 (outcome.records, Box::new(|_| {}) as Reply)

@@ -23,6 +23,7 @@ impl Broker {
         commit: bool,
         coordinator_epoch: i32,
     ) -> Result<(), BrokerError> {
+        let (producer_id, producer_epoch) = t.marker_producer();
         let metadata = self.controller.current();
         let mut by_leader: BTreeMap<u64, Vec<(String, u32)>> = BTreeMap::new();
         for (topic, partition) in &t.partitions {
@@ -47,8 +48,8 @@ impl Broker {
         let writes = by_leader.into_iter().map(|(node, partitions)| async move {
             let results = if node == self.options.node_id {
                 self.write_local_markers(
-                    t.producer_id,
-                    t.producer_epoch,
+                    producer_id,
+                    producer_epoch,
                     commit,
                     coordinator_epoch,
                     &partitions,
@@ -56,8 +57,8 @@ impl Broker {
                 .await
             } else {
                 let markers = TxnMarkers {
-                    producer_id: t.producer_id,
-                    producer_epoch: t.producer_epoch,
+                    producer_id,
+                    producer_epoch,
                     commit,
                     coordinator_epoch,
                     partitions,

@@ -310,7 +310,8 @@ impl Producer {
         };
         let commit = commit && failed.is_none();
         if added {
-            self.shared
+            let (id, epoch) = self
+                .shared
                 .coordinator_call(txn, |client| {
                     let id = txn.id.clone();
                     async move {
@@ -320,6 +321,11 @@ impl Producer {
                     }
                 })
                 .await?;
+            // Every end moves the producer to a new epoch (a late write of this
+            // transaction is refused under it); its partitions number afresh from 0.
+            if (id, epoch) != (producer.id, producer.epoch) {
+                self.shared.set_producer_id(id, epoch).await;
+            }
         }
         {
             let mut progress = txn.progress.lock().await;

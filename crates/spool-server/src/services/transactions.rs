@@ -99,9 +99,10 @@ impl v1::transactions_server::Transactions for TransactionsService {
     async fn end_txn(
         &self,
         request: Request<v1::EndTxnRequest>,
-    ) -> Result<Response<v1::TxnResponse>, Status> {
+    ) -> Result<Response<v1::EndTxnResponse>, Status> {
         let r = request.into_inner();
-        self.broker
+        let ended = self
+            .broker
             .end_txn(
                 &r.transactional_id,
                 r.producer_id,
@@ -110,7 +111,10 @@ impl v1::transactions_server::Transactions for TransactionsService {
             )
             .await
             .map_err(|e| self.status(&e))?;
-        Ok(Response::new(v1::TxnResponse {}))
+        Ok(Response::new(v1::EndTxnResponse {
+            producer_id: ended.producer_id,
+            producer_epoch: i32::from(ended.epoch),
+        }))
     }
 
     async fn list_transactions(

@@ -48,34 +48,56 @@ fn a_transaction_runs_from_init_to_complete_and_replays_alike() {
             .records
             .is_empty()
     );
-    let ended = c.end("t", 500, 0, true, NOW + 3).expect("commit");
-    assert_eq!(ended.value, EndOutcome::Prepared);
+    let ended = c.end("t", 500, 0, true, NOW + 3, None).expect("commit");
+    // The producer goes on at the next epoch; the markers carry it.
+    assert_eq!(
+        ended.value,
+        Ended {
+            outcome: EndOutcome::Prepared,
+            producer_id: 500,
+            epoch: 1
+        }
+    );
     log.extend(ended.records);
     let t = c.get("t").expect("known");
     assert_eq!(t.state, TxnState::PrepareCommit);
     assert_eq!(t.partitions.len(), 2);
     assert_eq!(c.preparing().count(), 1);
-    // A retried commit is answered; an abort now is refused; adding waits.
+    assert_eq!(t.marker_producer(), (500, 1));
+    // A retried commit is answered with where the producer goes on; an abort under the
+    // ended epoch is refused, and so is anything else under it; adding waits.
     assert_eq!(
-        c.end("t", 500, 0, true, NOW + 4).expect("retry").value,
-        EndOutcome::AlreadyDone
+        c.end("t", 500, 0, true, NOW + 4, None)
+            .expect("retry")
+            .value,
+        Ended {
+            outcome: EndOutcome::AlreadyDone,
+            producer_id: 500,
+            epoch: 1
+        }
     );
     assert!(matches!(
-        c.end("t", 500, 0, false, NOW + 4),
-        Err(TxnError::InvalidState { .. })
+        c.end("t", 500, 0, false, NOW + 4, None),
+        Err(TxnError::Fenced { current: 1, .. })
     ));
     assert!(matches!(
         c.add_partitions("t", 500, 0, &parts(&[("c", 0)]), NOW + 4),
+        Err(TxnError::Fenced { .. })
+    ));
+    assert!(matches!(
+        c.add_partitions("t", 500, 1, &parts(&[("c", 0)]), NOW + 4),
         Err(TxnError::Concurrent(_))
     ));
-    let completed = c.complete("t", 500, 0, NOW + 5);
+    assert!(c.complete("t", 500, 0, NOW + 5).records.is_empty());
+    let completed = c.complete("t", 500, 1, NOW + 5);
     log.extend(completed.records);
     let t = c.get("t").expect("known");
     assert_eq!(t.state, TxnState::CompleteCommit);
     assert!(t.partitions.is_empty());
-    // The next transaction starts afresh.
+    // The next transaction starts afresh, at the new epoch; the last end, asked again
+    // now, is refused.
     log.extend(
-        c.add_partitions("t", 500, 0, &parts(&[("c", 0)]), NOW + 6)
+        c.add_partitions("t", 500, 1, &parts(&[("c", 0)]), NOW + 6)
             .expect("next")
             .records,
     );
@@ -84,7 +106,56 @@ fn a_transaction_runs_from_init_to_complete_and_replays_alike() {
         (t.state, t.started_ms, t.partitions.len()),
         (TxnState::Ongoing, NOW + 6, 1)
     );
+    assert!(matches!(
+        c.end("t", 500, 0, true, NOW + 7, None),
+        Err(TxnError::Fenced { .. })
+    ));
     assert_eq!(replayed(&log).snapshot_records(), c.snapshot_records());
+}
+
+#[test]
+fn an_end_at_the_last_epoch_moves_the_producer_to_a_new_id() {
+    let mut c = TxnCoordinator::default();
+    ready(c.init_producer_id("t", 60_000, NOW, Some(1)));
+    let mut t = c.get("t").expect("known").clone();
+    t.producer_epoch = LAST_PRODUCER_EPOCH;
+    c.apply(&TxnRecord {
+        transactional_id: "t".into(),
+        value: Some(t),
+    });
+    c.add_partitions("t", 1, LAST_PRODUCER_EPOCH, &parts(&[("a", 0)]), NOW)
+        .expect("add");
+    let before = c.snapshot_records();
+    assert!(matches!(
+        c.end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 1, None),
+        Err(TxnError::NoProducerId(_))
+    ));
+    assert_eq!(c.snapshot_records(), before, "a refusal changes nothing");
+    let ended = c
+        .end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 1, Some(2))
+        .expect("commit");
+    assert_eq!(
+        ended.value,
+        Ended {
+            outcome: EndOutcome::Prepared,
+            producer_id: 2,
+            epoch: 0
+        }
+    );
+    // The markers fence the old id past its last epoch.
+    let t = c.get("t").expect("known");
+    assert_eq!(t.marker_producer(), (1, i16::MAX));
+    assert_eq!(
+        c.end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 2, None)
+            .expect("retry")
+            .value
+            .producer_id,
+        2
+    );
+    c.complete("t", 1, i16::MAX, NOW + 3);
+    assert_eq!(c.get("t").expect("known").state, TxnState::CompleteCommit);
+    c.add_partitions("t", 2, 0, &parts(&[("a", 0)]), NOW + 4)
+        .expect("the new id opens the next transaction");
 }
 
 #[test]
@@ -103,7 +174,7 @@ fn a_new_instance_fences_the_old_one_and_aborts_its_open_transaction() {
     assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
     // The old instance is fenced everywhere at the coordinator.
     assert!(matches!(
-        c.end("t", id, 0, true, NOW + 2),
+        c.end("t", id, 0, true, NOW + 2, None),
         Err(TxnError::Fenced { current: 1, .. })
     ));
     assert!(matches!(
@@ -178,7 +249,7 @@ fn transactions_past_their_timeout_are_aborted_and_idle_ids_expire() {
     assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
     // The timed-out producer is fenced: it cannot commit what was aborted.
     assert!(matches!(
-        c.end("a", a, 0, true, NOW + 10_002),
+        c.end("a", a, 0, true, NOW + 10_002, None),
         Err(TxnError::Fenced { .. })
     ));
     c.complete("a", a, 1, NOW + 10_003);
