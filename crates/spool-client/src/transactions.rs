@@ -163,8 +163,9 @@ impl Client {
         Ok(())
     }
 
-    /// Commits (or aborts) the producer's transaction (asked of its coordinator);
-    /// returns the producer id and epoch to go on with.
+    /// Commits (or aborts) the producer's transaction (asked of its coordinator), moving
+    /// the producer to a new epoch; returns the producer id and epoch to go on with (the
+    /// same, from a broker that does not move epochs).
     pub async fn end_txn(
         &self,
         transactional_id: &str,
@@ -179,9 +180,13 @@ impl Client {
                 producer_id: producer.0,
                 producer_epoch: i32::from(producer.1),
                 commit,
+                bump_epoch: true,
             }))
             .await?
             .into_inner();
+        if !answer.bumped {
+            return Ok(producer);
+        }
         Ok((answer.producer_id, epoch(answer.producer_epoch)?))
     }
 

@@ -66,6 +66,10 @@ impl NodeSpec {
             // Test clusters notice a dead group member within seconds.
             group_session_timeout_ms: 6000,
             group_heartbeat_interval_ms: 500,
+            // Fewer coordinator partitions than a production cluster's: each is a Raft
+            // group per replica, and test clusters share a small machine.
+            offsets_topic_partitions: 4,
+            transaction_state_partitions: 4,
             rack: self.rack.clone(),
             min_free_bytes: Some(TEST_MIN_FREE_BYTES),
             ..ServerConfig::default()

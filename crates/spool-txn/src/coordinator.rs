@@ -185,14 +185,12 @@ impl TxnCoordinator {
             TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
                 let t = if current.producer_epoch >= LAST_PRODUCER_EPOCH {
                     let producer_id = allocate().map_err(TxnError::NoProducerId)?;
-                    Transaction {
-                        last_producer_id: current.last_producer_id,
-                        last_epoch: current.last_epoch,
-                        ..fresh(producer_id, timeout, now_ms)
-                    }
+                    fresh(producer_id, timeout, now_ms)
                 } else {
                     Transaction {
                         producer_epoch: current.producer_epoch + 1,
+                        last_producer_id: -1,
+                        last_epoch: -1,
                         timeout_ms: timeout,
                         state: TxnState::Empty,
                         partitions: BTreeSet::new(),
@@ -259,10 +257,12 @@ impl TxnCoordinator {
     }
 
     /// Commits or aborts the producer's transaction: the outcome is decided once the
-    /// record is written, and completes once every partition has its marker. The
-    /// producer goes on at the next epoch; past the last one, under `fresh_id` (without
-    /// one, that end is refused with `NoProducerId` and changes nothing). An end asked
-    /// again by the producer that ended is answered as done, with where it goes on.
+    /// record is written, and completes once every partition has its marker. With
+    /// `bump` (`Some`), the producer goes on at the next epoch; past the last one, under
+    /// the fresh producer id it holds (without one, that end is refused with
+    /// `NoProducerId` and changes nothing). Without (`None`, a producer that does not
+    /// know epochs move), it keeps its epoch. An end asked again by the producer that
+    /// ended is answered as done, with where it goes on.
     pub fn end(
         &mut self,
         id: &str,
@@ -270,7 +270,7 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
         now_ms: i64,
-        fresh_id: Option<i64>,
+        bump: Option<Option<i64>>,
     ) -> Result<Outcome<Ended>, TxnError> {
         let refused = |t: &Transaction| TxnError::InvalidState {
             id: id.to_string(),
@@ -282,19 +282,23 @@ impl TxnCoordinator {
             && (t.last_producer_id, t.last_epoch) == (producer_id, epoch)
             && (t.producer_id, t.producer_epoch) != (producer_id, epoch)
         {
-            // The end of the last transaction, asked again: done if it ended as asked.
+            // The end of the last transaction, asked again: done if it ended as asked;
+            // the other outcome is refused as such (the producer, unsure how its end went,
+            // starts again); once the producer moved on, it is stale.
             let done = match t.state {
                 TxnState::PrepareCommit | TxnState::CompleteCommit => commit,
                 TxnState::PrepareAbort | TxnState::CompleteAbort => !commit,
-                TxnState::Empty | TxnState::Ongoing => false,
+                TxnState::Empty | TxnState::Ongoing => {
+                    return Err(TxnError::Fenced {
+                        id: id.to_string(),
+                        producer_id,
+                        epoch,
+                        current: t.producer_epoch,
+                    });
+                }
             };
             if !done {
-                return Err(TxnError::Fenced {
-                    id: id.to_string(),
-                    producer_id,
-                    epoch,
-                    current: t.producer_epoch,
-                });
+                return Err(refused(t));
             }
             let ended = Ended {
                 outcome: EndOutcome::AlreadyDone,
@@ -312,13 +316,19 @@ impl TxnCoordinator {
         match (t.state, commit) {
             (TxnState::Ongoing, _) => {
                 let mut t = t.clone();
-                (t.last_producer_id, t.last_epoch) = (producer_id, epoch);
-                if epoch >= LAST_PRODUCER_EPOCH {
-                    t.producer_id = fresh_id
-                        .ok_or_else(|| TxnError::NoProducerId("the epochs ran out".into()))?;
-                    t.producer_epoch = 0;
-                } else {
-                    t.producer_epoch = epoch + 1;
+                match bump {
+                    Some(_) if epoch < LAST_PRODUCER_EPOCH => {
+                        (t.last_producer_id, t.last_epoch) = (producer_id, epoch);
+                        t.producer_epoch = epoch + 1;
+                    }
+                    Some(fresh_id) => {
+                        t.producer_id = fresh_id
+                            .ok_or_else(|| TxnError::NoProducerId("the epochs ran out".into()))?;
+                        (t.last_producer_id, t.last_epoch) = (producer_id, epoch);
+                        t.producer_epoch = 0;
+                    }
+                    // The markers carry the epoch the transaction ran under.
+                    None => (t.last_producer_id, t.last_epoch) = (-1, -1),
                 }
                 t.state = if commit {
                     TxnState::PrepareCommit

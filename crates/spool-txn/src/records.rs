@@ -7,8 +7,9 @@
 //! last epoch i16, timeout ms i32, state u8 (0 empty, 1 ongoing, 2 prepare commit,
 //! 3 prepare abort, 4 complete commit, 5 complete abort), started ms i64, updated ms i64,
 //! partition count u32, then per partition its topic (`u16 length + UTF-8`) and index
-//! u32. Numbers are big-endian. Version 0 lacks the last producer id and epoch: they read
-//! as the producer id and the epoch before its own (its markers carried its epoch).
+//! u32. Numbers are big-endian. Version 0 lacks the last producer id and epoch (its
+//! markers carried the producer's epoch): they read as none (-1), and a value without
+//! them is written as version 0, which nodes from before version 1 read too.
 
 use std::collections::BTreeSet;
 
@@ -33,11 +34,14 @@ impl TxnRecord {
         let Some(t) = &self.value else {
             return false;
         };
-        value.push(VERSION);
+        let versioned = t.last_producer_id >= 0;
+        value.push(if versioned { VERSION } else { 0 });
         value.extend_from_slice(&t.producer_id.to_be_bytes());
         value.extend_from_slice(&t.producer_epoch.to_be_bytes());
-        value.extend_from_slice(&t.last_producer_id.to_be_bytes());
-        value.extend_from_slice(&t.last_epoch.to_be_bytes());
+        if versioned {
+            value.extend_from_slice(&t.last_producer_id.to_be_bytes());
+            value.extend_from_slice(&t.last_epoch.to_be_bytes());
+        }
         value.extend_from_slice(&t.timeout_ms.to_be_bytes());
         value.push(t.state.to_u8());
         value.extend_from_slice(&t.started_ms.to_be_bytes());
@@ -73,7 +77,7 @@ impl TxnRecord {
         let producer_id = i64::from_be_bytes(take(&mut v)?);
         let producer_epoch = i16::from_be_bytes(take(&mut v)?);
         let (last_producer_id, last_epoch) = if version == 0 {
-            (producer_id, producer_epoch - 1)
+            (-1, -1)
         } else {
             (
                 i64::from_be_bytes(take(&mut v)?),
@@ -180,15 +184,23 @@ mod tests {
                 for cut in 0..value.len() {
                     assert!(TxnRecord::decode(&key, Some(&value[..cut])).is_err());
                 }
-                if record.value.is_some() {
-                    // Version 0, without the last producer: it reads as the epoch before.
-                    let mut old = vec![0];
-                    old.extend_from_slice(&value[1..11]);
-                    old.extend_from_slice(&value[21..]);
-                    let decoded = TxnRecord::decode(&key, Some(&old)).expect("version 0");
-                    let t = decoded.value.expect("a value");
-                    assert_eq!((t.last_producer_id, t.last_epoch), (4001, 6));
-                    assert_eq!(Some(t), record.value);
+                if let Some(t) = &record.value {
+                    // Without a last producer, version 0 is written, and read back alike.
+                    let none = Transaction {
+                        last_producer_id: -1,
+                        last_epoch: -1,
+                        ..t.clone()
+                    };
+                    let (mut old_key, mut old) = (Vec::new(), Vec::new());
+                    TxnRecord {
+                        transactional_id: record.transactional_id.clone(),
+                        value: Some(none.clone()),
+                    }
+                    .encode_into(&mut old_key, &mut old);
+                    assert_eq!(old[0], 0);
+                    assert_eq!(old.len() + 10, value.len());
+                    let decoded = TxnRecord::decode(&old_key, Some(&old)).expect("version 0");
+                    assert_eq!(decoded.value, Some(none));
                 }
                 let mut newer = value.clone();
                 newer[0] = 9;

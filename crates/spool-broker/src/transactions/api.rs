@@ -225,13 +225,15 @@ impl Broker {
         producer_id: i64,
         epoch: i16,
         commit: bool,
+        bump: bool,
     ) -> Result<Ended, BrokerError> {
         let mut fresh_id = None;
         loop {
             let id = transactional_id.to_string();
             let answer = self
                 .txn_run(transactional_id, move |c, now_ms| {
-                    c.end(&id, producer_id, epoch, commit, now_ms, fresh_id)
+                    let next = bump.then_some(fresh_id);
+                    c.end(&id, producer_id, epoch, commit, now_ms, next)
                         .map(|o| (o.records, o.value))
                 })
                 .await;

@@ -217,13 +217,18 @@ impl Producer {
         }
         if txn.is_open() {
             // The last one was left open (dropped, or its end failed): abort it. One the
-            // coordinator already ended answers INVALID_TXN_STATE, which ends it here too.
+            // coordinator already ended otherwise (a commit whose answer was lost) answers
+            // INVALID_TXN_STATE: it is over, and the producer starts again at a new epoch
+            // (the one that end moved it to never reached it).
             match self.end(false).await {
                 Err(ProducerError::Api(api)) if api.code == ErrorCode::InvalidTxnState => {
-                    let mut progress = txn.progress.lock().await;
-                    progress.added.clear();
-                    progress.groups.clear();
-                    txn.set_open(false);
+                    {
+                        let mut progress = txn.progress.lock().await;
+                        progress.added.clear();
+                        progress.groups.clear();
+                        txn.set_open(false);
+                    }
+                    self.init_transactions().await?;
                 }
                 other => other?,
             }

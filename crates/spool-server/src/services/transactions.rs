@@ -108,12 +108,14 @@ impl v1::transactions_server::Transactions for TransactionsService {
                 r.producer_id,
                 epoch(r.producer_epoch)?,
                 r.commit,
+                r.bump_epoch,
             )
             .await
             .map_err(|e| self.status(&e))?;
         Ok(Response::new(v1::EndTxnResponse {
             producer_id: ended.producer_id,
             producer_epoch: i32::from(ended.epoch),
+            bumped: r.bump_epoch,
         }))
     }
 

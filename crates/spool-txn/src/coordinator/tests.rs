@@ -48,7 +48,9 @@ fn a_transaction_runs_from_init_to_complete_and_replays_alike() {
             .records
             .is_empty()
     );
-    let ended = c.end("t", 500, 0, true, NOW + 3, None).expect("commit");
+    let ended = c
+        .end("t", 500, 0, true, NOW + 3, Some(None))
+        .expect("commit");
     // The producer goes on at the next epoch; the markers carry it.
     assert_eq!(
         ended.value,
@@ -65,9 +67,9 @@ fn a_transaction_runs_from_init_to_complete_and_replays_alike() {
     assert_eq!(c.preparing().count(), 1);
     assert_eq!(t.marker_producer(), (500, 1));
     // A retried commit is answered with where the producer goes on; an abort under the
-    // ended epoch is refused, and so is anything else under it; adding waits.
+    // ended epoch is refused as such, and anything else under it as fenced; adding waits.
     assert_eq!(
-        c.end("t", 500, 0, true, NOW + 4, None)
+        c.end("t", 500, 0, true, NOW + 4, Some(None))
             .expect("retry")
             .value,
         Ended {
@@ -77,8 +79,8 @@ fn a_transaction_runs_from_init_to_complete_and_replays_alike() {
         }
     );
     assert!(matches!(
-        c.end("t", 500, 0, false, NOW + 4, None),
-        Err(TxnError::Fenced { current: 1, .. })
+        c.end("t", 500, 0, false, NOW + 4, Some(None)),
+        Err(TxnError::InvalidState { .. })
     ));
     assert!(matches!(
         c.add_partitions("t", 500, 0, &parts(&[("c", 0)]), NOW + 4),
@@ -107,7 +109,7 @@ fn a_transaction_runs_from_init_to_complete_and_replays_alike() {
         (TxnState::Ongoing, NOW + 6, 1)
     );
     assert!(matches!(
-        c.end("t", 500, 0, true, NOW + 7, None),
+        c.end("t", 500, 0, true, NOW + 7, Some(None)),
         Err(TxnError::Fenced { .. })
     ));
     assert_eq!(replayed(&log).snapshot_records(), c.snapshot_records());
@@ -127,12 +129,12 @@ fn an_end_at_the_last_epoch_moves_the_producer_to_a_new_id() {
         .expect("add");
     let before = c.snapshot_records();
     assert!(matches!(
-        c.end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 1, None),
+        c.end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 1, Some(None)),
         Err(TxnError::NoProducerId(_))
     ));
     assert_eq!(c.snapshot_records(), before, "a refusal changes nothing");
     let ended = c
-        .end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 1, Some(2))
+        .end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 1, Some(Some(2)))
         .expect("commit");
     assert_eq!(
         ended.value,
@@ -146,7 +148,7 @@ fn an_end_at_the_last_epoch_moves_the_producer_to_a_new_id() {
     let t = c.get("t").expect("known");
     assert_eq!(t.marker_producer(), (1, i16::MAX));
     assert_eq!(
-        c.end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 2, None)
+        c.end("t", 1, LAST_PRODUCER_EPOCH, true, NOW + 2, Some(None))
             .expect("retry")
             .value
             .producer_id,
@@ -174,7 +176,7 @@ fn a_new_instance_fences_the_old_one_and_aborts_its_open_transaction() {
     assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
     // The old instance is fenced everywhere at the coordinator.
     assert!(matches!(
-        c.end("t", id, 0, true, NOW + 2, None),
+        c.end("t", id, 0, true, NOW + 2, Some(None)),
         Err(TxnError::Fenced { current: 1, .. })
     ));
     assert!(matches!(
@@ -249,7 +251,7 @@ fn transactions_past_their_timeout_are_aborted_and_idle_ids_expire() {
     assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
     // The timed-out producer is fenced: it cannot commit what was aborted.
     assert!(matches!(
-        c.end("a", a, 0, true, NOW + 10_002, None),
+        c.end("a", a, 0, true, NOW + 10_002, Some(None)),
         Err(TxnError::Fenced { .. })
     ));
     c.complete("a", a, 1, NOW + 10_003);
@@ -261,4 +263,33 @@ fn transactions_past_their_timeout_are_aborted_and_idle_ids_expire() {
     // An operator abort of an open transaction, and of one that is not open.
     assert!(c.abort("b", NOW + 1).value);
     assert!(!c.abort("b", NOW + 2).value);
+}
+
+#[test]
+fn a_producer_that_does_not_ask_for_new_epochs_keeps_its_own() {
+    let mut c = TxnCoordinator::default();
+    let (id, epoch) = ready(c.init_producer_id("t", 60_000, NOW, Some(7)));
+    c.add_partitions("t", id, epoch, &parts(&[("a", 0)]), NOW)
+        .expect("add");
+    let ended = c.end("t", id, epoch, true, NOW + 1, None).expect("commit");
+    assert_eq!(
+        ended.value,
+        Ended {
+            outcome: EndOutcome::Prepared,
+            producer_id: id,
+            epoch
+        }
+    );
+    // Its markers carry its own epoch; asked again, the end is answered alike.
+    assert_eq!(c.get("t").expect("known").marker_producer(), (id, epoch));
+    assert_eq!(
+        c.end("t", id, epoch, true, NOW + 2, None)
+            .expect("again")
+            .value
+            .outcome,
+        EndOutcome::AlreadyDone
+    );
+    c.complete("t", id, epoch, NOW + 3);
+    c.add_partitions("t", id, epoch, &parts(&[("a", 0)]), NOW + 4)
+        .expect("the next transaction, at the same epoch");
 }
