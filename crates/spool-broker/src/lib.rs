@@ -34,7 +34,7 @@ pub use groups::{
 pub use partition::Acks;
 pub use producer_ids::ProducerIdentity;
 pub use spool_controller::{
-    AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES,
+    AgentStatus, ClusterState, Controller, ControllerService, DEFAULT_CHECKPOINT_BYTES, TxnMarkers,
 };
 pub use spool_raft::{DEFAULT_PRODUCER_EXPIRY, RaftNode, RaftTiming};
 pub use spool_txn::TxnConfig;

@@ -24,6 +24,8 @@ pub struct TxnMarkers {
     pub commit: bool,
     pub coordinator_epoch: i32,
     pub partitions: Vec<(String, u32)>,
+    /// See `WriteTxnMarkersRequest.bumped`.
+    pub bumped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +93,7 @@ impl Peers {
             producer_epoch: i32::from(markers.producer_epoch),
             commit: markers.commit,
             coordinator_epoch: markers.coordinator_epoch,
+            bumped: markers.bumped,
             partitions: markers
                 .partitions
                 .into_iter()

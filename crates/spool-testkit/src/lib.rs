@@ -366,7 +366,9 @@ impl TestCluster {
             })
     }
 
-    async fn admin(
+    /// A client of `node`'s cluster listener (what nodes ask each other), to play a
+    /// node's part in a test.
+    pub async fn admin(
         &self,
         node: u64,
     ) -> Result<ReplicaAdminClient<tonic::transport::Channel>, TestkitError> {

@@ -598,3 +598,94 @@ async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothin
     .expect("read");
     assert_eq!(seen, ["b1", "b2"]);
 }
+
+/// A late copy of a transaction's marker (a coordinator's write held up in flight while
+/// its retry succeeded and the producer went on) reaches the partition while the
+/// producer's next transaction is open there: it writes nothing, and cannot end that
+/// transaction with the earlier one's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_copy_of_a_marker_cannot_end_the_next_transaction() {
+    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
+        .await
+        .expect("cluster");
+    let topic = "late-markers";
+    cluster.create_topic(topic, 1, 3).await.expect("topic");
+    let client = cluster.client().await.expect("client");
+    let id = "late-marker";
+    let coordinator = wait_for(WITHIN, "the transaction coordinator", || async {
+        let (node, address) = client.find_transaction_coordinator(id).await.ok()?;
+        client.to_node(node, &address).await.ok()
+    })
+    .await
+    .expect("coordinator");
+    let first = coordinator
+        .init_transactional_producer(id, 60_000)
+        .await
+        .expect("init");
+    let partitions = vec![(topic.to_string(), 0)];
+    coordinator
+        .add_partitions_to_txn(id, first, &partitions)
+        .await
+        .expect("add");
+    produce_raw(&cluster, topic, transactional_batch(first, 0, &["t1"]))
+        .await
+        .expect("first transaction's write");
+    let second = coordinator.end_txn(id, first, true).await.expect("commit");
+    wait_for(WITHIN, "the commit marker", || async {
+        stable(&client, topic).await.then_some(())
+    })
+    .await
+    .expect("marker written");
+    // The next transaction writes; then a copy of the first one's commit marker comes.
+    coordinator
+        .add_partitions_to_txn(id, second, &partitions)
+        .await
+        .expect("add");
+    produce_raw(&cluster, topic, transactional_batch(second, 0, &["t2"]))
+        .await
+        .expect("second transaction's write");
+    let leader = cluster.leader(topic, 0, WITHIN).await.expect("leader");
+    let answer = cluster
+        .admin(leader)
+        .await
+        .expect("cluster listener")
+        .write_txn_markers(spool_proto::v1::WriteTxnMarkersRequest {
+            producer_id: second.0,
+            producer_epoch: i32::from(second.1),
+            commit: true,
+            coordinator_epoch: -1,
+            partitions: vec![spool_proto::v1::TopicPartition {
+                topic: topic.to_string(),
+                partition: 0,
+            }],
+            bumped: true,
+        })
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(
+        answer.results.iter().all(|r| r.error.is_none()),
+        "a copy is answered as done: {answer:?}"
+    );
+    assert!(
+        !stable(&client, topic).await,
+        "the second transaction is still open"
+    );
+    // It aborts: read_committed readers never see its write.
+    coordinator.end_txn(id, second, false).await.expect("abort");
+    wait_for(WITHIN, "the abort marker", || async {
+        stable(&client, topic).await.then_some(())
+    })
+    .await
+    .expect("marker written");
+    let read = cluster
+        .read_to_end(topic, 0, IsolationLevel::ReadCommitted, WITHIN)
+        .await
+        .expect("read");
+    let values: Vec<String> = read
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(values, ["t1"]);
+}

@@ -212,14 +212,23 @@ impl GroupsState {
     }
 
     /// A transaction's marker written through this coordinator: its offsets take effect
-    /// (commit) or are dropped (abort).
+    /// (commit) or are dropped (abort). A late copy of a marker already written (`bumped`:
+    /// see `write_local_markers`) writes nothing.
     pub(crate) fn end_transaction(
         &mut self,
         producer_id: i64,
         epoch: i16,
         marker: spool_log::batch::ControlMarker,
+        bumped: bool,
         context: &Context,
     ) -> Result<Vec<GroupEntry>, BrokerError> {
+        if bumped
+            && self
+                .known_epochs(producer_id, context)
+                .is_some_and(|(known, _)| known >= epoch)
+        {
+            return Ok(Vec::new());
+        }
         self.check_producer(producer_id, epoch, context)?;
         if let Some((_, coordinator_epoch)) = self.known_epochs(producer_id, context)
             && marker.coordinator_epoch >= 0

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use spool_controller::TxnMarkers;
 use spool_txn::{Ended, InitAnswer, TxnCoordinator, TxnError};
 
 use crate::OFFSETS_TOPIC;
@@ -350,13 +351,14 @@ impl Broker {
                 ),
             })?;
         let written = self
-            .write_local_markers(
+            .write_local_markers(&TxnMarkers {
                 producer_id,
-                found.producer_epoch,
-                false,
-                -1,
-                &[(topic.to_string(), partition)],
-            )
+                producer_epoch: found.producer_epoch,
+                commit: false,
+                coordinator_epoch: -1,
+                partitions: vec![(topic.to_string(), partition)],
+                bumped: false,
+            })
             .await;
         written
             .into_iter()

@@ -24,6 +24,7 @@ impl Broker {
         coordinator_epoch: i32,
     ) -> Result<(), BrokerError> {
         let (producer_id, producer_epoch) = t.marker_producer();
+        let bumped = t.last_producer_id >= 0;
         let metadata = self.controller.current();
         let mut by_leader: BTreeMap<u64, Vec<(String, u32)>> = BTreeMap::new();
         for (topic, partition) in &t.partitions {
@@ -46,23 +47,17 @@ impl Broker {
                 .push((topic.clone(), *partition));
         }
         let writes = by_leader.into_iter().map(|(node, partitions)| async move {
+            let markers = TxnMarkers {
+                producer_id,
+                producer_epoch,
+                commit,
+                coordinator_epoch,
+                partitions,
+                bumped,
+            };
             let results = if node == self.options.node_id {
-                self.write_local_markers(
-                    producer_id,
-                    producer_epoch,
-                    commit,
-                    coordinator_epoch,
-                    &partitions,
-                )
-                .await
+                self.write_local_markers(&markers).await
             } else {
-                let markers = TxnMarkers {
-                    producer_id,
-                    producer_epoch,
-                    commit,
-                    coordinator_epoch,
-                    partitions,
-                };
                 let expected = markers.partitions.len();
                 match self.controller.write_txn_markers(node, markers).await {
                     // Every partition answered, or the write is not done.
@@ -91,22 +86,17 @@ impl Broker {
 
     /// Appends a marker to each of `partitions`, which this node must lead; one answer
     /// per partition, once its marker is committed.
-    pub async fn write_local_markers(
-        &self,
-        producer_id: i64,
-        producer_epoch: i16,
-        commit: bool,
-        coordinator_epoch: i32,
-        partitions: &[(String, u32)],
-    ) -> Vec<Result<(), BrokerError>> {
+    pub async fn write_local_markers(&self, markers: &TxnMarkers) -> Vec<Result<(), BrokerError>> {
+        let (producer_id, producer_epoch) = (markers.producer_id, markers.producer_epoch);
         let marker = ControlMarker {
-            commit,
-            coordinator_epoch,
+            commit: markers.commit,
+            coordinator_epoch: markers.coordinator_epoch,
         };
-        let writes = partitions.iter().map(|(topic, index)| async move {
+        let bumped = markers.bumped;
+        let writes = markers.partitions.iter().map(|(topic, index)| async move {
             if topic == OFFSETS_TOPIC {
                 return self
-                    .mark_offsets(*index, producer_id, producer_epoch, marker)
+                    .mark_offsets(*index, producer_id, producer_epoch, marker, bumped)
                     .await;
             }
             let partition = match self.partition(topic, *index) {
@@ -132,6 +122,17 @@ impl Broker {
                     address: None,
                 });
             }
+            // A late copy of a marker this partition already has (see
+            // `WriteTxnMarkersRequest.bumped`) writes nothing. (Checked, then appended: a
+            // copy held up that long races only the producer's next first write.)
+            if bumped
+                && partition
+                    .replica
+                    .producer_epochs(producer_id)
+                    .is_some_and(|(epoch, _)| epoch >= producer_epoch)
+            {
+                return Ok(());
+            }
             let batch = control_batch(producer_id, producer_epoch, marker, now_ms());
             partition
                 .replica
@@ -152,6 +153,7 @@ impl Broker {
         producer_id: i64,
         producer_epoch: i16,
         marker: ControlMarker,
+        bumped: bool,
     ) -> Result<(), BrokerError> {
         let shard = self
             .groups
@@ -173,7 +175,7 @@ impl Broker {
         };
         shard
             .run("", move |s, ctx| {
-                s.end_transaction(producer_id, producer_epoch, marker, ctx)
+                s.end_transaction(producer_id, producer_epoch, marker, bumped, ctx)
                     .map(|entries| (entries, ()))
             })
             .await

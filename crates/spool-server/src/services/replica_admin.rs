@@ -50,13 +50,14 @@ impl v1::replica_admin_server::ReplicaAdmin for ReplicaAdminService {
             .collect();
         let results = self
             .broker
-            .write_local_markers(
-                r.producer_id,
-                epoch,
-                r.commit,
-                r.coordinator_epoch,
-                &partitions,
-            )
+            .write_local_markers(&spool_broker::TxnMarkers {
+                producer_id: r.producer_id,
+                producer_epoch: epoch,
+                commit: r.commit,
+                coordinator_epoch: r.coordinator_epoch,
+                partitions,
+                bumped: r.bumped,
+            })
             .await;
         Ok(Response::new(v1::WriteTxnMarkersResponse {
             results: results
