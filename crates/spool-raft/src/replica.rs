@@ -165,6 +165,16 @@ impl PartitionReplica {
             .map(|s| (s.epoch, s.coordinator_epoch))
     }
 
+    /// A producer's newest epoch as of the applied (committed) point.
+    pub fn applied_producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        self.shared
+            .applied_producers
+            .lock()
+            .table
+            .get(producer_id)
+            .map(|s| s.epoch)
+    }
+
     /// The transactions open at the applied point, as (first offset, producer id, epoch),
     /// oldest first.
     pub fn open_transactions(&self) -> Vec<(i64, i64, i16)> {

@@ -222,11 +222,13 @@ impl GroupsState {
         bumped: bool,
         context: &Context,
     ) -> Result<Vec<GroupEntry>, BrokerError> {
-        if bumped
-            && self
-                .known_epochs(producer_id, context)
-                .is_some_and(|(known, _)| known >= epoch)
-        {
+        // Only what is committed counts: this state and the partition's applied table.
+        let committed = self
+            .producers
+            .get(&producer_id)
+            .map(|(known, _)| *known)
+            .max(context.replica.applied_producer_epoch(producer_id));
+        if bumped && committed.is_some_and(|known| known >= epoch) {
             return Ok(Vec::new());
         }
         self.check_producer(producer_id, epoch, context)?;

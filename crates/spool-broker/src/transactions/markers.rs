@@ -122,14 +122,17 @@ impl Broker {
                     address: None,
                 });
             }
-            // A late copy of a marker this partition already has (see
-            // `WriteTxnMarkersRequest.bumped`) writes nothing. (Checked, then appended: a
-            // copy held up that long races only the producer's next first write.)
+            // A late copy of a marker this partition already has committed (see
+            // `WriteTxnMarkersRequest.bumped`) writes nothing. Only what is committed
+            // counts: a copy appended but not committed may yet be cut, so this one is
+            // written (a second marker of an ended transaction changes nothing). (Checked,
+            // then appended: a copy held up that long races only the producer's next
+            // first write.)
             if bumped
                 && partition
                     .replica
-                    .producer_epochs(producer_id)
-                    .is_some_and(|(epoch, _)| epoch >= producer_epoch)
+                    .applied_producer_epoch(producer_id)
+                    .is_some_and(|epoch| epoch >= producer_epoch)
             {
                 return Ok(());
             }

@@ -34,6 +34,9 @@ pub(crate) struct TxnClient {
     pub progress: tokio::sync::Mutex<Progress>,
     /// A transaction is open: sends are allowed.
     pub open: std::sync::atomic::AtomicBool,
+    /// The open transaction is being ended: sends are refused, so that none ships
+    /// under the epoch the end moves the producer to without its partition added.
+    pub ending: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +58,7 @@ impl TxnClient {
             timeout,
             progress: tokio::sync::Mutex::new(Progress::default()),
             open: std::sync::atomic::AtomicBool::new(false),
+            ending: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -243,6 +247,7 @@ impl Producer {
         offsets: Vec<OffsetToCommit>,
     ) -> Result<(), ProducerError> {
         let txn = self.txn()?;
+        check_open(&self.shared)?;
         let producer = self.shared.current_producer_id().await.ok_or_else(|| {
             ProducerError::TransactionState("call init_transactions first".into())
         })?;
@@ -302,6 +307,14 @@ impl Producer {
     /// Flushes, then commits or aborts the open transaction at the coordinator.
     async fn end(&self, commit: bool) -> Result<(), ProducerError> {
         let txn = self.txn()?;
+        txn.ending.store(true, std::sync::atomic::Ordering::Release);
+        let ended = self.end_now(txn, commit).await;
+        txn.ending
+            .store(false, std::sync::atomic::Ordering::Release);
+        ended
+    }
+
+    async fn end_now(&self, txn: &TxnClient, commit: bool) -> Result<(), ProducerError> {
         self.flush().await;
         let producer = self.shared.current_producer_id().await.ok_or_else(|| {
             ProducerError::TransactionState(
@@ -386,6 +399,9 @@ pub(crate) fn check_open(shared: &Shared) -> Result<(), ProducerError> {
         Some(txn) if !txn.is_open() => Err(ProducerError::TransactionState(
             "a transactional producer sends inside a transaction only".into(),
         )),
+        Some(txn) if txn.ending.load(std::sync::atomic::Ordering::Acquire) => Err(
+            ProducerError::TransactionState("the transaction is being committed or aborted".into()),
+        ),
         _ => Ok(()),
     }
 }
