@@ -336,6 +336,11 @@ impl Broker {
     }
 
     /// Where this broker stands with the controller.
+    /// Bytes of the node's fetch memory no fetch session holds now.
+    pub fn fetch_memory_available(&self) -> usize {
+        self.fetch_memory.available_permits()
+    }
+
     pub fn agent_status(&self) -> watch::Receiver<AgentStatus> {
         self.agent.clone()
     }

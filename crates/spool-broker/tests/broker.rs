@@ -571,7 +571,17 @@ async fn fetch_sessions_share_bounded_memory() {
     stalled.follow = true;
     stalled.max_bytes = 8 * 1024 * 1024;
     let stalled = broker.fetch(stalled, 2);
-    // Another consumer waits for memory instead of the node buffering more.
+    // Once less than a batch is left free...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.fetch_memory_available() >= value.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled session took no memory: {} bytes free",
+            broker.fetch_memory_available()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...another consumer waits for memory instead of the node buffering more.
     let mut reader = tokio::spawn({
         let broker = Arc::clone(&broker);
         async move { read_all(&broker, "mem", 1).await }
