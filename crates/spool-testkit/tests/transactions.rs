@@ -374,7 +374,34 @@ async fn committed(cluster: &TestCluster, group: &str, topic: &str) -> Option<i6
     committed_answer(cluster, group, topic).await.ok()
 }
 
+/// The group's committed offset of `topic`-0 as its coordinator answers, asked again
+/// while the coordinator moves (a busy machine's elections), until `WITHIN`.
 async fn committed_answer(
+    cluster: &TestCluster,
+    group: &str,
+    topic: &str,
+) -> Result<i64, spool_client::ClientError> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let answer = committed_once(cluster, group, topic).await;
+        let moving = answer.as_ref().is_err_and(|error| {
+            matches!(
+                error.code(),
+                None | Some(
+                    ErrorCode::NotCoordinator
+                        | ErrorCode::CoordinatorLoadInProgress
+                        | ErrorCode::CoordinatorNotAvailable
+                )
+            )
+        });
+        if !moving || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn committed_once(
     cluster: &TestCluster,
     group: &str,
     topic: &str,
