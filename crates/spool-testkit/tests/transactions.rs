@@ -536,20 +536,22 @@ async fn stable(client: &spool_client::Client, topic: &str) -> bool {
     matches!(answers.as_slice(), [Ok(stable), Ok(end)] if stable == end)
 }
 
-/// A write of a transaction that reaches its partition only after the transaction ended
-/// (a produce request held up past the producer's abort) is refused as fenced: every end
-/// moves the producer to a new epoch, which the markers carry. It opens no transaction
-/// that nobody would end, so read_committed readers are not held back for ever; the
-/// producer goes on at the new epoch, numbering from 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothing_back() {
+/// A three-node cluster with `topic` (one partition), a client, the coordinator of the
+/// transactional id `id`, and the producer id and epoch `id` was started at.
+async fn raw_transactional(
+    topic: &str,
+    id: &str,
+) -> (
+    TestCluster,
+    spool_client::Client,
+    spool_client::Client,
+    (i64, i16),
+) {
     let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
         .await
         .expect("cluster");
-    let topic = "late-writes";
     cluster.create_topic(topic, 1, 3).await.expect("topic");
     let client = cluster.client().await.expect("client");
-    let id = "late-writer";
     let coordinator = wait_for(WITHIN, "the transaction coordinator", || async {
         let (node, address) = client.find_transaction_coordinator(id).await.ok()?;
         client.to_node(node, &address).await.ok()
@@ -560,6 +562,33 @@ async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothin
         .init_transactional_producer(id, 60_000)
         .await
         .expect("init");
+    (cluster, client, coordinator, producer)
+}
+
+/// Values of partition 0 of `topic` as read_committed readers see them.
+async fn committed_values(cluster: &TestCluster, topic: &str) -> Option<Vec<String>> {
+    let read = cluster
+        .read_to_end(topic, 0, IsolationLevel::ReadCommitted, WITHIN)
+        .await
+        .ok()?;
+    Some(
+        read.records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect(),
+    )
+}
+
+/// A write of a transaction that reaches its partition only after the transaction ended
+/// (a produce request held up past the producer's abort) is refused as fenced: every end
+/// moves the producer to a new epoch, which the markers carry. It opens no transaction
+/// that nobody would end, so read_committed readers are not held back for ever; the
+/// producer goes on at the new epoch, numbering from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothing_back() {
+    let (cluster, client, coordinator, producer) =
+        raw_transactional("late-writes", "late-writer").await;
+    let (topic, id) = ("late-writes", "late-writer");
     let partitions = vec![(topic.to_string(), 0)];
     coordinator
         .add_partitions_to_txn(id, producer, &partitions)
@@ -610,16 +639,9 @@ async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothin
         after
     );
     let seen = wait_for(WITHIN, "the committed records", || async {
-        let read = cluster
-            .read_to_end(topic, 0, IsolationLevel::ReadCommitted, WITHIN)
+        committed_values(&cluster, topic)
             .await
-            .ok()?;
-        let values: Vec<String> = read
-            .records
-            .iter()
-            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
-            .collect();
-        (values.len() == 2).then_some(values)
+            .filter(|values| values.len() == 2)
     })
     .await
     .expect("read");
@@ -632,23 +654,9 @@ async fn a_write_arriving_after_its_transaction_ended_is_fenced_and_holds_nothin
 /// transaction with the earlier one's outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_copy_of_a_marker_cannot_end_the_next_transaction() {
-    let mut cluster = TestCluster::start(ClusterOptions::in_process(3))
-        .await
-        .expect("cluster");
-    let topic = "late-markers";
-    cluster.create_topic(topic, 1, 3).await.expect("topic");
-    let client = cluster.client().await.expect("client");
-    let id = "late-marker";
-    let coordinator = wait_for(WITHIN, "the transaction coordinator", || async {
-        let (node, address) = client.find_transaction_coordinator(id).await.ok()?;
-        client.to_node(node, &address).await.ok()
-    })
-    .await
-    .expect("coordinator");
-    let first = coordinator
-        .init_transactional_producer(id, 60_000)
-        .await
-        .expect("init");
+    let (cluster, client, coordinator, first) =
+        raw_transactional("late-markers", "late-marker").await;
+    let (topic, id) = ("late-markers", "late-marker");
     let partitions = vec![(topic.to_string(), 0)];
     coordinator
         .add_partitions_to_txn(id, first, &partitions)
@@ -705,14 +713,6 @@ async fn a_late_copy_of_a_marker_cannot_end_the_next_transaction() {
     })
     .await
     .expect("marker written");
-    let read = cluster
-        .read_to_end(topic, 0, IsolationLevel::ReadCommitted, WITHIN)
-        .await
-        .expect("read");
-    let values: Vec<String> = read
-        .records
-        .iter()
-        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
-        .collect();
+    let values = committed_values(&cluster, topic).await.expect("read");
     assert_eq!(values, ["t1"]);
 }
